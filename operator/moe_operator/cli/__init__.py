@@ -1,0 +1,1 @@
+"""`moectl`: the offline front door (plan, render, up, simulate, cost, rebalance)."""
