@@ -1,0 +1,107 @@
+"""RuntimeConfig: the one object that builds the torch engine's Ray Serve app (docs/contracts.md section 3).
+
+The operator renders it (snake_case) into serveConfigV2 ``args``; ``moectl up`` builds the same object locally.
+Unknown keys are rejected so that a typo in a rendered config fails at deploy time instead of being ignored.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ShardSpec(_Strict):
+    """One expert-shard actor: where it runs (``device``) and the Ray resources it asks for."""
+
+    name: str
+    device: str = "cpu"
+    ray_resources: dict[str, float] = Field(default_factory=dict, alias="rayResources")
+
+
+class Placement(_Strict):
+    """Experts -> shards (contracts section 2, camelCase JSON through aliases).
+
+    ``layers[l][s]`` lists the expert ids shard ``s`` holds in MoE layer ``l``; a single entry applies to
+    every layer. An expert on two shards is a redundant copy.
+    """
+
+    num_layers: int = Field(alias="numLayers", ge=1)
+    num_experts: int = Field(alias="numExperts", ge=1)
+    shards: list[ShardSpec] = Field(min_length=1)
+    layers: list[list[list[int]]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Placement":
+        if len(self.layers) not in (1, self.num_layers):
+            raise ValueError(f"placement.layers has {len(self.layers)} entries; expected 1 or numLayers={self.num_layers}")
+        for li, layer in enumerate(self.layers):
+            if len(layer) != len(self.shards):
+                raise ValueError(f"placement.layers[{li}] has {len(layer)} shards; expected {len(self.shards)}")
+            seen: set[int] = set()
+            for experts in layer:
+                for e in experts:
+                    if not 0 <= e < self.num_experts:
+                        raise ValueError(f"placement.layers[{li}] names expert {e}; numExperts={self.num_experts}")
+                    seen.add(e)
+            missing = sorted(set(range(self.num_experts)) - seen)
+            if missing:
+                raise ValueError(f"placement.layers[{li}] places no copy of experts {missing}")
+        return self
+
+    def experts_of(self, layer: int, shard: int) -> list[int]:
+        """Expert ids that shard index ``shard`` holds in MoE layer ``layer``."""
+        return list(self.layers[0 if len(self.layers) == 1 else layer][shard])
+
+    def to_json(self) -> dict[str, Any]:
+        """The camelCase JSON form of contracts section 2."""
+        return self.model_dump(by_alias=True)
+
+
+class PoolConfig(_Strict):
+    """One pool's Serve deployment ``engine-<name>``; ``ray_actor_options`` go to Ray unchanged."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    num_replicas: int = Field(default=1, ge=0)
+    ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CacheConfig(_Strict):
+    """Prefix (context) cache: fixed-size token blocks, a memory tier (bytes) and an optional disk tier."""
+
+    prefix: bool = True
+    block_tokens: int = Field(default=64, ge=1)
+    memory_bytes: int = Field(default=256 * 2**20, ge=0)
+    disk_dir: str | None = None  # None = no disk tier
+    disk_bytes: int = Field(default=0, ge=0)
+
+
+class RuntimeConfig(_Strict):
+    """Everything one replica of the torch engine needs, plus the pools the app deploys."""
+
+    model_name: str = Field(min_length=1)  # the model id in the OpenAI API
+    model_source: str = Field(min_length=1)  # builtin://tiny-moe | /local/path | pvc://... (resolved in the pod)
+    device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    quantization: Literal["none", "int8", "int4"] = "none"
+    placement: Placement | None = None  # None = all experts in the engine process
+    pools: list[PoolConfig] = Field(default_factory=lambda: [PoolConfig(name="cpu")], min_length=1)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    max_batch_size: int = Field(default=16, ge=1)  # sequences decoded together
+    max_queue: int = Field(default=64, ge=0)  # waiting requests before QueueFull (HTTP 429)
+    max_context_tokens: int = Field(default=4096, ge=8)  # prompt + generated tokens per sequence
+    metrics_labels: dict[str, str] = Field(default_factory=dict)  # extra constant labels, e.g. {"pool": "cpu"}
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> "RuntimeConfig":
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        return self
+
+    def for_pool(self, pool: str) -> "RuntimeConfig":
+        """A copy whose metrics carry ``pool=<pool>`` (what each ``engine-<pool>`` replica runs with)."""
+        return self.model_copy(update={"metrics_labels": {**self.metrics_labels, "pool": pool}})
