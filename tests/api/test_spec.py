@@ -1,0 +1,74 @@
+"""Spec validation offline gives the same sentences the API server's CEL rules give."""
+from __future__ import annotations
+
+import pytest
+
+from moe_operator.api import MoEDeploymentSpec, load_manifest
+from moe_operator.errors import UserError
+
+GOOD = {"model": {"source": "builtin://tiny-moe"}, "engine": "torch", "pools": [{"name": "cpu", "accelerator": "cpu"}]}
+
+
+def spec(**changes):
+    doc = {**GOOD, **changes}
+    return MoEDeploymentSpec.model_validate(doc)
+
+
+def test_defaults_fill_in():
+    s = spec()
+    assert s.pools[0].initial_replicas == 1
+    assert s.autoscaling.target_utilization == 0.7
+    assert s.cache.block_tokens == 64
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"pools": [{"name": "a", "accelerator": "cpu", "minReplicas": 3, "maxReplicas": 2}]}, "minReplicas must not exceed maxReplicas"),
+        ({"pools": [{"name": "a", "accelerator": "cpu"}, {"name": "a", "accelerator": "cpu"}]}, "pool names must be unique"),
+        ({"quantization": "fp8"}, "use engine vllm for fp8"),
+        ({"pools": [{"name": "A_b", "accelerator": "cpu"}]}, "should match pattern"),
+        ({"pools": []}, "at least 1 item"),
+        ({"model": {"source": "ftp://x"}}, "should match pattern"),
+        ({"model": {"source": "s3://b/m"}}, "model needs architecture or config"),
+        ({"autoscaling": {"scaleToZero": {"enabled": True}}}, "scaleToZero needs at least one pool with minReplicas 0"),
+        ({"autoscaling": {"metrics": {"prometheus": {"url": "http://p:9090"}, "scrape": {"url": "http://r/metrics"}}}}, "choose one metrics source"),
+        ({"autoscaling": {"targetUtilization": 0}}, "greater than 0"),
+        ({"engine": "tensorrt"}, "Input should be 'torch' or 'vllm'"),
+        ({"pools": [{"name": "a", "accelerator": "cpu", "replicas": 5, "maxReplicas": 2}]}, "replicas must lie between"),
+        ({"pools": [{"name": "a", "accelerator": "cpu", "devicesPerReplcia": 2}]}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_specs_are_rejected_with_a_sentence(changes, message):
+    with pytest.raises(Exception) as info:
+        spec(**changes)
+    assert message in str(info.value)
+
+
+def test_load_manifest_errors_name_the_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: serving.moe-operator.io/v1alpha1\nkind: MoEDeployment\nmetadata: {name: x}\n"
+        "spec:\n  model: {source: builtin://tiny-moe}\n  pools: [{name: a, accelerator: cpu, maxReplicas: -1}]\n"
+    )
+    with pytest.raises(UserError) as info:
+        load_manifest(bad)
+    text = str(info.value)
+    assert str(bad) in text and "spec.pools.0.maxReplicas" in text and "\n" not in text
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "no MoEDeployment"),
+    ("a: [", "not valid YAML"),
+    ("apiVersion: v1\nkind: MoEDeployment\nmetadata: {name: x}\nspec: {}\n", "expected apiVersion"),
+])
+def test_load_manifest_rejects_garbage(tmp_path, content, message):
+    f = tmp_path / "m.yaml"
+    f.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_manifest(f)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="cannot read"):
+        load_manifest(tmp_path / "nope.yaml")
