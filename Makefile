@@ -1,0 +1,47 @@
+# Two commands do all the set-up on a fresh machine:
+#   make up    - install what the runtime needs, then serve examples/tiny-moe.yaml locally through Ray Serve
+#   make test  - install everything the tests need (venv, Debian's prometheus, Go-built control plane), run the suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SPEC   ?= examples/tiny-moe.yaml
+PYTEST_ARGS ?=
+
+.PHONY: up test venv test-deps generate check-generated cluster-up cluster-down bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[all]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+up: $(STAMP)
+	$(VENV)/bin/moectl up -f $(SPEC)
+
+# System pieces the tests use: Debian's prometheus/promtool and the control plane built from Go modules.
+test-deps: $(STAMP)
+	bash hack/ci-setup.sh
+
+test: test-deps
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+generate: $(STAMP)
+	$(PY) -m moe_operator.api.generate
+
+check-generated: $(STAMP)
+	$(PY) -m moe_operator.api.generate --check
+
+cluster-up: test-deps
+	@bash hack/cluster.sh up
+
+cluster-down:
+	@bash hack/cluster.sh down
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache
