@@ -1,0 +1,133 @@
+"""Runtime metrics of docs/contracts.md section 4 (documented in docs/metrics.md), via prometheus_client.
+
+Counters and gauges come from engine snapshots (``EngineStats``, one per pool, already summed over that pool's
+replicas) and are rendered at scrape time; TTFT and TPOT are histograms observed by the HTTP front, which sees
+the client's view of latency. Every series carries ``model`` and ``pool`` plus the configured constant labels.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from moe_runtime.engine.api import EngineStats
+
+disable_created_metrics()  # *_created series would double the histograms for nothing the autoscaler reads
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+TOKEN_KINDS = ("prompt", "cached_prompt", "generated")
+OUTCOMES = ("ok", "error", "rejected", "cancelled")
+
+
+def merge_stats(parts: list[EngineStats]) -> EngineStats:
+    """Sum replica snapshots of one pool: counters and gauges add (queue depth and capacity are pool totals)."""
+    out = EngineStats(prefix_cache_bytes={"memory": 0, "disk": 0}, tokens={k: 0 for k in TOKEN_KINDS},
+                      requests={k: 0 for k in OUTCOMES})
+    for s in parts:
+        out.queue_depth += s.queue_depth
+        out.running += s.running
+        out.kv_cache_bytes += s.kv_cache_bytes
+        out.capacity_tokens_per_second += s.capacity_tokens_per_second
+        for d_out, d_in in ((out.prefix_cache_bytes, s.prefix_cache_bytes), (out.tokens, s.tokens),
+                            (out.requests, s.requests)):
+            for k, v in d_in.items():
+                d_out[k] = d_out.get(k, 0) + v
+        for li, row in enumerate(s.expert_tokens):
+            while len(out.expert_tokens) <= li:
+                out.expert_tokens.append([])
+            acc = out.expert_tokens[li]
+            acc.extend([0] * (len(row) - len(acc)))
+            for e, v in enumerate(row):
+                acc[e] += v
+    return out
+
+
+@dataclass
+class _Front:
+    """Requests the front itself finished without an engine event (e.g. Serve back-pressure), by (pool, outcome)."""
+
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class RuntimeMetrics:
+    """The registry behind one ``/metrics`` endpoint."""
+
+    def __init__(self, model: str, labels: dict[str, str] | None = None):
+        extra = {k: v for k, v in (labels or {}).items() if k not in ("model", "pool")}
+        self.model = model
+        self._extra_names = sorted(extra)
+        self._extra_values = [extra[k] for k in self._extra_names]
+        self._names = ["model", "pool", *self._extra_names]
+        self._stats: dict[str, EngineStats] = {}
+        self._front = _Front()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.ttft = Histogram("moe_ttft_seconds", "Time from request arrival to the first generated token, seconds.",
+                              self._names, buckets=TTFT_BUCKETS_S, registry=self.registry)
+        self.tpot = Histogram("moe_tpot_seconds", "Time between consecutive output tokens after the first, seconds.",
+                              self._names, buckets=TPOT_BUCKETS_S, registry=self.registry)
+        self.registry.register(self)  # collect() below renders the engine snapshots
+        self.updated_at = 0.0
+
+    def _lv(self, pool: str) -> list[str]:
+        return [self.model, pool, *self._extra_values]
+
+    def observe_ttft(self, pool: str, seconds: float) -> None:
+        self.ttft.labels(*self._lv(pool)).observe(seconds)
+
+    def observe_tpot(self, pool: str, seconds: float) -> None:
+        self.tpot.labels(*self._lv(pool)).observe(seconds)
+
+    def count_request(self, pool: str, outcome: str) -> None:
+        """A request the front finished on its own (the engine never saw it), e.g. back-pressure -> rejected."""
+        key = (pool, outcome)
+        self._front.requests[key] = self._front.requests.get(key, 0) + 1
+
+    def update(self, stats_by_pool: dict[str, EngineStats]) -> None:
+        self._stats = dict(stats_by_pool)
+        self.updated_at = time.time()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def describe(self):  # the engine families are dynamic; let prometheus_client skip describe-time checks
+        return []
+
+    def collect(self):
+        names = self._names
+        tokens = CounterMetricFamily("moe_tokens_total", "Tokens processed by kind: prompt (computed, i.e. cache "
+                                     "misses), cached_prompt (read from the prefix cache), generated.",
+                                     labels=[*names, "kind"])
+        reqs = CounterMetricFamily("moe_requests_total", "Finished requests by outcome.", labels=[*names, "outcome"])
+        queue = GaugeMetricFamily("moe_queue_depth", "Requests waiting to start.", labels=names)
+        running = GaugeMetricFamily("moe_running_sequences", "Sequences in the running batch.", labels=names)
+        experts = CounterMetricFamily("moe_expert_tokens_total", "Tokens routed to each expert of each MoE layer.",
+                                      labels=[*names, "layer", "expert"])
+        kv = GaugeMetricFamily("moe_kv_cache_bytes", "KV cache held by running sequences, bytes.", labels=names)
+        prefix = GaugeMetricFamily("moe_prefix_cache_bytes", "Prefix cache size by tier, bytes.",
+                                   labels=[*names, "tier"])
+        cap = GaugeMetricFamily("moe_capacity_tokens_per_second",
+                                "The replicas' own capacity estimate, generated-token equivalents per second.",
+                                labels=names)
+        pools = sorted(set(self._stats) | {p for p, _ in self._front.requests})
+        for pool in pools:
+            lv = self._lv(pool)
+            s = self._stats.get(pool, EngineStats())
+            for kind in TOKEN_KINDS:
+                tokens.add_metric([*lv, kind], float(s.tokens.get(kind, 0)))
+            for outcome in OUTCOMES:
+                front = self._front.requests.get((pool, outcome), 0)
+                reqs.add_metric([*lv, outcome], float(s.requests.get(outcome, 0) + front))
+            queue.add_metric(lv, float(s.queue_depth))
+            running.add_metric(lv, float(s.running))
+            for layer, row in enumerate(s.expert_tokens):
+                for expert, v in enumerate(row):
+                    experts.add_metric([*lv, str(layer), str(expert)], float(v))
+            kv.add_metric(lv, float(s.kv_cache_bytes))
+            for tier in ("memory", "disk"):
+                prefix.add_metric([*lv, tier], float(s.prefix_cache_bytes.get(tier, 0)))
+            cap.add_metric(lv, float(s.capacity_tokens_per_second))
+        return [tokens, reqs, queue, running, experts, kv, prefix, cap]

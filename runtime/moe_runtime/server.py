@@ -1,0 +1,317 @@
+"""The OpenAI-compatible HTTP front: ``build_http_app(engine)`` -> FastAPI app.
+
+The same app runs under plain uvicorn around a local engine and as the Ray Serve ingress around a
+``serve_app.RemoteEngine``; both satisfy ``engine.api.AsyncEngine``. Routes: /v1/models, /v1/completions,
+/v1/chat/completions (SSE when ``stream``), /health, /metrics. A client that goes away cancels its sequence.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from moe_runtime import openai_api as oa
+from moe_runtime.engine.api import AsyncEngine, PromptTooLong, QueueFull, TokenEvent, Usage
+from moe_runtime.metrics import CONTENT_TYPE, RuntimeMetrics
+
+DISCONNECT_POLL_S = 0.2  # how often a non-streaming request checks that its client is still there
+
+
+class TextCodec:
+    """Text <-> token ids over a ``tokenizers.Tokenizer`` (or anything with the same encode/decode)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tok = tokenizer
+        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
+        self.chat_template = getattr(tokenizer, "chat_template", None)
+        self.bos_token = getattr(tokenizer, "bos_token", "") or ""
+        self.eos_token = getattr(tokenizer, "eos_token", "") or ""
+
+    def encode(self, text: str) -> list[int]:
+        enc = self.tok.encode(text)
+        return list(getattr(enc, "ids", enc))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+class _Detokenizer:
+    """Turns generated ids into text deltas, holding back partial UTF-8 and anything that may start a stop string."""
+
+    def __init__(self, codec: TextCodec, stops: list[str] | None):
+        self.codec, self.stops = codec, stops or []
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the text already emitted
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.codec.decode(self.ids)
+        for s in self.stops:
+            at = text.find(s, max(0, self.sent - len(s) + 1))
+            if at >= 0:
+                self.stopped = True
+                delta, self.sent = text[self.sent:at], at
+                return delta
+        safe = len(text)
+        if text.endswith("\ufffd"):
+            safe = len(text.rstrip("\ufffd"))
+        for s in self.stops:  # hold back a suffix that is a prefix of a stop string
+            for k in range(min(len(s) - 1, safe - self.sent), 0, -1):
+                if text[:safe].endswith(s[:k]):
+                    safe -= k
+                    break
+        delta = text[self.sent:safe] if safe > self.sent else ""
+        self.sent = max(self.sent, safe)
+        return delta
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        text = self.codec.decode(self.ids)
+        delta, self.sent = text[self.sent:], len(text)
+        return delta
+
+
+def _error(err: oa.APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+
+
+class _Handler:
+    """Request handling shared by the two generation routes."""
+
+    def __init__(self, engine: AsyncEngine, pool: str, metrics: RuntimeMetrics, default_max_tokens: int):
+        self.engine, self.pool, self.metrics = engine, pool, metrics
+        self.codec = TextCodec(engine.tokenizer)
+        self.default_max_tokens = default_max_tokens
+
+    async def start(self, prompt_ids: list[int], params, rid: str):
+        """Admit a request to the engine or raise the APIError the client should see."""
+        try:
+            return await self.engine.generate(prompt_ids, params, rid)
+        except QueueFull as exc:
+            raise oa.APIError(429, str(exc), type="rate_limit_error", code="queue_full",
+                              retry_after_s=exc.retry_after_s) from None
+        except PromptTooLong as exc:
+            raise oa.APIError(400, str(exc), param="prompt", code="context_length_exceeded") from None
+
+    async def events(self, stream: AsyncIterator[TokenEvent], t0: float, prompt_len: int,
+                     stops: list[str] | None) -> AsyncIterator[tuple[str, str | None, Usage | None, str | None]]:
+        """(text delta, finish_reason, usage, error) tuples; closing this generator cancels the sequence."""
+        pool = getattr(stream, "pool", self.pool)
+        detok = _Detokenizer(self.codec, stops)
+        last_t: float | None = None
+        usage: Usage | None = None
+        try:
+            async for ev in stream:
+                now = time.perf_counter()
+                if ev.usage is not None:
+                    usage = ev.usage
+                if ev.token_id is not None:
+                    if last_t is None:
+                        self.metrics.observe_ttft(pool, now - t0)
+                    else:
+                        self.metrics.observe_tpot(pool, now - last_t)
+                    last_t = now
+                    delta = detok.push(ev.token_id)
+                    if detok.stopped:
+                        yield delta, "stop", self._usage(usage, prompt_len, len(detok.ids)), None
+                        return
+                    if delta and not ev.finished:
+                        yield delta, None, None, None
+                        continue
+                    if delta:
+                        yield delta, None, None, None
+                if ev.finished:
+                    tail = detok.flush()
+                    if tail:
+                        yield tail, None, None, None
+                    err = (ev.error or "the engine failed") if ev.finish_reason == "error" else None
+                    yield "", oa.openai_finish_reason(ev.finish_reason), \
+                        self._usage(usage, prompt_len, len(detok.ids)), err
+                    return
+            yield detok.flush(), "stop", self._usage(usage, prompt_len, len(detok.ids)), None
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    @staticmethod
+    def _usage(u: Usage | None, prompt_len: int, generated: int) -> Usage:
+        if u is not None:
+            return u
+        return Usage(prompt_len, generated, 0, prompt_len)  # stopped early: the engine's count never came
+
+
+async def _watch_disconnect(request: Request, task: asyncio.Task) -> None:
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if not done and await request.is_disconnected():
+            task.cancel()
+            return
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: RuntimeMetrics | None = None,
+                   default_max_tokens: int = 256, manage_engine: bool = True) -> FastAPI:
+    """FastAPI app serving ``engine`` (OpenAI API, /health, /metrics).
+
+    ``pool`` labels this front's metrics when the engine does not say which pool served a request;
+    ``manage_engine`` starts/stops the engine with the app's lifespan.
+    """
+    metrics = metrics or RuntimeMetrics(engine.model_name, {"pool": pool})
+    handler = _Handler(engine, pool, metrics, default_max_tokens)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if manage_engine:
+            await engine.start()
+        try:
+            yield
+        finally:
+            if manage_engine:
+                await engine.stop()
+
+    app = FastAPI(title="moe-runtime OpenAI API", lifespan=lifespan)
+    app.state.engine, app.state.metrics = engine, metrics
+
+    @app.exception_handler(oa.APIError)
+    async def _api_error(_req: Request, exc: oa.APIError):
+        return _error(exc)
+
+    @app.exception_handler(404)
+    async def _not_found(req: Request, _exc):
+        return _error(oa.APIError(404, f"no route {req.method} {req.url.path}", code="not_found"))
+
+    @app.exception_handler(405)
+    async def _bad_method(req: Request, _exc):
+        return _error(oa.APIError(405, f"method {req.method} not allowed on {req.url.path}", code="method_not_allowed"))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": engine.model_name}
+
+    @app.get("/metrics")
+    async def metrics_route():
+        by_pool = getattr(engine, "stats_by_pool", None)
+        metrics.update(await by_pool() if by_pool else {pool: engine.stats()})
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    def model_card() -> dict[str, Any]:
+        return {"id": engine.model_name, "object": "model", "created": 0, "owned_by": "moe-operator",
+                "max_model_len": engine.max_context_tokens}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        oa.check_model(model_id, engine.model_name)
+        return model_card()
+
+    async def read(request: Request, cls):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > oa.MAX_BODY_BYTES:
+            raise oa.APIError(413, f"request body is {length} bytes; the limit is {oa.MAX_BODY_BYTES} bytes",
+                              code="request_too_large")
+        req = oa.validate(cls, oa.parse_body(await request.body()))
+        oa.check_model(req.model, engine.model_name)
+        return req
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        t0 = time.perf_counter()
+        req: oa.CompletionRequest = await read(request, oa.CompletionRequest)
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            ids = handler.codec.encode(prompt)
+        else:
+            ids = list(prompt)
+            vocab = getattr(engine.tokenizer, "get_vocab_size", lambda: None)()
+            if vocab is not None and any(not 0 <= t < vocab for t in ids):
+                raise oa.APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt",
+                                  code="invalid_value")
+        if not ids:
+            raise oa.APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
+        max_tokens = oa.resolve_max_tokens(req.max_tokens, len(ids), engine.max_context_tokens, 16)
+        return await _generate(request, req, ids, max_tokens, t0, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        t0 = time.perf_counter()
+        req: oa.ChatRequest = await read(request, oa.ChatRequest)
+        text = oa.render_chat(req.messages, handler.codec.chat_template, handler.codec.bos_token,
+                              handler.codec.eos_token)
+        ids = handler.codec.encode(text)
+        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        max_tokens = oa.resolve_max_tokens(requested, len(ids), engine.max_context_tokens,
+                                           default_max_tokens, prompt_param="messages")
+        return await _generate(request, req, ids, max_tokens, t0, chat=True)
+
+    async def _generate(request: Request, req, ids: list[int], max_tokens: int, t0: float, chat: bool):
+        stop_ids = [handler.codec.eos_token_id] if handler.codec.eos_token_id is not None else []
+        params = oa.sampling_params(req, max_tokens, stop_ids)
+        rid = oa.new_id("chatcmpl" if chat else "cmpl")
+        stream = await handler.start(ids, params, rid)
+        events = handler.events(stream, t0, len(ids), req.stop)
+        if req.stream:
+            return StreamingResponse(_sse_body(events, rid, req, chat), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Request-Id": rid})
+        task = asyncio.create_task(_collect(events))
+        watcher = asyncio.create_task(_watch_disconnect(request, task))
+        try:
+            text, finish, usage, err = await task
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if err is not None:
+            return _error(oa.APIError(500, err, type="server_error", code="engine_error"))
+        build = oa.chat_json if chat else oa.completion_json
+        return JSONResponse(build(rid, engine.model_name, text, finish, usage), headers={"X-Request-Id": rid})
+
+    async def _collect(events) -> tuple[str, str | None, Usage | None, str | None]:
+        parts: list[str] = []
+        finish = usage = err = None
+        try:
+            async for delta, fin, u, e in events:
+                parts.append(delta)
+                finish, usage, err = fin or finish, u or usage, e or err
+        finally:
+            await events.aclose()
+        return "".join(parts), finish, usage, err
+
+    async def _sse_body(events, rid: str, req, chat: bool) -> AsyncIterator[str]:
+        model_name = engine.model_name
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        try:
+            if chat:
+                yield _sse(oa.chat_chunk(rid, model_name, {"role": "assistant", "content": ""}, None))
+            async for delta, finish, usage, err in events:
+                if err is not None:
+                    yield _sse(oa.APIError(500, err, type="server_error", code="engine_error").body())
+                    break
+                if delta or finish:
+                    if chat:
+                        yield _sse(oa.chat_chunk(rid, model_name, {"content": delta} if delta else {}, finish))
+                    else:
+                        yield _sse(oa.completion_chunk(rid, model_name, delta, finish))
+                if finish and usage is not None and req.include_usage_in_stream():
+                    yield _sse(oa.usage_chunk(rid, model_name, obj, usage))
+            yield "data: [DONE]\n\n"
+        finally:
+            await events.aclose()  # client gone or done: cancels the engine sequence
+
+    return app
