@@ -1,0 +1,165 @@
+"""spec + plan + catalog -> RenderInput: the one place that maps API objects onto render values.
+
+Parallel sizes and placement come from the plan (``moe_operator.planning``); device counts, resource names and
+node labels from the catalog; images from ``Images``. Nothing here decides *whether* a spec can be served:
+planning does that and raises SpecInvalid first.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from moe_operator.catalog import Catalog
+from moe_operator.errors import SpecInvalid
+
+from .images import Images
+from .inputs import PoolRender, RenderInput
+
+# Devices one node holds (HGX/DGX boards and Atlas 800 servers carry 8); a replica needing more spans
+# devicesPerReplica / 8 pods (KubeRay numOfHosts), one per node.
+DEVICES_PER_NODE = {"nvidia": 8, "huawei": 8, "cpu": 1}
+# Host resources per device, requested by each worker pod (the Ray object store and tokenizers live here).
+CPU_PER_DEVICE = {"nvidia": 8, "huawei": 8, "cpu": 8}
+MEMORY_GIB_PER_DEVICE = {"nvidia": 64, "huawei": 64, "cpu": 16}
+# Catalog key -> Ray Serve LLM accelerator_type, only where Ray detects the name on the node itself
+# (ray.util.accelerators); H800 and Ascend are absent there, so those pools are targeted through the
+# pool-<name> resource alone.
+RAY_ACCELERATOR_TYPE = {
+    "nvidia-h100": "H100",
+    "nvidia-h200": "H200",
+    "nvidia-a100-80gb": "A100",
+    "nvidia-l40s": "L40S",
+    "nvidia-l4": "L4",
+}
+
+
+def hosts_per_replica(vendor: str, devices_per_replica: int) -> tuple[int, int]:
+    """(devices per pod, pods per replica) for a replica of ``devices_per_replica`` devices."""
+    per_node = DEVICES_PER_NODE[vendor]
+    if vendor == "cpu" or devices_per_replica <= per_node:
+        return devices_per_replica, 1
+    if devices_per_replica % per_node:
+        raise SpecInvalid(
+            f"devicesPerReplica {devices_per_replica} spans nodes of {per_node} devices unevenly; "
+            f"use a multiple of {per_node} (e.g. {per_node * (devices_per_replica // per_node + 1)}) or at most {per_node}",
+            reason="DevicesDoNotDivide",
+        )
+    return per_node, devices_per_replica // per_node
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+_SUFFIX = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+
+
+def quantity_bytes(q: str) -> int:
+    """A Kubernetes quantity ("10Gi") in bytes."""
+    m = _QUANTITY.match(q.strip())
+    if not m:
+        raise SpecInvalid(f"{q!r} is not a Kubernetes quantity such as 10Gi", reason="BadQuantity")
+    return int(float(m.group(1)) * _SUFFIX[m.group(2)])
+
+
+def _plan_pool(plan: Any, name: str) -> Any:
+    if plan is None:
+        return None
+    pools = getattr(plan, "pools", None) or []
+    if isinstance(pools, Mapping):
+        return pools.get(name)
+    for p in pools:
+        if getattr(p, "name", None) == name:
+            return p
+    return None
+
+
+def _first(obj: Any, *names: str, default: Any = None) -> Any:
+    """The first attribute of ``obj`` among ``names`` that is set (plan objects name parallel sizes plainly)."""
+    for n in names:
+        value = getattr(obj, n, None) if obj is not None else None
+        if value is not None:
+            return value
+    return default
+
+
+def _placement_json(pp: Any) -> dict[str, Any] | None:
+    placement = _first(pp, "placement_json", "placement")
+    if placement is None:
+        return None
+    if hasattr(placement, "to_json"):
+        return placement.to_json()
+    return dict(placement) if isinstance(placement, Mapping) else None
+
+
+def build_render_input(
+    manifest_name: str,
+    namespace: str,
+    spec: Any,
+    catalog: Catalog,
+    plan: Any = None,
+    images: Images | None = None,
+    replicas: Mapping[str, int] | None = None,
+) -> RenderInput:
+    """The RenderInput of one MoEDeployment.
+
+    ``spec``: a ``MoEDeploymentSpec``. ``plan``: the ``DeploymentPlan`` (parallel sizes, placement) or None
+    (then each replica is one tensor-parallel group per host, data-parallel across hosts, expert parallel over
+    all its devices). ``replicas``: per-pool replica counts to keep (what the autoscaler set on the live
+    RayService), clamped into [minReplicas, maxReplicas]; pools absent there start at their initial replicas.
+    """
+    images = images or Images.from_env()
+    replicas = replicas or {}
+    pools = []
+    for p in spec.pools:
+        acc = catalog.get(p.accelerator)
+        per_pod, hosts = hosts_per_replica(acc.vendor, p.devices_per_replica)
+        pp = _plan_pool(plan, p.name)
+        devices = p.devices_per_replica
+        tp = int(_first(pp, "tensor_parallel", "tp", "tensor_parallel_size", default=per_pod))
+        dp = int(_first(pp, "data_parallel", "dp", "data_parallel_size", default=max(1, devices // tp)))
+        ep = int(_first(pp, "expert_parallel", "ep", "expert_parallel_size", default=devices))
+        want = replicas.get(p.name, p.initial_replicas)
+        count = acc.vendor if acc.vendor != "cpu" else "cpu"
+        pools.append(PoolRender(
+            name=p.name,
+            accelerator=p.accelerator,
+            vendor=acc.vendor,
+            resource_name=catalog.resource_name(p.accelerator),
+            devices_per_pod=per_pod,
+            hosts_per_replica=hosts,
+            replicas=min(max(int(want), p.min_replicas), p.max_replicas),
+            min_replicas=p.min_replicas,
+            max_replicas=p.max_replicas,
+            tp=tp,
+            dp=dp,
+            ep=ep,
+            image=p.image or images.worker(spec.engine, acc.vendor),
+            cpu=str(CPU_PER_DEVICE[count] * per_pod),
+            memory=f"{MEMORY_GIB_PER_DEVICE[count] * per_pod}Gi",
+            node_selector=dict(sorted({**acc.node_selector, **p.node_selector}.items())),
+            tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in p.tolerations],
+            ray_accelerator_type=RAY_ACCELERATOR_TYPE.get(p.accelerator),
+            placement=_placement_json(pp),
+        ))
+    disk = spec.cache.disk_tier
+    return RenderInput(
+        name=manifest_name,
+        namespace=namespace,
+        engine=spec.engine,
+        model_source=spec.model.source,
+        served_model_name=spec.model.served_model_name or manifest_name,
+        architecture=spec.model.architecture,
+        quantization=spec.quantization,
+        max_context_tokens=spec.model.max_context_tokens,
+        max_batch_size=spec.serving.max_batch_size,
+        max_queue=spec.serving.max_queue,
+        cache={
+            "prefix": spec.cache.prefix,
+            "block_tokens": spec.cache.block_tokens,
+            "memory_bytes": spec.cache.memory_bytes,
+            "disk_dir": disk.path if disk.enabled else None,
+            "disk_bytes": quantity_bytes(disk.size) if disk.enabled else 0,
+        },
+        pools=tuple(pools),
+        head_image=images.head(spec.engine),
+        ray_version=images.ray_version,
+    )

@@ -1,0 +1,146 @@
+"""serveConfigV2 of the RayService: the torch engine's app (contracts section 3) or Ray Serve LLM apps.
+
+Field names of the vLLM side are those of ``ray.serve.llm.LLMConfig`` (model_loading_config, engine_kwargs,
+accelerator_type, placement_group_config, deployment_config) and of vLLM's ``EngineArgs``
+(tensor_parallel_size, data_parallel_size, enable_expert_parallel, quantization, enable_prefix_caching,
+block_size, max_model_len, max_num_seqs); tests/render validate them against the installed Ray.
+
+Replicas: our autoscaler owns them and patches ``num_replicas``; no Serve ``autoscaling_config`` is rendered,
+because two autoscalers on one deployment would fight.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .inputs import PoolRender, RenderInput
+from .templates import env
+
+DEVICE = {"cpu": "cpu", "nvidia": "cuda", "huawei": "npu"}
+
+
+def runtime_args(r: RenderInput) -> dict[str, Any]:
+    """``RuntimeConfig`` (moe_runtime.config) as snake_case args of the torch app."""
+    vendors = {p.vendor for p in r.pools}
+    device = DEVICE[next(iter(vendors))] if len(vendors) == 1 else "auto"
+    placement = next((p.placement for p in r.pools if p.placement), None)
+    return {
+        "model_name": r.served_model_name,
+        "model_source": r.model_source,
+        "device": device,
+        "dtype": "float32" if vendors == {"cpu"} else "bfloat16",
+        "quantization": r.quantization,
+        "placement": placement,
+        "pools": [
+            {"name": p.name, "num_replicas": p.replicas, "ray_actor_options": {"resources": {p.pool_resource: 1}}}
+            for p in r.pools
+        ],
+        "cache": dict(r.cache),
+        "max_batch_size": r.max_batch_size,
+        "max_queue": r.max_queue,
+        "max_context_tokens": r.max_context_tokens,
+        "metrics_labels": {},
+    }
+
+
+def llm_config(r: RenderInput, pool: PoolRender) -> dict[str, Any]:
+    """One Ray Serve LLM ``LLMConfig`` (as a dict) for one pool."""
+    engine_kwargs: dict[str, Any] = {
+        "tensor_parallel_size": pool.tp,
+        "enable_expert_parallel": pool.ep > 1,
+        "enable_prefix_caching": bool(r.cache.get("prefix", True)),
+        "block_size": _vllm_block_size(r.cache.get("block_tokens", 64)),
+        "max_model_len": r.max_context_tokens,
+        "max_num_seqs": r.max_batch_size,
+    }
+    if pool.dp > 1:
+        engine_kwargs["data_parallel_size"] = pool.dp
+    if r.quantization != "none":
+        engine_kwargs["quantization"] = VLLM_QUANTIZATION[r.quantization]
+    bundle = {pool.ray_resource: 1, pool.pool_resource: 0.001}
+    config: dict[str, Any] = {
+        "model_loading_config": {"model_id": r.served_model_name, "model_source": _vllm_source(r.model_source)},
+        "engine_kwargs": engine_kwargs,
+        "placement_group_config": {
+            "bundle_per_worker": bundle,
+            # One node holds the whole tensor-parallel group when it fits; else spread over the replica's hosts.
+            "strategy": "STRICT_PACK" if pool.hosts_per_replica == 1 else "PACK",
+        },
+        "deployment_config": {
+            "num_replicas": pool.replicas,
+            "max_ongoing_requests": r.max_batch_size,
+            "max_queued_requests": r.max_queue,
+        },
+    }
+    if pool.ray_accelerator_type:
+        config["accelerator_type"] = pool.ray_accelerator_type
+    return config
+
+
+# Our quantization names -> vLLM's ``--quantization`` values. int8/int4 need pre-quantized checkpoints
+# (compressed-tensors W8A8 / W4A16 from llm-compressor), which vLLM detects from the checkpoint's config.
+VLLM_QUANTIZATION = {"fp8": "fp8", "int8": "compressed-tensors", "int4": "compressed-tensors"}
+
+
+def _vllm_block_size(block_tokens: int) -> int:
+    """vLLM accepts block sizes 1..256 in powers of two; use the largest not above the spec's block."""
+    size = 1
+    while size * 2 <= min(int(block_tokens), 256):
+        size *= 2
+    return size
+
+
+def _vllm_source(source: str) -> str:
+    """hf://org/name -> org/name (a Hugging Face id); pvc:// paths are mounted at /models/<path>."""
+    if source.startswith("hf://"):
+        return source[len("hf://"):]
+    if source.startswith("pvc://"):
+        claim_and_path = source[len("pvc://"):]
+        path = claim_and_path.split("/", 1)[1] if "/" in claim_and_path else ""
+        return "/models/" + path
+    return source
+
+
+def vllm_apps(r: RenderInput) -> list[dict[str, Any]]:
+    """One Serve application per pool; a single pool serves at "/", several at "/<pool>"."""
+    apps = []
+    for pool in r.pools:
+        cfg = llm_config(r, pool)
+        if pool.dp > 1:
+            import_path, args = "ray.serve.llm:build_dp_openai_app", {"llm_config": cfg}
+        else:
+            import_path, args = "ray.serve.llm:build_openai_app", {"llm_configs": [cfg]}
+        apps.append({
+            "name": f"{r.name}-{pool.name}",
+            "route_prefix": "/" if len(r.pools) == 1 else f"/{pool.name}",
+            "import_path": import_path,
+            "args": args,
+        })
+    return apps
+
+
+def serve_config(r: RenderInput) -> str:
+    """The serveConfigV2 string, rendered from the engine's template and normalised through YAML."""
+    if r.engine == "torch":
+        text = env().get_template("serve_torch.yaml.j2").render(name=r.name, args=runtime_args(r), pools=r.pools)
+    else:
+        text = env().get_template("serve_vllm.yaml.j2").render(apps=vllm_apps(r))
+    return dump(yaml.safe_load(text))
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper writing multi-line strings (serveConfigV2) as literal blocks, readable in a diff."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump(obj: Any) -> str:
+    """Deterministic YAML (insertion order kept, no line folding, multi-line strings as blocks)."""
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=10**6, default_flow_style=False)
