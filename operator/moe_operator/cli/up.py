@@ -1,0 +1,121 @@
+"""`moectl up -f spec.yaml`: serve a MoEDeployment locally through Ray Serve, no cluster needed.
+
+The serveConfigV2 is the one the operator renders for the RayService (moe_operator.render), deployed onto a
+local Ray through Serve's config API; only ``engine: torch`` can run this way.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from moe_operator.errors import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("up", help="serve a MoEDeployment locally (local Ray + Ray Serve, OpenAI API)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("-f", "--filename", required=True, help="MoEDeployment YAML file")
+    p.add_argument("--host", default="127.0.0.1", help="address the HTTP endpoint listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="logical CPUs of the local Ray (default: max(4, cores); Ray does not pin them)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the app to start")
+    p.set_defaults(func=run)
+
+
+def serve_config_for(path: str) -> tuple[str, str, dict]:
+    """(app name, served model name, serveConfigV2 dict) for the MoEDeployment in ``path``, as the operator renders it."""
+    import yaml
+
+    from moe_operator.api import load_manifest
+    from moe_operator.catalog import Catalog
+    from moe_operator.render.context import build_render_input
+    from moe_operator.render.serve import serve_config
+
+    manifest = load_manifest(path)
+    spec = manifest.spec
+    if spec.engine != "torch":
+        raise UserError(f"{path}: moectl up runs engine: torch only (this spec has engine: {spec.engine}); "
+                        "vllm deployments need a cluster")
+    catalog = Catalog.default()
+    for pool in spec.pools:
+        acc = catalog.get(pool.accelerator)
+        if acc.vendor != "cpu" and pool.devices_per_replica > 1:
+            raise UserError(f"{path}: pool {pool.name} needs {pool.devices_per_replica} devices per replica; "
+                            "moectl up runs one process per replica on this machine")
+    r = build_render_input(manifest.metadata.name, "default", spec, catalog)
+    config = yaml.safe_load(serve_config(r))
+    return manifest.metadata.name, r.served_model_name, config
+
+
+def _pool_resources(config: dict) -> dict[str, float]:
+    """Custom resources the local Ray must advertise: enough of each pool's for its deployments' replicas."""
+    need: dict[str, float] = {}
+    for app in config["applications"]:
+        for dep in app.get("deployments", []):
+            for name, amount in (dep.get("ray_actor_options") or {}).get("resources", {}).items():
+                need[name] = need.get(name, 0) + float(amount) * max(1, int(dep.get("num_replicas", 1))) * 4
+    return need
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    app_name, model, config = serve_config_for(args.filename)
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port} is not a TCP port")
+
+    from moe_runtime import local  # noqa: PLC0415 (torch and ray are only needed from here on)
+
+    if not local.port_free(args.host, args.port):
+        raise UserError(f"{args.host}:{args.port} is already in use; stop what listens there or pass --port")
+    source = config["applications"][0]["args"]["model_source"]
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if source.startswith("builtin://"):
+            from moe_runtime.checkpoint.tiny import ensure_tiny_checkpoint
+
+            with console.status(f"preparing {source} (generated locally on first use)"):
+                path = ensure_tiny_checkpoint()
+            console.print(f"[green]✓[/] checkpoint {path}")
+        import ray
+
+        num_cpus = args.num_cpus or max(4, os.cpu_count() or 1)
+        with console.status("starting local Ray"):
+            ray.init(num_cpus=num_cpus, resources=_pool_resources(config), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        console.print(f"[green]✓[/] Ray started ({num_cpus} CPUs)")
+        try:
+            with console.status("deploying the Serve application") as status:
+                local.deploy(config, args.host, args.port)
+
+                def progress(app_status: str, deps: dict[str, str]) -> None:
+                    parts = ", ".join(f"{d}: {s}" for d, s in sorted(deps.items()))
+                    status.update(f"deploying {app_name}: {app_status}" + (f" ({parts})" if parts else ""))
+                    if stop.is_set():
+                        raise KeyboardInterrupt
+
+                local.wait_running(app_name, args.timeout, progress)
+            console.print(f"[green]✓[/] application {app_name} running")
+            print(f"OpenAI endpoint: http://{args.host}:{args.port}/v1  model: {model}", flush=True)
+            console.print("serving; Ctrl-C stops")
+            while not stop.wait(0.5):
+                pass
+            console.print("shutting down")
+        except RuntimeError as exc:
+            print(f"error: {exc}", flush=True, file=sys.stderr)
+            return 1
+        finally:
+            with console.status("stopping Serve and Ray"):
+                local.shutdown()
+        console.print("[green]✓[/] stopped")
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,95 @@
+"""Serving the torch engine's app on a local Ray (what ``moectl up`` and the tests drive).
+
+The app is deployed from a serveConfigV2 of the shape of docs/contracts.md section 3, through Serve's own
+config API (``ServeDeploySchema`` -> controller ``apply_config``, the Python equivalent of the REST
+``PUT /api/serve/applications/`` that KubeRay uses), so the local path proves the rendered config deploys unchanged.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, Callable
+
+from moe_runtime.config import RuntimeConfig
+
+IMPORT_PATH = "moe_runtime.serve_app:app_builder"
+
+
+def pool_resource(pool: str) -> str:
+    """The custom Ray resource a pool's worker group advertises (contracts section 3)."""
+    return f"pool-{pool}"
+
+
+def serve_config(app_name: str, cfg: RuntimeConfig) -> dict[str, Any]:
+    """serveConfigV2 for one torch-engine app: ``args`` is the RuntimeConfig, one deployment per pool + ingress."""
+    deployments = [
+        {"name": f"engine-{p.name}", "num_replicas": p.num_replicas, "ray_actor_options": p.ray_actor_options}
+        for p in cfg.pools
+    ]
+    deployments.append({"name": "OpenAIIngress", "num_replicas": 1})
+    return {"applications": [{
+        "name": app_name, "route_prefix": "/", "import_path": IMPORT_PATH,
+        "args": cfg.model_dump(mode="json"), "deployments": deployments,
+    }]}
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def deploy(config: dict[str, Any], host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Start Serve's controller and HTTP proxy on ``host:port`` and apply ``config`` (a serveConfigV2 dict)."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate({**config, "http_options": {"host": host, "port": port}})
+    client = serve_start(http_options={"host": host, "port": port})
+    client.deploy_apps(schema)
+
+
+def app_status(app_name: str) -> tuple[str, str, dict[str, str]]:
+    """(application status, its message, {deployment: status}) as Serve reports them."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return "NOT_STARTED", "", {}
+    deps = {name: str(d.status.value if hasattr(d.status, "value") else d.status)
+            for name, d in app.deployments.items()}
+    status = app.status.value if hasattr(app.status, "value") else str(app.status)
+    return str(status), app.message or "", deps
+
+
+def wait_running(app_name: str, timeout_s: float = 600.0,
+                 progress: Callable[[str, dict[str, str]], None] | None = None) -> None:
+    """Block until the app is RUNNING; raise RuntimeError with Serve's message if it fails or times out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, message, deps = app_status(app_name)
+        if progress:
+            progress(status, deps)
+        if status == "RUNNING":
+            return
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"application {app_name} is {status}: {message.strip().splitlines()[-1:] or ''}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"application {app_name} not running after {timeout_s:.0f} s (status {status})")
+        time.sleep(0.5)
+
+
+def shutdown() -> None:
+    """Stop Serve (replicas, proxy, controller) and then Ray, each only if running."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

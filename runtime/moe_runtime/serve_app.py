@@ -1,0 +1,254 @@
+"""The torch engine's Ray Serve application (docs/contracts.md section 3).
+
+``app_builder(args)`` is the ``import_path`` the operator renders into serveConfigV2: ``args`` is a
+RuntimeConfig; the app is one ``engine-<pool>`` deployment per pool (each replica holds an engine built with
+``build_engine``) behind the ``OpenAIIngress`` deployment, which serves ``server.build_http_app`` over a
+``RemoteEngine`` that routes each request to the least loaded pool and streams its tokens back.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from typing import Any, AsyncIterator
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from moe_runtime.config import RuntimeConfig
+from moe_runtime.engine.api import EngineStats, PromptTooLong, QueueFull, SamplingParams, TokenEvent
+from moe_runtime.metrics import RuntimeMetrics, merge_stats
+
+STALE_SNAPSHOT_S = 60.0  # a replica silent this long no longer adds to gauges (its counters stay)
+HANDLE_QUEUE = 16  # requests one ingress may queue per engine deployment before back-pressure (-> 429)
+INGRESS_MAX_ONGOING = 1024  # concurrent HTTP requests per ingress replica; the proxy answers 503 beyond
+
+
+def _tokenizer_json(tokenizer: Any) -> str:
+    """The tokenizer as tokenizer.json text, whether it is a ``tokenizers.Tokenizer`` or wraps one."""
+    for obj in (tokenizer, getattr(tokenizer, "tokenizer", None), getattr(tokenizer, "_tokenizer", None)):
+        to_str = getattr(obj, "to_str", None)
+        if to_str is not None:
+            return to_str()
+    raise TypeError(f"cannot serialise tokenizer of type {type(tokenizer).__name__}")
+
+
+@serve.deployment(name="engine", graceful_shutdown_timeout_s=10)
+class EngineDeployment:
+    """One replica of a pool: an engine (and, per placement, its expert-shard actors)."""
+
+    async def __init__(self, config: dict[str, Any]):
+        from moe_runtime.engine import build_engine
+
+        self.config = RuntimeConfig.model_validate(config)
+        self.engine = build_engine(self.config)
+        await self.engine.start()
+        try:
+            self.replica = serve.get_replica_context().replica_tag
+        except Exception:  # outside a replica (direct instantiation in tests)
+            self.replica = "local"
+
+    async def generate(self, prompt_ids: list[int], params: dict[str, Any], request_id: str):
+        """Stream: one admission dict (accepted or rejected), then the engine's TokenEvents."""
+        try:
+            stream = await self.engine.generate(prompt_ids, SamplingParams(**params), request_id)
+        except QueueFull as exc:
+            yield {"rejected": "queue_full", "retry_after_s": exc.retry_after_s, "message": str(exc)}
+            return
+        except PromptTooLong as exc:
+            yield {"rejected": "prompt_too_long", "prompt_tokens": exc.prompt_tokens,
+                   "max_context_tokens": exc.max_context_tokens, "message": str(exc)}
+            return
+        yield {"accepted": True, "replica": self.replica}
+        try:
+            async for event in stream:
+                yield event
+        finally:  # the ingress cancelled us (client gone) or the stream ended
+            await stream.aclose()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"replica": self.replica, "stats": asdict(self.engine.stats()), "time": time.time()}
+
+    def describe(self) -> dict[str, Any]:
+        tok = self.engine.tokenizer
+        return {"model_name": self.engine.model_name, "max_context_tokens": self.engine.max_context_tokens,
+                "tokenizer_json": _tokenizer_json(tok), "eos_token_id": getattr(tok, "eos_token_id", None),
+                "chat_template": getattr(tok, "chat_template", None), "bos_token": getattr(tok, "bos_token", None),
+                "eos_token": getattr(tok, "eos_token", None)}
+
+    async def __del__(self):
+        await self.engine.stop()
+
+
+class RemoteTokenizer:
+    """The engine's tokenizer rebuilt in the ingress from its tokenizer.json (so text never crosses to the engine)."""
+
+    def __init__(self, info: dict[str, Any]):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_str(info["tokenizer_json"])
+        self.eos_token_id = info.get("eos_token_id")
+        self.chat_template = info.get("chat_template")
+        self.bos_token = info.get("bos_token") or ""
+        self.eos_token = info.get("eos_token") or ""
+
+    def encode(self, text: str):
+        return self._tok.encode(text)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def get_vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def to_str(self) -> str:
+        return self._tok.to_str()
+
+
+class _RemoteStream:
+    """Async iterator over one engine replica's TokenEvents; ``aclose`` cancels the remote sequence."""
+
+    def __init__(self, pool: str, gen, done):
+        self.pool, self._gen, self._done, self._closed = pool, gen, done, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            return await self._gen.__anext__()
+        except StopAsyncIteration:
+            self._finish()
+            raise
+
+    def _finish(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._done()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._gen.cancel()
+            self._finish()
+
+
+class RemoteEngine:
+    """``AsyncEngine`` over the ``engine-<pool>`` deployments, as seen from the ingress."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle], info: dict[str, Any]):
+        self.handles = handles
+        self.model_name: str = info["model_name"]
+        self.max_context_tokens: int = info["max_context_tokens"]
+        self.tokenizer = RemoteTokenizer(info)
+        self.inflight = {p: 0 for p in handles}
+        self._snaps: dict[str, dict[str, tuple[EngineStats, float]]] = {p: {} for p in handles}
+        self.front_rejections: dict[str, int] = {p: 0 for p in handles}
+
+    async def start(self) -> None:  # the engines start in their own replicas
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def _order(self) -> list[str]:
+        """Pools, least loaded first: in-flight requests per known replica."""
+        return sorted(self.handles, key=lambda p: self.inflight[p] / max(1, len(self._snaps[p])))
+
+    async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[TokenEvent]:
+        from ray.serve.exceptions import BackPressureError
+
+        retry_after = 1.0
+        for pool in self._order():
+            gen = self.handles[pool].options(stream=True).generate.remote(
+                prompt_token_ids, asdict(params), request_id)
+            self.inflight[pool] += 1
+            done = (lambda p=pool: self.inflight.__setitem__(p, self.inflight[p] - 1))
+            try:
+                first = await gen.__anext__()
+            except BackPressureError:
+                done()
+                self.front_rejections[pool] += 1
+                continue
+            except BaseException:
+                done()
+                gen.cancel()
+                raise
+            if first.get("accepted"):
+                return _RemoteStream(pool, gen, done)
+            done()
+            if first.get("rejected") == "prompt_too_long":
+                raise PromptTooLong(first["prompt_tokens"], first["max_context_tokens"], first["message"])
+            retry_after = min(retry_after, float(first.get("retry_after_s", 1.0)))
+        raise QueueFull(retry_after, f"every pool's queue is full; retry after {retry_after:.1f} s")
+
+    async def _refresh_pool(self, pool: str) -> None:
+        """Sample snapshots until every known replica answered once (routing is random, so ask a few times)."""
+        tries = 2 * max(1, len(self._snaps[pool])) + 2
+        results = await asyncio.gather(*(self.handles[pool].snapshot.remote() for _ in range(tries)),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, dict):
+                self._snaps[pool][r["replica"]] = (EngineStats(**r["stats"]), time.time())
+
+    async def stats_by_pool(self) -> dict[str, EngineStats]:
+        await asyncio.gather(*(self._refresh_pool(p) for p in self.handles))
+        now, out = time.time(), {}
+        for pool, snaps in self._snaps.items():
+            parts = []
+            for stats, seen in snaps.values():
+                if now - seen > STALE_SNAPSHOT_S:  # gone: keep its counters, drop its gauges
+                    stats = EngineStats(tokens=stats.tokens, requests=stats.requests,
+                                        expert_tokens=stats.expert_tokens)
+                parts.append(stats)
+            merged = merge_stats(parts)
+            merged.requests["rejected"] = merged.requests.get("rejected", 0) + self.front_rejections[pool]
+            out[pool] = merged
+        return out
+
+    def stats(self) -> EngineStats:
+        return merge_stats([s for snaps in self._snaps.values() for s, _ in snaps.values()])
+
+
+@serve.deployment(name="OpenAIIngress", ray_actor_options={"num_cpus": 0},
+                  max_ongoing_requests=INGRESS_MAX_ONGOING, max_queued_requests=INGRESS_MAX_ONGOING)
+@serve.ingress()
+class OpenAIIngress:
+    """HTTP ingress: the OpenAI API of ``server.build_http_app`` over the pools' engines."""
+
+    async def __init__(self, config: dict[str, Any], engines: dict[str, DeploymentHandle]):
+        cfg = RuntimeConfig.model_validate(config)
+        info = await next(iter(engines.values())).describe.remote()
+        self.engine = RemoteEngine(engines, info)
+        self.metrics = RuntimeMetrics(cfg.model_name, cfg.metrics_labels)
+        self.default_pool = cfg.pools[0].name
+
+    def __serve_build_asgi_app__(self):
+        from moe_runtime.server import build_http_app
+
+        return build_http_app(self.engine, pool=self.default_pool, metrics=self.metrics, manage_engine=False)
+
+
+def engine_deployment_options(cfg: RuntimeConfig, pool) -> dict[str, Any]:
+    """Serve options of ``engine-<pool>``; serveConfigV2 ``deployments`` entries override them."""
+    return {
+        "name": f"engine-{pool.name}",
+        "num_replicas": pool.num_replicas,
+        "ray_actor_options": dict(pool.ray_actor_options),
+        # Let the engine see a few more requests than it admits, so that it (not Serve) answers QueueFull.
+        "max_ongoing_requests": cfg.max_batch_size + cfg.max_queue + 4,
+        "max_queued_requests": HANDLE_QUEUE,
+    }
+
+
+def app_builder(args: dict[str, Any]):
+    """Serve application builder for ``import_path: moe_runtime.serve_app:app_builder``."""
+    cfg = RuntimeConfig.model_validate(args)
+    engines = {
+        pool.name: EngineDeployment.options(**engine_deployment_options(cfg, pool)).bind(
+            cfg.for_pool(pool.name).model_dump(mode="json"))
+        for pool in cfg.pools
+    }
+    return OpenAIIngress.bind(cfg.model_dump(mode="json"), engines)
