@@ -113,10 +113,11 @@ def build_render_input(
         acc = catalog.get(p.accelerator)
         per_pod, hosts = hosts_per_replica(acc.vendor, p.devices_per_replica)
         pp = _plan_pool(plan, p.name)
+        par = _first(pp, "parallelism", default=pp)
         devices = p.devices_per_replica
-        tp = int(_first(pp, "tensor_parallel", "tp", "tensor_parallel_size", default=per_pod))
-        dp = int(_first(pp, "data_parallel", "dp", "data_parallel_size", default=max(1, devices // tp)))
-        ep = int(_first(pp, "expert_parallel", "ep", "expert_parallel_size", default=devices))
+        tp = int(_first(par, "tensor_parallel", "tp", "tensor_parallel_size", default=per_pod))
+        dp = int(_first(par, "data_parallel", "dp", "data_parallel_size", default=max(1, devices // tp)))
+        ep = int(_first(par, "expert_parallel", "ep", "expert_parallel_size", default=devices))
         want = replicas.get(p.name, p.initial_replicas)
         count = acc.vendor if acc.vendor != "cpu" else "cpu"
         pools.append(PoolRender(

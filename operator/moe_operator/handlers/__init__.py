@@ -1,0 +1,2 @@
+"""kopf handlers (thin glue): importing this package registers them with kopf's default registry."""
+from . import moedeployment, rayservice  # noqa: F401

@@ -1,0 +1,36 @@
+"""Operator-wide settings set once by ``moe-operator`` at start (catalog ConfigMap, images, timer interval)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from moe_operator.catalog import Catalog
+from moe_operator.render.images import Images
+
+from . import kube
+
+
+@dataclass
+class OperatorConfig:
+    catalog_configmap: str | None = None          # "<namespace>/<name>" of the cluster catalog overrides
+    images: Images = field(default_factory=Images.from_env)
+    drift_interval_seconds: float = 30.0           # how often each MoEDeployment re-checks its RayService
+    catalog_ttl_seconds: float = 30.0              # how long a read of the catalog ConfigMap is reused
+    _catalog: Catalog | None = None
+    _catalog_at: float = 0.0
+
+    def catalog(self) -> Catalog:
+        """The default catalog with the cluster's ConfigMap overrides, re-read at most every ``catalog_ttl_seconds``."""
+        if self._catalog is not None and time.monotonic() - self._catalog_at < self.catalog_ttl_seconds:
+            return self._catalog
+        overrides: dict[str, Any] | None = None
+        if self.catalog_configmap:
+            ns, _, name = self.catalog_configmap.partition("/")
+            overrides = kube.read_configmap(ns, name)
+        self._catalog = Catalog.default().with_overrides(overrides)
+        self._catalog_at = time.monotonic()
+        return self._catalog
+
+
+CONFIG = OperatorConfig()

@@ -1,0 +1,88 @@
+"""One reconcile of one MoEDeployment: plan -> render -> create or repair the RayService -> status + Events.
+
+Glue only: planning decides, render builds, this module applies and reports. It is called by the kopf
+handlers of the MoEDeployment (create/update/resume/timer) and of its RayService (deleted or edited by hand).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from moe_operator.errors import SpecInvalid, UserError
+from moe_operator.render.context import build_render_input
+from moe_operator.render.pipeline import parse_spec, plan
+from moe_operator.render.rayservice import render_rayservice
+
+from . import drift, kube, metrics, status
+from .config import CONFIG
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = field(default_factory=list)   # (type Normal|Warning, reason, message)
+
+
+def reconcile(body: dict[str, Any]) -> Outcome:
+    """Bring the RayService of ``body`` (a MoEDeployment object) in line with its spec. Never raises for a bad spec."""
+    meta = body["metadata"]
+    name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
+    old = dict(body.get("status") or {})
+    try:
+        spec = parse_spec(body.get("spec") or {})
+        catalog = CONFIG.catalog()
+        p = plan(spec, catalog, name)
+        live = kube.get_rayservice(namespace, name)
+        r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
+    except SpecInvalid as exc:
+        return Outcome(status.invalid_status(old, generation, exc.reason, str(exc)),
+                       [("Warning", exc.reason, str(exc))] if _new_problem(old, exc) else [])
+    except UserError as exc:   # e.g. a broken catalog ConfigMap: the spec is fine, the cluster config is not
+        return Outcome(status.invalid_status(old, generation, "CatalogInvalid", str(exc)),
+                       [("Warning", "CatalogInvalid", str(exc))] if _new_problem(old, exc) else [])
+    desired = render_rayservice(r)
+    kopf.adopt(desired, owner=body)
+    events: list[tuple[str, str, str]] = []
+    if live is None:
+        if kube.create_rayservice(namespace, desired):
+            events.append(("Normal", "Created", f"created RayService {name} ({_pools_word(r)})"))
+        live = kube.get_rayservice(namespace, name)
+    if live is not None and drift.drifted(live, desired):
+        if kube.replace_with_retry(namespace, name, lambda cur: drift.repair(cur, desired)):
+            events.append(("Normal", "Updated", f"updated RayService {name} to match the spec (generation {generation})"))
+            live = kube.get_rayservice(namespace, name)
+    return Outcome(status.ok_status(old, generation, r, p, live), events)
+
+
+def _new_problem(old: dict, exc: Exception) -> bool:
+    """Emit the Warning once per distinct message, not on every retry/timer tick."""
+    for c in old.get("conditions") or []:
+        if c.get("type") == "SpecInvalid":
+            return not (c.get("status") == "True" and c.get("message") == str(exc))
+    return True
+
+
+def _pools_word(r) -> str:
+    return ", ".join(f"{p.name}: {p.replicas}x{p.devices_per_replica} {p.accelerator}" for p in r.pools)
+
+
+def apply_outcome(body: dict[str, Any], outcome: Outcome, patch: Any | None = None) -> None:
+    """Post the Events and write the status keys that changed (none changed: no write)."""
+    metrics.record(body["metadata"]["namespace"], body["metadata"]["name"], outcome.status)
+    for type_, reason, message in outcome.events:
+        (kopf.info if type_ == "Normal" else kopf.warn)(body, reason=reason, message=message)
+        kube.Writes.add("event")
+    delta = status.changed(body.get("status") or {}, outcome.status)
+    if not delta:
+        return
+    if patch is not None:
+        patch.status.update(delta)
+        kube.Writes.add("status")
+    else:
+        meta = body["metadata"]
+        kube.patch_moed_status(meta["namespace"], meta["name"], delta)

@@ -1,0 +1,84 @@
+"""``moe-operator``: run the kopf operator that turns MoEDeployments into KubeRay RayServices.
+
+Usage: ``moe-operator [--namespace NS ...| --all-namespaces] [--liveness URL] [--catalog-configmap NS/NAME]
+[--images FILE] [--metrics-port 8080] [--drift-interval 30]``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from moe_operator.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moe-operator", description="Serve MoEDeployments through KubeRay RayServices.")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable; glob patterns as kopf accepts)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    p.add_argument("--liveness", metavar="URL", help="serve kopf's liveness probe, e.g. http://0.0.0.0:8081/healthz")
+    p.add_argument("--catalog-configmap", metavar="NS/NAME", default=os.environ.get("MOE_CATALOG_CONFIGMAP"),
+                   help="ConfigMap with cluster catalog overrides (prices, ascendResourceScheme, accelerators)")
+    p.add_argument("--images", metavar="FILE", help="YAML mapping overriding the default images (see docs/operator.md)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0 disables it)")
+    p.add_argument("--drift-interval", type=float, default=30.0, help="seconds between drift checks per resource")
+    p.add_argument("--verbose", "-v", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.namespace and not args.all_namespaces:
+        print("error: give --namespace NS (repeatable) or --all-namespaces", file=sys.stderr)
+        return 2
+    if args.catalog_configmap and "/" not in args.catalog_configmap:
+        print("error: --catalog-configmap must be NAMESPACE/NAME", file=sys.stderr)
+        return 2
+    try:
+        from moe_operator.handlers.config import CONFIG
+        from moe_operator.render.images import Images
+
+        if args.images:
+            os.environ["MOE_IMAGES"] = args.images
+        CONFIG.images = Images.from_env()
+    except (UserError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    CONFIG.catalog_configmap = args.catalog_configmap
+    CONFIG.drift_interval_seconds = args.drift_interval
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import kopf
+
+    from moe_operator.handlers import kube  # noqa: F401  (registers the handlers)
+    import moe_operator.handlers  # noqa: F401
+
+    if args.metrics_port:
+        from moe_operator.handlers.metrics import serve_metrics
+        serve_metrics(args.metrics_port)
+
+    @kopf.on.startup()
+    def _configure(settings: kopf.OperatorSettings, **_):
+        kube.login()
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 300
+        settings.persistence.finalizer = "serving.moe-operator.io/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="serving.moe-operator.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="serving.moe-operator.io")
+
+    asyncio.run(kopf.operator(
+        clusterwide=args.all_namespaces,
+        namespaces=args.namespace or None,
+        liveness_endpoint=args.liveness,
+        standalone=True,
+    ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
