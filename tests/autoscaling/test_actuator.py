@@ -1,0 +1,47 @@
+"""The actuator's merge patch: Serve replicas and worker groups move, nothing else does."""
+import pytest
+import yaml
+
+from moe_operator.autoscaling.actuator import rayservice_patch, serve_replicas
+from moe_operator.errors import UserError
+
+
+def rayservice():
+    serve = {"applications": [{"name": "m", "route_prefix": "/", "import_path": "moe_runtime.serve_app:app_builder",
+                               "args": {"model_name": "m"},
+                               "deployments": [{"name": "engine-h800", "num_replicas": 1, "ray_actor_options": {"resources": {"pool-h800": 1}}},
+                                               {"name": "engine-ascend", "num_replicas": 2, "ray_actor_options": {"resources": {"pool-ascend": 1}}},
+                                               {"name": "OpenAIIngress", "num_replicas": 1}]}]}
+    groups = [{"groupName": "h800", "replicas": 1, "minReplicas": 0, "maxReplicas": 4, "numOfHosts": 1, "template": {"spec": {"x": 1}}},
+              {"groupName": "ascend", "replicas": 2, "minReplicas": 0, "maxReplicas": 4, "numOfHosts": 2, "template": {"spec": {"y": 2}}}]
+    return {"spec": {"serveConfigV2": yaml.safe_dump(serve), "rayClusterConfig": {"headGroupSpec": {"h": 1}, "workerGroupSpecs": groups}}}
+
+
+def test_patch_sets_serve_and_worker_replicas_only():
+    rs = rayservice()
+    patch = rayservice_patch(rs, {"h800": 3, "ascend": 2})
+    assert set(patch["spec"]) == {"serveConfigV2", "rayClusterConfig"}
+    assert set(patch["spec"]["rayClusterConfig"]) == {"workerGroupSpecs"}   # head untouched
+    assert serve_replicas(patch) == {"h800": 3, "ascend": 2}
+    new_cfg = yaml.safe_load(patch["spec"]["serveConfigV2"])
+    old_cfg = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    old_cfg["applications"][0]["deployments"][0]["num_replicas"] = 3
+    assert new_cfg == old_cfg                                              # nothing else in the Serve config moved
+    g = {x["groupName"]: x for x in patch["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert (g["h800"]["replicas"], g["h800"]["minReplicas"], g["h800"]["maxReplicas"]) == (3, 3, 4)
+    assert g["ascend"]["template"] == {"spec": {"y": 2}} and g["ascend"]["numOfHosts"] == 2
+
+
+def test_no_patch_when_unchanged_and_max_raised():
+    rs = rayservice()
+    first = rayservice_patch(rs, {"h800": 1, "ascend": 2})
+    rs["spec"]["rayClusterConfig"]["workerGroupSpecs"] = first["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert rayservice_patch(rs, {"h800": 1, "ascend": 2}) is None
+    up = rayservice_patch(rs, {"h800": 6, "ascend": 2})
+    g = {x["groupName"]: x for x in up["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert g["h800"]["maxReplicas"] == 6
+
+
+def test_unknown_pool_is_user_error():
+    with pytest.raises(UserError, match="engine-tpu"):
+        rayservice_patch(rayservice(), {"tpu": 1})
