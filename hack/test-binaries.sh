@@ -121,9 +121,9 @@ if [[ ! -x "$KR/ray-operator" ]]; then
     "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION"
   mkdir -p "$KR"; mv "$KR.tmp/ray-operator" "$KR/ray-operator"; rm -rf "$KR.tmp"
 else log "ray-operator $KUBERAY_VERSION: cached"; fi
+build_k8s
 build_install helm "$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$K8S_MINOR"
-build_k8s
 
 # One directory of symlinks named by every version, so a version bump never reuses a stale set.
 SET="$CACHE/stack-k8s$K8S_VERSION-etcd$ETCD_VERSION-kwok$KWOK_VERSION-kuberay$KUBERAY_VERSION-helm$HELM_VERSION"
