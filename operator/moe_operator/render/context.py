@@ -159,6 +159,8 @@ def build_render_input(
             "memory_bytes": spec.cache.memory_bytes,
             "disk_dir": disk.path if disk.enabled else None,
             "disk_bytes": quantity_bytes(disk.size) if disk.enabled else 0,
+            "disk_size": disk.size,
+            "storage_class": disk.storage_class_name or "",
         },
         pools=tuple(pools),
         head_image=images.head(spec.engine),

@@ -20,6 +20,8 @@ def _worker(r: RenderInput, pool: PoolRender, labels: dict[str, str]) -> dict[st
     if pool.resource_name:
         resources[pool.resource_name] = str(pool.devices_per_pod)
     volumes, mounts = worker_volumes(pool)
+    extra_volumes, extra_mounts = data_volumes(r)
+    volumes, mounts = volumes + extra_volumes, mounts + extra_mounts
     return {
         "pool": pool,
         "labels": {**labels, LABEL_POOL: pool.name},
@@ -29,6 +31,27 @@ def _worker(r: RenderInput, pool: PoolRender, labels: dict[str, str]) -> dict[st
         "mounts": mounts,
         "resources": dict(sorted(resources.items())),
     }
+
+
+MODEL_MOUNT = "/models"
+
+
+def data_volumes(r: RenderInput) -> tuple[list[dict], list[dict]]:
+    """The model PVC (pvc://<claim>/<path> is read at /models/<path>) and the prefix cache's disk tier."""
+    volumes: list[dict] = []
+    mounts: list[dict] = []
+    if r.model_source.startswith("pvc://"):
+        claim = r.model_source[len("pvc://"):].split("/", 1)[0]
+        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
+    if r.cache.get("disk_dir"):
+        claim_spec: dict = {"accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": str(r.cache["disk_size"])}}}
+        if r.cache.get("storage_class"):
+            claim_spec["storageClassName"] = r.cache["storage_class"]
+        volumes.append({"name": "prefix-cache", "ephemeral": {"volumeClaimTemplate": {"spec": claim_spec}}})
+        mounts.append({"name": "prefix-cache", "mountPath": r.cache["disk_dir"]})
+    return volumes, mounts
 
 
 def render_rayservice(r: RenderInput) -> dict[str, Any]:

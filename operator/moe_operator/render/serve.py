@@ -36,7 +36,7 @@ def runtime_args(r: RenderInput) -> dict[str, Any]:
             {"name": p.name, "num_replicas": p.replicas, "ray_actor_options": {"resources": {p.pool_resource: 1}}}
             for p in r.pools
         ],
-        "cache": dict(r.cache),
+        "cache": {k: r.cache[k] for k in ("prefix", "block_tokens", "memory_bytes", "disk_dir", "disk_bytes")},
         "max_batch_size": r.max_batch_size,
         "max_queue": r.max_queue,
         "max_context_tokens": r.max_context_tokens,
@@ -92,7 +92,7 @@ def _vllm_block_size(block_tokens: int) -> int:
 
 
 def _vllm_source(source: str) -> str:
-    """hf://org/name -> org/name (a Hugging Face id); pvc:// paths are mounted at /models/<path>."""
+    """hf://org/name -> org/name (a Hugging Face id); pvc://<claim>/<path> -> /models/<path> (render mounts it)."""
     if source.startswith("hf://"):
         return source[len("hf://"):]
     if source.startswith("pvc://"):
