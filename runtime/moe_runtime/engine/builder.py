@@ -1,0 +1,20 @@
+"""RuntimeConfig -> TorchEngine (model loaded, experts placed, prefix cache attached; not yet started)."""
+from __future__ import annotations
+
+from moe_runtime.cache import PrefixCache
+from moe_runtime.checkpoint.tiny import resolve_source
+from moe_runtime.model.load import load_model
+
+from .core import TorchEngine
+
+
+def build_engine_from_config(config) -> TorchEngine:
+    directory = resolve_source(config.model_source)
+    loaded = load_model(directory, device=config.device, dtype=config.dtype, quant=config.quantization,
+                        placement=config.placement)
+    c = config.cache
+    cache = None
+    if c.prefix:
+        cache = PrefixCache(loaded.fingerprint, c.block_tokens, c.memory_bytes, c.disk_dir, c.disk_bytes)
+    return TorchEngine(loaded, model_name=config.model_name, max_batch_size=config.max_batch_size,
+                       max_queue=config.max_queue, max_context_tokens=config.max_context_tokens, prefix_cache=cache)

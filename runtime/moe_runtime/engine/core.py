@@ -1,0 +1,240 @@
+"""TorchEngine: continuous batching over MoEForCausalLM in one worker thread.
+
+Between decode steps the worker admits waiting requests (up to max_batch_size running), prefills each one alone
+(reusing prefix-cache blocks), then decodes every running sequence together in one ragged batch. Events reach the
+asyncio side through loop.call_soon_threadsafe, so the event loop never runs model code.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import torch
+
+from moe_runtime.cache import PrefixCache
+from moe_runtime.model.kv import SeqKV
+from moe_runtime.model.load import LoadedModel
+
+from .api import EngineStats, PromptTooLong, QueueFull, SamplingParams, TokenEvent, Usage
+from .sampling import check_params, make_generator, sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Seq:
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    gen: torch.Generator | None
+    kv: SeqKV | None = None
+    out: list[int] = field(default_factory=list)
+    hit: int = 0
+    cancelled: bool = False
+    done: bool = False
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class TorchEngine:
+    def __init__(self, loaded: LoadedModel, *, model_name: str, max_batch_size: int = 16, max_queue: int = 64,
+                 max_context_tokens: int = 4096, prefix_cache: PrefixCache | None = None):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.model_name = model_name
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.max_context_tokens = min(max_context_tokens, loaded.cfg.max_position_embeddings)
+        self.cache = prefix_cache
+        self.vocab = loaded.cfg.vocab_size
+        self.eos = {loaded.tokenizer.eos_token_id} if loaded.tokenizer and loaded.tokenizer.eos_token_id is not None else set()
+        self._waiting: deque[_Seq] = deque()
+        self._running: list[_Seq] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._tokens = {"prompt": 0, "cached_prompt": 0, "generated": 0}
+        self._requests = {"ok": 0, "error": 0, "rejected": 0, "cancelled": 0}
+        self._kv_bytes = 0
+        self._step_s = 0.0  # EMA of decode step seconds
+        self._step_batch = 1.0  # EMA of decode batch size
+        self._req_s = 1.0  # EMA of request seconds (for retry_after)
+
+    # ---- asyncio side ----
+    async def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._work, name=f"engine-{self.model_name}", daemon=True)
+            self._thread.start()
+
+    async def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30)
+            self._thread = None
+        close = getattr(self.model.backend, "close", None)
+        if close:
+            close()
+
+    async def generate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[TokenEvent]:
+        prompt = [int(t) for t in prompt_token_ids]
+        if not prompt:
+            raise ValueError("prompt is empty: at least one token is needed")
+        bad = [t for t in prompt if not 0 <= t < self.vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab})")
+        check_params(params, self.vocab)
+        if len(prompt) + params.max_tokens > self.max_context_tokens:
+            raise PromptTooLong(len(prompt), self.max_context_tokens,
+                                f"this model's maximum context length is {self.max_context_tokens} tokens; the request "
+                                f"asks for {len(prompt) + params.max_tokens} ({len(prompt)} prompt + {params.max_tokens} max_tokens)")
+        loop = asyncio.get_running_loop()
+        seq = _Seq(request_id, prompt, params, loop, asyncio.Queue(), make_generator(params))
+        with self._cond:
+            free = max(0, self.max_batch_size - len(self._running))
+            if len(self._waiting) >= self.max_queue + free:
+                self._requests["rejected"] += 1
+                wait = max(1.0, len(self._waiting) * self._req_s / self.max_batch_size)
+                raise QueueFull(wait)
+            self._waiting.append(seq)
+            self._cond.notify_all()
+        return self._stream(seq)
+
+    async def _stream(self, seq: _Seq) -> AsyncIterator[TokenEvent]:
+        try:
+            while True:
+                ev = await seq.queue.get()
+                yield ev
+                if ev.finished:
+                    return
+        finally:
+            if not seq.done:
+                with self._cond:
+                    seq.cancelled = True
+                    self._cond.notify_all()
+
+    def stats(self) -> EngineStats:
+        with self._cond:
+            queue, running = len(self._waiting), len(self._running)
+        return EngineStats(
+            queue_depth=queue, running=running, kv_cache_bytes=self._kv_bytes,
+            prefix_cache_bytes=self.cache.bytes() if self.cache else {"memory": 0, "disk": 0},
+            tokens=dict(self._tokens), requests=dict(self._requests),
+            expert_tokens=self.model.expert_counts.tolist(),
+            capacity_tokens_per_second=self.capacity_tokens_per_second(),
+        )
+
+    def capacity_tokens_per_second(self) -> float:
+        """Generated tokens/s at the decode batch size seen so far (EMA of step time / batch size). A lower bound
+        for a fuller batch: small-batch decode is bound by reading weights, so step time grows slower than batch."""
+        if self._step_s <= 0:
+            return 0.0
+        return max(1.0, self._step_batch) / self._step_s
+
+    # ---- worker thread ----
+    def _emit(self, seq: _Seq, ev: TokenEvent) -> None:
+        if ev.finished:
+            seq.done = True
+        try:
+            seq.loop.call_soon_threadsafe(seq.queue.put_nowait, ev)
+        except RuntimeError:  # the client's loop is closed
+            seq.cancelled = True
+
+    def _usage(self, seq: _Seq) -> Usage:
+        return Usage(len(seq.prompt), len(seq.out), seq.hit, len(seq.prompt) - seq.hit)
+
+    def _finish(self, seq: _Seq, reason: str, token: int | None, error: str | None = None) -> None:
+        self._requests[{"stop": "ok", "length": "ok"}.get(reason, reason)] += 1
+        self._emit(seq, TokenEvent(token, True, reason, self._usage(seq), error))
+        seq.kv = None
+        self._req_s = 0.9 * self._req_s + 0.1 * (time.monotonic() - seq.arrived)
+
+    def _accept(self, seq: _Seq, token: int) -> bool:
+        """Record a sampled token; emit it; True when the sequence is finished."""
+        seq.out.append(token)
+        self._tokens["generated"] += 1
+        if token in self.eos or token in seq.params.stop_token_ids:
+            self._finish(seq, "stop", None)
+            return True
+        if len(seq.out) >= seq.params.max_tokens or len(seq.prompt) + len(seq.out) >= self.max_context_tokens:
+            self._finish(seq, "length", token)
+            return True
+        self._emit(seq, TokenEvent(token, False, None))
+        return False
+
+    def _prefill(self, seq: _Seq) -> None:
+        kv = self.model.new_kv()
+        keys: list[str] = []
+        if self.cache is not None:
+            keys, blocks = self.cache.lookup(seq.prompt)
+            for b in blocks:
+                kv.extend([(k.to(self.model.device), v.to(self.model.device)) for k, v in b])
+            seq.hit = len(blocks) * self.cache.block_tokens
+        seq.kv = kv
+        logits = self.model([seq.prompt[seq.hit:]], [kv])[0]
+        self._tokens["prompt"] += len(seq.prompt) - seq.hit
+        self._tokens["cached_prompt"] += seq.hit
+        if self.cache is not None:
+            bt = self.cache.block_tokens
+            for i, key in enumerate(keys):
+                if (i + 1) * bt > seq.hit and not self.cache.has(key):
+                    self.cache.store(key, [(k.cpu(), v.cpu()) for k, v in kv.export(i * bt, (i + 1) * bt)])
+        if not self._accept(seq, sample(logits, seq.params, seq.gen)):
+            self._running.append(seq)
+
+    def _decode(self) -> None:
+        batch = self._running
+        t0 = time.monotonic()
+        logits = self.model([[s.out[-1]] for s in batch], [s.kv for s in batch])
+        dt = time.monotonic() - t0
+        self._step_s = dt if self._step_s == 0 else 0.8 * self._step_s + 0.2 * dt
+        self._step_batch = 0.8 * self._step_batch + 0.2 * len(batch)
+        self._running = [s for s, row in zip(batch, logits) if not self._accept(s, sample(row, s.params, s.gen))]
+
+    def _work(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._running:
+                    self._cond.wait(0.5)
+                if self._stopping:
+                    pending = list(self._waiting) + self._running
+                    self._waiting.clear()
+                    self._running = []
+                    break
+                for s in [s for s in self._running if s.cancelled]:
+                    self._requests["cancelled"] += 1
+                    s.done, s.kv = True, None
+                self._running = [s for s in self._running if not s.cancelled]
+                admit = []
+                while self._waiting and len(self._running) + len(admit) < self.max_batch_size:
+                    s = self._waiting.popleft()
+                    if s.cancelled:
+                        self._requests["cancelled"] += 1
+                        s.done = True
+                    else:
+                        admit.append(s)
+            try:
+                for s in admit:
+                    self._prefill(s)
+                if self._running:
+                    self._decode()
+            except Exception as e:  # a failed step fails the sequences in it, not the engine
+                log.exception("engine step failed")
+                for s in admit + self._running:
+                    if not s.done:
+                        self._finish(s, "error", None, f"{type(e).__name__}: {e}")
+                self._running = []
+            self._kv_bytes = sum(s.kv.nbytes() for s in self._running if s.kv is not None)
+        for s in pending:
+            if not s.done:
+                self._finish(s, "cancelled", None, "engine stopped")
