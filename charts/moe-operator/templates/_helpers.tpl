@@ -1,0 +1,79 @@
+{{/* Names and labels shared by every template. */}}
+{{- define "moe-operator.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "moe-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "moe-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "moe-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "moe-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "moe-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: moe-operator
+{{- end -}}
+
+{{- define "moe-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "moe-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "moe-operator.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "moe-operator.catalogName" -}}
+{{- printf "%s-catalog" (include "moe-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "moe-operator.imagesName" -}}
+{{- printf "%s-images" (include "moe-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* True (non-empty) in cluster mode: no watchNamespaces given. */}}
+{{- define "moe-operator.clusterMode" -}}
+{{- if not .Values.watchNamespaces -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Rules for the namespaced resources the operator uses, identical in the ClusterRole (cluster mode) and in each
+watched namespace's Role (namespaced mode). Each rule names the code that needs it (docs/install.md, "RBAC").
+*/}}
+{{- define "moe-operator.workloadRules" -}}
+# MoEDeployments: kopf lists and watches them and patches its finalizer and progress annotations;
+# handlers/kube.py get_moed reads one.
+- apiGroups: [serving.moe-operator.io]
+  resources: [moedeployments]
+  verbs: [get, list, watch, patch]
+# Their status subresource: kopf and handlers/kube.py patch_moed_status write conditions, pools, cost.
+- apiGroups: [serving.moe-operator.io]
+  resources: [moedeployments/status]
+  verbs: [patch]
+# The RayService of each MoEDeployment (owned by it: garbage collection deletes it, the operator never does):
+# created and replaced by handlers/kube.py, watched by handlers/rayservice.py, patched by the autoscaler's actuator.
+- apiGroups: [ray.io]
+  resources: [rayservices]
+  verbs: [get, list, watch, create, update, patch]
+# Events on MoEDeployments (kopf.info/kopf.warn: reconcile outcomes and scaling decisions).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
