@@ -40,17 +40,9 @@ def rayservice_ready(live: dict | None) -> tuple[bool, str]:
     return state == "Running", f"RayService serviceStatus is {state or 'not reported yet'}"
 
 
-def _get(obj: Any, *names: str, default: Any = None) -> Any:
-    for n in names:
-        v = getattr(obj, n, None) if obj is not None else None
-        if v is not None:
-            return v
-    return default
-
-
 def _plan_pool(plan: Any, name: str) -> Any:
-    for p in _get(plan, "pools", default=[]) or []:
-        if _get(p, "name") == name:
+    for p in getattr(plan, "pools", None) or []:
+        if p.name == name:
             return p
     return None
 
@@ -67,8 +59,8 @@ def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live
             "accelerator": p.accelerator,
             "desiredReplicas": p.replicas,
             "readyReplicas": p.replicas if ready else 0,
-            "costPerHour": round(float(_get(pp, "cost_per_hour", "replica_cost_per_hour", default=0.0)) * p.replicas, 4),
-            "capacityTokensPerSecond": round(float(_get(pp, "capacity_tokens_per_second", "tokens_per_second", default=0.0)), 2),
+            "costPerHour": round(pp.cost.price_per_replica_hour * p.replicas, 4) if pp else 0.0,
+            "capacityTokensPerSecond": round(pp.capacity.weighted_tps, 2) if pp else 0.0,
         })
     status: dict[str, Any] = {
         "observedGeneration": generation,
@@ -88,24 +80,11 @@ def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live
             condition(conds, "SpecInvalid", "False", "SpecValid", "", generation),
         ],
     }
-    summary = placement_summary(plan, r)
-    if summary:
-        status["placement"] = summary
+    first = plan.pools[0].placement_summary if plan is not None and plan.pools else None
+    if first is not None:
+        status["placement"] = {"shards": first.shards, "expertsPerShard": first.experts_per_shard,
+                               "redundantSlots": first.redundant_slots}
     return status
-
-
-def placement_summary(plan: Any, r: RenderInput) -> dict[str, Any] | None:
-    """Shards, experts per shard and redundant slots of the first pool that has a placement."""
-    for p in r.pools:
-        pj = p.placement
-        if not pj:
-            continue
-        layer0 = pj["layers"][0]
-        counts = sorted(len(s) for s in layer0)
-        spread = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
-        return {"shards": len(pj["shards"]), "expertsPerShard": spread,
-                "redundantSlots": sum(counts) - pj["numExperts"]}
-    return None
 
 
 def invalid_status(old: dict, generation: int | None, reason: str, message: str) -> dict[str, Any]:

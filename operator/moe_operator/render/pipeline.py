@@ -35,10 +35,8 @@ def parse_spec(raw: Mapping[str, Any]) -> MoEDeploymentSpec:
 
 def plan(spec: MoEDeploymentSpec, catalog: Any, name: str) -> Any:
     """The DeploymentPlan from moe_operator.planning (raises SpecInvalid when the spec cannot be served)."""
-    try:
-        from moe_operator.planning import plan_deployment  # noqa: PLC0415
-    except ImportError:  # TEMPORARY until planning lands: render from the spec alone
-        return None
+    from moe_operator.planning import plan_deployment
+
     return plan_deployment(spec, catalog, name)
 
 

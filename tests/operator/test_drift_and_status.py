@@ -1,0 +1,71 @@
+"""Pure parts of the reconcile: what counts as drift, the repair, and status that only changes when the outcome does."""
+from __future__ import annotations
+
+import copy
+
+from moe_operator.handlers import drift, status
+
+DESIRED = {
+    "metadata": {"name": "m", "labels": {"app.kubernetes.io/managed-by": "moe-operator"},
+                 "ownerReferences": [{"uid": "u1", "kind": "MoEDeployment", "name": "m", "controller": True}]},
+    "spec": {"serveConfigV2": "x", "rayClusterConfig": {"workerGroupSpecs": [{"groupName": "a", "replicas": 1}]}},
+}
+
+
+def live_from(desired):
+    live = copy.deepcopy(desired)
+    live["metadata"].update(resourceVersion="7", uid="rs")
+    live["metadata"]["labels"]["extra"] = "kept"
+    # fields the API server / KubeRay default are not ours and are not drift
+    live["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["scaleStrategy"] = {}
+    live["spec"]["rayClusterConfig"]["headGroupSpec"] = {"serviceType": "ClusterIP"}
+    live["status"] = {"serviceStatus": "Running"}
+    return live
+
+
+def test_defaults_and_foreign_labels_are_not_drift():
+    assert not drift.drifted(live_from(DESIRED), DESIRED)
+    assert drift.repair(live_from(DESIRED), DESIRED) is False
+
+
+def test_changed_owned_field_is_drift_and_repair_restores_it_keeping_foreign_fields():
+    live = live_from(DESIRED)
+    live["spec"]["serveConfigV2"] = "edited by hand"
+    assert drift.drifted(live, DESIRED)
+    assert drift.repair(live, DESIRED) is True
+    assert live["spec"] == DESIRED["spec"] and live["metadata"]["labels"]["extra"] == "kept"
+    assert live["metadata"]["resourceVersion"] == "7"      # optimistic concurrency keeps working
+    assert not drift.drifted(live, DESIRED)
+
+
+def test_lost_owner_reference_or_label_is_drift():
+    live = live_from(DESIRED)
+    live["metadata"]["ownerReferences"] = []
+    assert drift.drifted(live, DESIRED)
+    live = live_from(DESIRED)
+    del live["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+    assert drift.drifted(live, DESIRED)
+
+
+def test_live_replicas():
+    assert drift.live_replicas(live_from(DESIRED)) == {"a": 1}
+    assert drift.live_replicas(None) == {}
+
+
+def test_conditions_keep_transition_time_while_unchanged():
+    first = status.invalid_status({}, 3, "NoPrice", "set pricePerDeviceHour")
+    again = status.invalid_status(first, 3, "NoPrice", "set pricePerDeviceHour")
+    assert again == first and status.changed(first, again) == {}
+    cond = {c["type"]: c for c in first["conditions"]}
+    assert cond["SpecInvalid"]["status"] == "True" and cond["Ready"]["status"] == "False"
+    assert cond["SpecInvalid"]["reason"] == "NoPrice" and cond["SpecInvalid"]["observedGeneration"] == 3
+    later = status.invalid_status(first, 4, "NoPrice", "set pricePerDeviceHour")
+    assert set(status.changed(first, later)) == {"observedGeneration", "conditions"}
+
+
+def test_rayservice_ready_reads_kuberay_status():
+    assert status.rayservice_ready(None)[0] is False
+    assert status.rayservice_ready({"status": {"conditions": [{"type": "Ready", "status": "True"}]}})[0] is True
+    ok, why = status.rayservice_ready({"status": {"conditions": [{"type": "Ready", "status": "False",
+                                                                  "message": "head pod not ready"}]}})
+    assert ok is False and why == "head pod not ready"
