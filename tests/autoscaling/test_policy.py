@@ -150,12 +150,15 @@ def test_capacity_corrected_from_saturation():
     # saturated: queue builds while only 2000 w/s get served -> real capacity is 2/3 of the model
     h = d0.history
     for t in range(30, 400, 30):
-        d = decide(obs(t, 2000, ready=d0.replicas, queue=50), pools, s, h, t)
+        d = decide(obs(t, 2000, ready=d0.replicas, queue=50, ttft=9.0), pools, s, h, t)
         h = d.history
         if d.replicas != d0.replicas:
             break
     assert h.corrections["h800"] < 0.9
     assert capacity_of(pools, d.replicas) > 3000
+    # a queue that does not hurt latency is a burst, not saturation: no correction
+    calm = decide(obs(30, 2000, ready=d0.replicas, queue=50, ttft=0.5), pools, s, d0.history, 30)
+    assert calm.history.corrections.get("h800", 1.0) == 1.0
 
 
 def test_scale_to_zero_after_idle_plus_cold_start():

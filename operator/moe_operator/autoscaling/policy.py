@@ -126,7 +126,10 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     queue = obs.queue_depth or 0.0
     ready_cap_model = capacity_of(pools, obs.ready)
     all_ready = all(obs.ready.get(p.name, 0) >= current.get(p.name, 0) for p in pools)
-    saturated = queue >= max(1.0, sum(obs.ready.values())) and all_ready and ready_cap_model > 0
+    # Saturated: a queue of at least one request per replica that is hurting latency (a burst that
+    # drains within the SLO is not saturation and says nothing about capacity).
+    slow = settings.ttft_p95_s is None or (obs.ttft_p95_s is not None and obs.ttft_p95_s > settings.ttft_p95_s)
+    saturated = queue >= max(1.0, sum(obs.ready.values())) and slow and all_ready and ready_cap_model > 0
     factors = _corrections(obs, pools, settings, history, demand_work, saturated) if demand_work > 0 else dict(history.corrections)
     for p in pools:
         if abs(factors.get(p.name, 1.0) - history.corrections.get(p.name, 1.0)) > 0.05:

@@ -1,0 +1,1 @@
+"""Offline replay of request traces through a queueing model of the fleet, for our policy, baselines and the optimum."""

@@ -1,0 +1,123 @@
+"""Replay a trace for each policy and collect the figures ``moectl simulate`` reports.
+
+Units: cost $, rates work units/s or tokens/s, times s. Every policy starts with the replicas it would pick
+for the first interval's true demand, already warm, so the comparison is not about the first cold start.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..model import PoolModel, Settings
+from ..observation import Observation
+from .fleet import Replay
+from .optimum import interval_demands, offline_optimum
+from .policies import (CheapestSinglePool, HpaUtilization, Ours, RayServeOngoing, Schedule, StaticPeak,
+                       WvaCostGreedy)
+from .traces import Trace
+
+POLICIES = ("ours", "static-peak", "hpa", "ray-serve", "cheapest-pool", "wva-greedy", "optimum")
+DRAIN_S = 900.0     # after the last arrival, replay at most this long for the queue to empty
+
+
+@dataclass
+class PolicyResult:
+    name: str
+    total_cost: float
+    served_tokens: float
+    slo_attainment: float
+    scale_actions: int
+    unmet_tokens: float
+    mean_replicas: dict[str, float]
+    peak_replicas: dict[str, int]
+    series: list = field(repr=False, default_factory=list)
+
+    @property
+    def cost_per_million(self) -> float | None:
+        return self.total_cost * 1e6 / self.served_tokens if self.served_tokens > 0 else None
+
+    def to_json(self) -> dict:
+        return {"totalCost": round(self.total_cost, 4),
+                "costPerMillionTokens": None if self.cost_per_million is None else round(self.cost_per_million, 5),
+                "sloAttainment": round(self.slo_attainment, 5),
+                "scaleActions": self.scale_actions,
+                "unmetDemandTokens": round(self.unmet_tokens, 1),
+                "meanReplicas": {k: round(v, 3) for k, v in self.mean_replicas.items()},
+                "peakReplicas": self.peak_replicas}
+
+
+def first_observation(trace: Trace, interval: float, pools: Sequence[PoolModel]) -> Observation:
+    """The true demand of the first interval, as if measured (used to start every policy warm)."""
+    m = trace.arrival_s < interval
+    return Observation(0.0, {"prompt": float(trace.prompt[m].sum() / interval), "cached_prompt": float(trace.cached[m].sum() / interval),
+                             "generated": float(trace.output[m].sum() / interval)},
+                       requests_per_s=float(m.sum() / interval), queue_depth=0.0, ready={p.name: 0 for p in pools})
+
+
+def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy: Callable, cold_start: bool = True,
+           on_second: Callable[[], None] | None = None) -> PolicyResult:
+    """Run one policy over the trace through the queueing model."""
+    interval = settings.interval_s
+    r = Replay(trace, list(pools), settings.weights, settings.ttft_p95_s or np.inf, settings.tpot_p95_s or np.inf,
+               cold_start=cold_start)
+    r.fleet.cold_start = False
+    r.apply(policy(first_observation(trace, interval, pools), r, 0.0), 0.0)
+    r.fleet.cold_start = cold_start
+    r.actions = 0
+    t, next_decision, end = 0.0, interval, trace.duration_s + DRAIN_S
+    while t <= end:
+        r.step(t)
+        t += 1.0
+        if on_second:
+            on_second()
+        if t > trace.duration_s and r.done:
+            break
+        if t >= next_decision:
+            r.apply(policy(r.observation(t, interval), r, t), t)
+            next_decision += interval
+    names = [p.name for p in pools]
+    asked = np.array([[s[3].get(n, 0) for n in names] for s in r.series], dtype=float)
+    served = float(sum(s[5] for s in r.series))  # work units; convert to tokens by the trace's mix
+    tokens_per_work = trace.total_tokens / float(r.work.sum()) if r.work.sum() > 0 else 0.0
+    met = r.slo_met()
+    return PolicyResult(
+        name=getattr(policy, "name", "policy"), total_cost=r.cost, served_tokens=served * tokens_per_work,
+        slo_attainment=float(met.mean()) if len(met) else 1.0, scale_actions=r.actions, unmet_tokens=r.unmet_tokens(),
+        mean_replicas={n: float(asked[:, i].mean()) for i, n in enumerate(names)},
+        peak_replicas={n: int(asked[:, i].max()) for i, n in enumerate(names)}, series=r.series)
+
+
+def make_policy(name: str, trace: Trace, pools: Sequence[PoolModel], settings: Settings, max_batch_size: int):
+    work = settings.weights.prompt * trace.prompt + settings.weights.cached_prompt * trace.cached + trace.output
+    if name == "ours":
+        return Ours(pools, settings)
+    if name == "static-peak":
+        peak, _ = interval_demands(trace.arrival_s, work, settings.interval_s, settings.interval_s, trace.duration_s)
+        return StaticPeak(pools, settings, float(peak.max()))
+    if name == "hpa":
+        return HpaUtilization(pools, settings)
+    if name == "ray-serve":
+        return RayServeOngoing(pools, settings, target_ongoing=max(1.0, max_batch_size * settings.target_utilization))
+    if name == "cheapest-pool":
+        return CheapestSinglePool(pools, settings)
+    if name == "wva-greedy":
+        return WvaCostGreedy(pools, settings)
+    raise ValueError(name)
+
+
+def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policies: Sequence[str],
+             max_batch_size: int = 16, on_second: Callable[[], None] | None = None) -> dict:
+    """All requested policies plus the optimum's figures: {"results": {name: PolicyResult}, "optimum": Optimum}."""
+    work = settings.weights.prompt * trace.prompt + settings.weights.cached_prompt * trace.cached + trace.output
+    opt = offline_optimum(list(pools), trace.arrival_s, work, settings.interval_s, horizon_s=trace.duration_s)
+    results = {}
+    for name in policies:
+        if name == "optimum":
+            results[name] = replay(trace, pools, settings, Schedule(opt.plan, settings.interval_s), cold_start=False,
+                                   on_second=on_second)
+        else:
+            results[name] = replay(trace, pools, settings, make_policy(name, trace, pools, settings, max_batch_size),
+                                   on_second=on_second)
+    return {"results": results, "optimum": opt}
