@@ -99,6 +99,8 @@ class _Handler:
                               retry_after_s=exc.retry_after_s) from None
         except PromptTooLong as exc:
             raise oa.APIError(400, str(exc), param="prompt", code="context_length_exceeded") from None
+        except ValueError as exc:  # the engine's own checks (token ids, sampling values)
+            raise oa.APIError(400, str(exc), code="invalid_value") from None
 
     async def events(self, stream: AsyncIterator[TokenEvent], t0: float, prompt_len: int,
                      stops: list[str] | None) -> AsyncIterator[tuple[str, str | None, Usage | None, str | None]]:
