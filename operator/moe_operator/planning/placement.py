@@ -17,6 +17,7 @@ expert id, then the lower device index. Everything here is a function of its arg
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping, Sequence
@@ -27,6 +28,11 @@ from moe_operator.errors import UserError
 _IMPROVE_TOL = 1e-9
 # Partner devices the local search tries per step once it has found an improvement (most promising first).
 _CANDIDATES = 4
+# Mixed speeds: repacks spent per layer and domain moving copies between experts, and donors tried per receiver.
+_SHIFT_TRIES = 12
+_SHIFT_DONORS = 3
+# ... only when the slowest device is this fraction above the domain's ideal time (total load / total speed).
+_SHIFT_SLACK = 0.01
 
 
 @dataclass(frozen=True)
@@ -307,12 +313,59 @@ def _place_layer(weights, speeds, caps, domains, total) -> LayerPlacement:
     replicas = _replicate(weights, domains, caps, total)
     holds: list[set[int]] = [set() for _ in caps]
     for experts, device_ids in domains:
-        per_copy = {e: weights[e] / replicas[e] for e in experts}
-        items = _pack(experts, replicas, per_copy, device_ids, speeds, caps)
-        _improve(items, per_copy, device_ids, speeds, caps)
+        items, _ = _pack_domain(weights, replicas, experts, device_ids, speeds, caps)
+        if len({speeds[d] for d in device_ids}) > 1:
+            items = _shift_copies(weights, replicas, experts, device_ids, speeds, caps, items)
         for d in device_ids:
             holds[d] = set(items[d])
     return _layer_from_holds(holds, replicas)
+
+
+def _pack_domain(weights, replicas, experts, device_ids, speeds, caps):
+    """Pack and improve one domain; returns (items per device, slowest device time)."""
+    per_copy = {e: weights[e] / replicas[e] for e in experts}
+    items = _pack(experts, replicas, per_copy, device_ids, speeds, caps)
+    _improve(items, per_copy, device_ids, speeds, caps)
+    return items, max(sum(per_copy[e] for e in items[d]) / speeds[d] for d in device_ids)
+
+
+def _shift_copies(weights, replicas, experts, device_ids, speeds, caps, items):
+    """Mixed speeds: water-filling can leave copies too big for the slow devices that must hold them.
+
+    Move one copy from a donor expert (the one whose copies grow least) to an expert on the slowest
+    device, repack, and keep the change when the slowest device gets faster. At most _SHIFT_TRIES
+    repacks; updates ``replicas`` in place and returns the best items.
+    """
+    room = _room(caps, device_ids, len(experts))
+    per_copy = {e: weights[e] / replicas[e] for e in experts}
+    best_time = max(sum(per_copy[e] for e in items[d]) / speeds[d] for d in device_ids)
+    bound = sum(weights[e] for e in experts) / sum(speeds[d] for d in device_ids)
+    tries = 0 if best_time > bound * (1.0 + _SHIFT_SLACK) else _SHIFT_TRIES  # near the ideal: nothing to gain
+    while tries < _SHIFT_TRIES:
+        per_copy = {e: weights[e] / replicas[e] for e in experts}
+        worst = max(device_ids, key=lambda d: (sum(per_copy[e] for e in items[d]) / speeds[d], -d))
+        receivers = sorted(items[worst], key=lambda e: (-per_copy[e], e))
+        donors = sorted((e for e in experts if replicas[e] > 1), key=lambda e: (weights[e] / (replicas[e] - 1), e))
+        improved = False
+        for receiver, donor in itertools.islice(
+                ((r, d) for r in receivers for d in donors[:_SHIFT_DONORS] if r != d), _SHIFT_DONORS * 2):
+            if weights[donor] / (replicas[donor] - 1) >= best_time * max(speeds[d] for d in device_ids):
+                continue  # the donor's grown copy alone would be slower than what we have
+            replicas[receiver] += 1
+            replicas[donor] -= 1
+            tries += 1
+            if _fits([replicas[e] for e in experts if replicas[e] > 1], len(experts), room):
+                trial, time = _pack_domain(weights, replicas, experts, device_ids, speeds, caps)
+                if time < best_time * (1.0 - _IMPROVE_TOL):
+                    items, best_time, improved = trial, time, True
+                    break
+            replicas[receiver] -= 1
+            replicas[donor] += 1
+            if tries >= _SHIFT_TRIES:
+                break
+        if not improved:
+            break
+    return items
 
 
 def _layer_from_holds(holds: Sequence[set[int]], replicas: Sequence[int]) -> LayerPlacement:
