@@ -110,7 +110,10 @@ class Catalog:
         """
         if not config:
             return Catalog(self.accelerators, self.ascend_scheme)
-        data = config.get("data", config) if isinstance(config, Mapping) else config
+        if not isinstance(config, Mapping):
+            raise UserError("catalog config must be a mapping (a ConfigMap or its data)")
+        is_configmap = config.get("kind") == "ConfigMap" or "apiVersion" in config or "data" in config
+        data = (config.get("data") or {}) if is_configmap else config
         if not isinstance(data, Mapping):
             raise UserError("catalog config must be a mapping (a ConfigMap or its data)")
         data = {key: _maybe_yaml(key, value) for key, value in data.items()}

@@ -132,3 +132,29 @@ def test_unknown_accelerator_lists_known_keys(catalog):
         catalog.get("nvidia-h20")
     assert err.value.reason == "UnknownAccelerator"
     assert "nvidia-h800" in str(err.value)
+
+
+def test_an_empty_configmap_changes_nothing(catalog):
+    c = catalog.with_overrides({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "moe-catalog"}})
+    assert c.keys() == catalog.keys() and c.ascend_scheme == "mindcluster"
+
+
+def test_docs_price_table_matches_the_shipped_data(catalog):
+    """docs/catalog.md's price table is written from the YAML; a changed price must be changed in both."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "catalog.md").read_text(encoding="utf-8")
+    rows: dict[str, str] = {}
+    for line in doc.splitlines():
+        if line.startswith("| `"):
+            rows.setdefault(line.split("|")[1].strip(" `"), line)  # the first table: the figures
+    for key in catalog.keys():
+        acc = catalog.get(key)
+        price_rows = [r for r in doc.splitlines() if r.startswith(f"| `{key}` |") and (acc.price_source in r)]
+        assert price_rows, f"docs/catalog.md has no price row for {key} with its source"
+        cell = price_rows[0].split("|")[2].strip()
+        if acc.price_per_device_hour is None:
+            assert cell.startswith("**none")
+        else:
+            assert float(cell) == acc.price_per_device_hour
+        assert f"| {acc.memory_gib:g} |" in rows[key]
