@@ -534,6 +534,8 @@ def _improve(items, per_copy, device_ids, speeds, caps) -> None:
     load = {d: sum(per_copy[e] for e in items[d]) for d in device_ids}
     holds = {d: set(items[d]) for d in device_ids}
     usable = [d for d in device_ids if caps[d] > 0]
+    if not usable:
+        return
     limit = 4 * sum(len(v) for v in items.values()) + 16
     for _ in range(limit):
         worst = max(usable, key=lambda d: (load[d] / speeds[d], -d))
