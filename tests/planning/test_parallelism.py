@@ -49,7 +49,7 @@ def test_no_valid_split_is_a_clear_error(devices):
 
 def test_valid_device_counts_agree_with_choose():
     f = model_facts(MIXTRAL_8X7B)
-    counts = valid_device_counts(f, limit=32)
+    counts = valid_device_counts(f, limit=32, whole_nodes=False)
     for d in range(1, 33):
         if d in counts:
             choose_parallelism(d, f)
@@ -57,3 +57,8 @@ def test_valid_device_counts_agree_with_choose():
             with pytest.raises(SpecInvalid):
                 choose_parallelism(d, f)
     assert 7 in counts  # 8 experts do not divide by 7, but 14336 does: each expert split over 7 devices
+
+
+def test_suggested_counts_are_schedulable():
+    f = model_facts(MIXTRAL_8X7B)
+    assert valid_device_counts(f, limit=32) == [1, 2, 4, 7, 8, 16, 32]  # 14 valid for experts, but spans 1.75 nodes

@@ -93,7 +93,7 @@ def not_fit_message(
     head = (
         f"{facts.architecture} at quantization {quantization} needs {fit.needed_gib:.1f} GiB per replica "
         f"(weights {fit.weights_gib:.1f} GiB + KV cache {fit.kv_cache_gib:.1f} GiB for {context_tokens} tokens x "
-        f"{batch_size} sequences, x{OVERHEAD_FACTOR} overhead) but pool {pool!r} has {devices} x {accelerator} = "
+        f"{batch_size} sequences, x{OVERHEAD_FACTOR} overhead) but the pool has {devices} x {accelerator} = "
         f"{fit.available_gib:.1f} GiB"
     )
     options = []

@@ -56,9 +56,16 @@ def _attention_tp(devices: int, facts: ModelFacts, node_devices: int) -> int:
     return 1
 
 
-def valid_device_counts(facts: ModelFacts, limit: int = MAX_DEVICES) -> list[int]:
-    """Device counts per replica (1..limit) for which an expert split exists, ascending."""
-    return [d for d in range(1, limit + 1) if _expert_split(d, facts) is not None]
+def valid_device_counts(facts: ModelFacts, limit: int = MAX_DEVICES, whole_nodes: bool = True) -> list[int]:
+    """Device counts per replica (1..limit) for which an expert split exists, ascending.
+
+    ``whole_nodes``: only counts a replica can be scheduled with, at most one node or whole nodes
+    (multiples of NODE_DEVICES), as render requires; these are what messages suggest.
+    """
+    return [
+        d for d in range(1, limit + 1)
+        if _expert_split(d, facts) is not None and (not whole_nodes or d <= NODE_DEVICES or d % NODE_DEVICES == 0)
+    ]
 
 
 def choose_parallelism(devices: int, facts: ModelFacts, node_devices: int = NODE_DEVICES) -> Parallelism:
