@@ -69,3 +69,25 @@ def test_rayservice_ready_reads_kuberay_status():
     ok, why = status.rayservice_ready({"status": {"conditions": [{"type": "Ready", "status": "False",
                                                                   "message": "head pod not ready"}]}})
     assert ok is False and why == "head pod not ready"
+
+
+def test_autoscaler_sizes_are_not_drift_for_the_timer_but_are_for_a_spec_change():
+    live = live_from(DESIRED)
+    g = live["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    g.update(replicas=3, minReplicas=3, maxReplicas=4)     # what the actuator patches
+    assert not drift.drifted(live, DESIRED, strict=False)
+    assert drift.drifted(live, DESIRED, strict=True)
+    live["spec"]["serveConfigV2"] = "y"
+    assert drift.repair(live, DESIRED, strict=False) is True
+    g = live["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert live["spec"]["serveConfigV2"] == "x" and (g["replicas"], g["minReplicas"], g["maxReplicas"]) == (3, 3, 4)
+
+
+def test_serve_config_is_compared_as_data_not_text():
+    want = copy.deepcopy(DESIRED)
+    want["spec"]["serveConfigV2"] = "applications:\n- name: a\n  args: {x: 1}\n"
+    live = live_from(want)
+    live["spec"]["serveConfigV2"] = "applications:\n  - args:\n      x: 1\n    name: a\n"
+    assert not drift.drifted(live, want)
+    live["spec"]["serveConfigV2"] = "applications:\n  - args:\n      x: 2\n    name: a\n"
+    assert drift.drifted(live, want)

@@ -2,11 +2,36 @@
 
 We own ``spec`` (as rendered), our labels and our ownerReference. Fields the API server or KubeRay add
 (defaults, status, annotations) are not ours: comparison is "every rendered value is present and equal",
-so defaulting never looks like drift and never causes a write.
+so defaulting never looks like drift and never causes a write. ``serveConfigV2`` is compared as YAML data,
+not text, so the autoscaler's re-serialisation is not drift.
+
+Sizes are shared with the autoscaler: worker-group ``replicas``/``minReplicas``/``maxReplicas`` are what its
+actuator patches. A drift check (timer, RayService watch) ignores them; a spec change (``strict``) applies
+them from the spec, keeping the live replica count inside the new bounds.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+import yaml
+
+SIZE_FIELDS = ("replicas", "minReplicas", "maxReplicas")
+
+
+def _normalise(spec: dict[str, Any], strict: bool) -> dict[str, Any]:
+    out = copy.deepcopy(spec)
+    raw = out.get("serveConfigV2")
+    if isinstance(raw, str):
+        try:
+            out["serveConfigV2"] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            pass   # unparseable: compared as text, so it counts as drift
+    if not strict:
+        for g in (out.get("rayClusterConfig") or {}).get("workerGroupSpecs") or []:
+            for k in SIZE_FIELDS:
+                g.pop(k, None)
+    return out
 
 
 def contains(live: Any, want: Any) -> bool:
@@ -29,7 +54,8 @@ def owned_view(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def drifted(live: dict[str, Any], desired: dict[str, Any]) -> bool:
+def drifted(live: dict[str, Any], desired: dict[str, Any], strict: bool = True) -> bool:
+    """True when an owned field differs; ``strict=False`` leaves the autoscaler's sizes out."""
     want = owned_view(desired)
     have = live.get("metadata", {})
     if not contains(have.get("labels", {}), want["metadata"]["labels"]):
@@ -37,13 +63,26 @@ def drifted(live: dict[str, Any], desired: dict[str, Any]) -> bool:
     uids = {r.get("uid") for r in have.get("ownerReferences", [])}
     if any(r.get("uid") not in uids for r in want["metadata"]["ownerReferences"]):
         return True
-    return not contains(live.get("spec", {}), want["spec"])
+    return not contains(_normalise(live.get("spec", {}), strict), _normalise(want["spec"], strict))
 
 
-def repair(live: dict[str, Any], desired: dict[str, Any]) -> bool:
-    """Put our owned fields into ``live`` (in place); False when nothing needed changing."""
-    if not drifted(live, desired):
+def repair(live: dict[str, Any], desired: dict[str, Any], strict: bool = True) -> bool:
+    """Put our owned fields into ``live`` (in place); False when nothing needed changing.
+
+    Non-strict repair keeps the live sizes of worker groups (the autoscaler's) and writes the rest.
+    """
+    if not drifted(live, desired, strict):
         return False
+    desired = copy.deepcopy(desired)
+    if not strict:
+        live_groups = {g.get("groupName"): g for g in
+                       (live.get("spec", {}).get("rayClusterConfig") or {}).get("workerGroupSpecs") or []}
+        for g in desired["spec"].get("rayClusterConfig", {}).get("workerGroupSpecs") or []:
+            old = live_groups.get(g.get("groupName"))
+            if old:
+                for k in SIZE_FIELDS:
+                    if k in old:
+                        g[k] = old[k]
     meta = live.setdefault("metadata", {})
     meta["labels"] = {**meta.get("labels", {}), **desired["metadata"].get("labels", {})}
     refs = [r for r in meta.get("ownerReferences", []) if r.get("uid") not in

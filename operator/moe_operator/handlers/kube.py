@@ -23,6 +23,9 @@ class Writes:
     @classmethod
     def add(cls, kind: str) -> None:
         cls.counts[kind] = cls.counts.get(kind, 0) + 1
+        from .metrics import WRITES  # noqa: PLC0415 (metrics imports nothing of ours; lazy keeps kube standalone)
+
+        WRITES.labels(kind).inc()
 
 
 _api: client.CustomObjectsApi | None = None

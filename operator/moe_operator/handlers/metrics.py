@@ -6,6 +6,8 @@ from prometheus_client import Counter, Gauge, start_http_server
 DESIRED = Gauge("moe_operator_desired_replicas", "Replicas the operator asks for", ["namespace", "name", "pool"])
 READY = Gauge("moe_operator_ready_replicas", "Replicas ready in the RayCluster", ["namespace", "name", "pool"])
 COST = Gauge("moe_operator_cost_per_hour_dollars", "US$/hour of the desired fleet", ["namespace", "name"])
+WRITES = Counter("moe_operator_api_writes_total", "API writes the operator made, by kind (create, replace, status, event)",
+                 ["kind"])
 ERRORS = Counter("moe_operator_reconcile_errors_total", "Failed reconciles", ["namespace", "name"])
 
 

@@ -30,7 +30,7 @@ def on_resume(body, patch, **_):
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.drift_interval_seconds, idle=5, initial_delay=5)
 def on_timer(body, patch, **_):
     """Safety net: repair drift missed by the RayService watch and refresh readiness; writes only on change."""
-    apply_outcome(body, reconcile(body), patch)
+    apply_outcome(body, reconcile(body, strict=False), patch)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)

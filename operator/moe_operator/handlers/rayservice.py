@@ -35,7 +35,7 @@ def on_rayservice_event(event, body, logger, **_):
     if kind == "MODIFIED" and not _spec_touched(body):
         return
     logger.info("RayService %s/%s %s; reconciling its MoEDeployment", namespace, name, kind.lower())
-    apply_outcome(owner, reconcile(owner))
+    apply_outcome(owner, reconcile(owner, strict=False))
 
 
 def _spec_touched(body) -> bool:

@@ -28,8 +28,12 @@ class Outcome:
     events: list[tuple[str, str, str]] = field(default_factory=list)   # (type Normal|Warning, reason, message)
 
 
-def reconcile(body: dict[str, Any]) -> Outcome:
-    """Bring the RayService of ``body`` (a MoEDeployment object) in line with its spec. Never raises for a bad spec."""
+def reconcile(body: dict[str, Any], strict: bool = True) -> Outcome:
+    """Bring the RayService of ``body`` (a MoEDeployment object) in line with its spec. Never raises for a bad spec.
+
+    ``strict``: the spec changed (create/update/resume), so worker-group bounds follow it too; otherwise (timer,
+    RayService watch) the sizes the autoscaler set are left alone (see drift.py).
+    """
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
     old = dict(body.get("status") or {})
@@ -52,8 +56,8 @@ def reconcile(body: dict[str, Any]) -> Outcome:
         if kube.create_rayservice(namespace, desired):
             events.append(("Normal", "Created", f"created RayService {name} ({_pools_word(r)})"))
         live = kube.get_rayservice(namespace, name)
-    if live is not None and drift.drifted(live, desired):
-        if kube.replace_with_retry(namespace, name, lambda cur: drift.repair(cur, desired)):
+    if live is not None and drift.drifted(live, desired, strict):
+        if kube.replace_with_retry(namespace, name, lambda cur: drift.repair(cur, desired, strict)):
             events.append(("Normal", "Updated", f"updated RayService {name} to match the spec (generation {generation})"))
             live = kube.get_rayservice(namespace, name)
     return Outcome(status.ok_status(old, generation, r, p, live), events)

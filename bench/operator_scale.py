@@ -1,0 +1,179 @@
+"""Scale benchmark of the operator: N MoEDeployments applied at once against the real control plane.
+
+Prints p50/p95/max seconds from ``kubectl apply`` to each RayService's creation (seen by a watch), the
+operator's peak RSS (VmHWM, MB), and API writes per resource counted two ways: by the operator
+(``moe_operator_api_writes_total``: RayService create/replace, status patches, Events) and by the API server
+(``apiserver_request_total`` for moedeployments PATCH/PUT incl. kopf's own annotation patches, and rayservices
+POST/PUT/PATCH). Then it waits ``--idle`` seconds and reports the writes made while nothing changed (target 0).
+
+    .venv/bin/python bench/operator_scale.py [--count 200] [--idle 20] [--kubeconfig PATH]
+
+Without --kubeconfig (or MOE_TEST_KUBECONFIG) it starts the control plane itself with hack/k8s_stack.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hack"))
+CRD = ROOT / "crds" / "serving.moe-operator.io_moedeployments.yaml"
+SPEC = {"model": {"source": "builtin://tiny-moe", "architecture": "tiny"}, "engine": "torch",
+        "pools": [{"name": "cpu", "accelerator": "cpu", "devicesPerReplica": 1, "minReplicas": 0, "maxReplicas": 2,
+                   "replicas": 0}],
+        "autoscaling": {"enabled": False}}
+
+
+def kubectl(kc: str, *args: str, input: str | None = None) -> str:
+    p = subprocess.run(["kubectl", "--kubeconfig", kc, *args], input=input, capture_output=True, text=True, timeout=120)
+    if p.returncode:
+        raise SystemExit(f"kubectl {' '.join(args)}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def apiserver_writes(kc: str) -> dict[str, float]:
+    text = kubectl(kc, "get", "--raw", "/metrics")
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if labels.get("verb") not in ("POST", "PUT", "PATCH", "APPLY"):
+            continue
+        if labels.get("resource") in ("moedeployments", "rayservices"):
+            key = f"{labels['resource']}/{labels.get('subresource') or '-'}/{labels['verb']}"
+            out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def operator_writes(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {m.group(1): float(m.group(2)) for m in
+            re.finditer(r'^moe_operator_api_writes_total\{kind="(\w+)"\} ([0-9.e+]+)$', text, re.M)}
+
+
+def diff(a: dict, b: dict) -> dict:
+    return {k: b.get(k, 0) - a.get(k, 0) for k in set(a) | set(b) if b.get(k, 0) != a.get(k, 0)}
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--idle", type=float, default=20.0, help="seconds to watch for writes after convergence")
+    ap.add_argument("--kubeconfig", default=os.environ.get("MOE_TEST_KUBECONFIG"))
+    ap.add_argument("--timeout", type=float, default=300.0)
+    args = ap.parse_args()
+
+    stack = None
+    kc = args.kubeconfig
+    if not kc:
+        import k8s_stack
+        stack = k8s_stack.Stack(Path(tempfile.mkdtemp(prefix="moe-bench-")))
+        print("starting the control plane ...", flush=True)
+        stack.up()
+        kc = str(stack.kubeconfig)
+        os.environ["PATH"] = str(Path(stack.state["bins"]["kubectl"]).parent) + os.pathsep + os.environ["PATH"]
+    ns = f"bench-{int(time.time())}"
+    op = None
+    try:
+        kubectl(kc, "apply", "--server-side", "-f", str(CRD))
+        kubectl(kc, "wait", "--for=condition=Established", "--timeout=60s", "crd/moedeployments.serving.moe-operator.io")
+        kubectl(kc, "create", "namespace", ns)
+        port = free_port()
+        log = open(Path(tempfile.gettempdir()) / f"{ns}-operator.log", "wb")
+        op = subprocess.Popen([sys.executable, "-m", "moe_operator.operator_main", "--namespace", ns,
+                               "--metrics-port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, KUBECONFIG=kc), cwd=ROOT)
+        time.sleep(4)  # operator start-up (kopf login, watches); not part of the measured latency
+
+        from kubernetes import client, config, watch
+        api = client.CustomObjectsApi(config.new_client_from_config(kc))
+        seen: dict[str, float] = {}
+        stop = threading.Event()
+
+        def watcher():
+            w = watch.Watch()
+            while not stop.is_set():
+                for ev in w.stream(api.list_namespaced_custom_object, "ray.io", "v1", ns, "rayservices",
+                                   timeout_seconds=5):
+                    if ev["type"] == "ADDED":
+                        seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
+                    if stop.is_set():
+                        break
+
+        t = threading.Thread(target=watcher, daemon=True)
+        t.start()
+        time.sleep(1)
+        docs = "\n---\n".join(json.dumps({"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+                                          "metadata": {"name": f"m{i:03d}"}, "spec": SPEC}) for i in range(args.count))
+        api0, op0 = apiserver_writes(kc), operator_writes(port)
+        t0 = time.monotonic()
+        kubectl(kc, "apply", "-n", ns, "-f", "-", input=docs)
+        applied = time.monotonic() - t0
+        deadline = t0 + args.timeout
+        while len(seen) < args.count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        lat = sorted(seen[n] - t0 for n in seen)
+        if len(lat) < args.count:
+            print(f"only {len(lat)}/{args.count} RayServices within {args.timeout:.0f} s")
+        # let statuses settle, then count writes per resource
+        time.sleep(8)
+        api1, op1 = apiserver_writes(kc), operator_writes(port)
+        time.sleep(args.idle)
+        api2, op2 = apiserver_writes(kc), operator_writes(port)
+        stop.set()
+        q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
+        n = args.count
+        api_conv = diff(api0, api1)
+        op_conv = diff(op0, op1)
+        print(f"MoEDeployments: {n} (kubectl apply itself took {applied:.2f} s); converged: {len(lat)}")
+        print(f"apply -> RayService created: p50 {q[49]:.2f} s, p95 {q[94]:.2f} s, max {lat[-1]:.2f} s")
+        print(f"operator peak RSS (VmHWM): {peak_rss_mb(op.pid):.0f} MB")
+        print("writes per resource until converged (operator's count): "
+              + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(op_conv.items())) + f"; total {sum(op_conv.values()) / n:.2f}")
+        print("writes per resource until converged (API server's count, moedeployments+rayservices, excl. Events): "
+              + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(api_conv.items())))
+        idle_api, idle_op = diff(api1, api2), diff(op1, op2)
+        print(f"writes in {args.idle:.0f} s with nothing changed: operator {sum(idle_op.values()):.0f} {idle_op or ''}; "
+              f"API server (moedeployments, rayservices spec) "
+              f"{sum(v for k, v in idle_api.items() if '/status/' not in k or k.startswith('moedeployments')):.0f} {idle_api or ''}")
+        return 0
+    finally:
+        if op is not None:
+            op.terminate()
+            try:
+                op.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                op.kill()
+        subprocess.run(["kubectl", "--kubeconfig", kc, "delete", "namespace", ns, "--wait=false"],
+                       capture_output=True, timeout=60)
+        if stack is not None:
+            stack.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
