@@ -1,7 +1,7 @@
 """Linear layers whose weights are stored float, int8 or int4; activations stay in the compute dtype.
 
 int8: symmetric, one scale per output channel: w ~= q * s, q in [-127, 127].
-int4: symmetric, one scale per (output channel, group of ``group`` inputs): q in [-8, 7], packed two per uint8.
+int4: symmetric, one float16 scale per (output channel, group of ``group`` inputs): q in [-8, 7], packed two per uint8.
 The weight is dequantized to the compute dtype inside forward (weight-only quantization saves memory, not FLOPs).
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Int4Linear(nn.Module):
         u = (q & 0xF).to(torch.uint8)
         packed = u[:, 0::2] | (u[:, 1::2] << 4)
         self.register_buffer("qweight", packed.contiguous())
-        self.register_buffer("scale", scale.to(weight.dtype))
+        self.register_buffer("scale", scale.to(torch.float16))  # 2 bytes per group of 32: 0.0625 byte/weight
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.group = group
         self.out_features, self.in_features = out_f, in_f
@@ -77,8 +77,8 @@ class Int4Linear(nn.Module):
         return torch.where(q > 7, q - 16, q)
 
     def dequantized(self) -> torch.Tensor:
-        q = self.unpacked().to(self.scale.dtype).reshape(self.out_features, -1, self.group)
-        return (q * self.scale[:, :, None]).reshape(self.out_features, self.in_features)
+        q = self.unpacked().float().reshape(self.out_features, -1, self.group)
+        return (q * self.scale.float()[:, :, None]).reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.dequantized().to(x.dtype), self.bias)
