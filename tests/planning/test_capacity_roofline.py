@@ -86,7 +86,7 @@ def test_compute_dtype_falls_back_to_16_bit(catalog):
 
 def test_pool_capacity_weights_tokens_by_their_cost(catalog):
     f = model_facts(MIXTRAL_8X7B)
-    pc = cap.pool_capacity(f, catalog.get("nvidia-h100"), 2, "none", 16, 4096, price_per_device_hour=3.0)
+    pc = cap.replica_capacity(f, catalog.get("nvidia-h100"), 2, "none", 16, 4096, price_per_device_hour=3.0)
     assert pc.price_per_hour == 6.0
     assert pc.weighted_tps == pc.decode_tps
     assert pc.busy_fraction(pc.prefill_tps, 0, 0) == pytest.approx(1.0)

@@ -10,7 +10,7 @@ from hf_configs import DEEPSEEK_V3, MIXTRAL_8X7B, QWEN3_30B_A3B
 from moe_operator.api import MoEDeploymentSpec
 from moe_operator.catalog import Catalog
 from moe_operator.errors import SpecInvalid
-from moe_operator.planning import capacity_for_pool, plan_deployment
+from moe_operator.planning import capacity_for_pool, plan_deployment, pool_capacity
 from moe_operator.planning.fit import memory_fit
 from moe_operator.planning.model import model_facts
 
@@ -152,3 +152,16 @@ def test_mixtral_on_one_ascend_lists_each_way_out():
     assert "accelerator: nvidia-h200 (1 x 141 GiB)" in msg  # the only single device with the room
     raw["pools"][0]["devicesPerReplica"] = 2
     assert plan(raw).pool("ascend").fit.fits
+
+
+def test_pool_capacity_for_the_autoscaler_equals_the_plan():
+    spec = MoEDeploymentSpec.model_validate(MIXED)
+    catalog = Catalog.default()
+    p = plan_deployment(spec, catalog, "x")
+    for pool in spec.pools:
+        assert pool_capacity(spec, pool, catalog) == p.pool(pool.name).capacity
+        assert pool_capacity(spec, pool.name, catalog) == p.pool(pool.name).capacity
+    no_price = MoEDeploymentSpec.model_validate(_with(MIXED, ["pools", 1, "pricePerDeviceHour"], None))
+    with pytest.raises(SpecInvalid) as err:
+        pool_capacity(no_price, "ascend", catalog)
+    assert err.value.reason == "NoPrice" and str(err.value).startswith("pool 'ascend': ")

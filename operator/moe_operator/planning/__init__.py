@@ -11,11 +11,11 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     # Lazy: `from moe_operator.planning import plan_deployment` without importing every module at package import.
-    if name in {"plan_deployment", "DeploymentPlan", "PoolPlan", "capacity_for_pool"}:
+    if name in {"plan_deployment", "DeploymentPlan", "PoolPlan", "capacity_for_pool", "pool_capacity"}:
         from moe_operator.planning import plan
 
         return getattr(plan, name)
-    if name in {"pool_capacity", "PoolCapacity"}:
+    if name in {"replica_capacity", "PoolCapacity"}:
         from moe_operator.planning import capacity
 
         return getattr(capacity, name)

@@ -148,7 +148,7 @@ def replica_throughput(
     )
 
 
-def pool_capacity(
+def replica_capacity(
     facts: ModelFacts,
     accelerator: Accelerator,
     devices: int,
@@ -158,7 +158,7 @@ def pool_capacity(
     price_per_device_hour: float,
     parallelism: Optional[Parallelism] = None,
 ) -> PoolCapacity:
-    """Per-replica capacity and price of a pool: what the autoscaler sizes pools with."""
+    """Per-replica capacity and price from plain numbers (``planning.pool_capacity`` does it from a spec's pool)."""
     t = replica_throughput(facts, accelerator, devices, quantization, max_batch_size, max_context_tokens, parallelism)
     return PoolCapacity(
         prefill_tps=t.prefill_tps,

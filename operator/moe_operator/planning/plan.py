@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from moe_operator.catalog import Catalog
 from moe_operator.errors import SpecInvalid
-from moe_operator.planning.capacity import PoolCapacity, pool_capacity, replica_throughput
+from moe_operator.planning.capacity import PoolCapacity, replica_capacity, replica_throughput
 from moe_operator.planning.cost import CostSummary, cost_summary
 from moe_operator.planning.fit import MemoryFit, memory_fit, not_fit_message
 from moe_operator.planning.model import ModelFacts, model_facts
@@ -144,9 +144,35 @@ def plan_deployment(spec: Any, catalog: Catalog, name: str) -> DeploymentPlan:
     )
 
 
+def pool_capacity(spec: Any, pool: Any, catalog: Catalog) -> PoolCapacity:
+    """Per-replica tokens/s by kind and US$ per replica-hour of one pool: what the autoscaler sizes pools with.
+
+    ``pool`` is a PoolSpec of ``spec`` or its name. Cheaper than ``plan_deployment`` (no fit check, no placement);
+    raises the same SpecInvalid as the plan for an unknown accelerator, a missing price or no parallel split.
+    """
+    if isinstance(pool, str):
+        matches = [p for p in spec.pools if p.name == pool]
+        if not matches:
+            raise KeyError(pool)
+        pool = matches[0]
+    facts = facts_for(spec)
+    try:
+        acc = catalog.get(pool.accelerator)
+        par = choose_parallelism(pool.devices_per_replica, facts)
+        price = catalog.price(pool.accelerator, pool.price_per_device_hour, pool=pool.name)
+    except SpecInvalid as exc:
+        message = str(exc)
+        raise SpecInvalid(message if message.startswith("pool ") else f"pool {pool.name!r}: {message}",
+                          reason=exc.reason) from None
+    return replica_capacity(
+        facts, acc, pool.devices_per_replica, spec.quantization, spec.serving.max_batch_size,
+        spec.model.max_context_tokens, price, par,
+    )
+
+
 def capacity_for_pool(spec: Any, pool_name: str, catalog: Catalog) -> PoolCapacity:
-    """The per-replica PoolCapacity of one pool of ``spec`` (what the autoscaler and simulator size with)."""
-    return plan_deployment(spec, catalog, "capacity").pool(pool_name).capacity
+    """``pool_capacity`` by pool name."""
+    return pool_capacity(spec, pool_name, catalog)
 
 
 def _plan_pool(spec: Any, pool: Any, facts: ModelFacts, catalog: Catalog) -> PoolPlan:
@@ -169,7 +195,7 @@ def _plan_pool(spec: Any, pool: Any, facts: ModelFacts, catalog: Catalog) -> Poo
             )
         price = catalog.price(pool.accelerator, pool.price_per_device_hour, pool=pool.name)
         t = replica_throughput(facts, acc, devices, spec.quantization, batch, ctx, par)
-        cap = pool_capacity(facts, acc, devices, spec.quantization, batch, ctx, price, par)
+        cap = replica_capacity(facts, acc, devices, spec.quantization, batch, ctx, price, par)
         placement = initial_placement(facts, par, acc)
     except SpecInvalid as exc:
         message = str(exc)
