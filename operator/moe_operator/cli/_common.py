@@ -27,3 +27,15 @@ def load_catalog(path: str | None) -> Catalog:
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     return Catalog.default().with_overrides(data)
+
+
+def write_stdout(text: str) -> None:
+    """Write to stdout; a reader that went away (``| head``) is not an error."""
+    import os
+    import sys
+
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from moe_operator.api import load_manifest
 from moe_operator.render.pipeline import plan
 
-from ._common import add_input_flags, load_catalog
+from ._common import add_input_flags, load_catalog, write_stdout
 
 
 def register(subparsers) -> None:
@@ -27,8 +26,7 @@ def run(args: argparse.Namespace) -> int:
     m = load_manifest(args.filename)
     result = plan(m.spec, load_catalog(args.catalog), m.metadata.name)
     if args.json:
-        json.dump(result.model_dump(mode="json"), sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        write_stdout(json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
         return 0
     _print_table(result)
     return 0

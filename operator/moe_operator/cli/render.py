@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from moe_operator.api import load_manifest
 from moe_operator.render import Images, dump
 from moe_operator.render.pipeline import plan_and_render
 
-from ._common import add_input_flags, load_catalog
+from ._common import add_input_flags, load_catalog, write_stdout
 
 
 def register(subparsers) -> None:
@@ -22,5 +21,5 @@ def run(args: argparse.Namespace) -> int:
     m = load_manifest(args.filename)
     namespace = args.namespace or m.metadata.namespace or "default"
     out = plan_and_render(m.metadata.name, namespace, m.spec, load_catalog(args.catalog), Images.from_env())
-    sys.stdout.write(dump(out.rayservice))
+    write_stdout(dump(out.rayservice))
     return 0
