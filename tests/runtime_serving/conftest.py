@@ -26,7 +26,7 @@ SERVER_CONFIG = dict(model_name="tiny-moe", model_source="builtin://tiny-moe", d
                      max_queue=4, max_context_tokens=512, cache={"block_tokens": 16, "memory_bytes": 8 << 20})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live_server():
     """The real tiny engine behind build_http_app, served by uvicorn on a free loopback port."""
     try:

@@ -165,7 +165,7 @@ def test_non_streaming_client_disconnect_cancels_too(live_server):
 async def _burst(base_url: str, n: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as http:
-        body = {"model": MODEL, "prompt": "One, two, three, four, five.", "max_tokens": 3}
+        body = {"model": MODEL, "prompt": "One, two, three, four, five.", "max_tokens": 2}
         return await asyncio.gather(*(http.post("/v1/completions", json=body) for _ in range(n)))
 
 
@@ -173,7 +173,7 @@ def test_ten_times_the_queue_gets_429_with_retry_after_and_memory_stays_bounded(
     n = 10 * live_server.config.max_queue
     rss = [own_rss_bytes()]
     statuses: list[int] = []
-    for _ in range(3):
+    for _ in range(2):
         responses = asyncio.run(_burst(live_server.base_url, n))
         rss.append(own_rss_bytes())
         statuses += [r.status_code for r in responses]
@@ -182,9 +182,9 @@ def test_ten_times_the_queue_gets_429_with_retry_after_and_memory_stays_bounded(
                 assert int(r.headers["retry-after"]) >= 1
                 assert r.json()["error"]["code"] == "queue_full"
     assert set(statuses) <= {200, 429}, sorted(set(statuses))
-    assert statuses.count(429) >= n  # most of each burst is refused at once...
-    assert statuses.count(200) >= 3 * (live_server.config.max_queue + live_server.config.max_batch_size) // 2
+    assert statuses.count(429) >= n  # at least half of all requests are refused at once...
+    assert statuses.count(200) >= live_server.config.max_queue + live_server.config.max_batch_size  # ...not all
     growth = rss[-1] - rss[1]  # after the first burst warmed everything up
-    assert growth < 64 << 20, f"RSS grew {growth / 2**20:.1f} MiB over two more bursts: {rss}"
+    assert growth < 64 << 20, f"RSS grew {growth / 2**20:.1f} MiB over another burst: {rss}"
     assert client.completions.create(model=MODEL, prompt="after the storm", max_tokens=2).choices
     assert live_server.engine.stats().queue_depth == 0

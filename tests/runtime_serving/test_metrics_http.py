@@ -1,0 +1,84 @@
+"""/metrics: contract names and labels (docs/contracts.md section 4), promtool-clean, and counting what was served."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from require import need
+
+CONTRACT = {
+    "moe_tokens_total": "counter", "moe_requests_total": "counter", "moe_queue_depth": "gauge",
+    "moe_running_sequences": "gauge", "moe_ttft_seconds": "histogram", "moe_tpot_seconds": "histogram",
+    "moe_expert_tokens_total": "counter", "moe_kv_cache_bytes": "gauge", "moe_prefix_cache_bytes": "gauge",
+    "moe_capacity_tokens_per_second": "gauge",
+}
+
+
+def scrape(base_url: str) -> tuple[str, dict[tuple[str, tuple], float]]:
+    r = httpx.get(base_url + "/metrics", timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    values = {}
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            values[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return r.text, values
+
+
+def total(values, name: str, **labels) -> float:
+    return sum(v for (n, lab), v in values.items() if n == name and all(dict(lab).get(k) == x for k, x in labels.items()))
+
+
+def test_metric_names_types_and_labels_are_the_contract(live_server):
+    openai.OpenAI(base_url=live_server.base_url + "/v1", api_key="-", max_retries=0).completions.create(
+        model="tiny-moe", prompt="warm up", max_tokens=2)
+    text, values = scrape(live_server.base_url)
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    # prometheus_client names counter families without the _total suffix
+    assert {(n + "_total" if t == "counter" else n): t for n, t in families.items()} == CONTRACT
+    for (name, labels), _ in values.items():
+        lab = dict(labels)
+        assert lab["model"] == "tiny-moe" and lab["pool"] == "cpu", name
+    assert {dict(l)["kind"] for n, l in values if n == "moe_tokens_total"} == {"prompt", "cached_prompt", "generated"}
+    assert {dict(l)["outcome"] for n, l in values if n == "moe_requests_total"} == {"ok", "error", "rejected", "cancelled"}
+    assert {dict(l)["tier"] for n, l in values if n == "moe_prefix_cache_bytes"} == {"memory", "disk"}
+    experts = {(dict(l)["layer"], dict(l)["expert"]) for n, l in values if n == "moe_expert_tokens_total"}
+    assert len(experts) == 4 * 8  # tiny model: 4 MoE layers x 8 experts
+    assert total(values, "moe_capacity_tokens_per_second") > 0
+
+
+def test_promtool_accepts_the_exposition(live_server):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        need("promtool", "Debian's prometheus package provides it (apt-get install prometheus)")
+    text, _ = scrape(live_server.base_url)
+    run = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip() == "" and run.stderr.strip() == "", "promtool lint warnings: " + run.stdout + run.stderr
+
+
+def test_counters_move_by_exactly_what_one_request_used(live_server):
+    client = openai.OpenAI(base_url=live_server.base_url + "/v1", api_key="-", max_retries=0, timeout=120)
+    _, before = scrape(live_server.base_url)
+    r = client.completions.create(model="tiny-moe", prompt="Kubernetes schedules pods onto nodes; " * 3,
+                                  max_tokens=3, temperature=0)
+    _, after = scrape(live_server.base_url)
+
+    def delta(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    u = r.usage
+    assert delta("moe_tokens_total", kind="generated") == u.completion_tokens
+    assert delta("moe_tokens_total", kind="prompt") == u.model_extra["prompt_cache_miss_tokens"]
+    assert delta("moe_tokens_total", kind="cached_prompt") == u.model_extra["prompt_cache_hit_tokens"]
+    assert delta("moe_requests_total", outcome="ok") == 1
+    assert delta("moe_ttft_seconds_count") == 1
+    assert delta("moe_tpot_seconds_count") == u.completion_tokens - 1
+    # every token (prompt and generated but the last) went through top-2 routing in each of the 4 MoE layers
+    routed = delta("moe_expert_tokens_total")
+    assert routed == 4 * 2 * (u.model_extra["prompt_cache_miss_tokens"] + u.completion_tokens - 1)
+    assert total(after, "moe_queue_depth") == 0 and total(after, "moe_running_sequences") == 0
