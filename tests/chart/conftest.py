@@ -1,0 +1,15 @@
+"""Fixtures of the chart tests: the helm binary (built by hack/test-binaries.sh) or need()."""
+from __future__ import annotations
+
+import pytest
+
+from chart_tools import find_helm
+from require import need
+
+
+@pytest.fixture(scope="session")
+def helm_bin() -> str:
+    path = find_helm()
+    if not path:
+        need("helm", "not built yet: run hack/test-binaries.sh (it builds helm v3 into its cache)")
+    return path
