@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         from moe_operator.handlers.config import CONFIG
         from moe_operator.render.images import Images
 
-        if args.images:
-            os.environ["MOE_IMAGES"] = args.images
-        CONFIG.images = Images.from_env()
+        CONFIG.images = Images.from_source(args.images) if args.images else Images.from_env()
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -55,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    from moe_operator.handlers import kube  # noqa: F401  (registers the handlers)
-    import moe_operator.handlers  # noqa: F401
+    import moe_operator.handlers  # noqa: F401  (importing registers the handlers)
+    from moe_operator.handlers import kube
 
     if args.metrics_port:
         from moe_operator.handlers.metrics import serve_metrics
@@ -65,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     @kopf.on.startup()
     def _configure(settings: kopf.OperatorSettings, **_):
         kube.login()
-        settings.posting.level = logging.INFO
+        settings.posting.level = logging.INFO         # only our explicit kopf.info/warn calls become Events
+        settings.execution.max_workers = 16            # sync handlers run in threads; most time is API round trips
         settings.watching.server_timeout = 300
         settings.persistence.finalizer = "serving.moe-operator.io/finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="serving.moe-operator.io")

@@ -49,7 +49,12 @@ class Images:
     @classmethod
     def from_env(cls) -> "Images":
         """Defaults, overridden by the YAML mapping in ``MOE_IMAGES`` (a path or inline YAML) when set."""
-        raw = os.environ.get("MOE_IMAGES", "").strip()
+        return cls.from_source(os.environ.get("MOE_IMAGES", ""))
+
+    @classmethod
+    def from_source(cls, raw: str) -> "Images":
+        """Defaults overridden by a YAML mapping given as a file path or inline text ("" = defaults)."""
+        raw = raw.strip()
         if not raw:
             return cls()
         text = open(raw, encoding="utf-8").read() if os.path.exists(raw) else raw

@@ -1,0 +1,29 @@
+"""``moe-operator`` flags: a scope is required, bad values are one error line with exit 2."""
+from __future__ import annotations
+
+from moe_operator.operator_main import build_parser, main
+
+
+def test_scope_is_required(capsys):
+    assert main([]) == 2
+    assert capsys.readouterr().err.startswith("error: give --namespace")
+
+
+def test_namespaces_repeat_and_exclude_all_namespaces():
+    args = build_parser().parse_args(["-n", "a", "--namespace", "b", "--liveness", "http://0.0.0.0:8081/healthz"])
+    assert args.namespace == ["a", "b"] and not args.all_namespaces and args.liveness.endswith("/healthz")
+    try:
+        build_parser().parse_args(["-n", "a", "--all-namespaces"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    else:
+        raise AssertionError("--namespace with --all-namespaces must be refused")
+
+
+def test_bad_catalog_ref_and_images_file(tmp_path, capsys):
+    assert main(["-A", "--catalog-configmap", "just-a-name"]) == 2
+    assert "NAMESPACE/NAME" in capsys.readouterr().err
+    bad = tmp_path / "images.yaml"
+    bad.write_text("vllm_amd: rocm:latest\n")
+    assert main(["-A", "--images", str(bad)]) == 2
+    assert "unknown image keys" in capsys.readouterr().err
