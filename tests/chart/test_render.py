@@ -168,3 +168,15 @@ def test_monitoring_bundle_is_off_by_default_and_complete_when_on(helm_bin):
     svc = next(o for o in by_kind(objs, "Service") if o["metadata"]["name"].endswith("-metrics"))
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+def test_standalone_single_replica_has_no_peering_at_all(helm_bin):
+    objs = render(VALUES_DIR / "standalone.yaml")
+    assert not [o for o in objs if o["apiVersion"] == "kopf.dev/v1"]
+    args = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [a for a in args if a.startswith("--peering")]
+    rules = [rule for role in by_kind(objs, "ClusterRole") for rule in role["rules"]]
+    assert rules and not [r for r in rules if "kopf.dev" in r["apiGroups"]]
+    with_peering = [rule for role in by_kind(render(VALUES_DIR / "default.yaml"), "ClusterRole")
+                    for rule in role["rules"] if "kopf.dev" in rule["apiGroups"]]
+    assert len(with_peering) == 2

@@ -68,11 +68,16 @@ def test_golden_values_files_satisfy_the_schema(path):
     ({"monitoring": {"serviceMonitor": {"enabled": True, "interval": "30"}}}, "monitoring.serviceMonitor.interval"),
     ({"resources": {"limits": {"memory": "lots"}}}, "resources.limits.memory"),
     ({"watchNamespace": ["a"]}, ""),
+    ({"replicaCount": 2, "peering": {"enabled": False}}, "peering.enabled"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_schema_rejects_bad_values(override, where):
     found = errors(merged(override))
     assert found, f"{override} was accepted"
     assert any(e.split(":")[0] == where for e in found), found
+
+
+def test_one_replica_may_run_without_peering():
+    assert errors(merged({"replicaCount": 1, "peering": {"enabled": False}})) == []
 
 
 def test_runtime_image_defaults_are_the_operators_defaults():
