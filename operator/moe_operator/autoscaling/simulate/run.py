@@ -111,7 +111,8 @@ def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, polic
              max_batch_size: int = 16, on_second: Callable[[], None] | None = None) -> dict:
     """All requested policies plus the optimum's figures: {"results": {name: PolicyResult}, "optimum": Optimum}."""
     work = settings.weights.prompt * trace.prompt + settings.weights.cached_prompt * trace.cached + trace.output
-    opt = offline_optimum(list(pools), trace.arrival_s, work, settings.interval_s, horizon_s=trace.duration_s)
+    window = min(10.0, max(1.0, settings.ttft_p95_s or 10.0))   # queues must drain within the TTFT target
+    opt = offline_optimum(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window, horizon_s=trace.duration_s)
     results = {}
     for name in policies:
         if name == "optimum":

@@ -1,0 +1,93 @@
+"""Prometheus source: PromQL over the runtime's contract metrics (docs/contracts.md section 4).
+
+Queries (``{sel}`` = ``model="<name>"``, ``[w]`` = the rate window, default 1m):
+  tokens/s by kind   sum by (kind) (rate(moe_tokens_total{sel}[w]))
+  by pool and kind   sum by (pool, kind) (rate(moe_tokens_total{sel}[w]))
+  requests/s         sum(rate(moe_requests_total{sel}[w]))
+  queue depth        sum(moe_queue_depth{sel})
+  running            sum(moe_running_sequences{sel})
+  TTFT p95 (s)       histogram_quantile(0.95, sum by (le) (rate(moe_ttft_seconds_bucket{sel}[w])))
+  TPOT p95 (s)       histogram_quantile(0.95, sum by (le) (rate(moe_tpot_seconds_bucket{sel}[w])))
+  ready replicas     count by (pool) (moe_capacity_tokens_per_second{sel})   (one series per serving replica)
+  freshness          max(timestamp(moe_queue_depth{sel}))                      (observed_at = newest sample)
+An empty token-rate or queue result means missing metrics (the policy holds); an unreachable server too.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+from ..observation import Observation
+
+KINDS = ("prompt", "cached_prompt", "generated")
+
+
+def queries(model: str, window: str = "1m") -> dict[str, str]:
+    """The PromQL this source runs, by purpose (documented above and in docs/autoscaling.md)."""
+    sel = f'{{model="{model}"}}'
+    return {
+        "tokens": f"sum by (kind) (rate(moe_tokens_total{sel}[{window}]))",
+        "tokens_by_pool": f"sum by (pool, kind) (rate(moe_tokens_total{sel}[{window}]))",
+        "requests": f"sum(rate(moe_requests_total{sel}[{window}]))",
+        "queue": f"sum(moe_queue_depth{sel})",
+        "running": f"sum(moe_running_sequences{sel})",
+        "ttft": f"histogram_quantile(0.95, sum by (le) (rate(moe_ttft_seconds_bucket{sel}[{window}])))",
+        "tpot": f"histogram_quantile(0.95, sum by (le) (rate(moe_tpot_seconds_bucket{sel}[{window}])))",
+        "ready": f"count by (pool) (moe_capacity_tokens_per_second{sel})",
+        "freshness": f"max(timestamp(moe_queue_depth{sel}))",
+    }
+
+
+def _num(v) -> float | None:
+    x = float(v)
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+class PrometheusSource:
+    """Observation for one model from a Prometheus server (prometheus-api-client)."""
+
+    def __init__(self, url: str, model: str, window: str = "1m", clock: Callable[[], float] = time.time,
+                 client=None):
+        from prometheus_api_client import PrometheusConnect
+
+        self.url, self.model, self.window, self.clock = url, model, window, clock
+        self.client = client or PrometheusConnect(url=url, disable_ssl=True)
+        self.q = queries(model, window)
+        self.last_error: str | None = None
+
+    def _vector(self, key: str) -> list[dict]:
+        return self.client.custom_query(query=self.q[key])
+
+    def _scalar(self, key: str) -> float | None:
+        res = self._vector(key)
+        return _num(res[0]["value"][1]) if res else None
+
+    def observe(self) -> Observation | None:
+        """The current observation, or None when Prometheus is unreachable or has no series for the model."""
+        try:
+            tokens_res = self._vector("tokens")
+            queue = self._scalar("queue")
+            if not tokens_res or queue is None:
+                self.last_error = f"no moe_tokens_total/moe_queue_depth series for model {self.model!r}"
+                return None
+            tokens = {k: 0.0 for k in KINDS}
+            for r in tokens_res:
+                tokens[r["metric"].get("kind", "")] = _num(r["value"][1]) or 0.0
+            by_pool: dict[str, dict[str, float]] = {}
+            for r in self._vector("tokens_by_pool"):
+                by_pool.setdefault(r["metric"].get("pool", ""), {})[r["metric"].get("kind", "")] = _num(r["value"][1]) or 0.0
+            ready = {r["metric"].get("pool", ""): int(float(r["value"][1])) for r in self._vector("ready")}
+            fresh = self._scalar("freshness")
+            obs = Observation(
+                observed_at=fresh if fresh is not None else self.clock(),
+                tokens_per_s={k: tokens.get(k, 0.0) for k in KINDS},
+                requests_per_s=self._scalar("requests"), queue_depth=queue, running=self._scalar("running"),
+                ttft_p95_s=self._scalar("ttft"), tpot_p95_s=self._scalar("tpot"),
+                ready={p: n for p, n in ready.items() if p},
+                served_by_pool={p: v for p, v in by_pool.items() if p} or None)
+        except Exception as exc:  # unreachable or erroring server = missing metrics: the policy holds
+            self.last_error = f"prometheus {self.url}: {exc}"
+            return None
+        self.last_error = None
+        return obs

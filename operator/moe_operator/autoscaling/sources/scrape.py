@@ -1,0 +1,140 @@
+"""Direct scrape of the runtime's /metrics (Prometheus text format): the embedded default (``moectl up``).
+
+Rates need two scrapes: the first call remembers the counters and returns None (the policy holds);
+each later call returns rates over the time between the last two scrapes. Quantiles come from the
+histogram bucket increases over the same span, interpolated like PromQL's histogram_quantile.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..observation import Observation
+
+KINDS = ("prompt", "cached_prompt", "generated")
+
+
+@dataclass
+class Snapshot:
+    """Counters and gauges of one scrape, summed over replicas, at time ``at`` (Unix s)."""
+
+    at: float
+    tokens: dict[str, float] = field(default_factory=dict)                 # kind -> total
+    tokens_by_pool: dict[str, dict[str, float]] = field(default_factory=dict)
+    requests: float = 0.0
+    queue: float = 0.0
+    running: float = 0.0
+    ttft_buckets: dict[float, float] = field(default_factory=dict)          # le -> cumulative count
+    tpot_buckets: dict[float, float] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)                 # pool -> series of moe_capacity_tokens_per_second
+    seen: set = field(default_factory=set)
+
+
+def parse_metrics(text: str, at: float, model: str | None = None) -> Snapshot:
+    """Sum the contract metrics in ``text`` (optionally only series with label model=``model``)."""
+    snap = Snapshot(at)
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = s.labels
+            if model is not None and labels.get("model", model) != model:
+                continue
+            name, v = s.name, float(s.value)
+            pool = labels.get("pool", "")
+            if name == "moe_tokens_total":
+                kind = labels.get("kind", "")
+                snap.tokens[kind] = snap.tokens.get(kind, 0.0) + v
+                per = snap.tokens_by_pool.setdefault(pool, {})
+                per[kind] = per.get(kind, 0.0) + v
+            elif name == "moe_requests_total":
+                snap.requests += v
+            elif name == "moe_queue_depth":
+                snap.queue += v
+            elif name == "moe_running_sequences":
+                snap.running += v
+            elif name in ("moe_ttft_seconds_bucket", "moe_tpot_seconds_bucket"):
+                le = float(labels["le"])
+                b = snap.ttft_buckets if name.startswith("moe_ttft") else snap.tpot_buckets
+                b[le] = b.get(le, 0.0) + v
+            elif name == "moe_capacity_tokens_per_second":
+                snap.replicas[pool] = snap.replicas.get(pool, 0) + 1
+            else:
+                continue
+            snap.seen.add(name.removesuffix("_bucket"))
+    return snap
+
+
+def bucket_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """PromQL histogram_quantile over cumulative bucket counts {le: count}; None without observations."""
+    if not buckets:
+        return None
+    items = sorted(buckets.items())
+    total = items[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in items:
+        if c >= rank:
+            if math.isinf(le):
+                return prev_le
+            if c == prev_c:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_c) / (c - prev_c)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def observation_between(prev: Snapshot, cur: Snapshot) -> Observation | None:
+    """Rates and quantiles between two scrapes; None when the span is empty or counters are missing."""
+    dt = cur.at - prev.at
+    if dt <= 0 or "moe_tokens_total" not in cur.seen:
+        return None
+
+    def rate(a: float, b: float) -> float:
+        return max(0.0, b - a) / dt if b >= a else b / dt   # a reset counts from zero, like PromQL
+
+    tokens = {k: rate(prev.tokens.get(k, 0.0), cur.tokens.get(k, 0.0)) for k in KINDS}
+    by_pool = {p: {k: rate(prev.tokens_by_pool.get(p, {}).get(k, 0.0), v.get(k, 0.0)) for k in KINDS}
+               for p, v in cur.tokens_by_pool.items() if p}
+    delta = lambda a, b: {le: max(0.0, b[le] - a.get(le, 0.0)) for le in b}  # noqa: E731
+    return Observation(
+        observed_at=cur.at, tokens_per_s=tokens, requests_per_s=rate(prev.requests, cur.requests),
+        queue_depth=cur.queue if "moe_queue_depth" in cur.seen else None,
+        running=cur.running if "moe_running_sequences" in cur.seen else None,
+        ttft_p95_s=bucket_quantile(0.95, delta(prev.ttft_buckets, cur.ttft_buckets)),
+        tpot_p95_s=bucket_quantile(0.95, delta(prev.tpot_buckets, cur.tpot_buckets)),
+        ready={p: n for p, n in cur.replicas.items() if p}, served_by_pool=by_pool or None)
+
+
+class ScrapeSource:
+    """Scrapes ``url`` each ``observe()``; ``fetch`` (url -> text) and ``clock`` are injectable for tests."""
+
+    def __init__(self, url: str, model: str | None = None, fetch: Callable[[str], str] | None = None,
+                 clock: Callable[[], float] = time.time, timeout_s: float = 5.0):
+        self.url, self.model, self.clock, self.timeout_s = url, model, clock, timeout_s
+        self.fetch = fetch or self._http_get
+        self.prev: Snapshot | None = None
+        self.last_error: str | None = None
+
+    def _http_get(self, url: str) -> str:
+        import httpx
+
+        r = httpx.get(url, timeout=self.timeout_s)
+        r.raise_for_status()
+        return r.text
+
+    def observe(self) -> Observation | None:
+        """The observation since the previous scrape, or None (first scrape, or the scrape failed)."""
+        try:
+            text = self.fetch(self.url)
+        except Exception as exc:  # any transport failure is "missing metrics": the policy holds
+            self.last_error = f"scrape {self.url} failed: {exc}"
+            return None
+        cur = parse_metrics(text, self.clock(), self.model)
+        prev, self.prev = self.prev, cur
+        self.last_error = None
+        return observation_between(prev, cur) if prev is not None else None

@@ -1,0 +1,113 @@
+"""`moectl simulate`: replay a request trace against autoscaling policies before applying one.
+
+Output per policy: total cost ($), $/1M tokens, SLO attainment, scale actions, unmet demand (tokens).
+``--json`` prints one object whose shape docs/simulate.md fixes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from moe_operator.errors import UserError
+
+JSON_VERSION = 1
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("simulate", help="replay a trace through the autoscaler and baselines",
+                              description="Replay a request trace (Azure CSV or Mooncake JSONL) through a queueing model "
+                                          "of the spec's pools for our policy, baselines and the offline optimum.")
+    p.add_argument("--trace", required=True, metavar="FILE", help="Azure LLM trace .csv or Mooncake .jsonl")
+    p.add_argument("--spec", "-f", required=True, metavar="FILE", help="MoEDeployment YAML")
+    p.add_argument("--policy", default="all", metavar="NAME",
+                   help="ours | static-peak | hpa | ray-serve | cheapest-pool | wva-greedy | optimum | all (default), comma-separated")
+    p.add_argument("--speedup", type=float, default=1.0, metavar="N", help="replay N times faster than recorded (default 1)")
+    p.add_argument("--cache-hit-ratio", type=float, default=0.0, metavar="R",
+                   help="prompt cache-hit ratio for traces without block ids (Azure), 0..1")
+    p.add_argument("--json", action="store_true", help="print results as JSON (stable, documented)")
+    p.add_argument("--plot", metavar="PNG", help="write demand vs capacity and replicas per pool to this PNG")
+    p.add_argument("--catalog", metavar="FILE", help="catalog overrides (ConfigMap YAML)")
+    p.set_defaults(func=run)
+
+
+def _policies(text: str) -> list[str]:
+    from moe_operator.autoscaling.simulate.run import POLICIES
+
+    names = list(POLICIES) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in POLICIES]
+    if bad or not names:
+        raise UserError(f"unknown --policy {', '.join(bad) or text!r}; use {', '.join(POLICIES)} or all")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from moe_operator.api import load_manifest
+    from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_from_spec
+    from moe_operator.autoscaling.simulate.run import simulate
+    from moe_operator.autoscaling.simulate.traces import load_trace
+
+    policies = _policies(args.policy)
+    if not 0.0 <= args.cache_hit_ratio < 1.0:
+        raise UserError(f"--cache-hit-ratio must be in [0, 1), got {args.cache_hit_ratio}")
+    if args.speedup <= 0:
+        raise UserError(f"--speedup must be > 0, got {args.speedup}")
+    from moe_operator.cli._common import load_catalog
+
+    deployment = load_manifest(args.spec)
+    pools, weights = pool_models_from_spec(deployment, load_catalog(args.catalog))
+    settings = settings_from_spec(deployment.spec.autoscaling, weights)
+    trace = load_trace(args.trace, args.speedup, args.cache_hit_ratio)
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    total = int(len(policies) * (trace.duration_s + 1))
+    with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("replay", total=total)
+        out = simulate(trace, pools, settings, policies, deployment.spec.serving.max_batch_size,
+                       on_second=lambda: progress.advance(task))
+    results, opt = out["results"], out["optimum"]
+
+    if args.plot:
+        from moe_operator.autoscaling.simulate.plots import plot_results
+        plot_results(results, [p.name for p in pools], args.plot,
+                     f"{trace.name} x{args.speedup:g} on {deployment.metadata.name}")
+
+    doc = {
+        "version": JSON_VERSION,
+        "trace": {"file": args.trace, "requests": len(trace), "durationSeconds": round(trace.duration_s, 1),
+                  "speedup": args.speedup, "cacheHitRatio": round(trace.cache_hit_ratio, 4),
+                  "tokens": round(trace.total_tokens)},
+        "spec": {"name": deployment.metadata.name,
+                 "pools": [{"name": p.name, "pricePerHour": p.price_per_hour, "capacityWorkPerSecond": p.capacity,
+                            "minReplicas": p.min_replicas, "maxReplicas": p.max_replicas, "coldStartSeconds": p.cold_start_s}
+                           for p in pools],
+                 "workWeights": {"prompt": round(weights.prompt, 5), "cachedPrompt": round(weights.cached_prompt, 5), "generated": 1.0},
+                 "slo": {"ttftSeconds": settings.ttft_p95_s, "tpotSeconds": settings.tpot_p95_s},
+                 "targetUtilization": settings.target_utilization},
+        "optimum": {"milpCost": round(opt.cost, 4), "lpLowerBound": round(opt.lp_bound, 4)},
+        "policies": {name: r.to_json() for name, r in results.items()},
+    }
+    if "ours" in results and opt.cost > 0:
+        doc["oursVsOptimum"] = round(results["ours"].total_cost / opt.cost, 4)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{trace.name} (x{args.speedup:g}, {len(trace)} requests) on {deployment.metadata.name}")
+    for col in ("policy", "cost $", "$/1M tok", "SLO met", "actions", "unmet tok", "mean replicas"):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for name, r in results.items():
+        cpm = r.cost_per_million
+        table.add_row(name, f"{r.total_cost:.2f}", "-" if cpm is None else f"{cpm:.4f}", f"{r.slo_attainment:.2%}",
+                      str(r.scale_actions), f"{r.unmet_tokens:.0f}", " ".join(f"{k}={v:.1f}" for k, v in r.mean_replicas.items()))
+    console = Console()
+    console.print(table)
+    console.print(f"offline optimum (MILP, HiGHS): ${opt.cost:.2f}; LP lower bound on mean demand: ${opt.lp_bound:.2f}"
+                  + (f"; ours / optimum = {doc['oursVsOptimum']:.3f}" if "oursVsOptimum" in doc else ""))
+    if args.plot:
+        console.print(f"plot: {args.plot}")
+    return 0

@@ -1,0 +1,141 @@
+"""Metrics sources against real servers: a real Prometheus scraping an exporter of the contract metrics,
+and the direct /metrics scrape; decisions follow the load up and down."""
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from exporter import Exporter
+from helpers import two_pools
+from moe_operator.autoscaling import Settings, decide
+from moe_operator.autoscaling.mix import capacity_of
+from moe_operator.autoscaling.sources.prometheus import PrometheusSource
+from moe_operator.autoscaling.sources.scrape import ScrapeSource, bucket_quantile
+from require import need
+
+PROMETHEUS = "/usr/bin/prometheus"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def exporter():
+    e = Exporter(free_port())
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def prometheus(exporter):
+    binary = shutil.which("prometheus") or (PROMETHEUS if os.path.exists(PROMETHEUS) else None)
+    if binary is None:
+        need("prometheus", "Debian's prometheus server (/usr/bin/prometheus) is not installed")
+    tmp = Path(tempfile.mkdtemp(prefix="moe-prom-"))
+    port = free_port()
+    (tmp / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n- job_name: runtime\n  static_configs:\n"
+        f"  - targets: ['127.0.0.1:{exporter.server.server_port}']\n")
+    proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"prometheus exited with {proc.returncode}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("prometheus did not become ready in 20 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_for(fn, timeout=25.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = fn()
+        if v is not None:
+            return v
+        time.sleep(0.5)
+    return fn()
+
+
+@pytest.mark.prometheus
+@pytest.mark.timeout(120)
+def test_prometheus_source_and_decisions_follow_load(exporter, prometheus):
+    src = PrometheusSource(prometheus, model="m", window="5s")
+    pools = two_pools(h800={"capacity": 1000.0}, ascend={"capacity": 1000.0})
+    s = Settings(target_utilization=1.0, scale_down_stabilization_s=0.0, hysteresis=0.0, ttft_p95_s=2.0, tpot_p95_s=0.1)
+    exporter.load.update(generated=3000.0, prompt=5000.0)
+
+    def settled(lo, hi):
+        o = src.observe()
+        return o if o is not None and lo <= o.tokens_per_s["generated"] <= hi else None
+
+    o = wait_for(lambda: settled(2400, 3600))
+    assert o is not None, src.last_error
+    assert o.tokens_per_s["prompt"] == pytest.approx(5000, rel=0.25)
+    assert o.ready == {"h800": 2, "ascend": 1}
+    assert o.queue_depth == 0 and o.running == 3
+    assert 0.25 <= o.ttft_p95_s <= 0.5 and 0.025 <= o.tpot_p95_s <= 0.05   # bucket holding 0.3 s / 0.03 s
+    assert o.requests_per_s == pytest.approx(10, rel=0.3)
+    assert set(o.served_by_pool) == {"h800", "ascend"}
+    assert abs(o.age(time.time())) < 5
+    up = decide(o, pools, s, None, time.time())
+    assert capacity_of(pools, up.replicas) >= s.weights.work(o.tokens_per_s)
+    exporter.load.update(generated=500.0, prompt=0.0)
+    o2 = wait_for(lambda: settled(300, 700))
+    assert o2 is not None, src.last_error
+    down = decide(o2, pools, s, up.history, time.time())
+    assert capacity_of(pools, down.replicas) < capacity_of(pools, up.replicas)
+    assert not down.held
+
+
+@pytest.mark.prometheus
+def test_prometheus_unreachable_or_unknown_model_holds(exporter, prometheus):
+    assert PrometheusSource(f"http://127.0.0.1:{free_port()}", model="m").observe() is None
+    src = PrometheusSource(prometheus, model="no-such-model", window="5s")
+    assert src.observe() is None and "no-such-model" in src.last_error
+    d = decide(src.observe(), two_pools(), Settings(), None, time.time())
+    assert d.held
+
+
+def test_scrape_source_two_scrapes_make_rates(exporter):
+    src = ScrapeSource(f"http://127.0.0.1:{exporter.server.server_port}/metrics", model="m")
+    exporter.load.update(generated=2000.0)
+    assert src.observe() is None            # first scrape: nothing to rate yet
+    time.sleep(2.0)
+    o = src.observe()
+    assert o is not None
+    assert o.tokens_per_s["generated"] == pytest.approx(2000, rel=0.2)
+    assert o.ready == {"h800": 2, "ascend": 1}
+    assert 0.25 <= o.ttft_p95_s <= 0.5
+    bad = ScrapeSource(f"http://127.0.0.1:{free_port()}/metrics")
+    assert bad.observe() is None and "failed" in bad.last_error
+
+
+def test_bucket_quantile_matches_promql_interpolation():
+    # 100 observations: 50 <= 1 s, 40 in (1, 2], 10 in (2, 4]: p95 = 2 + 2 * (95 - 90) / 10 = 3
+    assert bucket_quantile(0.95, {1.0: 50, 2.0: 90, 4.0: 100, float("inf"): 100}) == pytest.approx(3.0)
+    assert bucket_quantile(0.5, {1.0: 0, float("inf"): 0}) is None
