@@ -20,16 +20,3 @@ def tiny(tiny_dir):
     from moe_runtime.model.load import load_model
 
     return load_model(tiny_dir)
-
-
-def greedy(model, prompt, n):
-    """n greedy tokens and the logits that chose them [n, vocab] (prefill, then one token per step)."""
-    kv = model.new_kv()
-    logits = model([prompt], [kv])
-    out, rows = [], []
-    for _ in range(n):
-        rows.append(logits[0])
-        t = int(logits[0].argmax())
-        out.append(t)
-        logits = model([[t]], [kv])
-    return out, torch.stack(rows)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archs import BUILDERS
-from conftest import greedy
+from rc_archs import BUILDERS
+from rc_helpers import greedy
 from moe_runtime.model.config import MoEConfig
 from moe_runtime.model.load import load_model
 from moe_runtime.model.router import route

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import greedy
+from rc_helpers import greedy
 from moe_runtime.experts.placement import ExpertPlacement, ray_options
 from moe_runtime.model.load import load_model
 from require import need

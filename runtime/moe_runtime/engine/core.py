@@ -57,6 +57,7 @@ class TorchEngine:
         self.eos = {loaded.tokenizer.eos_token_id} if loaded.tokenizer and loaded.tokenizer.eos_token_id is not None else set()
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
+        self._prefilling: list[_Seq] = []  # admitted this step, counted as running
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -100,7 +101,7 @@ class TorchEngine:
         loop = asyncio.get_running_loop()
         seq = _Seq(request_id, prompt, params, loop, asyncio.Queue(), make_generator(params))
         with self._cond:
-            free = max(0, self.max_batch_size - len(self._running))
+            free = max(0, self.max_batch_size - len(self._running) - len(self._prefilling))
             if len(self._waiting) >= self.max_queue + free:
                 self._requests["rejected"] += 1
                 wait = max(1.0, len(self._waiting) * self._req_s / self.max_batch_size)
@@ -124,7 +125,7 @@ class TorchEngine:
 
     def stats(self) -> EngineStats:
         with self._cond:
-            queue, running = len(self._waiting), len(self._running)
+            queue, running = len(self._waiting), len(self._running) + len(self._prefilling)
         return EngineStats(
             queue_depth=queue, running=running, kv_cache_bytes=self._kv_bytes,
             prefix_cache_bytes=self.cache.bytes() if self.cache else {"memory": 0, "disk": 0},
@@ -223,9 +224,12 @@ class TorchEngine:
                         s.done = True
                     else:
                         admit.append(s)
+                self._prefilling = admit
             try:
                 for s in admit:
                     self._prefill(s)
+                with self._cond:
+                    self._prefilling = []
                 if self._running:
                     self._decode()
             except Exception as e:  # a failed step fails the sequences in it, not the engine
@@ -234,6 +238,8 @@ class TorchEngine:
                     if not s.done:
                         self._finish(s, "error", None, f"{type(e).__name__}: {e}")
                 self._running = []
+                with self._cond:
+                    self._prefilling = []
             self._kv_bytes = sum(s.kv.nbytes() for s in self._running if s.kv is not None)
         for s in pending:
             if not s.done:
