@@ -1,7 +1,9 @@
 """Vendor-specific pieces of a worker pod: Ray start parameters, process environment, host mounts.
 
-Ray does not detect Ascend NPUs as a built-in resource under KubeRay, so Ascend workers advertise an
-``NPU`` custom resource; every worker also advertises ``pool-<name>: 1`` so that Serve deployments can
+KubeRay v1.5.0 maps only ``nvidia.com/gpu`` (num-gpus), ``google.com/tpu`` (TPU) and
+``aws.amazon.com/neuroncore`` (neuron_cores) from container limits to Ray resources
+(``customAcceleratorToRayResourceMap`` in ray-operator/controllers/ray/common/pod.go), so Ascend workers advertise an
+``NPU`` custom resource themselves; every worker also advertises ``pool-<name>: 1`` so that Serve deployments can
 target one pool. KubeRay passes ``rayStartParams.resources`` to ``ray start --resources=<value>`` through a
 shell, so the value carries its own double quotes around the JSON: ``'"{\\"NPU\\": 8, \\"pool-a\\": 1}"'``
 (KubeRay docs, "rayStartParams"; ray-operator/controllers/ray/common/pod.go).
