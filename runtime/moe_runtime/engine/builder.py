@@ -1,6 +1,10 @@
 """RuntimeConfig -> TorchEngine (model loaded, experts placed, prefix cache attached; not yet started)."""
 from __future__ import annotations
 
+import os
+
+import torch
+
 from moe_runtime.cache import PrefixCache
 from moe_runtime.checkpoint.tiny import resolve_source
 from moe_runtime.model.load import load_model
@@ -9,6 +13,10 @@ from .core import TorchEngine
 
 
 def build_engine_from_config(config) -> TorchEngine:
+    """MOE_TORCH_THREADS (env) caps torch's CPU threads: on shared hosts OpenMP spinning makes small matmuls slow."""
+    threads = os.environ.get("MOE_TORCH_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
     directory = resolve_source(config.model_source)
     loaded = load_model(directory, device=config.device, dtype=config.dtype, quant=config.quantization,
                         placement=config.placement)
