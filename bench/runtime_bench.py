@@ -78,7 +78,8 @@ def bench_c(tiny: Path, args) -> None:
     for mode in ("int8", "int4"):
         m = load_model(tiny, device=args.device, dtype="float32", quant=mode, tokenizer=False).model
         errs32[mode] = (first_logits(m, prompt) - base).abs().max().item()
-    print(f"(c) routed-expert weights; logit error vs the float32 model on a 128-token prompt (max |logit| {base.abs().max():.1f})")
+    print(f"(c) all linear layers quantized; memory = routed-expert weights; logit error = max over all 128 positions of a "
+          f"128-token prompt vs the float32 model (max |logit| {base.abs().max():.1f})")
     print(f"    quantization alone (float32 compute): max |logit error| int8 {errs32['int8']:.4f}, int4 {errs32['int4']:.4f}")
     print("    with bf16 compute (memory, decode tok/s, logit error):")
     for name, b, tps, err in rows:

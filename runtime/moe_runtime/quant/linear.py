@@ -69,12 +69,11 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features = out_f, in_f
 
     def unpacked(self) -> torch.Tensor:
-        """The int4 values as int8 in [-8, 7], shape [out, in]."""
-        p = self.qweight
-        lo = (p & 0xF).to(torch.int8)
-        hi = (p >> 4).to(torch.int8)
-        q = torch.stack([lo, hi], dim=2).reshape(self.out_features, self.in_features)
-        return torch.where(q > 7, q - 16, q)
+        """The int4 values as int8 in [-8, 7], shape [out, in] (arithmetic shifts sign-extend each nibble)."""
+        p = self.qweight.view(torch.int8)
+        lo = torch.bitwise_right_shift(torch.bitwise_left_shift(p, 4), 4)
+        hi = torch.bitwise_right_shift(p, 4)
+        return torch.stack([lo, hi], dim=2).reshape(self.out_features, self.in_features)
 
     def dequantized(self) -> torch.Tensor:
         q = self.unpacked().float().reshape(self.out_features, -1, self.group)
