@@ -76,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     source = config["applications"][0]["args"]["model_source"]
 
     stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(*_) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if source.startswith("builtin://"):
             from moe_runtime.checkpoint.tiny import ensure_tiny_checkpoint
@@ -90,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         with console.status("starting local Ray"):
             ray.init(num_cpus=num_cpus, resources=_pool_resources(config), include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
+        for s in previous:  # ray.init installs its own SIGTERM handler (which aborts); ours must win
+            signal.signal(s, on_signal)
         console.print(f"[green]✓[/] Ray started ({num_cpus} CPUs)")
         try:
             with console.status("deploying the Serve application") as status:
