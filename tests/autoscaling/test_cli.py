@@ -49,16 +49,21 @@ def run_cli(*args):
     (["cost", "-f", str(SPEC), "--monthly-tokens", "1e9", "--utilization", "2"], "--utilization"),
     (["cost", "-f", "{badspec}", "--monthly-tokens", "1e9"], "badspec"),
 ])
-def test_bad_input_one_error_line_exit_2(tmp_path, small_trace, args, needle):
+def test_bad_input_one_error_line_exit_2(tmp_path, small_trace, args, needle, capsys):
     bad_spec = tmp_path / "badspec.yaml"
     bad_spec.write_text("apiVersion: serving.moe-operator.io/v1alpha1\nkind: MoEDeployment\nmetadata: {name: x}\nspec: {pools: []}\n")
     bad_trace = tmp_path / "bad.jsonl"
     bad_trace.write_text('{"timestamp": "soon"}\n')
     args = [a.format(trace=small_trace, badspec=bad_spec, badtrace=bad_trace) for a in args]
-    p = run_cli(*args)
-    assert p.returncode == 2, p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+
+
+def test_entry_point_exit_code(tmp_path):
+    p = run_cli("simulate", "--trace", str(tmp_path / "missing.jsonl"), "--spec", str(SPEC))
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
 
 
 def test_cost_json_break_even():

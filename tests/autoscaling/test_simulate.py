@@ -93,7 +93,7 @@ def test_optimum_is_a_lower_bound_and_integral():
 
 
 def test_simulate_all_policies_on_synthetic_trace():
-    tr = synthetic(15, 1200)
+    tr = synthetic(15, 600)
     s = Settings(ttft_p95_s=2.0, tpot_p95_s=0.2, weights=WorkWeights(prompt=0.2))
     out = simulate(tr, two_pools(), s, ["ours", "static-peak", "hpa", "ray-serve", "cheapest-pool", "wva-greedy", "optimum"])
     res = out["results"]
