@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/placement_bench.py            # DeepSeek-V3 size: 58 layers x 256 experts, 64 devices
     .venv/bin/python bench/placement_bench.py --quick    # 8 layers, for a smoke run
+    .venv/bin/python bench/placement_bench.py --tiny     # also: loads recorded from the tiny model (needs torch)
 
 Loads: Zipf popularity (expert of rank k gets 1 / k**s of the tokens), hot experts at random ids in each layer
 (seeded). Time is the MoE part of one step: per layer the slowest device (load / speed), summed over layers.
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--slow-speed", type=float, default=0.6)
     parser.add_argument("--repeat", type=int, default=3, help="timing runs (best is reported)")
     parser.add_argument("--quick", action="store_true", help="8 layers, 1 timing run")
+    parser.add_argument("--tiny", action="store_true",
+                        help="also balance loads recorded from the builtin tiny model over this repo's docs")
     args = parser.parse_args()
     if args.quick:
         args.layers, args.repeat = 8, 1
@@ -98,6 +101,56 @@ def main() -> None:
         print(f"{label:>22}: {wall:.3f} s wall, {cpu:.3f} s CPU")
     _, wall, cpu = timed(lambda: balance(loads, uniform, R, num_groups=8), args.repeat)
     print(f"{'8 groups on 8 nodes':>22}: {wall:.3f} s wall, {cpu:.3f} s CPU")
+    if args.tiny:
+        tiny_section()
+
+
+def tiny_loads(max_prompts: int = 32, new_tokens: int = 8) -> tuple[list[list[float]], int, int]:
+    """Tokens routed per (MoE layer, expert) by the builtin tiny model (random weights, real router code)
+    prefilling each paragraph of this repository's docs and decoding ``new_tokens`` greedily.
+    Returns (loads, prompts, tokens)."""
+    from pathlib import Path
+
+    from moe_runtime.checkpoint.tiny import ensure_tiny_checkpoint
+    from moe_runtime.model.load import load_model
+
+    root = Path(__file__).resolve().parent.parent
+    paragraphs = []
+    for doc in sorted((root / "docs").glob("*.md")) + [root / "README.md"]:
+        if doc.is_file():
+            paragraphs += [p.strip() for p in doc.read_text().split("\n\n") if len(p.strip()) > 80]
+    paragraphs = paragraphs[:max_prompts]
+    loaded = load_model(ensure_tiny_checkpoint())
+    model, tokens = loaded.model, 0
+    for text in paragraphs:
+        ids = loaded.tokenizer.encode(text)[:256]
+        kv = model.new_kv()
+        logits = model.forward([ids], [kv])
+        tokens += len(ids)
+        for _ in range(new_tokens):
+            nxt = int(logits[0].argmax())
+            logits = model.forward([[nxt]], [kv])
+            tokens += 1
+    return [[float(x) for x in row] for row in model.expert_counts.tolist()], len(paragraphs), tokens
+
+
+def tiny_section() -> None:
+    loads, prompts, tokens = tiny_loads()
+    layers, experts = len(loads), len(loads[0])
+    print(f"\n## loads recorded from the tiny model ({layers} MoE layers x {experts} experts, top-2): "
+          f"{prompts} prompts, {tokens} tokens")
+    for row in loads:
+        print("   tokens per expert:", " ".join(f"{int(x):>5}" for x in row))
+    for label, devices, redundant in (
+        ("4 devices x 3 slots, 4 redundant", fleet(4, 0, 1.0, 3), 4),
+        ("2 at 1.0 + 2 at 0.5, 3 slots, 4 redundant", fleet(2, 2, 0.5, 3), 4),
+    ):
+        rr = placement_stats(round_robin(layers, experts, devices, redundant), loads)
+        blind = placement_stats(speed_blind(loads, devices, redundant), loads)
+        ours = placement_stats(balance(loads, devices, redundant), loads)
+        print(f"{label:>42}: max/mean round-robin {rr.max_over_mean:.3f} -> balanced {ours.max_over_mean:.3f}; "
+              f"max device time round-robin {rr.step_time:.0f}, speed-blind {blind.step_time:.0f}, "
+              f"balanced {ours.step_time:.0f} (gap to bound {100 * ours.gap:.1f}%)")
 
 
 def _hottest_bound(loads, devices, redundant) -> float:
