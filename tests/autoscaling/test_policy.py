@@ -181,3 +181,26 @@ def test_wakes_from_zero_on_queue():
     pools = two_pools()
     d = decide(obs(0, 0, queue=3, rps=0.0), pools, settings(scale_to_zero=True), History(desired={"ascend": 0, "h800": 0}), 0)
     assert sum(d.replicas.values()) >= 1
+
+
+def test_pool_models_from_the_planner_and_annotation():
+    """The adapter: planner capacities for an example spec; the annotation overrides them."""
+    from pathlib import Path
+
+    from moe_operator.api import load_manifest
+    from moe_operator.autoscaling.from_spec import CAPACITY_ANNOTATION, pool_models_from_spec, settings_from_spec
+
+    root = Path(__file__).resolve().parents[2]
+    dep = load_manifest(root / "examples" / "qwen3-moe-mixed.yaml")
+    pools, w = pool_models_from_spec(dep)
+    assert [p.name for p in pools] == [p.name for p in dep.spec.pools]
+    assert all(p.capacity > 0 and p.price_per_hour > 0 for p in pools)
+    assert 0 < w.cached_prompt < w.prompt < 1          # cache hits cost less work than computed prompt tokens
+    bench = load_manifest(root / "bench" / "autoscale_two_pool.yaml")
+    assert CAPACITY_ANNOTATION in bench.metadata.model_extra["annotations"]
+    bp, bw = pool_models_from_spec(bench)
+    assert {p.name: p.capacity for p in bp} == {"h800": 1500.0, "ascend": 1000.0}
+    assert {p.name: p.price_per_hour for p in bp} == {"h800": 2.0, "ascend": 1.15}
+    assert bw.prompt == pytest.approx((1500 / 12000 + 1000 / 8000) / 2)
+    s = settings_from_spec(bench.spec.autoscaling, bw)
+    assert (s.max_hourly_cost, s.target_utilization, s.scale_down_stabilization_s) == (40, 0.8, 300)
