@@ -6,6 +6,7 @@ interval/3600 over integers min_i <= n_ki <= max_i (MILP, scipy.optimize.milp). 
     schedule must cover for queues to stay short): this schedule is replayed and is "the optimum";
   * ``mean``: the interval's average arrival rate, LP relaxation (scipy.optimize.linprog): a strict lower
     bound on the cost of serving the trace without queueing across intervals.
+Unless ``keep_one`` is False (scale to zero allowed) every interval keeps at least one replica, as the policy does.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class Optimum:
     status: str
 
 
-def _solve(pools: list[PoolModel], demand: np.ndarray, interval_s: float, integral: bool):
+def _solve(pools: list[PoolModel], demand: np.ndarray, interval_s: float, integral: bool, keep_one: bool = True):
     k, m = len(demand), len(pools)
     price = np.array([p.price_per_hour for p in pools]) * interval_s / 3600.0
     cap = np.array([p.capacity for p in pools])
@@ -52,7 +53,8 @@ def _solve(pools: list[PoolModel], demand: np.ndarray, interval_s: float, integr
     lo = np.tile([p.min_replicas for p in pools], k).astype(float)
     hi = np.tile([p.max_replicas for p in pools], k).astype(float)
     need = np.minimum(demand, cap @ np.array([p.max_replicas for p in pools]))  # infeasible peaks: cap at max
-    need = np.maximum(need, 1e-6)  # at least one replica in every interval
+    if keep_one:  # like the policy without scale to zero: at least one replica in every interval
+        need = np.maximum(need, cap.min())
     if integral:
         res = milp(c, constraints=LinearConstraint(A, lb=need, ub=np.inf), integrality=np.ones(k * m),
                    bounds=Bounds(lo, hi), options={"time_limit": 60})
@@ -64,10 +66,10 @@ def _solve(pools: list[PoolModel], demand: np.ndarray, interval_s: float, integr
 
 
 def offline_optimum(pools: list[PoolModel], arrival_s: np.ndarray, work: np.ndarray, interval_s: float,
-                    window_s: float = 10.0, horizon_s: float | None = None) -> Optimum:
+                    window_s: float = 10.0, horizon_s: float | None = None, keep_one: bool = True) -> Optimum:
     horizon = float(horizon_s if horizon_s is not None else (arrival_s[-1] if len(arrival_s) else 0.0))
     peak, mean = interval_demands(arrival_s, work, interval_s, window_s, horizon)
-    x, cost, status = _solve(pools, peak, interval_s, integral=True)
-    _, bound, _ = _solve(pools, mean, interval_s, integral=False)
+    x, cost, status = _solve(pools, peak, interval_s, integral=True, keep_one=keep_one)
+    _, bound, _ = _solve(pools, mean, interval_s, integral=False, keep_one=keep_one)
     plan = [{p.name: int(round(x[j, i])) for i, p in enumerate(pools)} for j in range(len(peak))]
     return Optimum(plan, cost, bound, status)

@@ -112,7 +112,8 @@ def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, polic
     """All requested policies plus the optimum's figures: {"results": {name: PolicyResult}, "optimum": Optimum}."""
     work = settings.weights.prompt * trace.prompt + settings.weights.cached_prompt * trace.cached + trace.output
     window = min(10.0, max(1.0, settings.ttft_p95_s or 10.0))   # queues must drain within the TTFT target
-    opt = offline_optimum(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window, horizon_s=trace.duration_s)
+    opt = offline_optimum(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window,
+                          horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero)
     results = {}
     for name in policies:
         if name == "optimum":
