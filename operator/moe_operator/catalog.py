@@ -66,6 +66,9 @@ class Accelerator(BaseModel):
     memory_bandwidth_gbps: float = Field(gt=0)
     interconnect_gbps: float = Field(gt=0)
     step_overhead_seconds: float = Field(default=0.00002, ge=0, description="Framework/launch time per layer per forward step.")
+    sequence_overhead_seconds: float = Field(
+        default=0.0, ge=0, description="Extra time per layer per sequence in a step (engines that loop over sequences)."
+    )
     price_per_device_hour: Optional[float] = Field(default=None, ge=0)
     price_source: str = ""
     price_date: Optional[str] = None

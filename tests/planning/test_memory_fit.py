@@ -62,3 +62,16 @@ def test_message_when_nothing_single_helps():
     assert smallest == 32  # 16 x 24 GiB = 384 GiB is just short of ~385 GiB
     assert f"devicesPerReplica: {smallest} " in msg
     assert "quantization: int4" not in msg
+
+
+def test_cpu_pools_count_float32():
+    """The torch engine runs float32 on cpu: unquantized weights and the KV cache take 4 bytes an element there."""
+    from moe_operator.planning.fit import dense_bytes
+
+    f = model_facts(None, "tiny")
+    assert dense_bytes("cpu") == 4.0 and dense_bytes("nvidia") == 2.0
+    fit = memory_fit(f, "none", 2048, 8, 1, 16, dense=dense_bytes("cpu"))
+    assert fit.weights_gib * GIB == pytest.approx(f.total_params * 4)
+    assert fit.kv_cache_gib * GIB == pytest.approx(4 * 2 * 4 * 32 * 4 * 2048 * 8)  # layers, K+V, kv heads, head_dim
+    int8 = memory_fit(f, "int8", 2048, 8, 1, 16, dense=4.0)
+    assert int8.weights_gib * GIB == pytest.approx(f.embedding_params * 4 + (f.total_params - f.embedding_params) * 1)

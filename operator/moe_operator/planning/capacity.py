@@ -5,13 +5,14 @@ Formulas (docs/capacity-model.md derives and justifies them; every symbol is a n
     prefill step (T = min(PREFILL_STEP_TOKENS, B * P) prompt tokens, P = mean prompt = C / 2):
         compute  = T * (2 * active_params + attention_flops(P / 2)) / (D * peak_flops * PREFILL_EFFICIENCY)
         memory   = weight_bytes / (D * bandwidth * BANDWIDTH_EFFICIENCY)
-        prefill_tps = T / (max(compute, memory) + comm(T) + layers * step_overhead)
+        prefill_tps = T / (max(compute, memory) + comm(T) + overhead(T / P))
     decode step (B = maxBatchSize sequences, each attending to C / 2 tokens on average):
         bytes    = always_active_weight_bytes + touched_experts(B) * expert_bytes + B * kv_bytes_per_token * C / 2
         compute  = B * (2 * active_params + attention_flops(C / 2)) / (D * peak_flops * DECODE_COMPUTE_EFFICIENCY)
-        decode_tps = B / (max(bytes / (D * bandwidth * BANDWIDTH_EFFICIENCY), compute) + comm(B) + layers * step_overhead)
+        decode_tps = B / (max(bytes / (D * bandwidth * BANDWIDTH_EFFICIENCY), compute) + comm(B) + overhead(B))
     cached_prefill_tps = prefill_tps / CACHED_TOKEN_COST
 
+``overhead(S)`` = layers * (stepOverheadSeconds + S * sequenceOverheadSeconds) for a step over S sequences.
 ``touched_experts(B)`` = MoE layers * E * (1 - (1 - k/E)^B): the expected distinct routed experts a batch of B tokens
 reads when each picks k of E uniformly. ``comm(T)`` = (all-to-all of expert dispatch/combine + tensor-parallel
 all-reduces) bytes / (D * interconnect * INTERCONNECT_EFFICIENCY). Peak FLOP/s is the accelerator's figure for the
@@ -24,7 +25,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict
 
 from moe_operator.catalog import Accelerator
-from moe_operator.planning.fit import BYTES_PER_PARAM, UNQUANTIZED_BYTES, weights_bytes
+from moe_operator.planning.fit import dense_bytes, param_bytes, weights_bytes
 from moe_operator.planning.model import ModelFacts
 from moe_operator.planning.parallelism import Parallelism, choose_parallelism
 
@@ -116,27 +117,33 @@ def replica_throughput(
     dtype = compute_dtype(accelerator, quantization)
     flops = devices * accelerator.tflops.for_dtype(dtype) * 1e12  # type: ignore[operator]
     bandwidth = devices * accelerator.memory_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY
-    overhead = facts.num_layers * accelerator.step_overhead_seconds
     mean_prompt = max_context_tokens / 2
+
+    def overhead(sequences: float) -> float:
+        return facts.num_layers * (accelerator.step_overhead_seconds + sequences * accelerator.sequence_overhead_seconds)
 
     # prefill
     step_tokens = min(PREFILL_STEP_TOKENS, max_batch_size * mean_prompt)
     prefill_compute = step_tokens * (2 * facts.active_params + facts.attention_flops_per_token(mean_prompt / 2)) / (
         flops * PREFILL_EFFICIENCY
     )
-    prefill_memory = weights_bytes(facts, quantization) / bandwidth
-    prefill_tps = step_tokens / (max(prefill_compute, prefill_memory) + comm_seconds(facts, par, accelerator, step_tokens) + overhead)
+    dense = dense_bytes(accelerator.vendor)
+    prefill_memory = weights_bytes(facts, quantization, dense) / bandwidth
+    prefill_tps = step_tokens / (
+        max(prefill_compute, prefill_memory) + comm_seconds(facts, par, accelerator, step_tokens)
+        + overhead(step_tokens / mean_prompt)
+    )
 
     # decode
     b = max_batch_size
-    expert_bytes = facts.params_per_expert * BYTES_PER_PARAM[quantization]
-    always_bytes = weights_bytes(facts, quantization) - facts.routed_expert_params * BYTES_PER_PARAM[quantization]
-    kv_bytes = b * facts.kv_bytes_per_token(UNQUANTIZED_BYTES) * max_context_tokens / 2
+    expert_bytes = facts.params_per_expert * param_bytes(quantization, dense)
+    always_bytes = weights_bytes(facts, quantization, dense) - facts.routed_expert_params * param_bytes(quantization, dense)
+    kv_bytes = b * facts.kv_bytes_per_token(dense) * max_context_tokens / 2
     decode_memory = (always_bytes + touched_experts(facts, b) * expert_bytes + kv_bytes) / bandwidth
     decode_compute = b * (2 * facts.active_params + facts.attention_flops_per_token(max_context_tokens / 2)) / (
         flops * DECODE_COMPUTE_EFFICIENCY
     )
-    step = max(decode_memory, decode_compute) + comm_seconds(facts, par, accelerator, b) + overhead
+    step = max(decode_memory, decode_compute) + comm_seconds(facts, par, accelerator, b) + overhead(b)
     return ReplicaThroughput(
         prefill_tps=prefill_tps,
         decode_tps=b / step,

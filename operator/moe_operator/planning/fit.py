@@ -1,7 +1,8 @@
 """Memory fit per replica: weights at the chosen quantization + KV cache + overhead against the devices' memory.
 
-    weights_bytes = embedding_params * 2 + (total_params - embedding_params) * BYTES_PER_PARAM[quantization]
-    kv_bytes      = kv_bytes_per_token (bf16 cache) * maxContextTokens * maxBatchSize
+    dense         = 2 bytes (bf16), 4 on cpu (the torch engine runs float32 there)
+    weights_bytes = embedding_params * dense + (total_params - embedding_params) * BYTES_PER_PARAM[quantization]
+    kv_bytes      = kv_elements_per_token * dense * maxContextTokens * maxBatchSize
     needed        = (weights_bytes + kv_bytes) * OVERHEAD_FACTOR
     available     = devicesPerReplica * accelerator.memoryGiB * GiB
 
@@ -23,6 +24,7 @@ GIB = 1024**3
 # fp8 (128x128 block scales) and int8 (per-channel scales) overheads are under 0.1% and ignored.
 BYTES_PER_PARAM: dict[str, float] = {"none": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 4 / 128}
 UNQUANTIZED_BYTES = 2.0       # embeddings, output head, and the KV cache (bf16)
+CPU_DENSE_BYTES = 4.0         # on cpu the torch engine runs float32 (render's serve config), weights and KV
 # Activations, the runtime's context (CUDA/CANN/torch), communication buffers and allocator fragmentation:
 # vLLM leaves ~10% of device memory unused by default, graphs and buffers take a few % more.
 OVERHEAD_FACTOR = 1.15
@@ -41,15 +43,25 @@ class MemoryFit(BaseModel):
     per_device_gib: float
 
 
-def weights_bytes(facts: ModelFacts, quantization: str) -> float:
-    """Bytes of all weights of one model copy at ``quantization``."""
+def dense_bytes(vendor: str) -> float:
+    """Bytes per unquantized element (weights, embeddings, KV) on a vendor's devices."""
+    return CPU_DENSE_BYTES if vendor == "cpu" else UNQUANTIZED_BYTES
+
+
+def param_bytes(quantization: str, dense: float = UNQUANTIZED_BYTES) -> float:
+    """Bytes per quantized-body weight: the dense width when unquantized, else the quantized size."""
+    return dense if quantization == "none" else BYTES_PER_PARAM[quantization]
+
+
+def weights_bytes(facts: ModelFacts, quantization: str, dense: float = UNQUANTIZED_BYTES) -> float:
+    """Bytes of all weights of one model copy at ``quantization`` (embeddings and head stay ``dense``)."""
     body = facts.total_params - facts.embedding_params
-    return facts.embedding_params * UNQUANTIZED_BYTES + body * BYTES_PER_PARAM[quantization]
+    return facts.embedding_params * dense + body * param_bytes(quantization, dense)
 
 
-def kv_cache_bytes(facts: ModelFacts, context_tokens: int, batch_size: int) -> float:
+def kv_cache_bytes(facts: ModelFacts, context_tokens: int, batch_size: int, dense: float = UNQUANTIZED_BYTES) -> float:
     """Bytes of KV cache for ``batch_size`` sequences of ``context_tokens`` each."""
-    return facts.kv_bytes_per_token(UNQUANTIZED_BYTES) * context_tokens * batch_size
+    return facts.kv_bytes_per_token(dense) * context_tokens * batch_size
 
 
 def memory_fit(
@@ -59,10 +71,14 @@ def memory_fit(
     batch_size: int,
     devices: int,
     device_memory_gib: float,
+    dense: float = UNQUANTIZED_BYTES,
 ) -> MemoryFit:
-    """Does one replica of ``devices`` x ``device_memory_gib`` hold the model, its KV cache and overhead?"""
-    w = weights_bytes(facts, quantization)
-    kv = kv_cache_bytes(facts, context_tokens, batch_size)
+    """Does one replica of ``devices`` x ``device_memory_gib`` hold the model, its KV cache and overhead?
+
+    ``dense``: bytes per unquantized element (``dense_bytes(vendor)``).
+    """
+    w = weights_bytes(facts, quantization, dense)
+    kv = kv_cache_bytes(facts, context_tokens, batch_size, dense)
     needed = (w + kv) * OVERHEAD_FACTOR / GIB
     available = devices * device_memory_gib
     return MemoryFit(
@@ -98,12 +114,12 @@ def not_fit_message(
     )
     options = []
     if quantization != "int4":
-        q4 = memory_fit(facts, "int4", context_tokens, batch_size, devices, acc.memory_gib)
+        q4 = memory_fit(facts, "int4", context_tokens, batch_size, devices, acc.memory_gib, dense_bytes(acc.vendor))
         if q4.fits:
             options.append(f"quantization: int4 ({q4.needed_gib:.1f} GiB)")
     more = next(
         (n for n in valid_device_counts if n > devices and memory_fit(
-            facts, quantization, context_tokens, batch_size, n, acc.memory_gib).fits),
+            facts, quantization, context_tokens, batch_size, n, acc.memory_gib, dense_bytes(acc.vendor)).fits),
         None,
     )
     if more is not None:
@@ -111,7 +127,7 @@ def not_fit_message(
     other = _other_accelerator(facts, quantization, context_tokens, batch_size, devices, accelerator, catalog)
     if other:
         options.append(f"accelerator: {other} ({devices} x {catalog.get(other).memory_gib:.0f} GiB)")
-    if facts.kv_bytes_per_token() * context_tokens * batch_size / GIB > fit.weights_gib * 0.25:
+    if fit.kv_cache_gib > fit.weights_gib * 0.25:
         options.append("a smaller serving.maxBatchSize or model.maxContextTokens")
     if not options:
         return head + "; no single change fits it: use more devices per replica with a larger accelerator"

@@ -30,7 +30,7 @@ ARCHITECTURES: tuple[str, ...] = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek
 
 # builtin://tiny-moe for planning when the spec carries no config: the shape of the checkpoint the runtime generates
 # (moe_runtime/checkpoint/tiny.py CONFIG; copied, not imported: the operator image has no torch). vocab_size is the
-# runtime's trained BPE vocabulary (1000) rounded up to a multiple of 64. Keep the two in step.
+# runtime's trained BPE vocabulary rounded up to a multiple of 64. tests/planning/test_tiny_matches_runtime.py checks.
 TINY_MOE_CONFIG: dict[str, Any] = {
     "model_type": "qwen2_moe",
     "hidden_size": 256,
@@ -44,7 +44,7 @@ TINY_MOE_CONFIG: dict[str, Any] = {
     "num_hidden_layers": 4,
     "num_attention_heads": 8,
     "num_key_value_heads": 4,
-    "vocab_size": 1024,
+    "vocab_size": 768,
     "tie_word_embeddings": False,
 }
 

@@ -13,7 +13,7 @@ from moe_operator.catalog import Catalog
 from moe_operator.errors import SpecInvalid
 from moe_operator.planning.capacity import PoolCapacity, replica_capacity, replica_throughput
 from moe_operator.planning.cost import CostSummary, cost_summary
-from moe_operator.planning.fit import MemoryFit, memory_fit, not_fit_message
+from moe_operator.planning.fit import MemoryFit, dense_bytes, memory_fit, not_fit_message
 from moe_operator.planning.model import ModelFacts, model_facts
 from moe_operator.planning.parallelism import Parallelism, choose_parallelism, valid_device_counts
 from moe_operator.planning.static import initial_placement
@@ -183,7 +183,7 @@ def _plan_pool(spec: Any, pool: Any, facts: ModelFacts, catalog: Catalog) -> Poo
         devices = pool.devices_per_replica
         par = choose_parallelism(devices, facts)
         ctx, batch = spec.model.max_context_tokens, spec.serving.max_batch_size
-        fit = memory_fit(facts, spec.quantization, ctx, batch, devices, acc.memory_gib)
+        fit = memory_fit(facts, spec.quantization, ctx, batch, devices, acc.memory_gib, dense_bytes(acc.vendor))
         if not fit.fits:
             raise SpecInvalid(
                 not_fit_message(
