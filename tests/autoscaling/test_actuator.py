@@ -45,3 +45,28 @@ def test_no_patch_when_unchanged_and_max_raised():
 def test_unknown_pool_is_user_error():
     with pytest.raises(UserError, match="engine-tpu"):
         rayservice_patch(rayservice(), {"tpu": 1})
+
+
+def test_status_fields_and_source_choice():
+    from helpers import obs, settings, two_pools
+    from moe_operator.api import MetricsSpec
+    from moe_operator.api.status import MoEDeploymentStatus
+    from moe_operator.autoscaling import decide
+    from moe_operator.autoscaling.report import changed, last_decision, status_fields
+    from moe_operator.autoscaling.sources import source_for
+    from moe_operator.autoscaling.sources.prometheus import PrometheusSource
+    from moe_operator.autoscaling.sources.scrape import ScrapeSource
+
+    pools = two_pools()
+    o = obs(0, 3000)
+    d = decide(o, pools, settings(max_hourly_cost=30.0), None, 0)
+    fields = status_fields(d, pools, o, {"h800": 1}, {"h800": "nvidia-h800", "ascend": "ascend-910b"}, budget_set=True)
+    fields["lastDecisions"] = [last_decision(d, 1_700_000_000)]
+    status = MoEDeploymentStatus.model_validate(fields)          # the api's own model accepts it
+    assert status.budget_state == "Limited" and status.cost_per_hour <= 30.0
+    assert status.last_decisions[0].time == "2023-11-14T22:13:20Z"
+    assert fields["replicas"].startswith("ascend=0/")
+    assert changed(None, d) and not changed(d.replicas, d)
+    assert isinstance(source_for(MetricsSpec.model_validate({"prometheus": {"url": "http://p:9090"}}), "m"), PrometheusSource)
+    assert isinstance(source_for(MetricsSpec.model_validate({}), "m", "http://127.0.0.1:8000/metrics"), ScrapeSource)
+    assert source_for(MetricsSpec.model_validate({}), "m") is None

@@ -104,7 +104,7 @@ def test_no_scale_down_on_missing_or_stale_metrics(bad):
     d = decide(o, pools, s, first.history, 1000)
     assert d.held and d.replicas == first.replicas
     assert "hold" in d.reason
-    assert {c.type: c.status for c in d.conditions}["ScalingActive"] == "False"
+    assert {c.type: (c.status, c.reason) for c in d.conditions}["BudgetLimited"] == ("Unknown", "MetricsUnavailable")
 
 
 def test_scale_down_waits_for_stabilization_window():

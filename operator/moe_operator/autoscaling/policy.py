@@ -19,8 +19,8 @@ CORRECTION_RANGE = (0.25, 2.0)
 
 @dataclass(frozen=True)
 class Condition:
-    type: str
-    status: str          # "True" | "False"
+    type: str            # "BudgetLimited" (the status condition types are fixed by moe_operator.api)
+    status: str          # "True" | "False" | "Unknown" (metrics missing: the decision is a hold)
     reason: str
     message: str
 
@@ -71,8 +71,7 @@ def _held(obs: Observation | None, pools, settings, history, now, why: str) -> D
     """Stale or missing metrics: keep the last decision (or the ready replicas); never scale down."""
     base = history.desired if history.desired is not None else (obs.ready if obs is not None else {})
     replicas = enforce_budget(pools, clamp_to_bounds(pools, base), settings.max_hourly_cost, history.corrections)
-    cond = [Condition("ScalingActive", "False", "MetricsUnavailable", why),
-            Condition("BudgetLimited", "False", "MetricsUnavailable", "no fresh metrics: budget not evaluated")]
+    cond = [Condition("BudgetLimited", "Unknown", "MetricsUnavailable", f"holding replicas: {why}")]
     return Decision(replicas, [f"hold: {why}"], cond, True, 0.0, capacity_of(pools, replicas, history.corrections),
                     cost_of(pools, replicas), None, 0.0, replace(history, desired=replicas))
 
@@ -227,7 +226,6 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     else:
         conditions.append(Condition("BudgetLimited", "False", "WithinBudget",
                                     f"${cost_of(pools, mix):.2f}/h" + (f" of ${budget:g}/h" if budget is not None else "")))
-    conditions.append(Condition("ScalingActive", "True", "MetricsFresh", f"metrics {obs.age(now):.0f}s old"))
 
     changed = mix != current
     summary = ", ".join(f"{k}={v}" for k, v in mix.items())

@@ -3,3 +3,19 @@
 Both return an ``Observation`` (or None when they have nothing: the policy then holds). Metric names and
 labels are fixed by docs/contracts.md section 4.
 """
+from __future__ import annotations
+
+
+def source_for(metrics_spec, model: str, default_scrape_url: str | None = None):
+    """The source spec.autoscaling.metrics asks for (an api MetricsSpec): Prometheus if set, else the scrape URL,
+    else ``default_scrape_url`` (``moectl up``); None when there is nowhere to read from (the policy holds)."""
+    if metrics_spec is not None and metrics_spec.prometheus is not None:
+        from .prometheus import PrometheusSource
+
+        return PrometheusSource(metrics_spec.prometheus.url, model=model)
+    url = metrics_spec.scrape.url if metrics_spec is not None and metrics_spec.scrape is not None else default_scrape_url
+    if url is None:
+        return None
+    from .scrape import ScrapeSource
+
+    return ScrapeSource(url, model=model)
