@@ -1,9 +1,14 @@
 """Fixtures of the chart tests: the helm binary (built by hack/test-binaries.sh) or need()."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from chart_tools import find_helm
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # chart_tools, whichever directory pytest starts from
+
+from chart_tools import find_helm  # noqa: E402
 from require import need
 
 

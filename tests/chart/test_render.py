@@ -110,12 +110,15 @@ def test_operator_accepts_every_flag_the_chart_passes(helm_bin):
     """The Deployment's args parse with moe-operator's own argument parser (catches a renamed or missing flag)."""
     from moe_operator.operator_main import build_parser
 
+    rejected = []
     for values in VALUES:
         container = by_kind(render(values), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
         try:
             build_parser().parse_args(container["args"])
         except SystemExit:
-            pytest.fail(f"{values.name}: moe-operator rejects the chart's args {container['args']}")
+            rejected.append(f"{values.name}: {container['args']}")
+    assert not rejected, ("moe-operator rejects the chart's args (the chart needs `--peering NAME`: docs/install.md, "
+                          "'Two replicas'):\n" + "\n".join(rejected))
 
 
 def test_catalog_configmap_is_what_the_operator_reads(helm_bin):
