@@ -20,7 +20,7 @@ from moe_runtime.engine.api import EngineStats, PromptTooLong, QueueFull, Sampli
 from moe_runtime.metrics import RuntimeMetrics, merge_stats
 
 STALE_SNAPSHOT_S = 60.0  # a replica silent this long no longer adds to gauges (its counters stay)
-HANDLE_QUEUE = 16  # requests one ingress may queue per engine deployment before back-pressure (-> 429)
+HANDLE_QUEUE = 16  # requests Serve may queue per engine deployment when every replica is at max_ongoing (-> 429)
 INGRESS_MAX_ONGOING = 1024  # concurrent HTTP requests per ingress replica; the proxy answers 503 beyond
 
 
@@ -237,8 +237,9 @@ def engine_deployment_options(cfg: RuntimeConfig, pool) -> dict[str, Any]:
         "name": f"engine-{pool.name}",
         "num_replicas": pool.num_replicas,
         "ray_actor_options": dict(pool.ray_actor_options),
-        # Let the engine see a few more requests than it admits, so that it (not Serve) answers QueueFull.
-        "max_ongoing_requests": cfg.max_batch_size + cfg.max_queue + 4,
+        # Let every replica see more requests than it admits, so that the engine's own bounded queue (not Serve's
+        # router queue, which would hold requests back without refusing them) answers QueueFull -> HTTP 429.
+        "max_ongoing_requests": 2 * (cfg.max_batch_size + cfg.max_queue) + 16,
         "max_queued_requests": HANDLE_QUEUE,
     }
 

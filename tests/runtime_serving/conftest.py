@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from require import need
-from serving_support import free_port
+from runtime_serving.serving_support import free_port
 
 
 @dataclass

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from require import need
-from serving_support import alive, descendants, free_port, tree_rss_bytes, wait_for
+from runtime_serving.serving_support import alive, descendants, free_port, tree_rss_bytes, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tiny-moe.yaml"
@@ -86,6 +86,8 @@ def up(tmp_path_factory):
         need("ray[serve]", str(exc))
     spec = yaml.safe_load(EXAMPLE.read_text())
     spec["spec"]["serving"] = {"maxBatchSize": BATCH, "maxQueue": QUEUE}  # small, so that a load test saturates it
+    second = dict(spec["spec"]["pools"][0], name="cpu-b", minReplicas=1, maxReplicas=1)
+    spec["spec"]["pools"].append(second)  # two pools: two engine-<pool> deployments behind one ingress
     d = tmp_path_factory.mktemp("up")
     (d / "spec.yaml").write_text(yaml.safe_dump(spec))
     port = free_port()
@@ -134,6 +136,7 @@ def test_up_prints_the_endpoint_and_serves_the_openai_client(up):
 def test_up_metrics_carry_the_pool_and_pass_promtool(up):
     text = httpx.get(up.base_url + "/metrics", timeout=60).text
     assert 'moe_tokens_total{kind="generated",model="tiny-moe",pool="cpu"}' in text
+    assert 'moe_queue_depth{model="tiny-moe",pool="cpu-b"}' in text
     assert 'moe_ttft_seconds_count{model="tiny-moe",pool="cpu"}' in text
     generated = float(text.split('moe_tokens_total{kind="generated",model="tiny-moe",pool="cpu"} ')[1].split()[0])
     assert generated >= 1
@@ -166,6 +169,10 @@ def test_up_under_ten_times_the_queue_answers_429_or_503_and_stays_bounded(up):
     assert statuses.count(200) >= QUEUE + BATCH
     assert rss[-1] - rss[1] < 128 << 20, f"process tree RSS grew: {[r >> 20 for r in rss]} MiB"
     assert httpx.get(up.base_url + "/health", timeout=30).status_code == 200
+    text = httpx.get(up.base_url + "/metrics", timeout=60).text
+    for pool in ("cpu", "cpu-b"):  # the ingress spread the load over both pools' engines
+        ok = float(text.split(f'moe_requests_total{{model="tiny-moe",outcome="ok",pool="{pool}"}} ')[1].split()[0])
+        assert ok >= 1, pool
 
 
 def test_up_stops_cleanly_on_sigterm(up):

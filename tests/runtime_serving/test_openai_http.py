@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from serving_support import own_rss_bytes, wait_for
+from runtime_serving.serving_support import own_rss_bytes, wait_for
 
 MODEL = "tiny-moe"
 PROMPT = "A mixture of experts model routes every token to a few expert networks chosen by a small router. " * 2
