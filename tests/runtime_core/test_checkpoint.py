@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from rc_helpers import greedy
+from runtime_core.rc_helpers import greedy
 from moe_runtime.checkpoint import CheckpointError
 from moe_runtime.checkpoint.tiny import write_tiny_checkpoint
 from moe_runtime.checkpoint.writer import save_checkpoint

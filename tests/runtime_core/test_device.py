@@ -7,7 +7,7 @@ import torch
 
 from moe_runtime.device import npu_available, resolve_device
 from moe_runtime.model.load import load_model
-from rc_helpers import greedy
+from runtime_core.rc_helpers import greedy
 
 
 def test_resolve_device():

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from rc_helpers import greedy
+from runtime_core.rc_helpers import greedy
 from moe_runtime.cache import PrefixCache
 from moe_runtime.engine import PromptTooLong, QueueFull, SamplingParams
 from moe_runtime.engine.core import TorchEngine

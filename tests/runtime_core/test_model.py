@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rc_archs import BUILDERS
-from rc_helpers import greedy
+from runtime_core.rc_archs import BUILDERS
+from runtime_core.rc_helpers import greedy
 from moe_runtime.model.config import MoEConfig
 from moe_runtime.model.load import load_model
 from moe_runtime.model.router import route

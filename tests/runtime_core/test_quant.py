@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rc_helpers import greedy
+from runtime_core.rc_helpers import greedy
 from moe_runtime.model.load import load_model
 from moe_runtime.quant import Int4Linear, Int8Linear, weight_bytes
 

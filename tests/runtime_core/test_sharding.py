@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rc_helpers import greedy
+from runtime_core.rc_helpers import greedy
 from moe_runtime.experts.placement import ExpertPlacement, ray_options
 from moe_runtime.model.load import load_model
 from require import need
@@ -84,3 +84,28 @@ def test_placement_errors_and_ray_options():
         ExpertPlacement.parse({"numLayers": 4, "numExperts": 8, "shards": [{"name": "a"}], "layers": [[[0]], [[0]]]})
     assert ray_options({"CPU": 0.5, "GPU": 1, "NPU": 1, "pool-h800": 1}) == {
         "num_cpus": 0.5, "num_gpus": 1, "resources": {"NPU": 1, "pool-h800": 1}}
+
+
+def test_engine_built_from_runtime_config_with_placement(ray_local, tiny_dir, tiny):
+    """build_engine(RuntimeConfig) with a placement: the engine's greedy stream equals the in-process model's."""
+    import asyncio
+
+    from moe_runtime.config import RuntimeConfig
+    from moe_runtime.engine import SamplingParams, build_engine
+
+    cfg = RuntimeConfig(model_name="tiny-moe", model_source=str(tiny_dir), device="cpu",
+                        placement=placement(PLACEMENTS["2-shards-redundant"]), cache={"prefix": False})
+    prompt = tiny.tokenizer.encode("Each MoE layer sends each shard one call.")
+    ref, _ = greedy(tiny.model, prompt, 6)
+
+    async def main():
+        engine = build_engine(cfg)
+        await engine.start()
+        try:
+            stream = await engine.generate(prompt, SamplingParams(max_tokens=6), "p")
+            return [ev.token_id async for ev in stream if ev.token_id is not None], engine.model.backend.calls
+        finally:
+            await engine.stop()
+
+    out, calls = asyncio.run(main())
+    assert out == ref and calls > 0
