@@ -147,6 +147,23 @@ def test_up_metrics_carry_the_pool_and_pass_promtool(up):
     assert run.returncode == 0 and not (run.stdout + run.stderr).strip(), run.stdout + run.stderr
 
 
+def _cancelled(base_url: str) -> float:
+    text = httpx.get(base_url + "/metrics", timeout=60).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("moe_requests_total{") and 'outcome="cancelled"' in line)
+
+
+def test_up_client_disconnect_cancels_the_engine_sequence_through_serve(up):
+    before = _cancelled(up.base_url)
+    with httpx.Client(base_url=up.base_url, timeout=120) as http:
+        with http.stream("POST", "/v1/completions", json={"model": "tiny-moe", "prompt": "Tell me a story.",
+                                                          "max_tokens": 500, "stream": True}) as r:
+            assert r.status_code == 200
+            assert next(line for line in r.iter_lines() if line.startswith("data: "))
+    # the proxy cancels the ingress request, which cancels the streaming call into the engine replica
+    assert wait_for(lambda: _cancelled(up.base_url) > before, 60, 1.0), "the engine never saw the cancellation"
+
+
 async def _burst(base_url: str, n: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=base_url, timeout=300,
                                  limits=httpx.Limits(max_connections=n, max_keepalive_connections=0)) as http:
@@ -183,3 +200,14 @@ def test_up_stops_cleanly_on_sigterm(up):
     assert wait_for(lambda: not alive(tree), 60), f"left behind: {alive(tree)}"
     with pytest.raises(httpx.HTTPError):
         httpx.get(up.base_url + "/health", timeout=5)
+
+
+def test_the_runtime_and_the_operator_agree_on_the_serve_config_shape():
+    """moe_runtime.local.serve_config (for scripts without the operator) builds what moe_operator.render renders."""
+    from moe_operator.cli.up import serve_config_for
+    from moe_runtime.config import RuntimeConfig
+    from moe_runtime.local import serve_config
+
+    name, _, rendered = serve_config_for(str(EXAMPLE))
+    cfg = RuntimeConfig.model_validate(rendered["applications"][0]["args"])
+    assert serve_config(name, cfg) == rendered
