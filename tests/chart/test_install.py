@@ -58,7 +58,7 @@ class Release:
         self.namespace = f"moe-system-{self.suffix}"
         self.values = values
         self.sa = f"{self.name}-moe-operator"
-        self.install_stderr = ""
+        self.install_stderr = self.install_stdout = ""
 
     def helm(self, *args: str, check: bool = True):
         return helm(*args, "--kubeconfig", str(self.cluster.kubeconfig), check=check, timeout=180)
@@ -70,7 +70,7 @@ class Release:
         for v in self.values:
             sets += ["--set", v]
         proc = self.helm("install", self.name, str(CHART), "--namespace", self.namespace, *sets)
-        self.install_stderr = proc.stderr
+        self.install_stderr, self.install_stdout = proc.stderr, proc.stdout
         return self
 
     def uninstall(self):
@@ -143,6 +143,9 @@ def established(cluster, crd: str) -> bool:
 def test_install_creates_crds_sa_rbac_deployment_and_pods_pass_restricted(cluster, release):
     r = release()
     assert "would violate PodSecurity" not in r.install_stderr, r.install_stderr
+    # NOTES.txt: where it runs, how to check it, and the next step.
+    assert f"rollout status deployment/{r.sa}" in r.install_stdout
+    assert "kubectl apply -n <namespace> -f examples/tiny-moe.yaml" in r.install_stdout, r.install_stdout
     for crd in CRD_NAMES:
         wait(f"CRD {crd} Established", lambda crd=crd: established(cluster, crd))
     assert get(cluster, "serviceaccount", r.sa, "-n", r.namespace)
@@ -221,6 +224,7 @@ def test_namespaced_mode_rbac_stays_in_the_watched_namespaces(cluster, release):
         cluster.kubectl("create", "namespace", ns)
     try:
         r = release(f"watchNamespaces={{{','.join(watched)}}}", "replicaCount=1")
+        assert f"kubectl apply -n {watched[0]} -f examples/tiny-moe.yaml" in r.install_stdout, r.install_stdout
         assert not get(cluster, "clusterrole", r.sa) and not get(cluster, "clusterrolebinding", r.sa)
         for ns in watched:
             assert get(cluster, "kopfpeering.kopf.dev", "moe-operator", "-n", ns)
