@@ -86,3 +86,14 @@ def test_missing_config_shard_and_unknown_arch(tiny_dir, tmp_path):
     (d2 / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match="tokenizer.json is missing"):
         load_model(d2)
+
+
+def test_model_source_resolution(monkeypatch, tmp_path):
+    from moe_runtime.checkpoint.tiny import resolve_source
+
+    monkeypatch.setenv("MOE_MODEL_MOUNT", str(tmp_path))
+    assert resolve_source("pvc://models/deepseek-v3") == tmp_path / "deepseek-v3"
+    assert resolve_source("file:///data/m") == __import__("pathlib").Path("/data/m")
+    assert resolve_source("/data/m") == __import__("pathlib").Path("/data/m")
+    with pytest.raises(CheckpointError, match="download s3:// or hf://"):
+        resolve_source("hf://org/name")

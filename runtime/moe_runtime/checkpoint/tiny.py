@@ -155,14 +155,26 @@ def ensure_tiny_checkpoint(cache_dir: str | Path | None = None) -> Path:
 
 
 def resolve_source(source: str) -> Path:
-    """A RuntimeConfig.model_source as a local directory: builtin://tiny-moe, /local/path or file://path."""
+    """A RuntimeConfig.model_source as a local directory.
+
+    builtin://tiny-moe -> the generated tiny checkpoint; /local/path or file://path -> itself;
+    pvc://<claim>/<path> -> $MOE_MODEL_MOUNT/<path> (default /models: where the rendered RayService mounts the claim).
+    s3:// and hf:// are not fetched by the engine (nothing is downloaded at run time): mount them as a volume.
+    """
     from .errors import CheckpointError
 
     if source in ("builtin://tiny-moe", "builtin://tiny"):
         return ensure_tiny_checkpoint()
     if source.startswith("file://"):
-        source = source[len("file://"):]
+        return Path(source[len("file://"):])
+    if source.startswith("pvc://"):
+        rest = source[len("pvc://"):]
+        claim, _, sub = rest.partition("/")
+        if not claim:
+            raise CheckpointError(f"model source {source!r} names no claim; expected pvc://<claim>/<path>", file=source)
+        return Path(os.environ.get("MOE_MODEL_MOUNT", "/models")) / sub
     if "://" in source:
-        raise CheckpointError(f"model source {source!r} is not a local directory; the pod must mount it "
-                              "(pvc://, s3://, hf:// are resolved by the deployment, not by the engine)", file=source)
+        raise CheckpointError(f"model source {source!r} is not readable by the engine: it loads local directories "
+                              "(builtin://tiny-moe, /path, file://, pvc:// mounted at /models); download s3:// or hf:// "
+                              "models into a volume first", file=source)
     return Path(source)
