@@ -189,6 +189,11 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
     async def _api_error(_req: Request, exc: oa.APIError):
         return _error(exc)
 
+    @app.exception_handler(Exception)
+    async def _internal(_req: Request, exc: Exception):  # e.g. an engine replica died mid-request
+        return _error(oa.APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error",
+                                  code="internal_error"))
+
     @app.exception_handler(404)
     async def _not_found(req: Request, _exc):
         return _error(oa.APIError(404, f"no route {req.method} {req.url.path}", code="not_found"))
