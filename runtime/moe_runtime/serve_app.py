@@ -160,7 +160,7 @@ class RemoteEngine:
                        request_id: str) -> AsyncIterator[TokenEvent]:
         from ray.serve.exceptions import BackPressureError
 
-        retry_after = 1.0
+        retries: list[float] = []  # each full pool's own estimate
         for pool in self._order():
             gen = self.handles[pool].options(stream=True).generate.remote(
                 prompt_token_ids, asdict(params), request_id)
@@ -181,7 +181,8 @@ class RemoteEngine:
             done()
             if first.get("rejected") == "prompt_too_long":
                 raise PromptTooLong(first["prompt_tokens"], first["max_context_tokens"], first["message"])
-            retry_after = min(retry_after, float(first.get("retry_after_s", 1.0)))
+            retries.append(float(first.get("retry_after_s", 1.0)))
+        retry_after = min(retries, default=1.0)  # the soonest any pool expects room (1 s under back-pressure)
         raise QueueFull(retry_after, f"every pool's queue is full; retry after {retry_after:.1f} s")
 
     async def _refresh_pool(self, pool: str) -> None:

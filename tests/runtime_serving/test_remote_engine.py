@@ -1,0 +1,137 @@
+"""RemoteEngine (the ingress's view of the pools): routing, fall-over on a full queue, cancellation, replica sums.
+
+The deployment handles are stand-ins with the shape of Serve's (``.options(stream=True).generate.remote(...)``
+gives an async generator with ``cancel()``; ``.snapshot.remote()`` an awaitable), so these run without Ray;
+the real handles are exercised end to end in test_moectl_up.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import asdict
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from moe_runtime.engine.api import EngineStats, PromptTooLong, QueueFull, SamplingParams, TokenEvent, Usage  # noqa: E402
+from moe_runtime.serve_app import RemoteEngine  # noqa: E402
+
+
+class FakeGen:
+    def __init__(self, items):
+        self.items, self.cancelled = list(items), False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.cancelled or not self.items:
+            raise StopAsyncIteration
+        return self.items.pop(0)
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class FakeHandle:
+    """An engine-<pool> deployment: ``admit`` decides the first message; ``replicas`` answer snapshots in turn."""
+
+    def __init__(self, admit: dict, replicas: int = 1, tokens: int = 3):
+        self.admit, self.tokens, self.gens, self.calls = admit, tokens, [], 0
+        self._replica = itertools.cycle(range(replicas))
+        outer = self
+
+        class _Method:
+            def __init__(self, name):
+                self.name = name
+
+            def remote(self, *args):
+                if self.name == "generate":
+                    outer.calls += 1
+                    events = [TokenEvent(10 + i, i == outer.tokens - 1, "length" if i == outer.tokens - 1 else None,
+                                         Usage(len(args[0]), outer.tokens, 0, len(args[0]))
+                                         if i == outer.tokens - 1 else None) for i in range(outer.tokens)]
+                    gen = FakeGen([outer.admit, *events] if outer.admit.get("accepted") else [outer.admit])
+                    outer.gens.append(gen)
+                    return gen
+                replica = next(outer._replica)
+
+                async def snap():
+                    return {"replica": f"r{replica}", "time": 0.0,
+                            "stats": asdict(EngineStats(queue_depth=1, tokens={"prompt": 0, "cached_prompt": 0,
+                                                                               "generated": 5 + replica}))}
+                return snap()
+
+        self.generate, self.snapshot = _Method("generate"), _Method("snapshot")
+
+    def options(self, **_):
+        return self
+
+
+INFO = {"model_name": "tiny-moe", "max_context_tokens": 512, "eos_token_id": None, "chat_template": None}
+
+
+@pytest.fixture
+def info():
+    from tokenizers import Tokenizer, models
+
+    return {**INFO, "tokenizer_json": Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).to_str()}
+
+
+ACCEPT = {"accepted": True, "replica": "r0"}
+FULL = {"rejected": "queue_full", "retry_after_s": 2.0, "message": "full"}
+
+
+def test_a_full_pool_falls_over_to_the_next_and_streams_from_it(info):
+    a, b = FakeHandle(FULL), FakeHandle(ACCEPT)
+    eng = RemoteEngine({"a": a, "b": b}, info)
+
+    async def go():
+        stream = await eng.generate([1, 2], SamplingParams(max_tokens=3), "r")
+        assert stream.pool == "b"
+        return [ev async for ev in stream]
+
+    events = asyncio.run(go())
+    assert [e.token_id for e in events] == [10, 11, 12] and events[-1].usage.completion_tokens == 3
+    assert a.calls == 1 and b.calls == 1 and eng.inflight == {"a": 0, "b": 0}
+
+
+def test_every_pool_full_is_queue_full_with_the_shortest_retry(info):
+    eng = RemoteEngine({"a": FakeHandle(FULL), "b": FakeHandle({**FULL, "retry_after_s": 1.5})}, info)
+    with pytest.raises(QueueFull) as e:
+        asyncio.run(eng.generate([1], SamplingParams(), "r"))
+    assert e.value.retry_after_s == 1.5  # the soonest any pool expects room
+    assert eng.inflight == {"a": 0, "b": 0}
+
+
+def test_prompt_too_long_is_raised_not_retried(info):
+    b = FakeHandle(ACCEPT)
+    eng = RemoteEngine({"a": FakeHandle({"rejected": "prompt_too_long", "prompt_tokens": 600,
+                                         "max_context_tokens": 512, "message": "too long"}), "b": b}, info)
+    with pytest.raises(PromptTooLong):
+        asyncio.run(eng.generate([1] * 600, SamplingParams(), "r"))
+    assert b.calls == 0
+
+
+def test_closing_the_stream_cancels_the_remote_call(info):
+    h = FakeHandle(ACCEPT, tokens=50)
+    eng = RemoteEngine({"a": h}, info)
+
+    async def go():
+        stream = await eng.generate([1], SamplingParams(max_tokens=50), "r")
+        await stream.__anext__()
+        assert eng.inflight["a"] == 1
+        await stream.aclose()
+
+    asyncio.run(go())
+    assert h.gens[0].cancelled and eng.inflight["a"] == 0
+
+
+def test_stats_sum_every_replica_of_a_pool(info):
+    eng = RemoteEngine({"a": FakeHandle(ACCEPT, replicas=3), "b": FakeHandle(ACCEPT, replicas=1)}, info)
+    asyncio.run(eng.stats_by_pool())  # first round learns the replicas
+    by_pool = asyncio.run(eng.stats_by_pool())
+    assert by_pool["a"].tokens["generated"] == 5 + 6 + 7 and by_pool["a"].queue_depth == 3
+    assert by_pool["b"].tokens["generated"] == 5 and by_pool["b"].queue_depth == 1
+    assert eng.stats().queue_depth == 4
