@@ -92,8 +92,8 @@ class RemoteTokenizer:
         self.bos_token = info.get("bos_token") or ""
         self.eos_token = info.get("eos_token") or ""
 
-    def encode(self, text: str):
-        return self._tok.encode(text)
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -32,8 +32,10 @@ class TextCodec:
         self.bos_token = getattr(tokenizer, "bos_token", "") or ""
         self.eos_token = getattr(tokenizer, "eos_token", "") or ""
 
-    def encode(self, text: str) -> list[int]:
-        enc = self.tok.encode(text)
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``; completions add the tokenizer's special tokens (e.g. BOS), chat prompts do not
+        (their template writes them), as Hugging Face and vLLM do."""
+        enc = self.tok.encode(text, add_special_tokens=add_special_tokens)
         return list(getattr(enc, "ids", enc))
 
     def decode(self, ids: list[int]) -> str:
@@ -242,7 +244,7 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             prompt = prompt[0]
         if isinstance(prompt, str):
-            ids = handler.codec.encode(prompt)
+            ids = handler.codec.encode(prompt, add_special_tokens=True)
         else:
             ids = list(prompt)
             vocab = getattr(engine.tokenizer, "get_vocab_size", lambda: None)()

@@ -31,7 +31,7 @@ def test_completion_is_greedy_deterministic_and_second_call_hits_the_cache(clien
     second = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0)
     assert first.choices[0].text == second.choices[0].text
     assert first.choices[0].finish_reason in ("length", "stop")
-    n_prompt = len(live_server.engine.tokenizer.encode(PROMPT))
+    n_prompt = len(live_server.engine.tokenizer.encode(PROMPT, add_special_tokens=True))
     for r in (first, second):
         u = r.usage
         assert u.prompt_tokens == n_prompt

@@ -14,7 +14,7 @@ from moe_runtime.server import TextCodec, _Detokenizer
 class CharTokenizer:
     """One token per character (id = code point): makes detokenizer expectations exact."""
 
-    def encode(self, text):
+    def encode(self, text, add_special_tokens=False):
         return [ord(c) for c in text]
 
     def decode(self, ids, skip_special_tokens=True):
