@@ -48,19 +48,20 @@ class ShardedExperts:
         token = torch.arange(n).repeat_interleave(k)
         expert = ids.reshape(-1).cpu()
         weight = weights.reshape(-1).float().cpu()
-        xc = x.detach().cpu()
+        xc = x.detach().float().cpu()
         futures, rows_of = [], []
         for s, actor in enumerate(self.actors):
             sel = (shard_of == s).nonzero().flatten()
             if sel.numel() == 0:
                 continue
             rows, local = torch.unique(token[sel], return_inverse=True)
-            futures.append(actor.run.remote(moe_layer, xc[rows], local, expert[sel], weight[sel]))
+            futures.append(actor.run.remote(moe_layer, xc[rows].numpy(), local.numpy(), expert[sel].numpy(),
+                                            weight[sel].numpy()))
             rows_of.append(rows)
             self.calls += 1
         out = torch.zeros(n, x.shape[1], dtype=torch.float32)
         for rows, part in zip(rows_of, self.ray.get(futures)):
-            out.index_add_(0, rows, part.float())
+            out.index_add_(0, rows, torch.tensor(part))  # Ray hands back read-only arrays
         return out.to(device=x.device, dtype=x.dtype)
 
     def weight_bytes(self) -> int:
