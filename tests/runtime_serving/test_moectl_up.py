@@ -167,7 +167,7 @@ def test_up_client_disconnect_cancels_the_engine_sequence_through_serve(up):
 async def _burst(base_url: str, n: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=base_url, timeout=300,
                                  limits=httpx.Limits(max_connections=n, max_keepalive_connections=0)) as http:
-        body = {"model": "tiny-moe", "prompt": "One, two, three.", "max_tokens": 2}
+        body = {"model": "tiny-moe", "prompt": "One, two, three.", "max_tokens": 16}  # keeps slots busy
         return await asyncio.gather(*(http.post("/v1/completions", json=body) for _ in range(n)))
 
 
@@ -178,11 +178,13 @@ def test_up_under_ten_times_the_queue_answers_429_or_503_and_stays_bounded(up):
         responses = asyncio.run(_burst(up.base_url, n))
         rss.append(tree_rss_bytes(up.proc.pid))
         statuses += [r.status_code for r in responses]
+        assert any(r.status_code in (429, 503) for r in responses), "admission control never refused"
         for r in responses:
             if r.status_code == 429:
                 assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "queue_full"
     assert set(statuses) <= {200, 429, 503}, sorted(set(statuses))
-    assert statuses.count(429) + statuses.count(503) >= n
+    refused = statuses.count(429) + statuses.count(503)
+    assert refused >= n // 2, f"{refused} of {len(statuses)} refused"  # 2 pools x (2 running + 4 queued) at once
     assert statuses.count(200) >= QUEUE + BATCH
     assert rss[-1] - rss[1] < 128 << 20, f"process tree RSS grew: {[r >> 20 for r in rss]} MiB"
     assert httpx.get(up.base_url + "/health", timeout=30).status_code == 200
