@@ -23,8 +23,6 @@ class ShardedExperts:
         for s, info in enumerate(placement.shards):
             by_layer = [placement.layers[l][s] for l in range(placement.num_layers)]
             opts = ray_options(info.ray_resources)
-            opts["name"] = None
-            opts.pop("name")
             self.actors.append(remote_cls.options(**opts).remote(checkpoint_dir, by_layer, info.device, dtype, quant))
         self.shard_info = ray.get([a.ready.remote() for a in self.actors])
         self.calls = 0
