@@ -6,7 +6,6 @@ import subprocess
 
 import httpx
 import openai
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from require import need
