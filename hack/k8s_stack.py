@@ -239,9 +239,7 @@ def node_manifests(groups=NODE_GROUPS) -> list[dict]:
             nodes.append({
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "labels": labels, "annotations": {FAKE_NODE_ANNOTATION: "fake"}},
-                "status": {"capacity": capacity, "allocatable": allocatable,
-                           "nodeInfo": {"architecture": g.arch, "operatingSystem": "linux",
-                                        "kubeletVersion": "fake", "kubeProxyVersion": "fake"}},
+                "status": {"capacity": capacity, "allocatable": allocatable},
             })
     return nodes
 
@@ -426,7 +424,7 @@ class Stack:
             f"--cert-dir={self.state_dir / 'kcm-certs'}",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
             f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
-            "--use-service-account-credentials=true", "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+            "--use-service-account-credentials=true",
         ])
         self._spawn("kube-scheduler", [
             bins["kube-scheduler"], *common, f"--secure-port={p['scheduler']}",

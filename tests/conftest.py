@@ -123,6 +123,9 @@ def pytest_runtest_makereport(item, call):
     for component in components:
         report.sections.append((f"{component} log (tail)", c.log_tail(component, 30)))
     ns = item.funcargs.get("namespace")
+    for value in item.funcargs.values():  # module-scoped fixtures may carry their own {"namespace": ...}
+        if not isinstance(ns, str) and isinstance(value, dict) and isinstance(value.get("namespace"), str):
+            ns = value["namespace"]
     if isinstance(ns, str):
         try:
             events = c.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False, timeout=15)

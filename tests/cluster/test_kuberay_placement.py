@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 
@@ -11,9 +12,19 @@ from kuberay_objects import (ASCEND_910B, H800, group, node_labels, owned_rayclu
 pytestmark = pytest.mark.cluster_logs("ray-operator", "kube-scheduler", "kwok")
 
 
-@pytest.fixture
-def placed(cluster, namespace):
-    """One RayService with an H800 head, 2 H800 workers x 8 GPUs, 1 Ascend worker x 8 NPUs and an oversized group."""
+@pytest.fixture(scope="module")
+def placed(cluster):
+    """One RayService with an H800 head, 2 H800 workers x 8 GPUs, 1 Ascend worker x 8 NPUs and an oversized group.
+
+    Module-scoped (one RayService for the four tests), in a namespace of its own deleted afterwards.
+    """
+    namespace = f"placement-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", namespace)
+    yield _place(cluster, namespace)
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _place(cluster, namespace: str) -> dict:
     svc = rayservice("moe", H800, [
         group("h800", 2, H800, {"nvidia.com/gpu": "8"}),
         group("ascend", 1, ASCEND_910B, {"huawei.com/Ascend910": "8"}),
