@@ -83,6 +83,53 @@ def wait_running(app_name: str, timeout_s: float = 600.0,
         time.sleep(0.5)
 
 
+def with_replicas(config: dict[str, Any], replicas: dict[str, int]) -> dict[str, Any]:
+    """A copy of ``config`` whose ``engine-<pool>`` deployments have ``replicas[pool]`` num_replicas.
+
+    Raises ValueError when a pool has no engine deployment (the config was not rendered for it).
+    """
+    import copy
+
+    out = copy.deepcopy(config)
+    found = set()
+    for app in out["applications"]:
+        for dep in app.get("deployments", []):
+            for pool, n in replicas.items():
+                if dep.get("name") == f"engine-{pool}":
+                    dep["num_replicas"] = int(n)
+                    found.add(pool)
+    missing = sorted(set(replicas) - found)
+    if missing:
+        raise ValueError(f"serveConfigV2 has no deployment for pool(s) {missing}")
+    return out
+
+
+def scale(config: dict[str, Any], replicas: dict[str, int], host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
+    """Re-apply ``config`` with new per-pool replicas (Serve adds or removes only the difference; the other
+    replicas keep serving). Returns the config now applied."""
+    new = with_replicas(config, replicas)
+    deploy(new, host, port)
+    return new
+
+
+def running_replicas(app_name: str) -> dict[str, int] | None:
+    """{pool: RUNNING replicas of engine-<pool>} from Serve's own status; None when Serve cannot say."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(app_name)
+    except Exception:  # noqa: BLE001 (controller busy or gone: unknown, the autoscaler holds)
+        return None
+    if app is None:
+        return None
+    out = {}
+    for name, d in app.deployments.items():
+        if name.startswith("engine-"):
+            counts = {str(getattr(k, "value", k)): v for k, v in (d.replica_states or {}).items()}
+            out[name[len("engine-"):]] = int(counts.get("RUNNING", 0))
+    return out
+
+
 def shutdown() -> None:
     """Stop Serve (replicas, proxy, controller) and then Ray, each only if running."""
     import ray

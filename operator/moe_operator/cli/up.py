@@ -23,6 +23,15 @@ def register(subparsers) -> None:
     p.add_argument("--num-cpus", type=int, default=None,
                    help="logical CPUs of the local Ray (default: max(4, cores); Ray does not pin them)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the app to start")
+    p.add_argument("--no-autoscale", action="store_true",
+                   help="do not run the autoscaler even when spec.autoscaling.enabled is true")
+    p.add_argument("--autoscale-interval", type=float, default=None,
+                   help="seconds between autoscaling decisions (default spec.autoscaling.intervalSeconds)")
+    p.add_argument("--metrics-url", default=None,
+                   help="where the autoscaler reads metrics: a Prometheus base URL, or a /metrics URL to scrape "
+                        "(default: spec.autoscaling.metrics.prometheus.url if set, else this app's own /metrics)")
+    p.add_argument("--rate-window", type=int, default=60,
+                   help="seconds of the PromQL rate() window when reading from Prometheus (default 60)")
     p.set_defaults(func=run)
 
 
@@ -61,6 +70,55 @@ def _pool_resources(config: dict) -> dict[str, float]:
     return need
 
 
+def autoscaler_for(path: str, args: argparse.Namespace, config: dict, emit=print):
+    """The local autoscaling loop for the spec in ``path`` (None when disabled) and its interval in seconds."""
+    from moe_operator.api import load_manifest
+    from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_from_spec
+    from moe_operator.autoscaling.local_loop import LocalAutoscaler
+    from moe_operator.autoscaling.sources.prometheus import PrometheusSource
+    from moe_operator.autoscaling.sources.scrape import ScrapeSource
+
+    manifest = load_manifest(path)
+    a = manifest.spec.autoscaling
+    if args.no_autoscale or a is None or not a.enabled:
+        return None, 0.0
+    interval = args.autoscale_interval if args.autoscale_interval is not None else float(a.interval_seconds)
+    if interval <= 0:
+        raise UserError(f"--autoscale-interval {interval:g} must be > 0 seconds")
+    if args.rate_window < 1:
+        raise UserError(f"--rate-window {args.rate_window} must be >= 1 second")
+    pools, weights = pool_models_from_spec(manifest)
+    settings = settings_from_spec(a, weights)
+    model = config["applications"][0]["args"]["model_name"]
+    url = args.metrics_url
+    if url is None and a.metrics.prometheus is not None:
+        url = a.metrics.prometheus.url
+    if url is None:
+        url = f"http://{args.host}:{args.port}/metrics"
+    if url.rstrip("/").endswith("/metrics"):
+        source = ScrapeSource(url, model=model)
+    else:
+        source = PrometheusSource(url, model=model, window=f"{args.rate_window}s")
+    initial = {p.name: int(p.num_replicas) for p in _pools_of(config)}
+    app_name = config["applications"][0]["name"]
+    from moe_runtime import local
+
+    state = {"config": config}
+
+    def apply(replicas) -> None:
+        state["config"] = local.scale(state["config"], dict(replicas), args.host, args.port)
+
+    loop = LocalAutoscaler(source, pools, settings, ready=lambda: local.running_replicas(app_name), apply=apply,
+                           initial=initial, emit=emit)
+    return loop, interval
+
+
+def _pools_of(config: dict):
+    from moe_runtime.config import RuntimeConfig
+
+    return RuntimeConfig.model_validate(config["applications"][0]["args"]).pools
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -70,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port} is not a TCP port")
 
     from moe_runtime import local  # noqa: PLC0415 (torch and ray are only needed from here on)
+
+    loop, interval = autoscaler_for(args.filename, args, config, emit=lambda line: print(line, flush=True))
 
     if not local.port_free(args.host, args.port):
         raise UserError(f"{args.host}:{args.port} is already in use; stop what listens there or pass --port")
@@ -110,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
                 local.wait_running(app_name, args.timeout, progress)
             console.print(f"[green]✓[/] application {app_name} running")
             print(f"OpenAI endpoint: http://{args.host}:{args.port}/v1  model: {model}", flush=True)
+            if loop is not None:
+                threading.Thread(target=loop.run, args=(interval, stop), name="autoscaler", daemon=True).start()
+                console.print(f"autoscaling every {interval:g} s from {getattr(loop.source, 'url', '?')} "
+                              "(--no-autoscale disables)")
             console.print("serving; Ctrl-C stops")
             while not stop.wait(0.5):
                 pass

@@ -1,0 +1,86 @@
+"""The autoscaler's loop for a local Ray Serve app (``moectl up``): the kopf timer's tick without Kubernetes.
+
+Each ``tick(now)``: observe (a metrics source) -> take ready replicas per pool from Serve itself (the runtime's
+/metrics merges a pool's replicas into one series, so counting series says 1 per pool) -> ``decide`` -> when the
+replicas change, ``apply`` them (redeploy the serveConfigV2 with new ``engine-<pool>`` num_replicas) and emit
+one line. No kopf, kubernetes, ray or torch imports here: the source, ``ready`` and ``apply`` are injected.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Callable, Mapping, Sequence
+
+from .model import PoolModel, Settings
+from .observation import Observation
+from .policy import Decision, History, decide
+
+
+def decision_line(now: float, decision: Decision) -> str:
+    """One line per decision: UTC time, replicas per pool, reason (what ``moectl up`` prints)."""
+    at = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    replicas = " ".join(f"{k}={v}" for k, v in decision.replicas.items())
+    return f"autoscale {at} {replicas} {'hold' if decision.held else 'scale'}: {decision.reason}"
+
+
+@dataclass
+class Tick:
+    """What one tick saw and did: ``changed`` is True when ``apply`` was called with ``decision.replicas``."""
+
+    at: float
+    observation: Observation | None
+    decision: Decision
+    changed: bool
+
+
+class LocalAutoscaler:
+    """Runs ``decide`` against one local app.
+
+    source: has ``observe() -> Observation | None`` (and ``last_error``); ready: () -> {pool: running replicas}
+    or None when unknown; apply: (replicas) -> None, raises on failure (the decision is then retried next tick);
+    initial: the replicas the app was deployed with (the policy's starting point).
+    """
+
+    def __init__(self, source, pools: Sequence[PoolModel], settings: Settings,
+                 ready: Callable[[], Mapping[str, int] | None], apply: Callable[[Mapping[str, int]], None],
+                 initial: Mapping[str, int], emit: Callable[[str], None] = print):
+        self.source, self.pools, self.settings = source, list(pools), settings
+        self.ready, self.apply, self.emit = ready, apply, emit
+        self.applied = dict(initial)
+        self.history = History(desired=dict(initial))
+        self.ticks: list[Tick] = []
+
+    def tick(self, now: float | None = None) -> Tick:
+        now = time.time() if now is None else now
+        obs = self.source.observe() if self.source is not None else None
+        ready = self.ready()
+        if obs is not None and ready is not None:
+            obs = replace(obs, ready={p.name: int(ready.get(p.name, 0)) for p in self.pools})
+        d = decide(obs, self.pools, self.settings, self.history, now)
+        if d.held and getattr(self.source, "last_error", None):
+            d = replace(d, reasons=[*d.reasons, str(self.source.last_error)])
+        changed = dict(d.replicas) != self.applied
+        if changed:
+            try:
+                self.apply(dict(d.replicas))
+            except Exception as exc:  # keep the old replicas (and history) so the next tick retries
+                self.emit(f"autoscale: applying {d.replicas} failed: {exc}")
+                t = Tick(now, obs, d, False)
+                self.ticks.append(t)
+                return t
+            self.applied = dict(d.replicas)
+        self.history = d.history
+        t = Tick(now, obs, d, changed)
+        self.ticks.append(t)
+        self.emit(decision_line(now, d))
+        return t
+
+    def run(self, interval_s: float, stop: threading.Event) -> None:
+        """Tick every ``interval_s`` seconds until ``stop`` is set; a failing tick is reported, not fatal."""
+        while not stop.wait(interval_s):
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 (the loop must outlive one bad scrape or decision)
+                self.emit(f"autoscale: tick failed: {exc}")
