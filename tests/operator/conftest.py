@@ -1,9 +1,13 @@
 """Fixtures of the operator acceptance tests: the CRD installed once, and a ``moe-operator`` per test namespace."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from operator_harness import CRD, Operator
+sys.path.insert(0, str(Path(__file__).parent))   # operator_harness, bad_specs live beside the tests
+from operator_harness import CRD, Operator  # noqa: E402
 
 
 @pytest.fixture(scope="session")

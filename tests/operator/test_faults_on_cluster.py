@@ -71,19 +71,39 @@ def test_hand_edit_of_owned_field_is_repaired(cluster, namespace, operator):
 
 
 def test_replicas_only_change_keeps_the_raycluster_and_is_not_reverted(cluster, namespace, operator):
+    """Replicas on the RayService never replace the RayCluster; KubeRay v1.5.0 does not copy them to it either.
+
+    KubeRay hashes rayClusterConfig without replicas/min/max: a replicas-only change gives the same hash, so it
+    neither rolls out a new cluster nor updates the running one (shouldUpdateCluster). Pods follow the RayCluster's
+    own worker-group replicas, which KubeRay then leaves alone: that is where an actuator must scale pods.
+    """
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("scale"))
     wait_for("RayService", lambda: get(cluster, "rayservice", "scale", "-n", namespace))
     rc = wait_for("RayCluster", lambda: get(cluster, "rayclusters", "-n", namespace)["items"])[0]
-    # what the autoscaler's actuator does: worker replicas 1 -> 2 on the RayService
+    rc_name = rc["metadata"]["name"]
+
+    def workers():
+        return [p for p in get(cluster, "pods", "-n", namespace, "-l", f"ray.io/cluster={rc_name},ray.io/group=cpu")[
+            "items"] if not p["metadata"].get("deletionTimestamp")]
+
+    wait_for("one worker pod", lambda: len(workers()) == 1)
+    # 1. what an actuator patching only the RayService does: worker replicas 1 -> 2
     cluster.kubectl("patch", "rayservice", "scale", "-n", namespace, "--type=json", "-p", json.dumps(
         [{"op": "replace", "path": "/spec/rayClusterConfig/workerGroupSpecs/0/replicas", "value": 2}]))
-    wait_for("the RayCluster to run 2 workers", lambda: (get(cluster, "rayclusters", rc["metadata"]["name"], "-n",
-             namespace) or {}).get("spec", {}).get("workerGroupSpecs", [{}])[0].get("replicas") == 2, timeout=30)
-    time.sleep(4)   # more than one drift interval of the operator under test
+    time.sleep(6)   # two drift intervals of the operator under test, several KubeRay reconciles
     rs = get(cluster, "rayservice", "scale", "-n", namespace)
-    assert rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 2, "operator reverted the autoscaler"
+    assert rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 2, "operator reverted the replicas"
     names = [c["metadata"]["name"] for c in get(cluster, "rayclusters", "-n", namespace)["items"]]
-    assert names == [rc["metadata"]["name"]], f"KubeRay rolled out a new RayCluster: {names}"
+    assert names == [rc_name], f"KubeRay rolled out a new RayCluster: {names}"
+    live_rc = get(cluster, "rayclusters", rc_name, "-n", namespace)
+    assert live_rc["spec"]["workerGroupSpecs"][0]["replicas"] == 1, "KubeRay now propagates replicas: update docs"
+    # 2. scaling the RayCluster's group itself adds the pod, and nobody reverts it
+    cluster.kubectl("patch", "raycluster", rc_name, "-n", namespace, "--type=json", "-p", json.dumps(
+        [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 2}]))
+    wait_for("two worker pods", lambda: len(workers()) == 2, timeout=30)
+    time.sleep(4)
+    assert get(cluster, "rayclusters", rc_name, "-n", namespace)["spec"]["workerGroupSpecs"][0]["replicas"] == 2
+    assert [c["metadata"]["name"] for c in get(cluster, "rayclusters", "-n", namespace)["items"]] == [rc_name]
 
 
 def test_no_write_when_nothing_changed(cluster, namespace, operator):
