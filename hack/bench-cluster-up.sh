@@ -1,21 +1,18 @@
 #!/usr/bin/env bash
 # Measure `hack/cluster.sh up` wall time from warm binaries (median of N runs, default 3) and check that
-# `hack/cluster.sh down` leaves no process of ours behind (recorded PIDs gone, and no process whose
-# executable lives in the binaries cache).
+# `hack/cluster.sh down` leaves no process of ours behind (recorded PIDs gone, and no process left whose
+# working directory is the bench's state dir; other people's clusters on the same machine are not counted).
 #   hack/bench-cluster-up.sh [N]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 N="${1:-3}"
-CACHE="${MOE_TEST_BIN_CACHE:-$HOME/.cache/moe-operator/bin}"
 export MOE_CLUSTER_DIR
 MOE_CLUSTER_DIR="$(mktemp -d /tmp/moe-bench-cluster.XXXXXX)/state"
 trap '"$HERE/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$(dirname "$MOE_CLUSTER_DIR")"' EXIT
 
-ours() {  # PIDs of processes whose executable is under the binaries cache (resolved, so symlinks count)
-  local real; real="$(readlink -f "$CACHE")"
+ours() {  # processes started for this bench: every component runs with the state dir as its working dir
   for p in /proc/[0-9]*; do
-    exe="$(readlink -f "$p/exe" 2>/dev/null || true)"
-    [[ "$exe" == "$real"/* ]] && echo "${p#/proc/} $exe"
+    [[ "$(readlink "$p/cwd" 2>/dev/null)" == "$MOE_CLUSTER_DIR"* ]] && echo "${p#/proc/} $(tr '\0' ' ' < "$p/cmdline" | cut -c1-120)"
   done
   return 0
 }
@@ -32,7 +29,7 @@ for i in $(seq "$N"); do
   "$HERE/cluster.sh" down 2>/dev/null
   left=0; for p in $pids; do [[ -d /proc/$p ]] && [[ "$(awk '{print $3}' /proc/$p/stat)" != Z ]] && left=$((left + 1)); done
   stray="$(( $(ours | wc -l) - before ))"
-  echo "run $i: up ${secs} s; recorded processes left after down: $left; new processes from the cache: $stray"
+  echo "run $i: up ${secs} s; recorded processes left after down: $left; processes left in the state dir: $stray"
   ((left == 0 && stray <= 0)) || { echo "error: down left processes behind" >&2; ours >&2; exit 1; }
   times+=("$secs")
 done

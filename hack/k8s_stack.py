@@ -439,14 +439,16 @@ class Stack:
         ], env={"HOME": str(self.state_dir)})
 
         say("KubeRay CRDs, fake nodes")
-        crd_files = [str(kuberay_dir / "config/crd/bases" / f"ray.io_{c}.yaml") for c in KUBERAY_CRDS]
-        crd_args = [a for f in crd_files for a in ("-f", f)]
-        self.kubectl("apply", "--server-side", "--force-conflicts", *crd_args, timeout=timeout)
-        self.kubectl("apply", "--server-side", "-f", "-",
-                     input=json.dumps({"apiVersion": "v1", "kind": "List", "items": node_manifests()}))
-        self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
-                     *[f"crd/{c}.ray.io" for c in KUBERAY_CRDS], timeout=timeout + 5)
-
+        # Plain HTTPS POSTs (the API server takes YAML as is): no kubectl start-up and discovery per call.
+        # `create`, not apply: etcd is fresh at each `up`, and client-side apply would overflow the 256 KiB
+        # last-applied annotation with these ~1 MB CRDs.
+        for c in KUBERAY_CRDS:
+            body = (kuberay_dir / "config/crd/bases" / f"ray.io_{c}.yaml").read_bytes()
+            self._api("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body, "application/yaml")
+        for node in node_manifests():
+            self._api("POST", "/api/v1/nodes", json.dumps(node).encode())
+        say("CRDs and nodes created")
+        self._wait("kube-apiserver", self._crds_established, timeout)
         say("ray-operator")
         self._spawn("ray-operator", [
             bins["ray-operator"], "--enable-leader-election=false", "--metrics-addr=0",
@@ -459,15 +461,41 @@ class Stack:
             f"https://127.0.0.1:{p['scheduler']}/healthz", client_cert=False), timeout)
         self._wait("kwok", self._nodes_ready, timeout)
         # kube-controller-manager's service-account controller works when `default` has its ServiceAccount.
-        self._wait("kube-controller-manager", lambda: self.kubectl(
-            "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0, timeout)
+        self._wait("kube-controller-manager", self._has_default_service_account, timeout)
         self._wait("ray-operator", lambda: self._http_ok(f"http://127.0.0.1:{p['kuberay-probe']}/readyz"), timeout)
 
+    def _api(self, method: str, path: str, body: bytes | None = None,
+             content_type: str = "application/json") -> dict:
+        """One request to the API server as admin; returns the decoded JSON, raises StackError on HTTP errors."""
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        req = urllib.request.Request(f"https://127.0.0.1:{self.state['ports']['apiserver']}{path}", data=body,
+                                     method=method, headers={"Content-Type": content_type,
+                                                             "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+                return json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            raise StackError(f"{method} {path} -> HTTP {e.code}: {e.read()[:300]!r}") from None
+
+    def _crds_established(self) -> bool:
+        items = self._api("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions")["items"]
+        established = {i["metadata"]["name"] for i in items
+                       if any(c["type"] == "Established" and c["status"] == "True"
+                              for c in (i.get("status") or {}).get("conditions") or [])}
+        return all(f"{c}.ray.io" in established for c in KUBERAY_CRDS)
+
     def _nodes_ready(self) -> bool:
-        out = self.kubectl("get", "nodes", "-o",
-                           "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{' '}{end}",
-                           check=False).stdout.split()
-        return len(out) == len(node_manifests()) and all(s == "True" for s in out)
+        nodes = self._api("GET", "/api/v1/nodes")["items"]
+        ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
+                                         for c in (n.get("status") or {}).get("conditions") or [])]
+        return len(ready) == len(node_manifests())
+
+    def _has_default_service_account(self) -> bool:
+        try:
+            return bool(self._api("GET", "/api/v1/namespaces/default/serviceaccounts/default"))
+        except StackError:
+            return False
 
     def down(self, grace: float = 10) -> list[str]:
         """Stop exactly the processes this stack started (SIGTERM, then SIGKILL after ``grace`` s)."""
