@@ -18,11 +18,15 @@ from .observation import Observation
 from .policy import Decision, History, decide
 
 
-def decision_line(now: float, decision: Decision) -> str:
-    """One line per decision: UTC time, replicas per pool, reason (what ``moectl up`` prints)."""
+def decision_line(now: float, decision: Decision, ready: Mapping[str, int] | None = None) -> str:
+    """One line per decision: UTC time, desired replicas per pool, ready ones (Serve's RUNNING), reason.
+
+    ``autoscale 2026-01-01T00:00:00Z cpu=2 (ready cpu=1) hold|decide: <reason>``; ``?`` when ready is unknown.
+    """
     at = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     replicas = " ".join(f"{k}={v}" for k, v in decision.replicas.items())
-    return f"autoscale {at} {replicas} {'hold' if decision.held else 'scale'}: {decision.reason}"
+    seen = " ".join(f"{k}={'?' if ready is None else int(ready.get(k, 0))}" for k in decision.replicas)
+    return f"autoscale {at} {replicas} (ready {seen}) {'hold' if decision.held else 'decide'}: {decision.reason}"
 
 
 @dataclass
@@ -74,7 +78,7 @@ class LocalAutoscaler:
         self.history = d.history
         t = Tick(now, obs, d, changed)
         self.ticks.append(t)
-        self.emit(decision_line(now, d))
+        self.emit(decision_line(now, d, ready))
         return t
 
     def run(self, interval_s: float, stop: threading.Event) -> None:

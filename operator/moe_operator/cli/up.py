@@ -60,13 +60,17 @@ def serve_config_for(path: str) -> tuple[str, str, dict]:
     return manifest.metadata.name, r.served_model_name, config
 
 
-def _pool_resources(config: dict) -> dict[str, float]:
-    """Custom resources the local Ray must advertise: enough of each pool's for its deployments' replicas."""
+def _pool_resources(config: dict, max_replicas: dict[str, int] | None = None) -> dict[str, float]:
+    """Custom resources the local Ray must advertise: enough of each pool's for its deployments' replicas
+    (4x the initial replicas, and at least maxReplicas so that the local autoscaler can reach it)."""
     need: dict[str, float] = {}
     for app in config["applications"]:
         for dep in app.get("deployments", []):
-            for name, amount in (dep.get("ray_actor_options") or {}).get("resources", {}).items():
-                need[name] = need.get(name, 0) + float(amount) * max(1, int(dep.get("num_replicas", 1))) * 4
+            name = dep.get("name", "")
+            top = (max_replicas or {}).get(name[len("engine-"):], 0) if name.startswith("engine-") else 0
+            n = max(4 * max(1, int(dep.get("num_replicas", 1))), int(top))
+            for res, amount in (dep.get("ray_actor_options") or {}).get("resources", {}).items():
+                need[res] = need.get(res, 0) + float(amount) * n
     return need
 
 
@@ -152,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
 
         num_cpus = args.num_cpus or max(4, os.cpu_count() or 1)
         with console.status("starting local Ray"):
-            ray.init(num_cpus=num_cpus, resources=_pool_resources(config), include_dashboard=False,
+            tops = {p.name: p.max_replicas for p in loop.pools} if loop is not None else None
+            ray.init(num_cpus=num_cpus, resources=_pool_resources(config, tops), include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
         for s in previous:  # ray.init installs its own SIGTERM handler (which aborts); ours must win
             signal.signal(s, on_signal)
@@ -170,14 +175,18 @@ def run(args: argparse.Namespace) -> int:
                 local.wait_running(app_name, args.timeout, progress)
             console.print(f"[green]✓[/] application {app_name} running")
             print(f"OpenAI endpoint: http://{args.host}:{args.port}/v1  model: {model}", flush=True)
+            ticker = None
             if loop is not None:
-                threading.Thread(target=loop.run, args=(interval, stop), name="autoscaler", daemon=True).start()
+                ticker = threading.Thread(target=loop.run, args=(interval, stop), name="autoscaler", daemon=True)
+                ticker.start()
                 console.print(f"autoscaling every {interval:g} s from {getattr(loop.source, 'url', '?')} "
                               "(--no-autoscale disables)")
             console.print("serving; Ctrl-C stops")
             while not stop.wait(0.5):
                 pass
             console.print("shutting down")
+            if ticker is not None:
+                ticker.join(15)  # let a tick in flight finish before Serve goes away
         except RuntimeError as exc:
             print(f"error: {exc}", flush=True, file=sys.stderr)
             return 1
