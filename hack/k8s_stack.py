@@ -498,25 +498,36 @@ class Stack:
             return False
 
     def down(self, grace: float = 10) -> list[str]:
-        """Stop exactly the processes this stack started (SIGTERM, then SIGKILL after ``grace`` s)."""
+        """Stop exactly the processes this stack started, clients first, then kube-apiserver, then etcd.
+
+        Each gets SIGTERM, then SIGKILL after its grace period (s): kube-apiserver 3 s (its graceful shutdown
+        waits on open watches for far longer, and etcd is wiped at the next ``up`` anyway), others ``grace``.
+        """
         stopped = []
         pids = self.state.get("pids", {})
-        for component in reversed(list(pids)):
-            rec = pids[component]
-            if _alive(rec["pid"], rec["start"]):
+        order = [c for c in reversed(list(pids)) if c not in ("kube-apiserver", "etcd")]
+        stages = [order, ["kube-apiserver"], ["etcd"]]
+        for stage in stages:
+            live = [c for c in stage if c in pids and _alive(pids[c]["pid"], pids[c]["start"])]
+            for component in live:
                 try:
-                    os.kill(rec["pid"], signal.SIGTERM)
+                    os.kill(pids[component]["pid"], signal.SIGTERM)
                     stopped.append(component)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + grace
-        for component in stopped:
-            rec = pids[component]
-            while _alive(rec["pid"], rec["start"]) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(rec["pid"], rec["start"]):
-                os.kill(rec["pid"], signal.SIGKILL)
-            _reap(rec["pid"])
+            limit = min(grace, 3) if stage == ["kube-apiserver"] else grace
+            deadline = time.monotonic() + limit
+            for component in live:
+                rec = pids[component]
+                while _alive(rec["pid"], rec["start"]) and time.monotonic() < deadline:
+                    _reap(rec["pid"])
+                    time.sleep(0.05)
+                if _alive(rec["pid"], rec["start"]):
+                    os.kill(rec["pid"], signal.SIGKILL)
+                    while _alive(rec["pid"], rec["start"]):
+                        _reap(rec["pid"])
+                        time.sleep(0.02)
+                _reap(rec["pid"])
         if self.state:
             self.state["pids"] = {}
             self._save()
