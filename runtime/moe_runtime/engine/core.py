@@ -42,6 +42,11 @@ class _Seq:
     arrived: float = field(default_factory=time.monotonic)
 
 
+def _settle(fut: asyncio.Future, res, err) -> None:
+    if not fut.done():
+        fut.set_exception(err) if err is not None else fut.set_result(res)
+
+
 class TorchEngine:
     def __init__(self, loaded: LoadedModel, *, model_name: str, max_batch_size: int = 16, max_queue: int = 64,
                  max_context_tokens: int = 4096, prefix_cache: PrefixCache | None = None):
@@ -67,11 +72,16 @@ class TorchEngine:
         self._step_s = 0.0  # EMA of decode step seconds
         self._step_batch = 1.0  # EMA of decode batch size
         self._req_s = 1.0  # EMA of request seconds (for retry_after)
+        self._thread_done = True
+        self._between: list[tuple] = []  # (fn, loop, future): run by the worker between two steps
+        self._placement_lock: asyncio.Lock | None = None
+        self._load_mark = self.model.expert_counts.clone()
 
     # ---- asyncio side ----
     async def start(self) -> None:
         if self._thread is None:
             self._stopping = False
+            self._thread_done = False
             self._thread = threading.Thread(target=self._work, name=f"engine-{self.model_name}", daemon=True)
             self._thread.start()
 
@@ -133,6 +143,68 @@ class TorchEngine:
             expert_tokens=self.model.expert_counts.tolist(),
             capacity_tokens_per_second=self.capacity_tokens_per_second(),
         )
+
+    def expert_load(self) -> list[list[int]]:
+        """Tokens routed to each expert [moe_layer][expert] since the previous call (or since start): the window
+        the rebalancer decides on."""
+        now = self.model.expert_counts.clone()
+        delta, self._load_mark = now - self._load_mark, now
+        return delta.tolist()
+
+    async def apply_placement(self, placement) -> dict:
+        """Move to another expert placement (contracts section 2 JSON) without stopping: new copies load while the
+        old map serves, the routing table is swapped between two steps (no step mixes two maps; running sequences
+        keep their KV cache), then copies no longer placed are freed. Returns {"loaded", "freed", "shards"
+        (counts, copies summed over layers), "load_s", "swap_wait_s" (seconds)}. One apply at a time."""
+        from moe_runtime.experts.placement import ExpertPlacement
+
+        backend = self.model.backend
+        if not hasattr(backend, "prepare"):
+            raise ValueError("this engine runs its experts in-process (placement null); a live placement needs "
+                             "expert shards: start it with a placement")
+        new = ExpertPlacement.parse(placement)
+        new.check_model(max(1, self.loaded.cfg.num_moe_layers), self.loaded.cfg.num_experts)
+        if self._placement_lock is None:
+            self._placement_lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        async with self._placement_lock:
+            t0 = time.monotonic()
+            staged = await loop.run_in_executor(None, backend.prepare, new)
+            t1 = time.monotonic()
+            try:
+                await self._run_between_steps(lambda: backend.commit(staged))
+            except BaseException:
+                await loop.run_in_executor(None, backend.abort, staged)
+                raise
+            t2 = time.monotonic()
+            await loop.run_in_executor(None, backend.release, staged)
+        log.info("placement applied: %d copies loaded, %d freed, %d shards", staged.loaded, staged.freed, len(new.shards))
+        return {"loaded": staged.loaded, "freed": staged.freed, "shards": len(new.shards),
+                "load_s": t1 - t0, "swap_wait_s": t2 - t1}
+
+    async def _run_between_steps(self, fn):
+        """Run fn in the worker thread between two steps (directly when the worker is not running)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._cond:
+            if self._thread is None or self._thread_done:
+                return fn()
+            self._between.append((fn, loop, fut))
+            self._cond.notify_all()
+        return await fut
+
+    def _run_between(self) -> None:
+        """Worker thread, holding self._cond, no step in progress."""
+        jobs, self._between = self._between, []
+        for fn, loop, fut in jobs:
+            try:
+                res, err = fn(), None
+            except Exception as e:
+                res, err = None, e
+            try:
+                loop.call_soon_threadsafe(_settle, fut, res, err)
+            except RuntimeError:  # the caller's loop is closed
+                pass
 
     def capacity_tokens_per_second(self) -> float:
         """Generated tokens/s at the decode batch size seen so far (EMA of step time / batch size). A lower bound
@@ -222,8 +294,10 @@ class TorchEngine:
         self._warmup()
         while True:
             with self._cond:
-                while not self._stopping and not self._waiting and not self._running:
+                while not self._stopping and not self._waiting and not self._running and not self._between:
                     self._cond.wait(0.5)
+                if self._between:
+                    self._run_between()
                 if self._stopping:
                     pending = list(self._waiting) + self._running
                     self._waiting.clear()
@@ -261,3 +335,6 @@ class TorchEngine:
         for s in pending:
             if not s.done:
                 self._finish(s, "cancelled", None, "engine stopped")
+        with self._cond:  # a swap queued while stopping: no step runs any more, so it is safe to run it now
+            self._thread_done = True
+            self._run_between()

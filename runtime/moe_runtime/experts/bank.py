@@ -28,6 +28,20 @@ class ExpertBank(nn.Module):
         self.ids = sorted(experts)
         self.experts = nn.ModuleDict({str(e): experts[e] for e in self.ids})
 
+    def add(self, experts: dict[int, ExpertFFN]) -> None:
+        """Hold more experts (live rebalancing); the ones already held are kept as they are."""
+        for e, m in experts.items():
+            if str(e) not in self.experts:
+                self.experts[str(e)] = m
+        self.ids = sorted(int(k) for k in self.experts)
+
+    def drop(self, ids: list[int]) -> None:
+        """Free the given experts (live rebalancing, after the routing table no longer names them here)."""
+        for e in ids:
+            if str(e) in self.experts:
+                del self.experts[str(e)]
+        self.ids = sorted(int(k) for k in self.experts)
+
     def run_pairs(self, x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Sum over pairs p of weight[p] * expert[p](x[token[p]]).
 
@@ -60,6 +74,10 @@ class ExpertBank(nn.Module):
 
 def load_bank(reader, cfg, layer: int, expert_ids: list[int], device, dtype, quant: str = "none") -> ExpertBank:
     """Load the given experts of decoder layer ``layer`` from a CheckpointReader, checking shapes against cfg."""
+    return ExpertBank(load_experts(reader, cfg, layer, expert_ids, device, dtype, quant))
+
+
+def load_experts(reader, cfg, layer: int, expert_ids: list[int], device, dtype, quant: str = "none") -> dict[int, ExpertFFN]:
     h, i = cfg.hidden_size, cfg.moe_intermediate_size
     experts = {}
     for e in expert_ids:
@@ -70,4 +88,4 @@ def load_bank(reader, cfg, layer: int, expert_ids: list[int], device, dtype, qua
             reader.get(d, (h, i)).to(device=device, dtype=dtype),
             quant,
         )
-    return ExpertBank(experts)
+    return experts

@@ -25,10 +25,33 @@ class ExpertShard:
         self.dtype = resolve_dtype(dtype, self.device)
         self.banks = [load_bank(reader, cfg, layer, experts_by_layer[i], self.device, self.dtype, quant)
                       for i, layer in enumerate(cfg.moe_layers)]
+        self._reader, self._cfg, self._quant, self._weight_bytes = reader, cfg, quant, weight_bytes
         self.bytes = sum(weight_bytes(b) for b in self.banks)
 
     def ready(self) -> dict:
         return {"device": str(self.device), "weight_bytes": self.bytes}
+
+    def add(self, experts_by_layer: list[list[int]]) -> dict:
+        """Load more expert copies (live rebalancing) while the ones held keep serving. Returns ready()."""
+        from .bank import load_experts
+
+        for i, layer in enumerate(self._cfg.moe_layers):
+            if experts_by_layer[i]:
+                self.banks[i].add(load_experts(self._reader, self._cfg, layer, experts_by_layer[i], self.device,
+                                               self.dtype, self._quant))
+        self.bytes = sum(self._weight_bytes(b) for b in self.banks)
+        return self.ready()
+
+    def drop(self, experts_by_layer: list[list[int]]) -> dict:
+        """Free expert copies the routing table no longer sends tokens to. Returns ready()."""
+        for bank, ids in zip(self.banks, experts_by_layer):
+            bank.drop(ids)
+        self.bytes = sum(self._weight_bytes(b) for b in self.banks)
+        return self.ready()
+
+    def held(self) -> list[list[int]]:
+        """Expert ids held per MoE layer."""
+        return [list(b.ids) for b in self.banks]
 
     def run(self, moe_layer: int, x, token, expert, weight):
         """One call per MoE layer and step: x [n, hidden] float32 (the tokens routed here) and the (token, expert,

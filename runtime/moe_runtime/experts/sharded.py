@@ -2,8 +2,15 @@
 
 Tokens routed to an expert with several copies are split round-robin between the copies (in routing order), so
 redundant copies share the load.
+
+Live rebalancing (docs/placement.md): ``prepare(new)`` loads the new copies into kept shards and starts new shards
+while the old map serves; ``commit(staged)`` swaps the routing table (one assignment, called between two steps);
+``release(staged)`` then frees copies no longer placed and stops shards the new placement does not name.
 """
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +33,86 @@ class ShardedExperts:
             self.actors.append(remote_cls.options(**opts).remote(checkpoint_dir, by_layer, info.device, dtype, quant))
         self.shard_info = ray.get([a.ready.remote() for a in self.actors])
         self.calls = 0
+        self.swapped_at: float | None = None
+        self._old_actors: list = []
+        self._remote_cls, self._checkpoint_dir, self._dtype, self._quant = remote_cls, checkpoint_dir, dtype, quant
+
+    # ---- live placement ----
+    def prepare(self, new: ExpertPlacement) -> "Staged":
+        """Load what ``new`` adds (the current map keeps serving). Shards are matched by name; a name whose device or
+        rayResources changed gets a new actor. On failure, whatever was loaded is freed and the error is raised."""
+        new.check_model(self.placement.num_layers, self.placement.num_experts)
+        old = {info.name: s for s, info in enumerate(self.placement.shards)}
+        L = new.num_layers
+        actors, added, kept, fresh, futures, fresh_idx = [], {}, set(), [], [], []
+        try:
+            for s, info in enumerate(new.shards):
+                want = [new.layers[l][s] for l in range(L)]
+                o = old.get(info.name)
+                if o is not None and self.placement.shards[o] == info:
+                    add = [sorted(set(want[l]) - set(self.placement.layers[l][o])) for l in range(L)]
+                    actors.append(self.actors[o])
+                    kept.add(o)
+                    if any(add):
+                        added[o] = add
+                        futures.append(self.actors[o].add.remote(add))
+                else:
+                    a = self._remote_cls.options(**ray_options(info.ray_resources)).remote(
+                        self._checkpoint_dir, want, info.device, self._dtype, self._quant)
+                    actors.append(a)
+                    fresh.append(a)
+                    fresh_idx.append(s)
+                    futures.append(a.ready.remote())
+            self.ray.get(futures)
+        except Exception:
+            self._undo(added, fresh)
+            raise
+        drop = {}
+        for o in kept:
+            n = next(i for i, info in enumerate(new.shards) if info.name == self.placement.shards[o].name)
+            gone = [sorted(set(self.placement.layers[l][o]) - set(new.layers[l][n])) for l in range(L)]
+            if any(gone):
+                drop[o] = gone
+        retired = [a for o, a in enumerate(self.actors) if o not in kept]
+        freed = sum(len(x) for gone in drop.values() for x in gone) + sum(
+            len(self.placement.layers[l][o]) for o in range(len(self.actors)) if o not in kept for l in range(L))
+        loaded = sum(len(x) for add in added.values() for x in add) + sum(
+            len(new.layers[l][s]) for s in fresh_idx for l in range(L))
+        return Staged(new, actors, added, drop, fresh, retired, loaded, freed)
+
+    def commit(self, staged: "Staged") -> None:
+        """Swap the routing table. Call between two steps (no run() in progress): the next run() uses the new map."""
+        self.placement, self._holders, self._old_actors, self.actors = (
+            staged.placement, [staged.placement.holders(l) for l in range(staged.placement.num_layers)],
+            self.actors, staged.actors)
+        self.swapped_at = time.monotonic()  # seconds (monotonic clock) of the last swap
+
+    def release(self, staged: "Staged") -> None:
+        """After commit: free copies no longer placed and stop retired shards."""
+        futures = [self._old_actors[o].drop.remote(gone) for o, gone in staged.drop.items()]
+        self.ray.get(futures)
+        for a in staged.retired:
+            self._kill(a)
+        self._old_actors = []
+        self.shard_info = self.ray.get([a.ready.remote() for a in self.actors])
+
+    def abort(self, staged: "Staged") -> None:
+        """prepare() succeeded but the swap did not happen: free what prepare() loaded."""
+        self._undo(staged.added, staged.fresh)
+
+    def _undo(self, added: dict[int, list[list[int]]], fresh: list) -> None:
+        try:
+            self.ray.get([self.actors[o].drop.remote(add) for o, add in added.items()])
+        except Exception:
+            pass
+        for a in fresh:
+            self._kill(a)
+
+    def _kill(self, actor) -> None:
+        try:
+            self.ray.kill(actor)
+        except Exception:
+            pass
 
     def assign(self, moe_layer: int, ids: torch.Tensor) -> torch.Tensor:
         """Shard index for each (token, slot) pair [N*k]: the i-th pair of expert e goes to copy i mod copies(e)."""
@@ -67,8 +154,19 @@ class ShardedExperts:
 
     def close(self) -> None:
         for a in self.actors:
-            try:
-                self.ray.kill(a)
-            except Exception:
-                pass
+            self._kill(a)
         self.actors = []
+
+
+@dataclass
+class Staged:
+    """A placement loaded but not yet routed to (ShardedExperts.prepare -> commit -> release)."""
+
+    placement: ExpertPlacement
+    actors: list  # one per shard of ``placement``
+    added: dict[int, list[list[int]]]  # old shard index -> expert ids loaded into it, per MoE layer
+    drop: dict[int, list[list[int]]]  # old shard index -> expert ids to free after the swap, per MoE layer
+    fresh: list  # actors started for this placement
+    retired: list  # old actors the placement does not keep
+    loaded: int  # expert copies loaded (summed over MoE layers)
+    freed: int  # expert copies freed by release() (summed over MoE layers)
