@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from moe_operator.render.fastyaml import load
+
 SIZE_FIELDS = ("replicas", "minReplicas", "maxReplicas")
 
 
@@ -24,7 +26,7 @@ def _normalise(spec: dict[str, Any], strict: bool) -> dict[str, Any]:
     raw = out.get("serveConfigV2")
     if isinstance(raw, str):
         try:
-            out["serveConfigV2"] = yaml.safe_load(raw)
+            out["serveConfigV2"] = load(raw)
         except yaml.YAMLError:
             pass   # unparseable: compared as text, so it counts as drift
     if not strict:

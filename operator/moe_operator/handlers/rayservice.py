@@ -29,10 +29,10 @@ def on_rayservice_event(event, body, logger, **_):
     name, namespace = _owner_name(body), body["metadata"]["namespace"]
     if not name:
         return
+    if kind == "MODIFIED" and not _spec_touched(body):
+        return      # KubeRay's status updates: no API call at all
     owner = kube.get_moed(namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
-        return
-    if kind == "MODIFIED" and not _spec_touched(body):
         return
     logger.info("RayService %s/%s %s; reconciling its MoEDeployment", namespace, name, kind.lower())
     apply_outcome(owner, reconcile(owner, strict=False))

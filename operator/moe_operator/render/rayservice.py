@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
+from .fastyaml import load
 from .inputs import PoolRender, RenderInput
 from .serve import serve_config
 from .templates import env
@@ -63,4 +62,4 @@ def render_rayservice(r: RenderInput) -> dict[str, Any]:
         serve_config=serve_config(r),
         workers=[_worker(r, p, labels) for p in r.pools],
     )
-    return yaml.safe_load(text)
+    return load(text)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .fastyaml import BaseDumper, load
 from .inputs import PoolRender, RenderInput
 from .templates import env
 
@@ -126,10 +127,10 @@ def serve_config(r: RenderInput) -> str:
         text = env().get_template("serve_torch.yaml.j2").render(name=r.name, args=runtime_args(r), pools=r.pools)
     else:
         text = env().get_template("serve_vllm.yaml.j2").render(apps=vllm_apps(r))
-    return dump(yaml.safe_load(text))
+    return dump(load(text))
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(BaseDumper):
     """SafeDumper writing multi-line strings (serveConfigV2) as literal blocks, readable in a diff."""
 
 
