@@ -47,14 +47,14 @@ def test_scales_up_with_load_and_down_after_the_window_applying_only_changes():
     down = max(i for i, t in enumerate(loop.ticks) if t.changed)
     assert up == 2 and down - 5 >= SETTINGS.scale_down_stabilization_s  # the dip had to last the window
     assert len(lines) == len(loop.ticks) and all(line.startswith("autoscale ") for line in lines)
-    assert "cpu=2 (ready cpu=1) decide: scale up" in lines[up]
+    assert "cpu=2 (ready cpu=1) scale up" in lines[up]
 
 
 def test_missing_metrics_hold_and_never_scale_down():
     loop, applied, lines = run([12, None, None, None, None, None, None])
     assert applied == [{"cpu": 2}]
     assert all(t.decision.held and t.decision.replicas == {"cpu": 2} for t in loop.ticks[1:])
-    assert "hold: no metrics" in lines[-1] and "connection refused" in lines[-1]
+    assert "(ready cpu=1) hold: no metrics" in lines[-1] and "connection refused" in lines[-1]
 
 
 def test_ready_comes_from_serve_not_from_the_metric_series():
@@ -114,3 +114,12 @@ def test_moectl_up_bad_interval_is_one_error_line_and_exit_2():
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--autoscale-interval" in lines[0], p.stderr
+
+
+def test_after_an_outage_a_low_need_must_last_a_whole_window_of_fresh_data():
+    rates = [12] + [None] * 6 + [0] * 6
+    loop, applied, _ = run(rates)
+    assert applied == [{"cpu": 2}, {"cpu": 1}]
+    first_fresh = 7
+    down = max(i for i, t in enumerate(loop.ticks) if t.changed)
+    assert down - (first_fresh - 1) >= SETTINGS.scale_down_stabilization_s, down  # not on the first fresh sample

@@ -21,12 +21,13 @@ from .policy import Decision, History, decide
 def decision_line(now: float, decision: Decision, ready: Mapping[str, int] | None = None) -> str:
     """One line per decision: UTC time, desired replicas per pool, ready ones (Serve's RUNNING), reason.
 
-    ``autoscale 2026-01-01T00:00:00Z cpu=2 (ready cpu=1) hold|decide: <reason>``; ``?`` when ready is unknown.
+    ``autoscale 2026-01-01T00:00:00Z cpu=2 (ready cpu=1) <reason>``; ``?`` when ready is unknown; the reason
+    starts with ``scale up``/``scale down`` (replicas changed), ``keep`` or ``hold:`` (stale or missing metrics).
     """
     at = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     replicas = " ".join(f"{k}={v}" for k, v in decision.replicas.items())
     seen = " ".join(f"{k}={'?' if ready is None else int(ready.get(k, 0))}" for k in decision.replicas)
-    return f"autoscale {at} {replicas} (ready {seen}) {'hold' if decision.held else 'decide'}: {decision.reason}"
+    return f"autoscale {at} {replicas} (ready {seen}) {decision.reason}"
 
 
 @dataclass

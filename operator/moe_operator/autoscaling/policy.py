@@ -72,8 +72,13 @@ def _held(obs: Observation | None, pools, settings, history, now, why: str) -> D
     base = history.desired if history.desired is not None else (obs.ready if obs is not None else {})
     replicas = enforce_budget(pools, clamp_to_bounds(pools, base), settings.max_hourly_cost, history.corrections)
     cond = [Condition("BudgetLimited", "Unknown", "MetricsUnavailable", f"holding replicas: {why}")]
-    return Decision(replicas, [f"hold: {why}"], cond, True, 0.0, capacity_of(pools, replicas, history.corrections),
-                    cost_of(pools, replicas), None, 0.0, replace(history, desired=replicas))
+    capacity = capacity_of(pools, replicas, history.corrections)
+    # The hold counts as "the held capacity was needed" in the stabilization windows, so the first fresh sample
+    # after an outage cannot scale down at once: a low need must then last a whole window of fresh data.
+    window = max(settings.scale_up_stabilization_s, settings.scale_down_stabilization_s)
+    needs = tuple((t, n) for t, n in history.needs if now - t <= window) + ((now, capacity),)
+    return Decision(replicas, [f"hold: {why}"], cond, True, 0.0, capacity, cost_of(pools, replicas), None, 0.0,
+                    replace(history, desired=replicas, needs=needs))
 
 
 def _corrections(obs: Observation, pools: Sequence[PoolModel], settings: Settings, history: History,

@@ -48,13 +48,21 @@ class PrometheusSource:
     """Observation for one model from a Prometheus server (prometheus-api-client)."""
 
     def __init__(self, url: str, model: str, window: str = "1m", clock: Callable[[], float] = time.time,
-                 client=None):
-        from prometheus_api_client import PrometheusConnect
-
+                 client=None, timeout_s: float = 10.0):
         self.url, self.model, self.window, self.clock = url, model, window, clock
-        self.client = client or PrometheusConnect(url=url, disable_ssl=True)
+        self.client = client or self._connect(url, timeout_s)
         self.q = queries(model, window)
         self.last_error: str | None = None
+
+    @staticmethod
+    def _connect(url: str, timeout_s: float):
+        """A client that fails fast: the library's default (3 retries, backoff 1 s, no timeout) would block a
+        tick ~7 s on a refused connection and forever on a hung server; one quick retry, ``timeout_s`` per query."""
+        from prometheus_api_client import PrometheusConnect
+        from urllib3.util.retry import Retry
+
+        retry = Retry(total=1, backoff_factor=0.1, status_forcelist=[429, 502, 503, 504])
+        return PrometheusConnect(url=url, disable_ssl=True, retry=retry, timeout=timeout_s)
 
     def _vector(self, key: str) -> list[dict]:
         return self.client.custom_query(query=self.q[key])
