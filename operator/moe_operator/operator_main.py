@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     CONFIG.catalog_configmap = args.catalog_configmap
+    CONFIG.namespaces = list(args.namespace)
     CONFIG.drift_interval_seconds = args.drift_interval
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

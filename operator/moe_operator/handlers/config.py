@@ -14,6 +14,7 @@ from . import kube
 @dataclass
 class OperatorConfig:
     catalog_configmap: str | None = None          # "<namespace>/<name>" of the cluster catalog overrides
+    namespaces: list[str] = field(default_factory=list)   # watched namespaces; empty = all
     images: Images = field(default_factory=Images.from_env)
     drift_interval_seconds: float = 30.0           # how often each MoEDeployment re-checks its RayService
     catalog_ttl_seconds: float = 30.0              # how long a read of the catalog ConfigMap is reused
