@@ -2,6 +2,11 @@
 metrics, retry a failed apply, ready replicas taken from Serve rather than from the merged /metrics series."""
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
 from moe_operator.autoscaling.local_loop import LocalAutoscaler, decision_line
 from moe_operator.autoscaling.model import PoolModel, Settings
 from moe_operator.autoscaling.observation import Observation
@@ -81,14 +86,12 @@ def test_decision_line_says_unknown_ready():
 
 
 def _up_args(**kw):
-    import argparse
-
     base = dict(no_autoscale=False, autoscale_interval=None, metrics_url=None, rate_window=60, host="127.0.0.1",
                 port=8123)
     return argparse.Namespace(**{**base, **kw})
 
 
-EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples" / "tiny-moe.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny-moe.yaml"
 
 
 def test_moectl_up_builds_the_loop_from_the_spec_and_its_flags():
@@ -106,9 +109,6 @@ def test_moectl_up_builds_the_loop_from_the_spec_and_its_flags():
 
 
 def test_moectl_up_bad_interval_is_one_error_line_and_exit_2():
-    import subprocess
-    import sys
-
     p = subprocess.run([sys.executable, "-m", "moe_operator.cli.main", "up", "-f", str(EXAMPLE), "--port", "8124",
                         "--autoscale-interval", "0"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr

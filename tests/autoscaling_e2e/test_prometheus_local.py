@@ -232,6 +232,9 @@ def test_prometheus_decisions_follow_load_up_and_down_and_hold_without_metrics(t
         assert down[0] - back >= DOWN_WINDOW_S * 0.9  # the low need had to last the stabilization window
         changes = [d for d in up.decisions(started) if d[4].startswith("scale ")]
         assert [d[1] for d in changes] == [2, 1], [d[1:] for d in changes]  # no flapping
+        holds = [d for d in up.decisions(stopped) if d[3] == "hold"]
+        print(f"{len(up.decisions(started))} decisions, {len(holds)} holds at cpu=2 while prometheus was down "
+              f"({holds[-1][0] - holds[0][0]:.1f} s); replica changes: {[d[4][:60] for d in changes]}")
         assert httpx.get(base + "/health", timeout=30).status_code == 200
     finally:
         stop_load.set()
