@@ -35,7 +35,8 @@ def rayservice_ready(live: dict | None) -> tuple[bool, str]:
     st = live.get("status") or {}
     for c in st.get("conditions") or []:
         if c.get("type") == "Ready":
-            return c.get("status") == "True", c.get("message") or c.get("reason") or ""
+            # the reason only: KubeRay rewrites its messages often, and our status must not change with them
+            return c.get("status") == "True", f"KubeRay reports Ready={c.get('status')} ({c.get('reason') or 'no reason'})"
     state = st.get("serviceStatus") or ""
     return state == "Running", f"RayService serviceStatus is {state or 'not reported yet'}"
 
