@@ -33,7 +33,8 @@ def shards(*names):
     return [{"name": n, "device": "cpu", "rayResources": {}} for n in names]
 
 
-P0 = {"numLayers": 4, "numExperts": 8, "shards": shards("shard-0", "shard-1"), "layers": [[[0, 1, 2, 3], [4, 5, 6, 7]]]}
+# The start: 2 shards, uneven (as a placement planned for other traffic would be), no redundant copies.
+P0 = {"numLayers": 4, "numExperts": 8, "shards": shards("shard-0", "shard-1"), "layers": [[[0, 1, 2, 3, 4, 5], [6, 7]]]}
 # A second move: shard-1 retired, shard-2 and shard-3 started, shard-0 kept with other experts; redundant copies.
 P2 = {"numLayers": 4, "numExperts": 8, "shards": shards("shard-0", "shard-2", "shard-3"),
       "layers": [[[0, 1, 2, 3], [4, 5, 0, 1], [6, 7, 2]],
@@ -86,7 +87,7 @@ def test_requests_spanning_rebalances_are_unchanged(ray_local, tiny_dir, tiny, r
         try:
             await asyncio.sleep(3.0)  # a window of traffic on P0
             loads = engine.expert_load()
-            decision = should_rebalance(loads, P0, devices, redundant_slots=4, min_gain=0.02,
+            decision = should_rebalance(loads, P0, devices, redundant_slots=4, min_gain=0.1,
                                         last_applied_at=None, cooldown_s=60, now=0.0)
             swaps = []
             if decision.apply:

@@ -166,6 +166,10 @@ class TorchEngine:
         new.check_model(max(1, self.loaded.cfg.num_moe_layers), self.loaded.cfg.num_experts)
         if self._placement_lock is None:
             self._placement_lock = asyncio.Lock()
+        # shielded: once started, a move finishes (load, swap, free) even if the caller goes away
+        return await asyncio.shield(self._apply(backend, new))
+
+    async def _apply(self, backend, new) -> dict:
         loop = asyncio.get_running_loop()
         async with self._placement_lock:
             t0 = time.monotonic()
@@ -173,7 +177,7 @@ class TorchEngine:
             t1 = time.monotonic()
             try:
                 await self._run_between_steps(lambda: backend.commit(staged))
-            except BaseException:
+            except Exception:
                 await loop.run_in_executor(None, backend.abort, staged)
                 raise
             t2 = time.monotonic()

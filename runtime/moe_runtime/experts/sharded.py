@@ -42,6 +42,9 @@ class ShardedExperts:
         """Load what ``new`` adds (the current map keeps serving). Shards are matched by name; a name whose device or
         rayResources changed gets a new actor. On failure, whatever was loaded is freed and the error is raised."""
         new.check_model(self.placement.num_layers, self.placement.num_experts)
+        names = [info.name for info in new.shards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"placement names a shard twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
         old = {info.name: s for s, info in enumerate(self.placement.shards)}
         L = new.num_layers
         actors, added, kept, fresh, futures, fresh_idx = [], {}, set(), [], [], []
@@ -89,11 +92,12 @@ class ShardedExperts:
 
     def release(self, staged: "Staged") -> None:
         """After commit: free copies no longer placed and stop retired shards."""
-        futures = [self._old_actors[o].drop.remote(gone) for o, gone in staged.drop.items()]
-        self.ray.get(futures)
-        for a in staged.retired:
-            self._kill(a)
-        self._old_actors = []
+        try:
+            self.ray.get([self._old_actors[o].drop.remote(gone) for o, gone in staged.drop.items()])
+        finally:
+            for a in staged.retired:
+                self._kill(a)
+            self._old_actors = []
         self.shard_info = self.ray.get([a.ready.remote() for a in self.actors])
 
     def abort(self, staged: "Staged") -> None:
