@@ -54,6 +54,7 @@ def test_golden_values_files_satisfy_the_schema(path):
     ({"catalog": {"ascendResourceScheme": "volcano"}}, "catalog.ascendResourceScheme"),
     ({"catalog": {"prices": {"nvidia-h800": -1}}}, "catalog.prices.nvidia-h800"),
     ({"catalog": {"prices": {"nvidia-h800": "cheap"}}}, "catalog.prices.nvidia-h800"),
+    ({"catalog": {"prices": {"nvidia-h800": "-1.5"}}}, "catalog.prices.nvidia-h800"),
     ({"catalog": {"ascendScheme": "hami"}}, "catalog"),
     ({"prometheusUrl": "prometheus:9090"}, "prometheusUrl"),
     ({"replicaCount": 0}, "replicaCount"),
@@ -74,6 +75,10 @@ def test_schema_rejects_bad_values(override, where):
     found = errors(merged(override))
     assert found, f"{override} was accepted"
     assert any(e.split(":")[0] == where for e in found), found
+
+
+def test_prices_may_be_decimal_strings_as_helm_set_passes_them():
+    assert errors(merged({"catalog": {"prices": {"nvidia-h800": "1.85", "cpu": 0.04}}})) == []
 
 
 def test_one_replica_may_run_without_peering():
