@@ -123,6 +123,60 @@ def _pools_of(config: dict):
     return RuntimeConfig.model_validate(config["applications"][0]["args"]).pools
 
 
+def _children() -> set[int]:
+    """Pids whose parent is this process (Linux /proc; empty elsewhere)."""
+    me, out = os.getpid(), set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for d in entries:
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                        out.add(int(d))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _stop_children(keep: set[int], grace_s: float = 5.0) -> None:
+    """SIGTERM (then SIGKILL) the children started since ``keep`` was taken."""
+    import time
+
+    new = _children() - keep
+    for pid in new:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while new and time.monotonic() < deadline:
+        time.sleep(0.1)
+        new &= _children()
+    for pid in new:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _ray_init(ray, console, attempts: int = 3, **kw) -> None:
+    """ray.init, retried when the raylet misses Ray's fixed 30 s registration wait (a busy machine)."""
+    for attempt in range(1, attempts + 1):
+        before = _children()
+        try:
+            ray.init(**kw)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this one
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            console.print(f"Ray did not start in time (attempt {attempt}/{attempts}); retrying")
+            ray.shutdown()
+            _stop_children(before)  # the failed Node never registered, so ray.shutdown() cannot stop its processes
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -157,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
         num_cpus = args.num_cpus or max(4, os.cpu_count() or 1)
         with console.status("starting local Ray"):
             tops = {p.name: p.max_replicas for p in loop.pools} if loop is not None else None
-            ray.init(num_cpus=num_cpus, resources=_pool_resources(config, tops), include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+            _ray_init(ray, console, num_cpus=num_cpus, resources=_pool_resources(config, tops),
+                      include_dashboard=False, log_to_driver=False, configure_logging=False)
         for s in previous:  # ray.init installs its own SIGTERM handler (which aborts); ours must win
             signal.signal(s, on_signal)
         console.print(f"[green]✓[/] Ray started ({num_cpus} CPUs)")
