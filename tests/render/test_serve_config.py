@@ -61,7 +61,9 @@ def _ray_llm_config():
     try:
         from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
     except Exception as exc:  # noqa: BLE001 - ray[llm] extras (pyarrow, ...) absent
-        pytest.skip(f"ray.serve.llm not importable here: {exc}")
+        from require import need
+
+        need("ray.serve.llm", f"not importable here ({exc}); the test extra installs pyarrow")
     return LLMConfig
 
 
