@@ -130,6 +130,7 @@ def test_requests_spanning_rebalances_are_unchanged(ray_local, tiny_dir, tiny, r
 
 
 def test_apply_placement_rejects_bad_input(ray_local, tiny_dir, tiny):
+    from runtime_core.rc_helpers import greedy
     async def main():
         local = TorchEngine(tiny, model_name="tiny-moe")
         with pytest.raises(ValueError, match="in-process"):
@@ -146,6 +147,17 @@ def test_apply_placement_rejects_bad_input(ray_local, tiny_dir, tiny):
             assert [s.name for s in lm.model.backend.placement.shards] == ["shard-0", "shard-1"]
             info = await engine.apply_placement(P0)  # same placement: nothing to load or free
             assert info["loaded"] == 0 and info["freed"] == 0
+            # a move whose new shard cannot start: what was loaded into shard-0 is freed, the old map still serves
+            failing = {**P0, "shards": shards("shard-0", "shard-9"), "layers": [[[0, 1, 2, 3, 4, 5, 6], [6, 7]]]}
+            failing["shards"][1]["device"] = "no-such-device"
+            with pytest.raises(Exception, match="no-such-device"):
+                await engine.apply_placement(failing)
+            backend = lm.model.backend
+            assert [s.name for s in backend.placement.shards] == ["shard-0", "shard-1"]
+            held = ray_local.get([a.held.remote() for a in backend.actors])
+            assert [h[0] for h in held] == [[0, 1, 2, 3, 4, 5], [6, 7]]
+            ids = tiny.tokenizer.encode("Still serving on the old map.")
+            assert greedy(lm.model, ids, 6)[0] == greedy(tiny.model, ids, 6)[0]
         finally:
             lm.model.backend.close()
 
