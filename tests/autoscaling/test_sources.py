@@ -103,7 +103,8 @@ def test_prometheus_source_and_decisions_follow_load(exporter, prometheus):
     assert set(o.served_by_pool) == {"h800", "ascend"}
     assert abs(o.age(time.time())) < 5
     up = decide(o, pools, s, None, time.time())
-    assert capacity_of(pools, up.replicas) >= s.weights.work(o.tokens_per_s)
+    # the policy's own sizing tolerates float noise (mix.EPS); so does this check
+    assert capacity_of(pools, up.replicas) >= s.weights.work(o.tokens_per_s) * (1 - 1e-9)
     exporter.load.update(generated=500.0, prompt=0.0)
     o2 = wait_for(lambda: settled(300, 700))
     assert o2 is not None, src.last_error
