@@ -23,17 +23,8 @@ def tiny(tiny_dir):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from require import need
+    from ray_support import start_local_ray
 
-    import ray
-
-    for attempt in range(3):  # on a loaded host the raylet can miss Ray's fixed 30 s start-up wait
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-            break
-        except Exception as e:  # pragma: no cover - depends on the machine
-            ray.shutdown()
-            if attempt == 2:
-                need("ray", f"ray.init failed 3 times: {e}")
+    ray = start_local_ray()
     yield ray
     ray.shutdown()

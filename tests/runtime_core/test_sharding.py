@@ -36,12 +36,9 @@ def placement(layers):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    try:
-        import ray
+    from ray_support import start_local_ray
 
-        ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    except Exception as e:  # pragma: no cover - depends on the machine
-        need("ray", f"ray.init failed: {e}")
+    ray = start_local_ray()
     yield ray
     ray.shutdown()
 
