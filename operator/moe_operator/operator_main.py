@@ -1,7 +1,7 @@
 """``moe-operator``: run the kopf operator that turns MoEDeployments into KubeRay RayServices.
 
 Usage: ``moe-operator [--namespace NS ...| --all-namespaces] [--liveness URL] [--catalog-configmap NS/NAME]
-[--images FILE] [--metrics-port 8080] [--drift-interval 30]``.
+[--images FILE] [--metrics-port 8080] [--drift-interval 30] [--peering NAME]``.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", metavar="FILE", help="YAML mapping overriding the default images (see docs/operator.md)")
     p.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0 disables it)")
     p.add_argument("--drift-interval", type=float, default=30.0, help="seconds between drift checks per resource")
+    p.add_argument("--peering", metavar="NAME", default=None,
+                   help="kopf peering object for active/standby replicas (priority from a hash of env POD_NAME)")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
 
@@ -49,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     CONFIG.catalog_configmap = args.catalog_configmap
     CONFIG.namespaces = list(args.namespace)
     CONFIG.drift_interval_seconds = args.drift_interval
+    CONFIG.peering = args.peering
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import kopf
 
     import moe_operator.handlers  # noqa: F401  (importing registers the handlers)
-    from moe_operator.handlers import kube
+    from moe_operator.handlers import kube, leader
 
     if args.metrics_port:
         from moe_operator.handlers.metrics import serve_metrics
@@ -70,12 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         settings.persistence.finalizer = "serving.moe-operator.io/finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="serving.moe-operator.io")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="serving.moe-operator.io")
+        if args.namespace:
+            settings.scanning.disabled = True          # fixed namespaces: no cluster-wide namespace scan (RBAC, ~50 s)
 
     asyncio.run(kopf.operator(
         clusterwide=args.all_namespaces,
         namespaces=args.namespace or None,
         liveness_endpoint=args.liveness,
-        standalone=True,
+        standalone=not args.peering,
+        peering_name=args.peering,
+        priority=leader.own_priority() if args.peering else None,
+        identity=leader.own_identity() if args.peering else None,
     ))
     return 0
 

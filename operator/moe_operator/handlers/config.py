@@ -17,6 +17,7 @@ class OperatorConfig:
     namespaces: list[str] = field(default_factory=list)   # watched namespaces; empty = all
     images: Images = field(default_factory=Images.from_env)
     drift_interval_seconds: float = 30.0           # how often each MoEDeployment re-checks its RayService
+    peering: str | None = None                     # kopf peering object name (active/standby replicas); None: standalone
     catalog_ttl_seconds: float = 30.0              # how long a read of the catalog ConfigMap is reused
     _catalog: Catalog | None = None
     _catalog_at: float = 0.0

@@ -113,3 +113,77 @@ def read_configmap(namespace: str, name: str) -> dict[str, Any] | None:
             return None
         raise
     return {"data": dict(cm.data or {})}
+
+
+def list_moeds(namespaces: list[str]) -> list[dict[str, Any]]:
+    """Every MoEDeployment in the watched namespaces (all namespaces when the list is empty)."""
+    if namespaces:
+        return [i for ns in namespaces for i in api().list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]]
+    return api().list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+
+
+RAYCLUSTERS = "rayclusters"
+
+
+def active_raycluster(namespace: str, rayservice: dict[str, Any]) -> dict[str, Any] | None:
+    """The RayCluster serving a RayService: status.activeServiceStatus.rayClusterName, else the one it owns."""
+    st = rayservice.get("status") or {}
+    name = (st.get("activeServiceStatus") or {}).get("rayClusterName")
+    if name:
+        try:
+            return api().get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    uid = rayservice["metadata"].get("uid")
+    owned = [c for c in api().list_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS)["items"]
+             if any(r.get("uid") == uid for r in c["metadata"].get("ownerReferences") or [])
+             and not c["metadata"].get("deletionTimestamp")]
+    if len(owned) == 1:
+        return owned[0]
+    pending = (st.get("pendingServiceStatus") or {}).get("rayClusterName")
+    live = [c for c in owned if c["metadata"]["name"] != pending]
+    return live[0] if len(live) == 1 else None
+
+
+def replace_raycluster_with_retry(namespace: str, name: str, mutate: Callable[[dict[str, Any]], bool]) -> bool:
+    """Read-modify-replace a RayCluster with 409 retries (KubeRay writes it too); True when a write happened."""
+    for attempt in range(CONFLICT_RETRIES):
+        try:
+            current = api().get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        if not mutate(current):
+            return False
+        try:
+            api().replace_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name, current)
+            Writes.add("replace")
+            return True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise RuntimeError(f"RayCluster {namespace}/{name}: still conflicting after {CONFLICT_RETRIES} attempts")
+
+
+def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """A core/v1 Event about ``body``, posted directly (works outside kopf's handler context, unlike kopf.info)."""
+    import datetime as dt
+
+    meta = body["metadata"]
+    now = dt.datetime.now(dt.timezone.utc)
+    ev = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+        involved_object=client.V1ObjectReference(
+            api_version=body.get("apiVersion", f"{GROUP}/{VERSION}"), kind=body.get("kind", "MoEDeployment"),
+            name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid"),
+            resource_version=meta.get("resourceVersion")),
+        type=type_, reason=reason, message=message[:1024], first_timestamp=now, last_timestamp=now, count=1,
+        source=client.V1EventSource(component="moe-operator"), reporting_component="moe-operator")
+    try:
+        client.CoreV1Api().create_namespaced_event(meta["namespace"], ev)
+        Writes.add("event")
+    except ApiException as exc:   # an Event is best effort: never fail a reconcile for it
+        log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)

@@ -11,7 +11,8 @@ import logging
 
 import kopf
 
-from . import kube
+from . import kube, metrics
+from . import leader
 from .config import CONFIG
 from .reconcile import apply_outcome, reconcile
 
@@ -20,20 +21,14 @@ log = logging.getLogger(__name__)
 
 def check_all() -> int:
     """Reconcile (non-strict) every MoEDeployment in the watched namespaces; returns how many were checked."""
-    from moe_operator.api import GROUP, PLURAL, VERSION
-
-    api = kube.api()
-    if CONFIG.namespaces:
-        items = [i for ns in CONFIG.namespaces
-                 for i in api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]]
-    else:
-        items = api.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+    items = kube.list_moeds(CONFIG.namespaces)
     for body in items:
         if body["metadata"].get("deletionTimestamp"):
             continue
         try:
             apply_outcome(body, reconcile(body, strict=False))
         except Exception:  # noqa: BLE001 - one bad object must not stop the sweep
+            metrics.ERRORS.labels(body["metadata"]["namespace"], body["metadata"]["name"]).inc()
             log.exception("drift check of %s/%s failed", body["metadata"]["namespace"], body["metadata"]["name"])
     return len(items)
 
@@ -42,7 +37,8 @@ async def _loop() -> None:
     while True:
         await asyncio.sleep(CONFIG.drift_interval_seconds)
         try:
-            await asyncio.to_thread(check_all)   # copies the context: kopf.info/warn work from the thread
+            if await asyncio.to_thread(leader.is_active):
+                await asyncio.to_thread(check_all)   # Events go through kube.post_event (no kopf context needed)
         except Exception:  # noqa: BLE001
             log.exception("drift sweep failed")
 

@@ -79,8 +79,7 @@ def apply_outcome(body: dict[str, Any], outcome: Outcome, patch: Any | None = No
     """Post the Events and write the status keys that changed (none changed: no write)."""
     metrics.record(body["metadata"]["namespace"], body["metadata"]["name"], outcome.status)
     for type_, reason, message in outcome.events:
-        (kopf.info if type_ == "Normal" else kopf.warn)(body, reason=reason, message=message)
-        kube.Writes.add("event")
+        kube.post_event(body, type_, reason, message)   # direct API call: kopf.info needs kopf's handler context
     delta = status.changed(body.get("status") or {}, outcome.status)
     if not delta:
         return

@@ -79,6 +79,8 @@ def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live
                       generation),
             condition(conds, "Degraded", "False", "AsPlanned", "", generation),
             condition(conds, "SpecInvalid", "False", "SpecValid", "", generation),
+            # the autoscaler owns BudgetLimited (handlers/autoscale.py): carried over unchanged
+            *[c for c in conds if c.get("type") == "BudgetLimited"],
         ],
     }
     first = plan.pools[0].placement_summary if plan is not None and plan.pools else None

@@ -1,0 +1,256 @@
+"""The autoscaler inside the operator: every ``intervalSeconds`` per MoEDeployment, observe -> decide -> act.
+
+One asyncio loop for all objects (like the drift sweep), not a kopf timer per object: timers put a finalizer
+on every MoEDeployment. A tick:
+  1. reads the spec's metrics source (scrape URL, Prometheus URL, else env ``MOE_PROMETHEUS_URL``);
+  2. ``policy.decide`` (pure) with the object's history kept in memory here;
+  3. when the replicas change: patches the RayService (Serve ``num_replicas`` and worker-group replicas, the
+     recorded desired state) AND the active RayCluster's worker-group replicas, because KubeRay v1.5.0 does not
+     copy replica-only RayService changes to the running cluster; posts one Event;
+  4. writes the status keys that changed (none changed: no write).
+Stale or missing metrics: ``decide`` holds (never scales down) and the status says why.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from moe_operator.autoscaling import actuator, report
+from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_from_spec
+from moe_operator.autoscaling.policy import History, decide
+
+from . import kube, metrics
+from . import leader
+from .config import CONFIG
+
+log = logging.getLogger(__name__)
+LAST_DECISIONS = 20          # status.lastDecisions is bounded to this many entries
+LOOP_STEP_S = 2.0            # how often the loop lists MoEDeployments for due ones (intervalSeconds >= 5 s)
+
+
+@dataclass
+class State:
+    """What the autoscaler remembers about one MoEDeployment between ticks (lost on restart: it then holds)."""
+
+    history: History | None = None
+    next_at: float = 0.0
+    source: Any = None
+    source_key: tuple | None = None
+    held: bool | None = None
+
+
+STATES: dict[tuple[str, str], State] = {}
+
+
+def _source(state: State, metrics_spec, model: str):
+    url = os.environ.get("MOE_PROMETHEUS_URL") or None
+    key = (metrics_spec.model_dump_json() if metrics_spec is not None else None, model, url)
+    if state.source_key != key:
+        from moe_operator.autoscaling.sources import source_for
+
+        src = source_for(metrics_spec, model)
+        if src is None and url:
+            from moe_operator.autoscaling.sources.prometheus import PrometheusSource
+
+            src = PrometheusSource(url, model=model)
+        state.source, state.source_key = src, key
+    return state.source
+
+
+def _ready(rc: dict | None, pools: list[str]) -> dict[str, int]:
+    """Ready replicas per pool from the RayCluster: its group replicas once the cluster reports ready workers."""
+    if not rc:
+        return {}
+    st = rc.get("status") or {}
+    groups = {g.get("groupName"): int(g.get("replicas") or 0) for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []}
+    ready_workers = st.get("readyWorkerReplicas", st.get("availableWorkerReplicas"))
+    out = {}
+    for p in pools:
+        n = groups.get(p, 0)
+        if ready_workers is not None and len(groups) == 1:
+            n = min(n, int(ready_workers))
+        out[p] = n
+    return out
+
+
+def cluster_patch(rc: dict, replicas: dict[str, int]) -> bool:
+    """Set the RayCluster's worker-group replicas (min/max kept consistent) in place; True when it changed."""
+    changed = False
+    for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []:
+        n = replicas.get(g.get("groupName"))
+        if n is None:
+            continue
+        want = {"replicas": n, "minReplicas": min(int(g.get("minReplicas", n)), n),
+                "maxReplicas": max(int(g.get("maxReplicas", n)), n)}
+        for k, v in want.items():
+            if g.get(k) != v:
+                g[k] = v
+                changed = True
+    return changed
+
+
+def merge(target: dict, patch: dict) -> dict:
+    """RFC 7386 JSON merge patch applied in place (lists replaced whole, None deletes)."""
+    for k, v in patch.items():
+        if v is None:
+            target.pop(k, None)
+        elif isinstance(v, dict) and isinstance(target.get(k), dict):
+            merge(target[k], v)
+        else:
+            target[k] = copy.deepcopy(v)
+    return target
+
+
+def _conditions(old: list[dict], decision, generation) -> list[dict]:
+    from .status import condition
+
+    out = [c for c in old if c.get("type") != "BudgetLimited"]
+    for c in decision.conditions:
+        if c.type == "BudgetLimited":
+            out.append(condition(old, c.type, c.status, c.reason, c.message, generation))
+    return out
+
+
+def tick(body: dict, now: float | None = None) -> dict | None:
+    """One autoscaler step for one MoEDeployment; returns the status delta written (None: nothing written)."""
+    from moe_operator.api import MoEDeployment
+    from moe_operator.errors import UserError
+
+    now = time.time() if now is None else now
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    state = STATES.setdefault((ns, name), State())
+    try:
+        dep = MoEDeployment.model_validate(body)
+    except Exception:  # noqa: BLE001 - an invalid spec is the reconcile's to report
+        return None
+    a = dep.spec.autoscaling
+    state.next_at = now + float(a.interval_seconds)
+    catalog = CONFIG.catalog()
+    try:
+        pools, weights = pool_models_from_spec(dep, catalog)
+    except UserError as exc:
+        log.warning("autoscaler: %s/%s: %s", ns, name, exc)
+        return None
+    settings = settings_from_spec(a, weights)
+    rs = kube.get_rayservice(ns, name)
+    if rs is None:
+        return None   # the reconcile creates it first
+    rc = kube.active_raycluster(ns, rs)
+    pool_names = [p.name for p in pools]
+    ready = _ready(rc, pool_names)
+    current = actuator.serve_replicas(rs)
+    if state.history is None:
+        state.history = History(desired={p: current.get(p, 0) for p in pool_names})
+    source = _source(state, a.metrics, dep.spec.model.served_model_name or name)
+    obs = source.observe() if source is not None else None
+    if obs is not None:
+        from dataclasses import replace
+
+        obs = replace(obs, ready=ready)
+    d = decide(obs, pools, settings, state.history, now)
+    if d.held and getattr(source, "last_error", None):
+        d = replace_reasons(d, [*d.reasons, str(source.last_error)])
+    elif d.held and source is None:
+        d = replace_reasons(d, [*d.reasons, "no metrics source: set spec.autoscaling.metrics or MOE_PROMETHEUS_URL"])
+    state.history = d.history
+    desired = {p: int(d.replicas.get(p, 0)) for p in pool_names}
+    scaled = desired != {p: current.get(p, 0) for p in pool_names}
+    if scaled:
+        patch = actuator.rayservice_patch(rs, desired)
+        if patch is not None:
+            kube.replace_with_retry(ns, name, lambda cur: bool(merge(cur, patch)) or True)
+        if rc is not None:
+            kube.replace_raycluster_with_retry(ns, rc["metadata"]["name"], lambda cur: cluster_patch(cur, desired))
+        word = "ScaledUp" if sum(desired.values()) > sum(current.get(p, 0) for p in pool_names) else "ScaledDown"
+        kube.post_event(body, "Normal", word, f"{_fmt(desired)}: {d.reason}"[:1024])
+        metrics.DECISIONS.labels(ns, name, d.reason.split(":")[0].split(" ")[0] or "scale").inc()
+
+    old = dict(body.get("status") or {})
+    fields = report.status_fields(d, pools, obs, ready, {p.name: p.accelerator for p in dep.spec.pools},
+                                  a.budget.max_hourly_cost is not None or a.budget.max_cost_per_million_tokens is not None)
+    by_name = {p["name"]: p for p in old.get("pools") or []}
+    new_pools = []
+    for p in fields["pools"]:
+        prev = by_name.get(p["name"])
+        merged = dict(prev) if prev else dict(p)
+        merged["desiredReplicas"] = p["desiredReplicas"]
+        merged["costPerHour"] = p["costPerHour"]
+        new_pools.append(merged)
+    new: dict[str, Any] = {
+        "pools": new_pools,
+        "tokensPerSecond": fields["tokensPerSecond"],
+        "costPerHour": fields["costPerHour"],
+        "costPerMillionTokens": fields["costPerMillionTokens"],
+        "budgetState": fields["budgetState"],
+        "conditions": _conditions(old.get("conditions") or [], d, meta.get("generation")),
+    }
+    history = list(old.get("lastDecisions") or [])
+    if scaled or state.held != d.held or not history:
+        history = (history + [report.last_decision(d, now)])[-LAST_DECISIONS:]
+    new["lastDecisions"] = history
+    state.held = d.held
+    metrics.record_autoscale(ns, name, d, a.budget.max_hourly_cost)
+    delta = {k: v for k, v in new.items() if old.get(k) != v and not (v is None and k not in old)}
+    if delta:
+        kube.patch_moed_status(ns, name, delta)
+    log.info("autoscale %s/%s %s %s", ns, name, _fmt(desired), d.reason)
+    return delta or None
+
+
+def replace_reasons(d, reasons: list[str]):
+    from dataclasses import replace
+
+    return replace(d, reasons=reasons)
+
+
+def _fmt(replicas: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in replicas.items())
+
+
+def tick_due(now: float | None = None) -> int:
+    """Tick every watched MoEDeployment whose autoscaling is enabled and whose interval has passed."""
+    now = time.time() if now is None else now
+    n = 0
+    seen = set()
+    for body in kube.list_moeds(CONFIG.namespaces):
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        seen.add(key)
+        if meta.get("deletionTimestamp") or not ((body.get("spec") or {}).get("autoscaling") or {}).get("enabled", True):
+            continue
+        st = STATES.get(key)
+        if st is not None and now < st.next_at:
+            continue
+        try:
+            tick(body, now)
+            n += 1
+        except Exception:  # noqa: BLE001 - one bad object must not stop the others
+            STATES.setdefault(key, State()).next_at = now + 5.0
+            metrics.ERRORS.labels(*key).inc()
+            log.exception("autoscaler tick of %s/%s failed", *key)
+    for key in set(STATES) - seen:
+        STATES.pop(key, None)
+    return n
+
+
+async def _loop() -> None:
+    while True:
+        await asyncio.sleep(LOOP_STEP_S)
+        try:
+            if await asyncio.to_thread(leader.is_active):
+                await asyncio.to_thread(tick_due)
+        except Exception:  # noqa: BLE001
+            log.exception("autoscaler loop failed")
+
+
+@kopf.on.startup()
+async def start_autoscaler(**_) -> None:
+    asyncio.get_running_loop().create_task(_loop())
