@@ -69,6 +69,15 @@ class EngineDeployment:
     def snapshot(self) -> dict[str, Any]:
         return {"replica": self.replica, "stats": asdict(self.engine.stats()), "time": time.time()}
 
+    async def apply_placement(self, placement: dict[str, Any]) -> dict[str, Any]:
+        """Live expert rebalance of this replica's shards (docs/placement.md); each replica owns its shards,
+        so a rebalancer calls every replica of the pool."""
+        return await self.engine.apply_placement(placement)
+
+    def expert_load(self) -> list[list[int]]:
+        """Tokens per layer per expert since the previous call: the rebalancer's input."""
+        return self.engine.expert_load()
+
     def describe(self) -> dict[str, Any]:
         tok = self.engine.tokenizer
         return {"model_name": self.engine.model_name, "max_context_tokens": self.engine.max_context_tokens,
