@@ -44,6 +44,7 @@ class State:
     source: Any = None
     source_key: tuple | None = None
     held: bool | None = None
+    error: str | None = None      # the last actuation error (its Warning Event is posted once)
 
 
 STATES: dict[tuple[str, str], State] = {}
@@ -164,7 +165,15 @@ def tick(body: dict, now: float | None = None) -> dict | None:
     desired = {p: int(d.replicas.get(p, 0)) for p in pool_names}
     scaled = desired != {p: current.get(p, 0) for p in pool_names}
     if scaled:
-        patch = actuator.rayservice_patch(rs, desired)
+        try:
+            patch = actuator.rayservice_patch(rs, desired)
+        except UserError as exc:   # e.g. a vLLM app has no engine-<pool> deployment to size
+            if state.error != str(exc):
+                kube.post_event(body, "Warning", "ScaleFailed", f"cannot apply {_fmt(desired)}: {exc}")
+            state.error = str(exc)
+            log.warning("autoscaler: %s/%s: cannot apply %s: %s", ns, name, _fmt(desired), exc)
+            return None
+        state.error = None
         if patch is not None:
             kube.replace_with_retry(ns, name, lambda cur: bool(merge(cur, patch)) or True)
         if rc is not None:

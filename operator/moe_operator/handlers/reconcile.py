@@ -54,7 +54,8 @@ def reconcile(body: dict[str, Any], strict: bool = True) -> Outcome:
     events: list[tuple[str, str, str]] = []
     if live is None:
         if kube.create_rayservice(namespace, desired):
-            events.append(("Normal", "Created", f"created RayService {name} ({_pools_word(r)})"))
+            # posted at once, not with the outcome: whoever sees the new RayService should find its Event too
+            kube.post_event(body, "Normal", "Created", f"created RayService {name} ({_pools_word(r)})")
         live = kube.get_rayservice(namespace, name)
     if live is not None and drift.drifted(live, desired, strict):
         if kube.replace_with_retry(namespace, name, lambda cur: drift.repair(cur, desired, strict)):
