@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 
 from moe_operator.autoscaling import actuator, report
 from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_from_spec
@@ -144,7 +145,14 @@ def tick(body: dict, now: float | None = None) -> dict | None:
     rs = kube.get_rayservice(ns, name)
     if rs is None:
         return None   # the reconcile creates it first
-    rc = kube.active_raycluster(ns, rs)
+    try:
+        rc = kube.active_raycluster(ns, rs)
+    except ApiException as exc:   # 403 without rayclusters RBAC: scale the RayService's record only, say so
+        if exc.status != 403:
+            raise
+        if state.error != "rayclusters forbidden":
+            log.warning("autoscaler: %s/%s: cannot read RayClusters (%s): pods will not follow", ns, name, exc.reason)
+        state.error, rc = "rayclusters forbidden", None
     pool_names = [p.name for p in pools]
     ready = _ready(rc, pool_names)
     current = actuator.serve_replicas(rs)
