@@ -29,6 +29,7 @@ ALLOWED_IN_WATCHED = [
     ("patch", "moedeployments.serving.moe-operator.io", "status"),
     ("get", "rayservices.ray.io", ""), ("list", "rayservices.ray.io", ""), ("watch", "rayservices.ray.io", ""),
     ("create", "rayservices.ray.io", ""), ("update", "rayservices.ray.io", ""), ("patch", "rayservices.ray.io", ""),
+    ("get", "rayclusters.ray.io", ""), ("list", "rayclusters.ray.io", ""), ("update", "rayclusters.ray.io", ""),
     ("create", "events", ""),
     ("list", "kopfpeerings.kopf.dev", ""), ("watch", "kopfpeerings.kopf.dev", ""),
 ]
@@ -206,6 +207,7 @@ def test_cluster_mode_rbac_is_exactly_what_the_operator_uses(cluster, release):
             ("moedeployments.serving.moe-operator.io", ""): {"get", "list", "watch", "patch"},
             ("moedeployments.serving.moe-operator.io/status", ""): {"patch"},
             ("rayservices.ray.io", ""): {"get", "list", "watch", "create", "update", "patch"},
+            ("rayclusters.ray.io", ""): {"get", "list", "update"},
             ("events", ""): {"create"},
             ("clusterkopfpeerings.kopf.dev", ""): {"list", "watch"},
             ("clusterkopfpeerings.kopf.dev", "moe-operator"): {"get", "patch"},
@@ -246,6 +248,7 @@ def test_namespaced_mode_rbac_stays_in_the_watched_namespaces(cluster, release):
             ("moedeployments.serving.moe-operator.io", ""): {"get", "list", "watch", "patch"},
             ("moedeployments.serving.moe-operator.io/status", ""): {"patch"},
             ("rayservices.ray.io", ""): {"get", "list", "watch", "create", "update", "patch"},
+            ("rayclusters.ray.io", ""): {"get", "list", "update"},
             ("events", ""): {"create"},
             ("kopfpeerings.kopf.dev", ""): {"list", "watch"},
             ("kopfpeerings.kopf.dev", "moe-operator"): {"get", "patch"},

@@ -72,7 +72,13 @@ watched namespace's Role (namespaced mode). Each rule names the code that needs 
 - apiGroups: [ray.io]
   resources: [rayservices]
   verbs: [get, list, watch, create, update, patch]
-# Events on MoEDeployments (kopf.info/kopf.warn: reconcile outcomes and scaling decisions).
+# The RayCluster KubeRay derives from it: KubeRay v1.5.0 does not pass replica changes of a RayService on to its
+# running RayCluster, so the autoscaler (handlers/autoscale.py, handlers/kube.py) reads it (ready replicas, finding
+# it by owner) and replaces its worker-group replicas. Never create or delete: KubeRay owns its lifecycle.
+- apiGroups: [ray.io]
+  resources: [rayclusters]
+  verbs: [get, list, update]
+# Events on MoEDeployments (handlers/kube.py posts them through the API: reconcile outcomes and scaling decisions).
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
