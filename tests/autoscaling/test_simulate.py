@@ -1,5 +1,7 @@
 """Simulator sanity: traces parse, the queueing model charges and delays as documented, the optimum bounds."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ from moe_operator.autoscaling.simulate.policies import StaticPeak
 from moe_operator.autoscaling.simulate.traces import Trace, load_trace
 from moe_operator.errors import UserError
 
-TRACES = "/work/shared/traces"
+# The shared traces sit beside the checkout (../shared/traces), as on developer machines and in CI.
+TRACES = os.environ.get("MOE_TRACES_DIR") or str(Path(__file__).resolve().parents[3] / "shared" / "traces")
 
 
 def synthetic(rate_per_s, seconds, prompt=100, output=50, seed=1):
