@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))   # operator_harness, bad_specs live beside the tests
+sys.path.insert(0, str(Path(__file__).parent.parent / "autoscaling"))   # exporter: the contract metrics, served in-test
 from operator_harness import CRD, Operator  # noqa: E402
 
 
