@@ -50,13 +50,20 @@ def api() -> client.CustomObjectsApi:
     return _api
 
 
-def get_rayservice(namespace: str, name: str) -> dict[str, Any] | None:
+RAYCLUSTERS = "rayclusters"
+
+
+def _get_ray_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return api().get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name)
+        return api().get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, plural, name)
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
+
+
+def get_rayservice(namespace: str, name: str) -> dict[str, Any] | None:
+    return _get_ray_object(RAY_PLURAL, namespace, name)
 
 
 def create_rayservice(namespace: str, body: dict[str, Any]) -> bool:
@@ -71,26 +78,32 @@ def create_rayservice(namespace: str, body: dict[str, Any]) -> bool:
         raise
 
 
-def replace_with_retry(namespace: str, name: str, mutate: Callable[[dict[str, Any]], bool]) -> bool:
-    """Read-modify-replace the RayService, re-reading on 409 Conflict. ``mutate`` returns False for "no change".
+def _replace_ray_object(plural: str, kind: str, namespace: str, name: str,
+                        mutate: Callable[[dict[str, Any]], bool]) -> bool:
+    """Read-modify-replace a ray.io object, re-reading on 409 Conflict. ``mutate`` returns False for "no change".
 
     Returns True when a write happened. Optimistic concurrency (resourceVersion) means a concurrent writer
     (KubeRay, the autoscaler, a person) is never overwritten blindly.
     """
     for attempt in range(CONFLICT_RETRIES):
-        current = get_rayservice(namespace, name)
+        current = _get_ray_object(plural, namespace, name)
         if current is None or not mutate(current):
             return False
         try:
-            api().replace_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name, current)
+            api().replace_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, plural, name, current)
             Writes.add("replace")
             return True
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            log.info("conflict replacing RayService %s/%s (attempt %d); retrying", namespace, name, attempt + 1)
+            log.info("conflict replacing %s %s/%s (attempt %d); retrying", kind, namespace, name, attempt + 1)
             time.sleep(0.05 * (attempt + 1))
-    raise RuntimeError(f"RayService {namespace}/{name}: still conflicting after {CONFLICT_RETRIES} attempts")
+    raise RuntimeError(f"{kind} {namespace}/{name}: still conflicting after {CONFLICT_RETRIES} attempts")
+
+
+def replace_with_retry(namespace: str, name: str, mutate: Callable[[dict[str, Any]], bool]) -> bool:
+    """Read-modify-replace the RayService (see _replace_ray_object)."""
+    return _replace_ray_object(RAY_PLURAL, "RayService", namespace, name, mutate)
 
 
 def get_moed(namespace: str, name: str) -> dict[str, Any] | None:
@@ -124,19 +137,13 @@ def list_moeds(namespaces: list[str]) -> list[dict[str, Any]]:
     return api().list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
 
 
-RAYCLUSTERS = "rayclusters"
-
-
 def active_raycluster(namespace: str, rayservice: dict[str, Any]) -> dict[str, Any] | None:
     """The RayCluster serving a RayService: status.activeServiceStatus.rayClusterName, else the one it owns."""
     st = rayservice.get("status") or {}
     name = (st.get("activeServiceStatus") or {}).get("rayClusterName")
-    if name:
-        try:
-            return api().get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+    named = _get_ray_object(RAYCLUSTERS, namespace, name) if name else None
+    if named is not None:
+        return named
     uid = rayservice["metadata"].get("uid")
     owned = [c for c in api().list_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS)["items"]
              if any(r.get("uid") == uid for r in c["metadata"].get("ownerReferences") or [])
@@ -149,25 +156,8 @@ def active_raycluster(namespace: str, rayservice: dict[str, Any]) -> dict[str, A
 
 
 def replace_raycluster_with_retry(namespace: str, name: str, mutate: Callable[[dict[str, Any]], bool]) -> bool:
-    """Read-modify-replace a RayCluster with 409 retries (KubeRay writes it too); True when a write happened."""
-    for attempt in range(CONFLICT_RETRIES):
-        try:
-            current = api().get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        if not mutate(current):
-            return False
-        try:
-            api().replace_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAYCLUSTERS, name, current)
-            Writes.add("replace")
-            return True
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-    raise RuntimeError(f"RayCluster {namespace}/{name}: still conflicting after {CONFLICT_RETRIES} attempts")
+    """Read-modify-replace a RayCluster (KubeRay writes it too; see _replace_ray_object)."""
+    return _replace_ray_object(RAYCLUSTERS, "RayCluster", namespace, name, mutate)
 
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
