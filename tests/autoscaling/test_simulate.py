@@ -14,8 +14,11 @@ from moe_operator.autoscaling.simulate.policies import StaticPeak
 from moe_operator.autoscaling.simulate.traces import Trace, load_trace
 from moe_operator.errors import UserError
 
-# The shared traces sit beside the checkout (../shared/traces), as on developer machines and in CI.
-TRACES = os.environ.get("MOE_TRACES_DIR") or str(Path(__file__).resolve().parents[3] / "shared" / "traces")
+# The shared traces sit beside the checkout (../shared/traces), as on developer machines and in CI;
+# MOE_TRACES_DIR points elsewhere, and a clone made somewhere else falls back to the workspace's copy.
+_CANDIDATES = [os.environ.get("MOE_TRACES_DIR"), Path(__file__).resolve().parents[3] / "shared" / "traces",
+               "/work/shared/traces"]
+TRACES = next((str(c) for c in _CANDIDATES if c and Path(c).is_dir()), str(_CANDIDATES[1]))
 
 
 def synthetic(rate_per_s, seconds, prompt=100, output=50, seed=1):
