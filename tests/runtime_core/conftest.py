@@ -7,16 +7,4 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    from moe_runtime.checkpoint.tiny import ensure_tiny_checkpoint
-
-    return ensure_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny-moe")
-
-
-@pytest.fixture(scope="session")
-def tiny(tiny_dir):
-    from moe_runtime.model.load import load_model
-
-    return load_model(tiny_dir)
+from tiny_model_fixtures import tiny, tiny_dir  # noqa: E402,F401  (shared session fixtures)

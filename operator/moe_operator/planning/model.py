@@ -199,9 +199,8 @@ def _gqa_moe(r: _Reader, arch: str, layout: str) -> ModelFacts:
     dense_layers = layers - moe_layers
     vocab, embedding = _embedding_params(r, hidden)
 
-    base = layers * (attention + norms) + dense_layers * 3 * hidden * dense_width + embedding
-    total = base + moe_layers * (router + shared + experts * per_expert)
-    active = base + moe_layers * (router + shared + top_k * per_expert)
+    total, active = _totals(layers * (attention + norms) + dense_layers * 3 * hidden * dense_width + embedding,
+                            moe_layers, router + shared, per_expert, experts, top_k)
     return ModelFacts(
         architecture=arch,
         hidden_size=hidden,
@@ -224,6 +223,15 @@ def _gqa_moe(r: _Reader, arch: str, layout: str) -> ModelFacts:
         kv_elements_per_token=layers * 2 * kv_heads * head_dim,
     )
 
+
+
+def _totals(base: int, moe_layers: int, always_on: int, per_expert: int, experts: int, top_k: int) -> tuple[int, int]:
+    """Total and active parameters: every MoE layer holds all experts, a token runs top_k of them.
+
+    ``always_on`` is what each MoE layer runs for every token besides its routed experts (router, shared experts).
+    """
+    return (base + moe_layers * (always_on + experts * per_expert),
+            base + moe_layers * (always_on + top_k * per_expert))
 
 def _deepseek(r: _Reader, arch: str) -> ModelFacts:
     hidden = r.int("hidden_size")
@@ -258,9 +266,8 @@ def _deepseek(r: _Reader, arch: str) -> ModelFacts:
     router = hidden * experts + (experts if arch == "deepseek_v3" else 0)  # V3: e_score_correction_bias
     vocab, embedding = _embedding_params(r, hidden)
 
-    base = layers * (attention + norms) + dense_layers * 3 * hidden * dense_width + embedding
-    total = base + moe_layers * (router + shared + experts * per_expert)
-    active = base + moe_layers * (router + shared + top_k * per_expert)
+    total, active = _totals(layers * (attention + norms) + dense_layers * 3 * hidden * dense_width + embedding,
+                            moe_layers, router + shared, per_expert, experts, top_k)
     return ModelFacts(
         architecture=arch,
         hidden_size=hidden,
