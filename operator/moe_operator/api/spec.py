@@ -228,6 +228,31 @@ class AutoscalingSpec(ApiModel):
     scale_to_zero: ScaleToZeroSpec = Field(default_factory=ScaleToZeroSpec, description="Scale-to-zero behaviour.")
 
 
+class RebalanceSpec(ApiModel):
+    """Live expert rebalancing (engine torch): move hot experts to balance device time while serving (issue 7)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Periodically recompute the expert placement from the runtime's per-expert token counts and "
+        "apply it to the running replicas. Engine torch only (vLLM balances experts itself with its EPLB).",
+    )
+    interval_seconds: int = Field(
+        default=300, ge=10, le=86400, description="Seconds between looks at the runtime's expert loads (the load window)."
+    )
+    min_gain: float = Field(
+        default=0.05, ge=0, lt=1,
+        description="Least relative drop of the MoE step time worth a move, a fraction in [0, 1) (0.05 = 5% faster).",
+    )
+    cooldown_seconds: int = Field(
+        default=900, ge=0, le=604800, description="Seconds after a rebalance before the next one may start."
+    )
+    redundant_slots: int = Field(
+        default=0, ge=0, le=4096,
+        description="Extra expert copies per MoE layer and replica for hot experts (each costs one expert's memory "
+        "on some shard).",
+    )
+
+
 class MoEDeploymentSpec(ApiModel):
     """A Mixture-of-Experts model served on one or more accelerator pools."""
 
@@ -242,6 +267,7 @@ class MoEDeploymentSpec(ApiModel):
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Prefix (context) caching.")
     pools: list[PoolSpec] = Field(min_length=1, max_length=8, description="Accelerator pools; each gets its own worker group.")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Autoscaling policy.")
+    rebalance: RebalanceSpec = Field(default_factory=RebalanceSpec, description="Live expert rebalancing (engine torch).")
 
     RULES = (
         Rule(
@@ -258,5 +284,11 @@ class MoEDeploymentSpec(ApiModel):
             cel="!self.autoscaling.scaleToZero.enabled || self.pools.exists(p, p.minReplicas == 0)",
             message="scaleToZero needs at least one pool with minReplicas 0",
             check=lambda s: not s.autoscaling.scale_to_zero.enabled or any(p.min_replicas == 0 for p in s.pools),
+        ),
+        Rule(
+            cel="self.engine == 'torch' || !self.rebalance.enabled",
+            message="rebalance is for engine torch; engine vllm balances experts itself (vLLM's EPLB): "
+            "set rebalance.enabled false or engine torch",
+            check=lambda s: s.engine == "torch" or not s.rebalance.enabled,
         ),
     )

@@ -53,6 +53,32 @@ class Decision(ApiModel):
     reason: str = Field(default="", max_length=2048, description="Why, in words.")
 
 
+RebalanceReason = Literal["Waiting", "Rebalancing", "Rebalanced", "Balanced", "NoTraffic", "Unreachable",
+                          "AdminDisabled", "Unauthorized", "Failed"]
+
+
+class RebalanceStatus(ApiModel):
+    """The live rebalancer's word on one pool, written only on a move, its completion or a new kind of reason."""
+
+    pool: str = Field(description="Pool name.")
+    reason: RebalanceReason = Field(
+        description="Waiting (first load window), Rebalancing (new placement posted, replicas converging), "
+        "Rebalanced (every replica runs it), Balanced (no move worth its gain), NoTraffic, Unreachable (runtime "
+        "admin API not reachable), AdminDisabled (admin API off: 404), Unauthorized (401: token mismatch), Failed.",
+    )
+    message: str = Field(default="", max_length=2048, description="Why, in words.")
+    time: str = Field(description="RFC 3339 time of this word.")
+    placement_id: Optional[str] = Field(default=None, description="Id of the pool's desired placement (runtime's).")
+    imbalance_before: Optional[float] = Field(
+        default=None, description="MoE step time over the ideal step under the window's loads, current placement (1.0 = even)."
+    )
+    imbalance_after: Optional[float] = Field(default=None, description="The same for the balanced placement.")
+    gain: Optional[float] = Field(default=None, description="1 - after/before step time, a fraction.")
+    last_rebalance_time: Optional[str] = Field(default=None, description="RFC 3339 time the last rebalance was posted.")
+    replicas_applied: Optional[int] = Field(default=None, description="Replicas running the desired placement.")
+    replicas_total: Optional[int] = Field(default=None, description="Replicas reporting to the runtime's placement board.")
+
+
 class MoEDeploymentStatus(ApiModel):
     """Observed state."""
 
@@ -71,4 +97,7 @@ class MoEDeploymentStatus(ApiModel):
     placement: Optional[PlacementStatus] = Field(default=None, description="Expert placement summary.")
     last_decisions: list[Decision] = Field(
         default_factory=list, max_length=20, description="Most recent autoscaler decisions, newest last."
+    )
+    rebalance: list[RebalanceStatus] = Field(
+        default_factory=list, max_length=8, description="Live expert rebalancing per pool (spec.rebalance)."
     )
