@@ -16,7 +16,7 @@ from moe_operator.render.context import build_render_input
 from moe_operator.render.pipeline import parse_spec, plan
 from moe_operator.render.rayservice import render_rayservice
 
-from . import drift, kube, metrics, status
+from . import admin_secret, drift, kube, metrics, status
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,13 @@ def reconcile(body: dict[str, Any], strict: bool = True) -> Outcome:
     except UserError as exc:   # e.g. a broken catalog ConfigMap: the spec is fine, the cluster config is not
         return Outcome(status.invalid_status(old, generation, "CatalogInvalid", str(exc)),
                        [("Warning", "CatalogInvalid", str(exc))] if _new_problem(old, exc) else [])
+    admin_secret.ensure(body, spec)   # spec.rebalance: the admin token Secret exists before pods that read it
     desired = render_rayservice(r)
     kopf.adopt(desired, owner=body)
     events: list[tuple[str, str, str]] = []
     if live is None:
         if kube.create_rayservice(namespace, desired):
+            trace.mark(namespace, name, "posted")
             # posted at once, not with the outcome: whoever sees the new RayService should find its Event too
             kube.post_event(body, "Normal", "Created", f"created RayService {name} ({_pools_word(r)})")
         live = kube.get_rayservice(namespace, name)

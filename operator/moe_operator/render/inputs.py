@@ -74,3 +74,4 @@ class RenderInput:
     head_image: str
     ray_version: str
     labels: dict[str, str] = field(default_factory=dict)
+    admin_token_secret: str | None = None   # Secret whose key `token` becomes env MOE_ADMIN_TOKEN (spec.rebalance)

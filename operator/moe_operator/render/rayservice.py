@@ -25,7 +25,7 @@ def _worker(r: RenderInput, pool: PoolRender, labels: dict[str, str]) -> dict[st
         "pool": pool,
         "labels": {**labels, LABEL_POOL: pool.name},
         "ray_start_params": ray_start_params(pool),
-        "env": worker_env(pool, r.engine),
+        "env": with_admin_token(worker_env(pool, r.engine), r),
         "volumes": volumes,
         "mounts": mounts,
         "resources": dict(sorted(resources.items())),
@@ -53,6 +53,15 @@ def data_volumes(r: RenderInput) -> tuple[list[dict], list[dict]]:
     return volumes, mounts
 
 
+def with_admin_token(env: list[dict], r: RenderInput) -> list[dict]:
+    """``env`` plus MOE_ADMIN_TOKEN from the admin Secret when rebalancing is on (sorted by name, as worker_env)."""
+    if not r.admin_token_secret:
+        return env
+    token = {"name": "MOE_ADMIN_TOKEN",
+             "valueFrom": {"secretKeyRef": {"name": r.admin_token_secret, "key": "token", "optional": True}}}
+    return sorted([*env, token], key=lambda e: e["name"])
+
+
 def render_rayservice(r: RenderInput) -> dict[str, Any]:
     """The RayService object; the same input always gives the same object (golden-tested)."""
     labels = {**MANAGED_BY, **r.labels, LABEL_DEPLOYMENT: r.name}
@@ -60,6 +69,7 @@ def render_rayservice(r: RenderInput) -> dict[str, Any]:
         r=r,
         labels=dict(sorted(labels.items())),
         serve_config=serve_config(r),
+        head_env=with_admin_token([{"name": "MOE_DEPLOYMENT", "value": r.name}], r),
         workers=[_worker(r, p, labels) for p in r.pools],
     )
     return load(text)

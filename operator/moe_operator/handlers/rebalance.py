@@ -1,0 +1,322 @@
+"""The live expert rebalancer inside the operator (issue 7 part 3, docs/placement.md "Operator loop").
+
+Every ``spec.rebalance.intervalSeconds`` per MoEDeployment with ``rebalance.enabled`` (engine torch):
+  1. ``GET /admin/v1/experts`` on the runtime (annotation ``serving.moe-operator.io/runtime-url``, else KubeRay's
+     serve Service ``http://<rayservice>-serve-svc.<ns>.svc:8000``) with the token of Secret ``<name>-runtime-admin``;
+  2. per pool: window loads = per-replica differences of the cumulative counts since the last look
+     (``planning.expert_window``), devices from the desired placement's shards;
+  3. ``planning.rebalance.should_rebalance`` (pure) -> ``POST /admin/v1/placement``, Event ``Rebalanced``;
+  4. ``status.rebalance`` written only when a move is posted, when every replica runs it, or when the kind of
+     reason changes. Errors (unreachable, 404 admin off, 401) show in the status once; ``RebalanceFailed``
+     Warning Events once per distinct error. Nothing here raises out of the loop.
+One asyncio loop for all objects, like handlers/autoscale.py (kopf timers would add a finalizer to every object).
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import kopf
+
+from moe_operator.errors import UserError
+from moe_operator.planning.expert_window import (
+    Counts,
+    applied,
+    placement_shape,
+    pool_devices,
+    replica_counts,
+    window_loads,
+)
+from moe_operator.planning.rebalance import RebalanceDecision, should_rebalance
+
+from . import admin_secret, kube, leader
+from .config import CONFIG
+
+log = logging.getLogger(__name__)
+URL_ANNOTATION = "serving.moe-operator.io/runtime-url"
+SERVE_PORT = 8000             # KubeRay's serve Service port (DefaultServingPort)
+HTTP_TIMEOUT_S = 10.0
+LOOP_STEP_S = 2.0             # how often the loop lists MoEDeployments for due ones (intervalSeconds >= 10 s)
+QUIET = {"Waiting"}           # kinds that never cause a status write on their own once an entry exists
+
+
+@dataclass
+class PoolMemory:
+    """What the loop remembers about one pool between ticks (lost on restart: the next look is a new baseline)."""
+
+    counts: Counts | None = None
+    last_applied_at: float | None = None
+
+
+@dataclass
+class State:
+    next_at: float = 0.0
+    pools: dict[str, PoolMemory] = field(default_factory=dict)
+    last_error: str | None = None          # the last RebalanceFailed message posted (once per distinct error)
+
+
+STATES: dict[tuple[str, str], State] = {}
+
+
+@dataclass
+class Word:
+    """One pool's outcome of a tick: the status entry's kind and sentence, and the figures when computed."""
+
+    reason: str
+    message: str
+    placement_id: str | None = None
+    decision: RebalanceDecision | None = None
+    replicas: tuple[int, int] | None = None
+    posted: bool = False
+
+
+class AdminError(Exception):
+    """The runtime admin API did not answer as the contract says; ``kind`` is the status reason."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def runtime_url(body: dict[str, Any]) -> str:
+    """The runtime's base URL: the annotation, else KubeRay v1.5.0's serve Service of the RayService
+    (``utils.GenerateServeServiceName``: ``<rayservice>-serve-svc``), port 8000."""
+    meta = body["metadata"]
+    url = (meta.get("annotations") or {}).get(URL_ANNOTATION)
+    if url:
+        return url.rstrip("/")
+    rs = (body.get("status") or {}).get("rayServiceName") or meta["name"]
+    return f"http://{rs}-serve-svc.{meta['namespace']}.svc:{SERVE_PORT}"
+
+
+def _error_text(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json()["error"]["message"])
+    except Exception:  # noqa: BLE001 - any non-contract body: show its start
+        return resp.text[:200].strip() or resp.reason_phrase
+
+
+def _check(resp: httpx.Response, what: str) -> None:
+    if resp.status_code == 404:
+        raise AdminError("AdminDisabled", f"{what}: 404 ({_error_text(resp)}): the runtime's admin API is off "
+                         "(env MOE_ADMIN_TOKEN empty in the runtime) or the Serve app is not deployed yet")
+    if resp.status_code == 401:
+        raise AdminError("Unauthorized", f"{what}: 401: the runtime refused the token of Secret "
+                         "<name>-runtime-admin; the pods read it at start (restart them after changing it)")
+    if resp.status_code >= 300:
+        raise AdminError("Failed", f"{what}: HTTP {resp.status_code}: {_error_text(resp)}")
+
+
+def get_experts(url: str, token: str) -> dict[str, Any]:
+    """``GET /admin/v1/experts`` -> the ``pools`` mapping; AdminError on any failure."""
+    try:
+        resp = httpx.get(f"{url}/admin/v1/experts", headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise AdminError("Unreachable", f"runtime admin API at {url} unreachable: {type(exc).__name__}: {exc}") from None
+    _check(resp, f"GET {url}/admin/v1/experts")
+    try:
+        pools = resp.json()["pools"]
+        assert isinstance(pools, dict)
+    except Exception:  # noqa: BLE001
+        raise AdminError("Failed", f"GET {url}/admin/v1/experts: not the contract's {{\"pools\": ...}} JSON") from None
+    return pools
+
+
+def post_placement(url: str, token: str, pool: str, placement: dict) -> str:
+    """``POST /admin/v1/placement`` -> the new placement id; AdminError on any failure."""
+    try:
+        resp = httpx.post(f"{url}/admin/v1/placement", json={"pool": pool, "placement": placement},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise AdminError("Unreachable", f"runtime admin API at {url} unreachable: {type(exc).__name__}: {exc}") from None
+    _check(resp, f"POST {url}/admin/v1/placement")
+    try:
+        return str(resp.json()["placementId"])
+    except Exception:  # noqa: BLE001
+        raise AdminError("Failed", f"POST {url}/admin/v1/placement: answer lacks placementId") from None
+
+
+def rfc3339(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def _speed(accelerator: str) -> float:
+    """Relative speed of the pool's devices (all equal within a pool): peak 16-bit TFLOP/s from the catalog."""
+    try:
+        return float(CONFIG.catalog().get(accelerator).tflops.sixteen_bit) or 1.0
+    except Exception:  # noqa: BLE001 - an unknown accelerator is the reconcile's to report; ratios need no unit
+        return 1.0
+
+
+def decide_pool(pool_doc: dict[str, Any] | None, pool_name: str, accelerator: str, settings, mem: PoolMemory,
+                entry: dict | None, now: float) -> Word:
+    """The pool's word for this tick, from its part of the GET answer (no I/O; ``mem.counts`` is advanced)."""
+    if pool_doc is None:
+        mem.counts = None
+        return Word("Waiting", f"the runtime reports no replica of pool {pool_name} yet")
+    placement = pool_doc.get("placement")
+    pid = pool_doc.get("placementId")
+    if not placement:
+        return Word("Failed", f"pool {pool_name} runs without expert shards (placement null): nothing to rebalance",
+                    pid)
+    shape = placement_shape(placement)
+    counts = replica_counts(pool_doc)
+    loads, _resets = window_loads(mem.counts, counts, shape)
+    mem.counts = counts
+    done, total = applied(pool_doc)
+    if total and done < total:
+        return Word("Rebalancing", f"{done} of {total} replicas run placement {pid}", pid, replicas=(done, total))
+    if entry is not None and entry.get("reason") == "Rebalancing" and total and entry.get("placementId") == pid:
+        return Word("Rebalanced", f"every replica ({total}) runs placement {pid}", pid, replicas=(done, total))
+    if loads is None:
+        return Word("Waiting", "first look at the expert loads: the window starts now", pid, replicas=(done, total))
+    devices = pool_devices(placement, _speed(accelerator), settings.redundant_slots)
+    d = should_rebalance(loads, placement, devices, redundant_slots=settings.redundant_slots,
+                         min_gain=settings.min_gain, last_applied_at=mem.last_applied_at,
+                         cooldown_s=float(settings.cooldown_seconds), now=now)
+    if d.apply:
+        return Word("Rebalancing", d.reason, pid, d, (done, total))
+    if d.placement is None and d.reason.startswith("no tokens"):
+        return Word("NoTraffic", d.reason, pid, d, (done, total))
+    if d.placement is None:   # cooldown: keep whatever the status says
+        return Word(entry.get("reason") if entry else "Rebalanced", d.reason, pid, d, (done, total))
+    return Word("Balanced", d.reason, pid, d, (done, total))
+
+
+def _entry(pool: str, w: Word, now: float, old: dict | None) -> dict[str, Any]:
+    e: dict[str, Any] = {k: v for k, v in (old or {}).items()}
+    e.update({"pool": pool, "reason": w.reason, "message": w.message[:2048], "time": rfc3339(now)})
+    if w.placement_id:
+        e["placementId"] = w.placement_id
+    if w.decision is not None and w.decision.placement is not None:
+        e.update({"imbalanceBefore": round(w.decision.imbalance_before, 4),
+                  "imbalanceAfter": round(w.decision.imbalance_after, 4), "gain": round(w.decision.gain, 4)})
+    if w.replicas is not None:
+        e["replicasApplied"], e["replicasTotal"] = w.replicas
+    if w.posted:
+        e["lastRebalanceTime"] = rfc3339(now)
+    return e
+
+
+def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
+    """One look at one MoEDeployment's runtime; returns the status delta written (None: nothing written)."""
+    from moe_operator.api import MoEDeployment
+
+    now = time.time() if now is None else now
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    state = STATES.setdefault((ns, name), State())
+    try:
+        dep = MoEDeployment.model_validate(body)
+    except Exception:  # noqa: BLE001 - an invalid spec is the reconcile's to report
+        return None
+    settings = dep.spec.rebalance
+    state.next_at = now + float(settings.interval_seconds)
+    if not settings.enabled or dep.spec.engine != "torch":
+        return None
+    old_list = list((body.get("status") or {}).get("rebalance") or [])
+    old = {e.get("pool"): e for e in old_list}
+    words: dict[str, Word] = {}
+    url = runtime_url(body)
+    try:
+        token = admin_secret.read_token(ns, name)
+        if not token:
+            raise AdminError("Unauthorized", f"no token: Secret {name}-runtime-admin is missing or has an empty "
+                             "'token' (the operator creates it when rebalance is enabled)")
+        answer = get_experts(url, token)
+        for p in dep.spec.pools:
+            mem = state.pools.setdefault(p.name, PoolMemory())
+            if mem.last_applied_at is None:
+                mem.last_applied_at = _parse_time((old.get(p.name) or {}).get("lastRebalanceTime"))
+            try:
+                w = decide_pool(answer.get(p.name), p.name, p.accelerator, settings, mem, old.get(p.name), now)
+            except UserError as exc:
+                w = Word("Failed", f"pool {p.name}: {exc}")
+            if w.decision is not None and w.decision.apply:
+                try:
+                    new_id = post_placement(url, token, p.name, w.decision.placement)
+                except AdminError as exc:
+                    w = Word(exc.kind, f"pool {p.name}: {exc}", w.placement_id, w.decision, w.replicas)
+                else:
+                    mem.last_applied_at = now
+                    d = w.decision
+                    w = Word("Rebalancing", f"posted placement {new_id}: {d.reason}", new_id, d, (0, w.replicas[1]),
+                             posted=True)
+                    kube.post_event(body, "Normal", "Rebalanced",
+                                    f"pool {p.name}: imbalance {d.imbalance_before:.3f} -> {d.imbalance_after:.3f}, "
+                                    f"step time {d.gain:.1%} shorter; placement {new_id}")
+            words[p.name] = w
+    except AdminError as exc:
+        for m in state.pools.values():
+            m.counts = None   # the window restarts once the runtime answers again
+        words = {p.name: Word(exc.kind, str(exc)) for p in dep.spec.pools}
+    failures = sorted({w.message for w in words.values() if w.reason in ("Failed", "Unauthorized")})
+    if failures and state.last_error != failures[0]:
+        kube.post_event(body, "Warning", "RebalanceFailed", failures[0])
+    state.last_error = failures[0] if failures else None
+    new_list, write = [], False
+    for p in dep.spec.pools:
+        w, prev = words[p.name], old.get(p.name)
+        if prev is None or w.posted or (w.reason != prev.get("reason") and w.reason not in QUIET):
+            new_list.append(_entry(p.name, w, now, prev))
+            write = True
+        elif prev is not None:
+            new_list.append(prev)
+    if write:
+        kube.patch_moed_status(ns, name, {"rebalance": new_list})
+    for p, w in words.items():
+        log.info("rebalance %s/%s pool %s: %s: %s", ns, name, p, w.reason, w.message)
+    return {"rebalance": new_list} if write else None
+
+
+def tick_due(now: float | None = None) -> int:
+    """Tick every watched MoEDeployment with rebalance enabled whose interval has passed."""
+    now = time.time() if now is None else now
+    n, seen = 0, set()
+    for body in kube.list_moeds(CONFIG.namespaces):
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        seen.add(key)
+        if meta.get("deletionTimestamp") or not ((body.get("spec") or {}).get("rebalance") or {}).get("enabled"):
+            continue
+        st = STATES.get(key)
+        if st is not None and now < st.next_at:
+            continue
+        try:
+            tick(body, now)
+            n += 1
+        except Exception:  # noqa: BLE001 - one bad object must not stop the others
+            STATES.setdefault(key, State()).next_at = now + 10.0
+            log.exception("rebalance tick of %s/%s failed", *key)
+    for key in set(STATES) - seen:
+        STATES.pop(key, None)
+    return n
+
+
+async def _loop() -> None:
+    while True:
+        await asyncio.sleep(LOOP_STEP_S)
+        try:
+            if await asyncio.to_thread(leader.is_active):
+                await asyncio.to_thread(tick_due)
+        except Exception:  # noqa: BLE001
+            log.exception("rebalance loop failed")
+
+
+@kopf.on.startup()
+async def start_rebalancer(**_) -> None:
+    asyncio.get_running_loop().create_task(_loop())
