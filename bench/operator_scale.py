@@ -9,6 +9,14 @@ POST/PUT/PATCH). Then it waits ``--idle`` seconds and reports the writes made wh
     .venv/bin/python bench/operator_scale.py [--count 200] [--idle 20] [--kubeconfig PATH]
 
 Without --kubeconfig (or MOE_TEST_KUBECONFIG) it starts the control plane itself with hack/k8s_stack.py.
+
+Breakdown (extra output; the headline figure is unchanged): the operator writes timing marks
+(handlers/trace.py) and a second watch sees each MoEDeployment's ADDED event, so each object's latency splits into
+create call -> MoEDeployment ADDED on a watch -> kopf handler start -> RayService POST returned -> RayService
+ADDED on the watch; plus the API server's mean request latency per resource/verb during the burst
+(``apiserver_request_duration_seconds``). ``--pause-kuberay`` is a labelled side-by-side variant: KubeRay's
+ray-operator is SIGSTOPped during the burst (state.json beside the kubeconfig names its PID), separating the
+operator's own latency from the control plane's contention; it is resumed before the write counts.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -63,6 +72,55 @@ def apiserver_writes(kc: str) -> dict[str, float]:
     return out
 
 
+def apiserver_latency(kc: str) -> dict[str, tuple[float, float]]:
+    """(sum s, count) of apiserver_request_duration_seconds by resource/subresource/verb, for our hot resources."""
+    text = kubectl(kc, "get", "--raw", "/metrics")
+    out: dict[str, tuple[float, float]] = {}
+    for line in text.splitlines():
+        m = re.match(r"apiserver_request_duration_seconds_(sum|count)\{([^}]*)\} (\S+)$", line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        if labels.get("resource") not in ("moedeployments", "rayservices", "events", "rayclusters", "pods"):
+            continue
+        if labels.get("verb") == "WATCH":
+            continue
+        key = f"{labels['resource']}/{labels.get('subresource') or '-'}/{labels['verb']}"
+        s, c = out.get(key, (0.0, 0.0))
+        out[key] = (s + float(m.group(3)), c) if m.group(1) == "sum" else (s, c + float(m.group(3)))
+    return out
+
+
+def pct(values: list[float], q: int) -> float:
+    """The q-th percentile (1..99) as the headline uses it; nan for no values."""
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return statistics.quantiles(v, n=100)[q - 1] if len(v) > 1 else v[0]
+
+
+def read_trace(path: Path, ns: str) -> dict[str, dict[str, float]]:
+    """{name: {phase: first monotonic time}} from the operator's trace file (handlers/trace.py)."""
+    out: dict[str, dict[str, float]] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        t, obj, phase = line.split()
+        o_ns, _, name = obj.partition("/")
+        if o_ns == ns:
+            out.setdefault(name, {}).setdefault(phase, float(t))
+    return out
+
+
+def kuberay_pid(kc: str) -> int:
+    """ray-operator's PID from the stack's state.json beside the kubeconfig (hack/k8s_stack.py writes it)."""
+    state = Path(kc).resolve().parent / "state.json"
+    try:
+        return int(json.loads(state.read_text())["pids"]["ray-operator"]["pid"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise SystemExit(f"error: --pause-kuberay needs {state} with the ray-operator PID ({exc})") from exc
+
+
 def operator_writes(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return {m.group(1): float(m.group(2)) for m in
@@ -86,6 +144,8 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=20.0, help="seconds to watch for writes after convergence")
     ap.add_argument("--kubeconfig", default=os.environ.get("MOE_TEST_KUBECONFIG"))
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--pause-kuberay", action="store_true",
+                    help="variant: SIGSTOP KubeRay's ray-operator during the burst (not the acceptance figure)")
     args = ap.parse_args()
 
     stack = None
@@ -99,15 +159,17 @@ def main() -> int:
         os.environ["PATH"] = str(Path(stack.state["bins"]["kubectl"]).parent) + os.pathsep + os.environ["PATH"]
     ns = f"bench-{int(time.time())}"
     op = None
+    paused = None
     try:
         kubectl(kc, "apply", "--server-side", "-f", str(CRD))
         kubectl(kc, "wait", "--for=condition=Established", "--timeout=60s", "crd/moedeployments.serving.moe-operator.io")
         kubectl(kc, "create", "namespace", ns)
         port = free_port()
         log = open(Path(tempfile.gettempdir()) / f"{ns}-operator.log", "wb")
+        trace_file = Path(tempfile.gettempdir()) / f"{ns}-trace.txt"
         op = subprocess.Popen([sys.executable, "-m", "moe_operator.operator_main", "--namespace", ns,
                                "--metrics-port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, KUBECONFIG=kc), cwd=ROOT)
+                              env=dict(os.environ, KUBECONFIG=kc, MOE_OPERATOR_TRACE=str(trace_file)), cwd=ROOT)
         time.sleep(4)  # operator start-up (kopf login, watches); not part of the measured latency
 
         from kubernetes import client, config, watch
@@ -125,9 +187,27 @@ def main() -> int:
                     if stop.is_set():
                         break
 
+        moed_seen: dict[str, float] = {}
+
+        def moed_watcher():
+            """When the API server's watch fan-out delivers each MoEDeployment (what kopf's own watch also waits for)."""
+            w = watch.Watch()
+            while not stop.is_set():
+                for ev in w.stream(api.list_namespaced_custom_object, "serving.moe-operator.io", "v1alpha1", ns,
+                                   "moedeployments", timeout_seconds=5):
+                    if ev["type"] == "ADDED":
+                        moed_seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
+                    if stop.is_set():
+                        break
+
         t = threading.Thread(target=watcher, daemon=True)
         t.start()
+        threading.Thread(target=moed_watcher, daemon=True).start()
         time.sleep(1)
+        paused = kuberay_pid(kc) if args.pause_kuberay else None
+        if paused:
+            os.kill(paused, signal.SIGSTOP)
+        lat0 = apiserver_latency(kc)
         from concurrent.futures import ThreadPoolExecutor
         api0, op0 = apiserver_writes(kc), operator_writes(port)
         created: dict[str, float] = {}
@@ -139,6 +219,7 @@ def main() -> int:
             created[name] = time.monotonic()
             api.create_namespaced_custom_object("serving.moe-operator.io", "v1alpha1", ns, "moedeployments", body)
 
+        load_before = os.getloadavg()
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=16) as pool:    # all at once, as a GitOps sync would
             list(pool.map(create, range(args.count)))
@@ -149,6 +230,24 @@ def main() -> int:
         lat = sorted(seen[n] - created[n] for n in seen if n in created)
         if len(lat) < args.count:
             print(f"only {len(lat)}/{args.count} RayServices within {args.timeout:.0f} s")
+        lat1 = apiserver_latency(kc)
+        load = os.getloadavg()
+        if paused:
+            os.kill(paused, signal.SIGCONT)
+        marks = read_trace(trace_file, ns)
+        phases = {"create -> MoEDeployment ADDED (watch)": [], "MoEDeployment ADDED -> kopf handler start": [],
+                  "handler start -> RayService POST returned": [], "POST returned -> RayService ADDED (watch)": [],
+                  "create -> handler start": [], "handler start -> handler returned": []}
+        for n, t_create in created.items():
+            m = marks.get(n, {})
+            for label, a, b in (("create -> MoEDeployment ADDED (watch)", t_create, moed_seen.get(n)),
+                                ("MoEDeployment ADDED -> kopf handler start", moed_seen.get(n), m.get("handler")),
+                                ("handler start -> RayService POST returned", m.get("handler"), m.get("posted")),
+                                ("POST returned -> RayService ADDED (watch)", m.get("posted"), seen.get(n)),
+                                ("create -> handler start", t_create, m.get("handler")),
+                                ("handler start -> handler returned", m.get("handler"), m.get("returned"))):
+                if a is not None and b is not None:
+                    phases[label].append(b - a)
         # let statuses settle, then count writes per resource
         time.sleep(8)
         api1, op1 = apiserver_writes(kc), operator_writes(port)
@@ -162,6 +261,18 @@ def main() -> int:
         print(f"MoEDeployments: {n} (creating them took {applied:.2f} s with 16 client threads); converged: {len(lat)}")
         print(f"apply -> RayService created: p50 {q[49]:.2f} s, p95 {q[94]:.2f} s, max {lat[-1]:.2f} s")
         print(f"operator peak RSS (VmHWM): {peak_rss_mb(op.pid):.0f} MB")
+        print(f"load average (1/5/15 min) before the burst: {' '.join(f'{x:.2f}' for x in load_before)}; "
+              f"at convergence: {' '.join(f'{x:.2f}' for x in load)}"
+              + ("; VARIANT: KubeRay paused during the burst (not the acceptance figure)" if paused else ""))
+        print("breakdown per object (p50 / p95 s, n):")
+        for label, v in phases.items():
+            print(f"  {label:44s} {pct(v, 50):6.2f} / {pct(v, 95):6.2f}  ({len(v)})")
+        print("API server mean latency during the burst (ms, requests):")
+        for k in sorted(lat1):
+            s1, c1 = lat1[k]
+            s0, c0 = lat0.get(k, (0.0, 0.0))
+            if c1 - c0 >= 1:
+                print(f"  {k:36s} {1000 * (s1 - s0) / (c1 - c0):7.1f}  ({c1 - c0:.0f})")
         print("writes per resource until converged (operator's count): "
               + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(op_conv.items())) + f"; total {sum(op_conv.values()) / n:.2f}")
         print("writes per resource until converged (API server's count, moedeployments+rayservices, excl. Events): "
@@ -172,6 +283,8 @@ def main() -> int:
               f"{sum(v for k, v in idle_api.items() if '/status/' not in k or k.startswith('moedeployments')):.0f} {idle_api or ''}")
         return 0
     finally:
+        if paused:
+            os.kill(paused, signal.SIGCONT)
         if op is not None:
             op.terminate()
             try:

@@ -5,13 +5,17 @@ import kopf
 
 from moe_operator.api import GROUP, PLURAL, VERSION
 
+from . import trace
 from .reconcile import apply_outcome, reconcile
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 def on_create(body, patch, **_):
     """A new MoEDeployment."""
+    meta = body["metadata"]
+    trace.mark(meta["namespace"], meta["name"], "handler")
     apply_outcome(body, reconcile(body), patch)
+    trace.mark(meta["namespace"], meta["name"], "returned")
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")

@@ -16,7 +16,7 @@ from moe_operator.render.context import build_render_input
 from moe_operator.render.pipeline import parse_spec, plan
 from moe_operator.render.rayservice import render_rayservice
 
-from . import admin_secret, drift, kube, metrics, status
+from . import admin_secret, drift, kube, metrics, status, trace
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
