@@ -2,8 +2,14 @@
 
 Pure: takes the current RayService object (a dict as the API server returns it) and returns the patch, or
 None when nothing would change, so the caller patches only when the decision changes. It touches only
-  * spec.serveConfigV2: ``num_replicas`` of the Serve deployment ``engine-<pool>`` (docs/contracts.md section 3);
-    Ray Serve applies a replica-count change in place;
+  * spec.serveConfigV2, the pool's replica count, which lives in one of two places:
+    - ``engine: torch``: ``num_replicas`` of the Serve deployment ``engine-<pool>`` (docs/contracts.md section 3);
+    - ``engine: vllm`` (Ray Serve LLM apps, ``import_path: ray.serve.llm:...``): ``deployment_config.num_replicas``
+      of the pool's ``LLMConfig`` in the app's ``args`` (``llm_configs[]`` or, for data-parallel apps,
+      ``llm_config``), found by the pool's custom resource ``pool-<pool>`` in ``placement_group_config``.
+      Ray Serve LLM turns it into the LLM server deployment's ``num_replicas`` (for a data-parallel app it counts
+      DP groups; Serve runs ``num_replicas x data_parallel_size`` replicas). An ``autoscaling_config`` there
+      would be a second autoscaler on the same deployment: refused;
   * spec.rayClusterConfig.workerGroupSpecs[*].replicas/minReplicas/maxReplicas of the pool's worker group.
 KubeRay leaves these fields out of the hash that decides whether a RayService needs a new RayCluster
 (``Replicas``, ``MinReplicas``, ``MaxReplicas``, ``WorkersToDelete`` are muted), so the cluster is scaled,
@@ -46,20 +52,19 @@ def rayservice_patch(rayservice: Mapping[str, Any], replicas: Mapping[str, int],
     if not raw:
         raise UserError("RayService has no spec.serveConfigV2 to scale")
     config = yaml.safe_load(raw) if isinstance(raw, str) else copy.deepcopy(raw)
-    found = set()
-    serve_changed = False
-    for app in config.get("applications") or []:
-        for dep in app.get("deployments") or []:
-            for pool, n in replicas.items():
-                if dep.get("name") == engine_deployment(pool):
-                    found.add(pool)
-                    if dep.get("num_replicas") != int(n):
-                        dep["num_replicas"] = int(n)
-                        serve_changed = True
-    missing = sorted(set(replicas) - found)
+    targets = _replica_holders(config)
+    missing = sorted(set(replicas) - set(targets))
     if missing:
-        raise UserError(f"serveConfigV2 has no deployment {', '.join(engine_deployment(p) for p in missing)}; "
+        raise UserError(f"serveConfigV2 has no replica count for pool {', '.join(missing)} (no Serve deployment "
+                        f"{', '.join(engine_deployment(p) for p in missing)} and no Ray Serve LLM config using "
+                        f"resource {', '.join(pool_resource(p) for p in missing)}); "
                         "re-render the RayService from the MoEDeployment")
+    serve_changed = False
+    for pool, n in replicas.items():
+        for holder in targets[pool]:
+            if holder.get("num_replicas") != int(n):
+                holder["num_replicas"] = int(n)
+                serve_changed = True
 
     groups = copy.deepcopy((spec.get("rayClusterConfig") or {}).get("workerGroupSpecs") or [])
     groups_changed = False
@@ -83,13 +88,62 @@ def rayservice_patch(rayservice: Mapping[str, Any], replicas: Mapping[str, int],
 
 
 def serve_replicas(rayservice: Mapping[str, Any]) -> dict[str, int]:
-    """Current Serve replicas per pool read back from serveConfigV2 (for status and tests)."""
+    """Current Serve replicas per pool read back from serveConfigV2 (torch or vLLM apps; for status and tests).
+
+    For a data-parallel vLLM app this is the LLMConfig's count, i.e. DP groups, the unit the autoscaler sizes.
+    """
     raw = (rayservice.get("spec") or {}).get("serveConfigV2") or ""
-    config = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    config = yaml.safe_load(raw) if isinstance(raw, str) else copy.deepcopy(raw)
     out = {}
-    for app in (config or {}).get("applications") or []:
+    for pool, holders in _replica_holders(config or {}, strict=False).items():
+        n = holders[0].get("num_replicas", 1)
+        out[pool] = int(n) if isinstance(n, int) else 0
+    return out
+
+
+def pool_resource(pool: str) -> str:
+    """The custom Ray resource a pool's worker group advertises and its replicas request (contracts section 3)."""
+    return f"pool-{pool}"
+
+
+def _llm_configs(app: Mapping[str, Any]) -> list[dict]:
+    """The inline LLMConfig dicts of a Ray Serve LLM app (build_openai_app: llm_configs; build_dp_openai_app: llm_config)."""
+    if not str(app.get("import_path", "")).startswith("ray.serve.llm:"):
+        return []
+    args = app.get("args") or {}
+    if isinstance(args.get("llm_config"), dict):
+        return [args["llm_config"]]
+    return [c for c in args.get("llm_configs") or [] if isinstance(c, dict)]   # a str is a file path: not ours
+
+
+def _llm_pool(cfg: Mapping[str, Any]) -> str | None:
+    """The pool an LLMConfig runs on: its bundles request ``pool-<pool>`` (render/serve.py llm_config)."""
+    bundle = (cfg.get("placement_group_config") or {}).get("bundle_per_worker") or {}
+    pools = [k[len("pool-"):] for k in bundle if isinstance(k, str) and k.startswith("pool-")]
+    return pools[0] if len(pools) == 1 else None
+
+
+def _replica_holders(config: Mapping[str, Any], strict: bool = True) -> dict[str, list[dict]]:
+    """Per pool, the dicts whose ``num_replicas`` is that pool's replica count (in place, inside ``config``).
+
+    strict: raise UserError for an LLMConfig the autoscaler must not size (Serve autoscaling_config set).
+    """
+    out: dict[str, list[dict]] = {}
+    for app in config.get("applications") or []:
         for dep in app.get("deployments") or []:
-            name = dep.get("name", "")
+            name = str(dep.get("name", ""))
             if name.startswith("engine-"):
-                out[name[len("engine-"):]] = int(dep.get("num_replicas", 0))
+                out.setdefault(name[len("engine-"):], []).append(dep)
+        for cfg in _llm_configs(app):
+            pool = _llm_pool(cfg)
+            if pool is None:
+                continue
+            dc = cfg.get("deployment_config")
+            if not isinstance(dc, dict):
+                dc = cfg["deployment_config"] = {}
+            if strict and "autoscaling_config" in dc:
+                raise UserError(f"application {app.get('name')}: the LLMConfig of pool {pool} sets "
+                                "deployment_config.autoscaling_config; Ray Serve's autoscaler and ours would fight "
+                                "over its replicas: remove it (the operator renders num_replicas)")
+            out.setdefault(pool, []).append(dc)
     return out

@@ -175,7 +175,7 @@ def tick(body: dict, now: float | None = None) -> dict | None:
     if scaled:
         try:
             patch = actuator.rayservice_patch(rs, desired)
-        except UserError as exc:   # e.g. a vLLM app has no engine-<pool> deployment to size
+        except UserError as exc:   # e.g. no engine-<pool> deployment or LLMConfig for a pool, or a Serve autoscaling_config
             if state.error != str(exc):
                 kube.post_event(body, "Warning", "ScaleFailed", f"cannot apply {_fmt(desired)}: {exc}")
             state.error = str(exc)
