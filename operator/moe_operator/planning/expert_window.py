@@ -83,7 +83,7 @@ def pool_devices(placement: Mapping[str, Any], speed: float, redundant_slots: in
     try:
         shards = list(placement["shards"])
         n_experts = int(placement["numExperts"])
-        widest = max(len(s) for layer in placement["layers"] for s in layer)
+        widest = max((len(s) for layer in placement["layers"] for s in layer), default=0)
         names = [str(s["name"]) for s in shards]
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"placement must be the placement JSON (numExperts, shards, layers): {exc}") from None
