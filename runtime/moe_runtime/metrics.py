@@ -63,6 +63,7 @@ class RuntimeMetrics:
         self._extra_values = [extra[k] for k in self._extra_names]
         self._names = ["model", "pool", *self._extra_names]
         self._stats: dict[str, EngineStats] = {}
+        self._ready: dict[str, int] = {}
         self._front = _Front()
         self.registry = CollectorRegistry(auto_describe=True)
         self.ttft = Histogram("moe_ttft_seconds", "Time from request arrival to the first generated token, seconds.",
@@ -89,6 +90,10 @@ class RuntimeMetrics:
     def update(self, stats_by_pool: dict[str, EngineStats]) -> None:
         self._stats = dict(stats_by_pool)
         self.updated_at = time.time()
+
+    def update_ready(self, ready_by_pool: dict[str, int]) -> None:
+        """Replicas per pool that reported to the placement board within 10 s (empty: the gauge is not exported)."""
+        self._ready = dict(ready_by_pool)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -130,4 +135,11 @@ class RuntimeMetrics:
             for tier in ("memory", "disk"):
                 prefix.add_metric([*lv, tier], float(s.prefix_cache_bytes.get(tier, 0)))
             cap.add_metric(lv, float(s.capacity_tokens_per_second))
-        return [tokens, reqs, queue, running, experts, kv, prefix, cap]
+        families = [tokens, reqs, queue, running, experts, kv, prefix, cap]
+        if self._ready:
+            ready = GaugeMetricFamily("moe_ready_replicas", "Replicas of the pool that reported to the placement "
+                                      "board within the last 10 s.", labels=names)
+            for pool, n in sorted(self._ready.items()):
+                ready.add_metric(self._lv(pool), float(n))
+            families.append(ready)
+        return families

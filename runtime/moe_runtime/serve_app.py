@@ -4,6 +4,10 @@
 RuntimeConfig; the app is one ``engine-<pool>`` deployment per pool (each replica holds an engine built with
 ``build_engine``) behind the ``OpenAIIngress`` deployment, which serves ``server.build_http_app`` over a
 ``RemoteEngine`` that routes each request to the least loaded pool and streams its tokens back.
+
+Live expert placement (docs/contracts.md section 7): every engine replica runs a ``placement_board.BoardReporter``
+against the app's placement board actor; the ingress mounts the admin API (``admin_api``) over a
+``placement_board.BoardClient`` and exports ``moe_ready_replicas`` from it.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from moe_runtime.config import RuntimeConfig
 from moe_runtime.engine.api import EngineStats, PromptTooLong, QueueFull, SamplingParams, TokenEvent
 from moe_runtime.metrics import RuntimeMetrics, merge_stats
+from moe_runtime.placement_board import BoardClient, BoardReporter, config_key, get_board
 
 STALE_SNAPSHOT_S = 60.0  # a replica silent this long no longer adds to gauges (its counters stay)
 HANDLE_QUEUE = 16  # requests Serve may queue per engine deployment when every replica is at max_ongoing (-> 429)
@@ -37,16 +42,23 @@ def _tokenizer_json(tokenizer: Any) -> str:
 class EngineDeployment:
     """One replica of a pool: an engine (and, per placement, its expert-shard actors)."""
 
-    async def __init__(self, config: dict[str, Any]):
+    async def __init__(self, config: dict[str, Any], pool: str | None = None, board_key: str | None = None):
         from moe_runtime.engine import build_engine
 
         self.config = RuntimeConfig.model_validate(config)
         self.engine = build_engine(self.config)
         await self.engine.start()
+        self.reporter: BoardReporter | None = None
         try:
-            self.replica = serve.get_replica_context().replica_tag
+            ctx = serve.get_replica_context()
         except Exception:  # outside a replica (direct instantiation in tests)
-            self.replica = "local"
+            ctx = None
+        self.replica = ctx.replica_tag if ctx is not None else "local"
+        if ctx is not None and pool is not None and board_key is not None:
+            initial = self.config.placement.to_json() if self.config.placement is not None else None
+            app = ctx.app_name
+            self.reporter = BoardReporter(self.engine, pool, self.replica, board_key, lambda: get_board(app), initial)
+            self.reporter.start()
 
     async def generate(self, prompt_ids: list[int], params: dict[str, Any], request_id: str):
         """Stream: one admission dict (accepted or rejected), then the engine's TokenEvents."""
@@ -76,6 +88,8 @@ class EngineDeployment:
 
     def expert_load(self) -> list[list[int]]:
         """Tokens per layer per expert since the previous call: the rebalancer's input."""
+        if self.reporter is not None:  # the reporter consumes the engine's deltas; window over its cumulative sums
+            return self.reporter.window()
         return self.engine.expert_load()
 
     def describe(self) -> dict[str, Any]:
@@ -83,9 +97,13 @@ class EngineDeployment:
         return {"model_name": self.engine.model_name, "max_context_tokens": self.engine.max_context_tokens,
                 "tokenizer_json": _tokenizer_json(tok), "eos_token_id": getattr(tok, "eos_token_id", None),
                 "chat_template": getattr(tok, "chat_template", None), "bos_token": getattr(tok, "bos_token", None),
-                "eos_token": getattr(tok, "eos_token", None)}
+                "eos_token": getattr(tok, "eos_token", None),
+                "num_moe_layers": max(1, self.engine.loaded.cfg.num_moe_layers),
+                "num_experts": self.engine.loaded.cfg.num_experts}
 
     async def __del__(self):
+        if self.reporter is not None:
+            await self.reporter.stop()
         await self.engine.stop()
 
 
@@ -228,17 +246,29 @@ class RemoteEngine:
 class OpenAIIngress:
     """HTTP ingress: the OpenAI API of ``server.build_http_app`` over the pools' engines."""
 
-    async def __init__(self, config: dict[str, Any], engines: dict[str, DeploymentHandle]):
+    async def __init__(self, config: dict[str, Any], engines: dict[str, DeploymentHandle],
+                       board_key: str | None = None):
         cfg = RuntimeConfig.model_validate(config)
         info = await next(iter(engines.values())).describe.remote()
         self.engine = RemoteEngine(engines, info)
         self.metrics = RuntimeMetrics(cfg.model_name, cfg.metrics_labels)
         self.default_pool = cfg.pools[0].name
+        self.admin: BoardClient | None = None
+        try:
+            app = serve.get_replica_context().app_name
+        except Exception:  # outside a replica
+            app = None
+        if app is not None and board_key is not None:
+            initial = cfg.placement.to_json() if cfg.placement is not None else None
+            self.admin = BoardClient(board_key, lambda: get_board(app), [p.name for p in cfg.pools], initial,
+                                     (int(info["num_moe_layers"]), int(info["num_experts"])))
+            self.admin.start()
 
     def __serve_build_asgi_app__(self):
         from moe_runtime.server import build_http_app
 
-        return build_http_app(self.engine, pool=self.default_pool, metrics=self.metrics, manage_engine=False)
+        return build_http_app(self.engine, pool=self.default_pool, metrics=self.metrics, manage_engine=False,
+                              admin=self.admin)
 
 
 def engine_deployment_options(cfg: RuntimeConfig, pool) -> dict[str, Any]:
@@ -257,9 +287,10 @@ def engine_deployment_options(cfg: RuntimeConfig, pool) -> dict[str, Any]:
 def app_builder(args: dict[str, Any]):
     """Serve application builder for ``import_path: moe_runtime.serve_app:app_builder``."""
     cfg = RuntimeConfig.model_validate(args)
+    key = config_key(cfg.model_dump(mode="json"))  # the placement board's generation: a new config starts afresh
     engines = {
         pool.name: EngineDeployment.options(**engine_deployment_options(cfg, pool)).bind(
-            cfg.for_pool(pool.name).model_dump(mode="json"))
+            cfg.for_pool(pool.name).model_dump(mode="json"), pool.name, key)
         for pool in cfg.pools
     }
-    return OpenAIIngress.bind(cfg.model_dump(mode="json"), engines)
+    return OpenAIIngress.bind(cfg.model_dump(mode="json"), engines, key)

@@ -2,7 +2,8 @@
 
 The same app runs under plain uvicorn around a local engine and as the Ray Serve ingress around a
 ``serve_app.RemoteEngine``; both satisfy ``engine.api.AsyncEngine``. Routes: /v1/models, /v1/completions,
-/v1/chat/completions (SSE when ``stream``), /health, /metrics. A client that goes away cancels its sequence.
+/v1/chat/completions (SSE when ``stream``), /health, /metrics, and under Ray Serve the admin API of
+``admin_api`` (/admin/v1/..., only with MOE_ADMIN_TOKEN set). A client that goes away cancels its sequence.
 """
 from __future__ import annotations
 
@@ -165,11 +166,12 @@ def _sse(obj: Any) -> str:
 
 
 def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: RuntimeMetrics | None = None,
-                   default_max_tokens: int = 256, manage_engine: bool = True) -> FastAPI:
+                   default_max_tokens: int = 256, manage_engine: bool = True, admin=None) -> FastAPI:
     """FastAPI app serving ``engine`` (OpenAI API, /health, /metrics).
 
     ``pool`` labels this front's metrics when the engine does not say which pool served a request;
-    ``manage_engine`` starts/stops the engine with the app's lifespan.
+    ``manage_engine`` starts/stops the engine with the app's lifespan; ``admin`` (an ``admin_api.AdminBackend``
+    with ``ready()``) adds the admin routes (when MOE_ADMIN_TOKEN is set) and the ``moe_ready_replicas`` gauge.
     """
     metrics = metrics or RuntimeMetrics(engine.model_name, {"pool": pool})
     handler = _Handler(engine, pool, metrics, default_max_tokens)
@@ -212,7 +214,17 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
     async def metrics_route():
         by_pool = getattr(engine, "stats_by_pool", None)
         metrics.update(await by_pool() if by_pool else {pool: engine.stats()})
+        if admin is not None:
+            try:
+                metrics.update_ready(await admin.ready())
+            except Exception:  # noqa: BLE001 (board unreachable: the gauge is absent rather than wrong)
+                metrics.update_ready({})
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    if admin is not None:
+        from moe_runtime.admin_api import mount_admin_routes
+
+        mount_admin_routes(app, admin)
 
     def model_card() -> dict[str, Any]:
         return {"id": engine.model_name, "object": "model", "created": 0, "owned_by": "moe-operator",

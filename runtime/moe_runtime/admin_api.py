@@ -1,0 +1,111 @@
+"""The runtime admin API of docs/contracts.md section 7, mounted on the ingress's FastAPI app (docs/http-api.md).
+
+``GET /admin/v1/experts`` and ``POST /admin/v1/placement``, behind ``Authorization: Bearer <MOE_ADMIN_TOKEN>``.
+With the token unset or empty the routes are not mounted at all (404, like any unknown route); a missing or wrong
+token is 401. The backend (``placement_board.BoardClient`` under Ray Serve) does the work; this module only
+authenticates, validates and shapes errors like the OpenAI routes (``{"error": {message, type, param, code}}``).
+"""
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from moe_runtime import openai_api as oa
+from moe_runtime.placement_board import canonical_placement
+
+TOKEN_ENV = "MOE_ADMIN_TOKEN"
+PREFIX = "/admin/v1"
+
+
+class AdminBackend(Protocol):
+    pools: list[str]
+    initial: dict[str, Any] | None  # the rendered placement (None: experts in-process, nothing to move)
+    shape: tuple[int, int]  # (MoE layers, experts) of the served model
+
+    async def experts(self) -> dict[str, Any]: ...
+
+    async def post(self, pool: str, doc: dict[str, Any]) -> str: ...
+
+
+def admin_token() -> str:
+    """The admin token from the environment ('' = admin API off)."""
+    return os.environ.get(TOKEN_ENV, "").strip()
+
+
+def check_token(header: str | None, token: str) -> None:
+    """Raise a 401 APIError unless ``header`` is ``Bearer <token>`` (constant-time comparison)."""
+    scheme, _, given = (header or "").partition(" ")
+    ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    if not ok:
+        raise oa.APIError(401, "missing or wrong admin token: send 'Authorization: Bearer <MOE_ADMIN_TOKEN>'",
+                          type="authentication_error", code="invalid_admin_token")
+
+
+def parse_placement_request(body: dict[str, Any], pools: list[str], shape: tuple[int, int],
+                            initial: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(pool, canonical placement) from a POST body, or the 400/404 APIError to answer."""
+    pool, doc = body.get("pool"), body.get("placement")
+    extra = sorted(set(body) - {"pool", "placement"})
+    if extra:
+        raise oa.APIError(400, f"unknown field(s) {extra}; the body is {{\"pool\": ..., \"placement\": ...}}",
+                          param=extra[0], code="invalid_value")
+    if not isinstance(pool, str) or not pool:
+        raise oa.APIError(400, "'pool' must be a pool name (string)", param="pool", code="invalid_value")
+    if not isinstance(doc, dict):
+        raise oa.APIError(400, "'placement' must be a placement object (docs/contracts.md section 2)",
+                          param="placement", code="invalid_value")
+    if pool not in pools:
+        raise oa.APIError(404, f"unknown pool {pool!r}; this application serves {pools}", param="pool",
+                          code="unknown_pool")
+    if initial is None:
+        raise oa.APIError(400, "this application runs its experts in-process (placement: null): there are no "
+                          "expert shards to move; deploy it with a placement", param="placement",
+                          code="no_placement")
+    try:
+        canon = canonical_placement(doc)
+    except ValueError as exc:
+        raise oa.APIError(400, f"invalid placement: {exc}", param="placement", code="invalid_placement") from None
+    layers, experts = shape
+    if (canon["numLayers"], canon["numExperts"]) != (layers, experts):
+        raise oa.APIError(400, f"placement is for {canon['numLayers']} MoE layers x {canon['numExperts']} experts "
+                          f"but the model has {layers} x {experts}", param="placement", code="invalid_placement")
+    return pool, canon
+
+
+def mount_admin_routes(app: FastAPI, backend: AdminBackend, token: str | None = None) -> bool:
+    """Add the admin routes to ``app`` when a token is set (``token`` or env MOE_ADMIN_TOKEN); returns whether."""
+    token = admin_token() if token is None else token.strip()
+    if not token:
+        return False
+
+    def auth(request: Request) -> None:
+        check_token(request.headers.get("authorization"), token)
+
+    def error(exc: oa.APIError) -> JSONResponse:  # here, not via the app's handler: the routes stand on their own
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers()
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.get(PREFIX + "/experts")
+    async def experts(request: Request):
+        try:
+            auth(request)
+            return await backend.experts()
+        except oa.APIError as exc:
+            return error(exc)
+
+    @app.post(PREFIX + "/placement")
+    async def placement(request: Request):
+        try:
+            auth(request)
+            body = oa.parse_body(await request.body())
+            pool, doc = parse_placement_request(body, backend.pools, backend.shape, backend.initial)
+        except oa.APIError as exc:
+            return error(exc)
+        pid = await backend.post(pool, doc)
+        return JSONResponse({"pool": pool, "placementId": pid}, status_code=202)
+
+    return True

@@ -1,0 +1,246 @@
+"""The placement board's bookkeeping, the engine-side reporter and the admin routes, without Ray.
+
+The board state is pure (the caller passes the clock); the reporter runs against a real asyncio loop with a
+stand-in engine and an in-process board (the same ``BoardState`` the actor wraps); the admin routes run on
+FastAPI's test client over an in-process backend. The Ray Serve path is tested end to end in test_admin_serve.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from moe_runtime.admin_api import mount_admin_routes  # noqa: E402
+from moe_runtime.placement_board import INITIAL_ID, BoardReporter, BoardState, placement_id  # noqa: E402
+
+SHARDS = [{"name": "shard-0", "device": "cpu", "rayResources": {}}, {"name": "shard-1", "device": "cpu", "rayResources": {}}]
+P0 = {"numLayers": 2, "numExperts": 4, "shards": SHARDS, "layers": [[[0, 1], [2, 3]]]}
+P1 = {"numLayers": 2, "numExperts": 4, "shards": SHARDS, "layers": [[[0, 1, 2], [3, 0]]]}
+
+
+def rep(replica, pid, tokens, **kw):
+    return {"replica": replica, "placementId": pid, "expertTokens": tokens, **kw}
+
+
+def test_placement_id_is_a_content_hash():
+    assert placement_id(P1) == placement_id({**P1, "shards": [dict(s) for s in SHARDS]})
+    assert placement_id(P1) != placement_id(P0) and placement_id(P1).startswith("p-") and len(placement_id(P1)) == 18
+    # defaults filled before hashing: the same placement written with or without them has one id
+    terse = {**P1, "shards": [{"name": "shard-0"}, {"name": "shard-1"}]}
+    assert placement_id(terse) == placement_id(P1)
+    with pytest.raises(ValueError, match="places no copy of experts \\[3\\]"):
+        placement_id({**P1, "layers": [[[0, 1], [2]]]})
+
+
+def test_a_fresh_board_adopts_the_running_placement_then_hands_out_the_desired_one():
+    b = BoardState()
+    first = b.report("k", "cpu", rep("r1", INITIAL_ID, [[1, 2, 3, 4]] * 2), now=0.0)
+    assert first == {"placementId": None, "placement": None, "needPlacement": True}
+    # the next report carries the doc: adopted as desired, nothing to apply
+    second = b.report("k", "cpu", rep("r1", INITIAL_ID, [[1, 2, 3, 4]] * 2, placement=P0), now=1.0)
+    assert second == {"placementId": INITIAL_ID, "placement": None, "needPlacement": False}
+    assert b.set_desired("k", "cpu", "p-1", P1, at=100.0, now=1.5)
+    assert b.report("k", "cpu", rep("r1", INITIAL_ID, [[1, 2, 3, 4]] * 2), now=2.0)["placement"] == P1
+    # a replica already on it gets the id but no doc
+    assert b.report("k", "cpu", rep("r2", "p-1", [[0, 0, 5, 0]] * 2), now=2.0) == \
+        {"placementId": "p-1", "placement": None, "needPlacement": False}
+    # an older post (another ingress, earlier) does not win over a later one
+    assert not b.set_desired("k", "cpu", "p-0", P0, at=50.0, now=2.1)
+    assert b.view("k", 2.2)["cpu"]["placementId"] == "p-1"
+
+
+def test_silent_replicas_drop_out_and_generations_are_separate():
+    b = BoardState(live_s=10.0)
+    b.report("k", "cpu", rep("r1", INITIAL_ID, [[1]], placement=None), now=0.0)
+    b.report("k", "cpu", rep("r2", INITIAL_ID, [[2]], placement=None), now=5.0)
+    b.report("k2", "cpu", rep("r9", INITIAL_ID, [[7]], placement=None), now=5.0)
+    assert b.ready("k", 9.0) == {"cpu": 2}
+    view = b.view("k", 12.0)["cpu"]["replicas"]
+    assert [(r["replica"], r["lastReportAge"]) for r in view] == [("r2", 7.0)]
+    assert b.ready("k", 12.0) == {"cpu": 1} and b.ready("k2", 12.0) == {"cpu": 1}
+    assert b.ready("k", 16.0) == {"cpu": 0}
+
+
+def test_a_restarted_board_gets_the_posted_placement_back_from_the_ingress_keepalive():
+    b = BoardState()  # fresh after a restart: replicas adopt what they run, the ingress restores what it posted
+    b.report("k", "cpu", rep("r1", INITIAL_ID, [[1]], placement=P0), now=0.0)
+    assert b.view("k", 0.0)["cpu"]["placementId"] == INITIAL_ID
+    pid = placement_id(P1)
+    assert b.keepalive("k", {"cpu": {"placementId": pid, "placement": P1, "at": 1000.0}}, now=1.0) == {"cpu": pid}
+    assert b.report("k", "cpu", rep("r1", INITIAL_ID, [[1]]), now=2.0)["placement"] == P1
+    # a keepalive from an ingress that posted earlier than the board's desired one changes nothing
+    b.set_desired("k", "cpu", "p-new", P0, at=2000.0, now=3.0)
+    b.keepalive("k", {"cpu": {"placementId": pid, "placement": P1, "at": 1000.0}}, now=4.0)
+    assert b.view("k", 4.0)["cpu"]["placementId"] == "p-new"
+
+
+class FakeEngine:
+    """expert_load deltas as the engine gives them; apply_placement fails ``fail`` times, then succeeds."""
+
+    def __init__(self, fail: int = 0):
+        self.fail, self.applied, self.calls = fail, [], 0
+
+    def expert_load(self):
+        return [[1, 0, 2, 0], [0, 3, 0, 0]]
+
+    async def apply_placement(self, doc):
+        self.calls += 1
+        await asyncio.sleep(0)
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("shard actor could not start")
+        self.applied.append(doc)
+        return {"loaded": 1}
+
+
+class LocalBoard:
+    """The actor's methods over one BoardState, with ``.remote`` awaitables like a Ray actor handle."""
+
+    def __init__(self):
+        self.state, self.now = BoardState(), 0.0
+        outer = self
+
+        class _M:
+            def __init__(self, name):
+                self.name = name
+
+            def remote(self, *args):
+                args = copy.deepcopy(args)  # a Ray call serialises its arguments
+
+                async def call():
+                    return getattr(outer.state, self.name)(*args, now=outer.now)
+                return call()
+
+        self.report = _M("report")
+
+
+def test_the_reporter_accumulates_adopts_applies_and_retries_after_a_failure(monkeypatch):
+    import moe_runtime.placement_board as pb
+
+    monkeypatch.setattr(pb, "APPLY_BACKOFF_S", (0.05, 0.2))
+    board, engine = LocalBoard(), FakeEngine(fail=1)
+    r = BoardReporter(engine, "cpu", "r1", "k", lambda: board, P0, period_s=0.01)
+    pid = placement_id(P1)
+
+    async def main():
+        await r.tick()  # the board asks for the running doc
+        await r.tick()  # ... and adopts it
+        assert board.state.view("k", 0.0)["cpu"]["placement"] == P0
+        board.state.set_desired("k", "cpu", pid, P1, at=1.0, now=0.0)
+        await r.tick()
+        await r._apply_task  # first attempt fails: reported, the old id stays
+        assert r.running_id == INITIAL_ID and "could not start" in r.error
+        await r.tick()  # inside the backoff: no new attempt
+        assert engine.calls == 1
+        await asyncio.sleep(0.06)
+        await r.tick()
+        await r._apply_task
+        assert r.running_id == pid and r.error is None and engine.applied == [P1]
+        await r.tick()
+        return board.state.view("k", 0.0)["cpu"]["replicas"][0]
+
+    last = asyncio.run(main())
+    assert last["placementId"] == pid and last["error"] is None
+    assert last["expertTokens"] == [[6, 0, 12, 0], [0, 18, 0, 0]]  # 6 ticks of deltas, cumulative
+    assert r.window() == [[7, 0, 14, 0], [0, 21, 0, 0]] and r.window() == [[1, 0, 2, 0], [0, 3, 0, 0]]
+
+
+def test_the_reporter_survives_a_board_that_fails_and_finds_it_again():
+    calls = {"n": 0}
+    board = LocalBoard()
+
+    def get():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("board not there yet")
+        return board
+
+    r = BoardReporter(FakeEngine(), "cpu", "r1", "k", get, P0, period_s=0.01)
+
+    async def main():
+        task = asyncio.create_task(r.run())
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    asyncio.run(main())
+    assert calls["n"] == 2 and board.state.ready("k", 0.0) == {"cpu": 1}
+
+
+class MemoryBackend:
+    pools, initial, shape = ["cpu"], P0, (2, 4)
+
+    def __init__(self):
+        self.posted = []
+
+    async def experts(self):
+        return {"pools": {"cpu": {"placementId": INITIAL_ID, "placement": P0, "expertTokens": [[0] * 4] * 2,
+                                  "replicas": []}}}
+
+    async def post(self, pool, doc):
+        self.posted.append((pool, doc))
+        return placement_id(doc)
+
+
+@pytest.fixture
+def admin():
+    app = FastAPI()
+    backend = MemoryBackend()
+    assert mount_admin_routes(app, backend, token="s3cret")
+    return TestClient(app), backend
+
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+def test_admin_off_without_a_token_and_401_with_a_wrong_one(admin, monkeypatch):
+    monkeypatch.delenv("MOE_ADMIN_TOKEN", raising=False)
+    off = FastAPI()
+    assert not mount_admin_routes(off, MemoryBackend())
+    assert TestClient(off).get("/admin/v1/experts", headers=AUTH).status_code == 404
+    monkeypatch.setenv("MOE_ADMIN_TOKEN", "  ")
+    assert not mount_admin_routes(FastAPI(), MemoryBackend())  # blank = off
+    client, backend = admin
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"},
+                    {"Authorization": "Bearer s3cret-and-more"}):
+        r = client.post("/admin/v1/placement", json={"pool": "cpu", "placement": P1}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", headers
+        assert client.get("/admin/v1/experts", headers=headers).status_code == 401
+    assert backend.posted == []
+    assert client.get("/admin/v1/experts", headers={"authorization": "bearer s3cret"}).status_code == 200
+
+
+def test_admin_validation(admin):
+    client, backend = admin
+
+    def post(body, raw=None):
+        r = client.post("/admin/v1/placement", headers=AUTH, **({"content": raw} if raw else {"json": body}))
+        return r.status_code, r.json()
+
+    status, body = post({"pool": "cpu", "placement": P1})
+    assert status == 202 and body == {"pool": "cpu", "placementId": placement_id(P1)}
+    assert backend.posted == [("cpu", P1)]
+    cases = [
+        (None, b"{not json", 400, "invalid_json"),
+        ({"pool": "gpu", "placement": P1}, None, 404, "unknown_pool"),
+        ({"pool": "cpu"}, None, 400, "invalid_value"),
+        ({"pool": "cpu", "placement": P1, "force": True}, None, 400, "invalid_value"),
+        ({"pool": "cpu", "placement": {**P1, "numExperts": 3, "layers": [[[0, 1], [2]]]}}, None, 400,
+         "invalid_placement"),
+        ({"pool": "cpu", "placement": {**P1, "layers": [[[0, 1], [2]]]}}, None, 400, "invalid_placement"),
+        ({"pool": "cpu", "placement": {**P1, "numLayers": 3}}, None, 400, "invalid_placement"),
+    ]
+    for body_in, raw, want, code in cases:
+        status, body = post(body_in, raw)
+        assert status == want and body["error"]["code"] == code, (body_in, body)
+        assert body["error"]["message"]
+    assert "places no copy of experts [3]" in post({"pool": "cpu", "placement": {**P1, "layers": [[[0, 1], [2]]]}})[1][
+        "error"]["message"]
+    assert "model has 2 x 4" in post({"pool": "cpu", "placement": {
+        "numLayers": 2, "numExperts": 3, "shards": SHARDS, "layers": [[[0, 1], [2]]]}})[1]["error"]["message"]
+    assert len(backend.posted) == 1
