@@ -67,3 +67,90 @@ def test_peering_priority_is_stable_and_differs_per_pod(monkeypatch):
 def test_peering_flag_parses():
     args = build_parser().parse_args(["--namespace", "a", "--peering", "moe-operator"])
     assert args.peering == "moe-operator" and args.metrics_port == 8080
+
+
+class _Cluster:
+    """The few kube calls ``autoscale.tick`` makes, on one in-memory RayService and MoEDeployment status."""
+
+    def __init__(self, rayservice: dict):
+        self.rs, self.status, self.events = rayservice, {}, []
+
+    def install(self, monkeypatch):
+        from moe_operator.handlers import kube
+
+        monkeypatch.setattr(kube, "get_rayservice", lambda ns, name: __import__("copy").deepcopy(self.rs))
+        monkeypatch.setattr(kube, "active_raycluster", lambda ns, rs: None)
+        monkeypatch.setattr(kube, "replace_with_retry", lambda ns, name, mutate: mutate(self.rs))
+        monkeypatch.setattr(kube, "patch_moed_status", lambda ns, name, delta: self.status.update(delta))
+        monkeypatch.setattr(kube, "post_event", lambda body, t, reason, msg: self.events.append(reason))
+
+
+class _Source:
+    """A source with data on its first call (as Prometheus has; the direct scrape holds once)."""
+
+    last_error = None
+
+    def __init__(self):
+        self.generated = 0.0
+        self.now = 0.0
+
+    def observe(self):
+        from moe_operator.autoscaling import Observation
+
+        return Observation(observed_at=self.now, tokens_per_s={"generated": self.generated, "prompt": 0.0,
+                                                                "cached_prompt": 0.0},
+                           requests_per_s=1.0, queue_depth=0.0)
+
+
+def test_vllm_deployment_scaled_by_tick_and_a_restart_inside_the_window_keeps_replicas(monkeypatch):
+    """Through the operator's tick: a vLLM app (examples/mixtral-8x7b-ascend.yaml) scales up; a restarted operator
+    (memory cleared) seeing low load inside scaleDownStabilizationSeconds keeps the replicas, then scales down."""
+    import copy
+    import json
+
+    import yaml
+
+    from moe_operator.api import load_manifest
+    from moe_operator.autoscaling.actuator import serve_replicas
+    from moe_operator.catalog import Catalog
+    from moe_operator.render import Images
+    from moe_operator.render.pipeline import plan_and_render
+
+    m = load_manifest(Path(__file__).resolve().parents[2] / "examples" / "mixtral-8x7b-ascend.yaml")
+    rs = plan_and_render(m.metadata.name, "default", m.spec, Catalog.default(), Images()).rayservice
+    cluster, source = _Cluster(rs), _Source()
+    cluster.install(monkeypatch)
+    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model: source)
+    monkeypatch.setattr(autoscale, "STATES", {})
+    body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+            "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1, "annotations": {
+                "autoscaling.moe-operator.io/capacity": json.dumps(
+                    {"ascend": {"prefillTps": 10000, "decodeTps": 1000, "cachedPrefillTps": 100000}})}},
+            "spec": {**m.spec.model_dump(by_alias=True, exclude_none=True),
+                     "autoscaling": {"enabled": True, "intervalSeconds": 10, "targetUtilization": 0.7,
+                                     "scaleDownStabilizationSeconds": 120, "budget": {"maxHourlyCost": 40}}}}
+
+    def tick(t, generated):
+        source.now, source.generated = t, generated
+        autoscale.tick({**body, "status": copy.deepcopy(cluster.status)}, t)
+        return serve_replicas(cluster.rs)["ascend"]
+
+    assert tick(1000, 500) == 1
+    n = tick(1010, 1800)                          # 1800 / 0.7 x 1.075 (mid-band) / 1000 -> 3 replicas
+    assert n == 3 and cluster.events == ["ScaledUp"]
+    cfg = yaml.safe_load(cluster.rs["spec"]["serveConfigV2"])["applications"][0]["args"]["llm_configs"][0]
+    assert cfg["deployment_config"]["num_replicas"] == 3
+    assert cluster.rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 3
+    assert [p["desiredReplicas"] for p in cluster.status["pools"]] == [3]
+
+    autoscale.STATES.clear()                                # the operator restarts; load drops at once
+    assert [tick(t, 300) for t in (1020, 1030, 1060, 1100)] == [3, 3, 3, 3]
+    assert tick(1150, 300) == 1 and cluster.events == ["ScaledUp", "ScaledDown"]   # a full window later
+
+    # status lost too (e.g. the MoEDeployment re-created by a GitOps tool): the deployed replicas seed the window
+    cluster.rs, cluster.status = copy.deepcopy(rs), {}
+    autoscale.STATES.clear()
+    assert tick(2000, 1800) == 3
+    autoscale.STATES.clear()
+    cluster.status = {}
+    assert tick(2010, 300) == 3

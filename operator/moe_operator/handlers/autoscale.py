@@ -3,7 +3,8 @@
 One asyncio loop for all objects (like the drift sweep), not a kopf timer per object: timers put a finalizer
 on every MoEDeployment. A tick:
   1. reads the spec's metrics source (scrape URL, Prometheus URL, else env ``MOE_PROMETHEUS_URL``);
-  2. ``policy.decide`` (pure) with the object's history kept in memory here;
+  2. ``policy.decide`` (pure) with the object's history kept in memory here (rebuilt from status.pools and
+     status.lastDecisions on the first tick after a start, so a restart does not scale down early);
   3. when the replicas change: patches the RayService (Serve ``num_replicas`` and worker-group replicas, the
      recorded desired state) AND the active RayCluster's worker-group replicas, because KubeRay v1.5.0 does not
      copy replica-only RayService changes to the running cluster; posts one Event;
@@ -25,7 +26,8 @@ from kubernetes.client.rest import ApiException
 
 from moe_operator.autoscaling import actuator, report
 from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_from_spec
-from moe_operator.autoscaling.policy import History, decide
+from moe_operator.autoscaling.policy import decide
+from moe_operator.autoscaling.restore import restore_history, restored_desired
 
 from . import kube, metrics
 from . import leader
@@ -38,9 +40,10 @@ LOOP_STEP_S = 2.0            # how often the loop lists MoEDeployments for due o
 
 @dataclass
 class State:
-    """What the autoscaler remembers about one MoEDeployment between ticks (lost on restart: it then holds)."""
+    """What the autoscaler remembers about one MoEDeployment between ticks (on restart, history is rebuilt from
+    status: autoscaling/restore.py)."""
 
-    history: History | None = None
+    history: Any = None           # policy.History
     next_at: float = 0.0
     source: Any = None
     source_key: tuple | None = None
@@ -156,8 +159,10 @@ def tick(body: dict, now: float | None = None) -> dict | None:
     pool_names = [p.name for p in pools]
     ready = _ready(rc, pool_names)
     current = actuator.serve_replicas(rs)
-    if state.history is None:
-        state.history = History(desired={p: current.get(p, 0) for p in pool_names})
+    if state.history is None:   # first tick of this process: rebuild from status, so a restart scales nothing down
+        state.history = restore_history(body.get("status"), pools, settings, current, now)
+        log.info("autoscaler: %s/%s: history restored, desired %s (from %s)", ns, name, _fmt(state.history.desired),
+                 restored_desired(body.get("status"), pool_names, current)[1])
     source = _source(state, a.metrics, dep.spec.model.served_model_name or name)
     obs = source.observe() if source is not None else None
     if obs is not None:
