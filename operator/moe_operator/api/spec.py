@@ -225,6 +225,12 @@ class AutoscalingSpec(ApiModel):
     scale_down_stabilization_seconds: int = Field(
         default=300, ge=0, le=86400, description="Seconds a lower recommendation must persist before scaling down."
     )
+    burst_reserve_seconds: int | None = Field(
+        default=None, ge=0, le=86400,
+        description="Seconds the burst reserve remembers a burst: capacity that bursts shorter than an interval "
+        "needed (estimated from TTFT above target) is kept while bursts recur within this time, then decays. "
+        "Unset: 5 x the longest pool coldStartSeconds; 0 turns the reserve off.",
+    )
     scale_to_zero: ScaleToZeroSpec = Field(default_factory=ScaleToZeroSpec, description="Scale-to-zero behaviour.")
 
 

@@ -117,5 +117,6 @@ def settings_from_spec(autoscaling, weights: WorkWeights | None = None) -> Setti
         scale_down_stabilization_s=float(a.scale_down_stabilization_seconds),
         scale_to_zero=bool(a.scale_to_zero.enabled),
         idle_s=float(a.scale_to_zero.idle_seconds),
+        burst_reserve_s=None if a.burst_reserve_seconds is None else float(a.burst_reserve_seconds),
         weights=weights or WorkWeights(),
     )

@@ -84,14 +84,20 @@ class Settings:
     scale_down_stabilization_s: float = 300.0
     scale_to_zero: bool = False
     idle_s: float = 900.0
+    burst_reserve_s: float | None = None  # burst reserve memory (s); None = 5 x the longest cold start, 0 = off
     # Policy tuning (not in the spec; documented in docs/autoscaling.md).
     hysteresis: float = 0.15          # scale down only when capacity exceeds need by this fraction
     backlog_drain_s: float = 60.0     # queued work should drain within this time
     slo_boost_step: float = 0.25      # extra capacity per consecutive SLO-violating decision
     slo_boost_max: float = 2.0
     correction_alpha: float = 0.3     # EWMA weight of a new saturation measurement
+    burst_quantile: float = 1.0       # quantile of the burst samples in the reserve window the reserve is sized on
     weights: WorkWeights = field(default_factory=WorkWeights)
 
     def __post_init__(self):
         if not 0 < self.target_utilization <= 1:
             raise ValueError("targetUtilization must be in (0, 1]")
+        if self.burst_reserve_s is not None and self.burst_reserve_s < 0:
+            raise ValueError("burstReserveSeconds must be >= 0")
+        if not 0 < self.burst_quantile <= 1:
+            raise ValueError("burst_quantile must be in (0, 1]")
