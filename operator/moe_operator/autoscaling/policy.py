@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
+from .burst import burst_reserve, burst_sample, reserve_window_s
 from .limits import clamp_to_bounds, enforce_budget, refused_pools, window_needs
 from .mix import capacity_of, cheapest_mix, cost_of, widest_mix
 from .model import PoolModel, Settings
@@ -34,6 +35,7 @@ class History:
     corrections: per-pool capacity factor learned at saturation (1.0 = planner's model is right).
     slo_boost: extra capacity fraction added by the SLO guard.
     idle_since: time s since when no traffic was seen (None while busy).
+    bursts: (time s, capacity work units/s) burst samples within the burst reserve window (burst.py).
     """
 
     needs: tuple[tuple[float, float], ...] = ()
@@ -41,6 +43,7 @@ class History:
     corrections: Mapping[str, float] = field(default_factory=dict)
     slo_boost: float = 0.0
     idle_since: float | None = None
+    bursts: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,21 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     zero_ok = settings.scale_to_zero and idle_since is not None and now - idle_since >= settings.idle_s + wake
 
     need = (demand_work + backlog) / settings.target_utilization * (1.0 + boost)
+    # Burst reserve: keep the capacity recent sub-interval bursts needed (burst.py), through short gaps.
+    burst_window = reserve_window_s(pools, settings)
+    bursts = tuple((t, c) for t, c in history.bursts if now - t <= burst_window)
+    sample = None
+    if busy:
+        prefill_tps = max((p.prefill_tps for p in pools), default=0.0)
+        per_request = (obs.tokens_per_s or {}).get("prompt", 0.0) / obs.requests_per_s if obs.requests_per_s else 0.0
+        prefill = per_request / prefill_tps if prefill_tps > 0 else 0.0
+        sample = burst_sample(capacity_of(pools, obs.ready, factors), obs.ttft_p95_s, settings.ttft_p95_s, prefill)
+    if sample is not None and burst_window > 0:
+        bursts += ((now, sample),)
+    reserve = burst_reserve(bursts, now, burst_window, settings.burst_quantile)
+    if reserve > need and not zero_ok:
+        need = reserve
+        reasons.append(f"burst reserve: {reserve:.0f} work units/s kept for bursts of the last {burst_window:.0f}s")
     if not zero_ok:
         need = max(need, MIN_NEED)
     elif need <= 0:
@@ -241,5 +259,6 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
         reasons.insert(0, f"keep {summary}: need {need:.0f} work units/s, capacity {capacity:.0f}")
     cost = cost_of(pools, mix)
     cpm = cost * 1e6 / (tokens * 3600.0) if tokens > 0 else None
-    new_history = History(needs=needs, desired=mix, corrections=factors, slo_boost=boost, idle_since=idle_since)
+    new_history = History(needs=needs, desired=mix, corrections=factors, slo_boost=boost, idle_since=idle_since,
+                          bursts=bursts)
     return Decision(mix, reasons, conditions, False, need, capacity, cost, cpm, unmet, new_history)

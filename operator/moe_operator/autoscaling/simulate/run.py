@@ -33,6 +33,7 @@ class PolicyResult:
     mean_replicas: dict[str, float]
     peak_replicas: dict[str, int]
     series: list = field(repr=False, default_factory=list)
+    met: np.ndarray | None = field(repr=False, default=None)   # per request (trace order): SLO met
 
     @property
     def cost_per_million(self) -> float | None:
@@ -86,7 +87,7 @@ def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy:
         name=getattr(policy, "name", "policy"), total_cost=r.cost, served_tokens=served * tokens_per_work,
         slo_attainment=float(met.mean()) if len(met) else 1.0, scale_actions=r.actions, unmet_tokens=r.unmet_tokens(),
         mean_replicas={n: float(asked[:, i].mean()) for i, n in enumerate(names)},
-        peak_replicas={n: int(asked[:, i].max()) for i, n in enumerate(names)}, series=r.series)
+        peak_replicas={n: int(asked[:, i].max()) for i, n in enumerate(names)}, series=r.series, met=met)
 
 
 def make_policy(name: str, trace: Trace, pools: Sequence[PoolModel], settings: Settings, max_batch_size: int):
