@@ -1,7 +1,8 @@
 """`moectl up -f spec.yaml`: serve a MoEDeployment locally through Ray Serve, no cluster needed.
 
 The serveConfigV2 is the one the operator renders for the RayService (moe_operator.render), deployed onto a
-local Ray through Serve's config API; only ``engine: torch`` can run this way.
+local Ray through Serve's config API; only ``engine: torch`` can run this way. With MOE_ADMIN_TOKEN set in the
+environment the runtime admin API (docs/http-api.md) is on: the local Ray's workers inherit this process's env.
 """
 from __future__ import annotations
 
@@ -229,6 +230,9 @@ def run(args: argparse.Namespace) -> int:
                 local.wait_running(app_name, args.timeout, progress)
             console.print(f"[green]✓[/] application {app_name} running")
             print(f"OpenAI endpoint: http://{args.host}:{args.port}/v1  model: {model}", flush=True)
+            if os.environ.get("MOE_ADMIN_TOKEN", "").strip():
+                print(f"admin API: http://{args.host}:{args.port}/admin/v1  (Authorization: Bearer $MOE_ADMIN_TOKEN)",
+                      flush=True)
             ticker = None
             if loop is not None:
                 ticker = threading.Thread(target=loop.run, args=(interval, stop), name="autoscaler", daemon=True)
