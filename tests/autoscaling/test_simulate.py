@@ -8,7 +8,7 @@ import pytest
 
 from helpers import two_pools
 from moe_operator.autoscaling import PoolModel, Settings, WorkWeights
-from moe_operator.autoscaling.simulate.optimum import offline_optimum
+from moe_operator.autoscaling.simulate.optimum import clairvoyant_cold_start, offline_optimum
 from moe_operator.autoscaling.simulate.run import replay, simulate
 from moe_operator.autoscaling.simulate.policies import StaticPeak
 from moe_operator.autoscaling.simulate.traces import Trace, load_trace
@@ -101,9 +101,33 @@ def test_optimum_is_a_lower_bound_and_integral():
 def test_simulate_all_policies_on_synthetic_trace():
     tr = synthetic(15, 600)
     s = Settings(ttft_p95_s=2.0, tpot_p95_s=0.2, weights=WorkWeights(prompt=0.2))
-    out = simulate(tr, two_pools(), s, ["ours", "static-peak", "hpa", "ray-serve", "cheapest-pool", "wva-greedy", "optimum"])
+    names = ["ours", "static-peak", "hpa", "ray-serve", "cheapest-pool", "wva-greedy", "optimum", "optimum-cold-start"]
+    out = simulate(tr, two_pools(), s, names)
     res = out["results"]
-    assert set(res) == {"ours", "static-peak", "hpa", "ray-serve", "cheapest-pool", "wva-greedy", "optimum"}
+    assert set(res) == set(names)
+    assert out["cold_start_optimum"].cost >= out["optimum"].cost - 1e-9
     assert res["ours"].slo_attainment >= 0.95
     assert res["optimum"].total_cost <= res["static-peak"].total_cost
     json.dumps({k: v.to_json() for k, v in res.items()})
+
+
+def test_clairvoyant_with_cold_start_asks_a_cold_start_ahead_and_costs_at_least_the_optimum():
+    # one pool, 60 s cold start = 2 intervals of 30 s; a burst needing 3 replicas in interval 5 only
+    pool = PoolModel("gpu", price_per_hour=3.6, capacity=100.0, min_replicas=0, max_replicas=5, cold_start_s=60)
+    arrival = np.concatenate([np.arange(0, 300, 1.0), 150 + np.arange(0, 30, 0.1)])
+    order = np.argsort(arrival, kind="stable")
+    arrival = arrival[order]
+    work = np.concatenate([np.full(300, 50.0), np.full(300, 25.0)])[order]   # 50 w/s all along, +250 w/s in [150, 180)
+    opt = offline_optimum([pool], arrival, work, 30.0, window_s=1.0, horizon_s=299.0)
+    cold = clairvoyant_cold_start([pool], arrival, work, 30.0, window_s=1.0, horizon_s=299.0)
+    assert [p["gpu"] for p in opt.plan] == [1, 1, 1, 1, 1, 3, 1, 1, 1, 1]
+    # the two extra replicas are asked for (and paid) from interval 3, two intervals before they serve
+    assert [p["gpu"] for p in cold.plan] == [1, 1, 1, 3, 3, 3, 1, 1, 1, 1]
+    assert cold.cost == pytest.approx(opt.cost + 2 * 2 * 3.6 * 30 / 3600)
+    # replayed with cold starts the burst finds its capacity ready; the no-cold-start plan replayed with them does not
+    tr = Trace("burst", arrival, work * 0 + 250.0, np.zeros(len(arrival)), np.zeros(len(arrival)))
+    s = Settings(ttft_p95_s=2.0, tpot_p95_s=None, weights=WorkWeights(prompt=0.2))
+    from moe_operator.autoscaling.simulate.policies import Schedule
+    ok = replay(tr, [pool], s, Schedule(cold.plan, 30.0), cold_start=True)
+    late = replay(tr, [pool], s, Schedule(opt.plan, 30.0), cold_start=True)
+    assert ok.slo_attainment > late.slo_attainment

@@ -27,7 +27,7 @@ def plot_results(results: dict, pool_names: list[str], out: str | Path, title: s
         tt = np.array([s[0] for s in r.series]) / 60.0
         cap = np.array([s[2] for s in r.series])
         lw = 2.2 if name in ("ours", "optimum") else 1.0
-        ls = "--" if name == "optimum" else "-"
+        ls = "--" if name.startswith("optimum") else "-"
         ax1.plot(tt, cap, ls, lw=lw, label=f"{name} (${r.total_cost:.2f}, SLO {r.slo_attainment:.1%})")
     ax1.set_ylabel("work units/s (generated-token equiv.)")
     ax1.set_title(title)

@@ -13,12 +13,13 @@ import numpy as np
 from ..model import PoolModel, Settings
 from ..observation import Observation
 from .fleet import Replay
-from .optimum import interval_demands, offline_optimum
+from .optimum import clairvoyant_cold_start, interval_demands, offline_optimum
 from .policies import (CheapestSinglePool, HpaUtilization, Ours, RayServeOngoing, Schedule, StaticPeak,
                        WvaCostGreedy)
 from .traces import Trace
 
-POLICIES = ("ours", "static-peak", "hpa", "ray-serve", "cheapest-pool", "wva-greedy", "optimum")
+POLICIES = ("ours", "static-peak", "hpa", "ray-serve", "cheapest-pool", "wva-greedy", "optimum", "optimum-cold-start")
+REFERENCES = ("optimum", "optimum-cold-start")   # clairvoyant schedules, not online policies
 DRAIN_S = 900.0     # after the last arrival, replay at most this long for the queue to empty
 
 
@@ -110,17 +111,24 @@ def make_policy(name: str, trace: Trace, pools: Sequence[PoolModel], settings: S
 
 def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policies: Sequence[str],
              max_batch_size: int = 16, on_second: Callable[[], None] | None = None) -> dict:
-    """All requested policies plus the optimum's figures: {"results": {name: PolicyResult}, "optimum": Optimum}."""
+    """All requested policies plus the optimum's figures: {"results": {name: PolicyResult}, "optimum": Optimum,
+    "cold_start_optimum": Optimum or None (computed only when "optimum-cold-start" is requested)}."""
     work = settings.weights.prompt * trace.prompt + settings.weights.cached_prompt * trace.cached + trace.output
     window = min(10.0, max(1.0, settings.ttft_p95_s or 10.0))   # queues must drain within the TTFT target
     opt = offline_optimum(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window,
                           horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero)
-    results = {}
+    results, cold = {}, None
     for name in policies:
         if name == "optimum":
             results[name] = replay(trace, pools, settings, Schedule(opt.plan, settings.interval_s), cold_start=False,
                                    on_second=on_second)
+        elif name == "optimum-cold-start":  # clairvoyant too, but every replica pays its cold start
+            cold = clairvoyant_cold_start(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window,
+                                          horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero)
+            sched = Schedule(cold.plan, settings.interval_s)
+            sched.name = name
+            results[name] = replay(trace, pools, settings, sched, cold_start=True, on_second=on_second)
         else:
             results[name] = replay(trace, pools, settings, make_policy(name, trace, pools, settings, max_batch_size),
                                    on_second=on_second)
-    return {"results": results, "optimum": opt}
+    return {"results": results, "optimum": opt, "cold_start_optimum": cold}
