@@ -30,12 +30,12 @@ ALLOWED_IN_WATCHED = [
     ("get", "rayservices.ray.io", ""), ("list", "rayservices.ray.io", ""), ("watch", "rayservices.ray.io", ""),
     ("create", "rayservices.ray.io", ""), ("update", "rayservices.ray.io", ""), ("patch", "rayservices.ray.io", ""),
     ("get", "rayclusters.ray.io", ""), ("list", "rayclusters.ray.io", ""), ("update", "rayclusters.ray.io", ""),
-    ("create", "events", ""),
+    ("create", "events", ""), ("get", "secrets", ""), ("create", "secrets", ""),
     ("list", "kopfpeerings.kopf.dev", ""), ("watch", "kopfpeerings.kopf.dev", ""),
 ]
 #: What it must never be able to do, anywhere.
 DENIED_EVERYWHERE = [
-    ("get", "secrets", ""), ("list", "secrets", ""), ("watch", "secrets", ""), ("create", "secrets", ""),
+    ("list", "secrets", ""), ("watch", "secrets", ""), ("update", "secrets", ""), ("delete", "secrets", ""),
     ("create", "pods", ""), ("get", "pods", ""), ("create", "pods", "exec"), ("list", "configmaps", ""),
     ("create", "moedeployments.serving.moe-operator.io", ""), ("update", "moedeployments.serving.moe-operator.io", ""),
     ("delete", "moedeployments.serving.moe-operator.io", ""), ("delete", "rayservices.ray.io", ""),
@@ -209,6 +209,7 @@ def test_cluster_mode_rbac_is_exactly_what_the_operator_uses(cluster, release):
             ("rayservices.ray.io", ""): {"get", "list", "watch", "create", "update", "patch"},
             ("rayclusters.ray.io", ""): {"get", "list", "update"},
             ("events", ""): {"create"},
+            ("secrets", ""): {"get", "create"},
             ("clusterkopfpeerings.kopf.dev", ""): {"list", "watch"},
             ("clusterkopfpeerings.kopf.dev", "moe-operator"): {"get", "patch"},
             ("customresourcedefinitions.apiextensions.k8s.io", ""): {"list", "watch"},
@@ -250,6 +251,7 @@ def test_namespaced_mode_rbac_stays_in_the_watched_namespaces(cluster, release):
             ("rayservices.ray.io", ""): {"get", "list", "watch", "create", "update", "patch"},
             ("rayclusters.ray.io", ""): {"get", "list", "update"},
             ("events", ""): {"create"},
+            ("secrets", ""): {"get", "create"},
             ("kopfpeerings.kopf.dev", ""): {"list", "watch"},
             ("kopfpeerings.kopf.dev", "moe-operator"): {"get", "patch"},
         }

@@ -81,9 +81,15 @@ def test_operator_reconciles_an_example_with_only_the_chart_service_account(clus
                  "--drift-interval", "3", "--catalog-configmap", f"{release_ns}/{sa}-catalog"],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
-        cluster.kubectl("apply", "-n", watched, "-f", str(ROOT / "examples" / "tiny-moe.yaml"))
+        # The example with live rebalancing on: the operator also creates the runtime admin token Secret.
+        example = yaml.safe_load((ROOT / "examples" / "tiny-moe.yaml").read_text())
+        example["spec"]["rebalance"] = {"enabled": True}
+        cluster.kubectl("apply", "-n", watched, "-f", "-", input=json.dumps(example))
         rs = wait("the RayService", lambda: get(cluster, "rayservice", "tiny-moe", "-n", watched), 150, log)
         assert any(o["kind"] == "MoEDeployment" and o.get("controller") for o in rs["metadata"]["ownerReferences"])
+        secret = get(cluster, "secret", "tiny-moe-runtime-admin", "-n", watched)
+        assert secret and secret["data"]["token"], "the admin token Secret was not created before the RayService"
+        assert secret["metadata"]["ownerReferences"][0]["kind"] == "MoEDeployment"
         moed = wait("status written", lambda: (m := get(cluster, "moed", "tiny-moe", "-n", watched))
                     and (m.get("status") or {}).get("observedGeneration") and m, 90, log)
         assert moed["status"]["observedGeneration"] == moed["metadata"]["generation"]
@@ -101,7 +107,7 @@ def test_operator_reconciles_an_example_with_only_the_chart_service_account(clus
         assert proc.poll() is None, "operator exited"
         text = log.read_text(errors="replace")
         refused = [line for line in text.splitlines() if re.search(r"forbidden|403", line, re.I)
-                   and re.search(r"moedeployments|rayservices|events|configmaps|kopfpeerings", line)]
+                   and re.search(r"moedeployments|rayservices|events|configmaps|kopfpeerings|secrets", line)]
         assert not refused, "\n".join(refused)
     finally:
         if proc is not None and proc.poll() is None:

@@ -66,14 +66,16 @@ def test_pods_meet_restricted_pod_security(helm_bin, values):
 
 
 @pytest.mark.parametrize("values", VALUES, ids=lambda p: p.stem)
-def test_rbac_has_no_wildcards_and_no_secrets(helm_bin, values):
+def test_rbac_has_no_wildcards_and_secrets_only_get_create(helm_bin, values):
     roles = [o for o in render(values) if o["kind"] in {"Role", "ClusterRole"}]
     assert roles
     for role in roles:
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs", "resourceNames"):
                 assert "*" not in rule.get(key, []), (role["metadata"]["name"], rule)
-            assert "secrets" not in rule["resources"] and "pods/exec" not in rule["resources"]
+            assert "pods/exec" not in rule["resources"]
+            if "secrets" in rule["resources"]:   # the runtime admin token (spec.rebalance): read and create only
+                assert rule["resources"] == ["secrets"] and rule["verbs"] == ["get", "create"], rule
             assert not {"delete", "deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
             assert "nonResourceURLs" not in rule
 

@@ -82,4 +82,10 @@ watched namespace's Role (namespaced mode). Each rule names the code that needs 
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# The runtime admin token Secret <name>-runtime-admin of MoEDeployments with spec.rebalance.enabled
+# (handlers/admin_secret.py creates it, owned by the MoEDeployment; the rebalancer reads its token). No list, watch,
+# update or delete: names are per MoEDeployment, so resourceNames cannot narrow get, and create cannot be narrowed.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create]
 {{- end -}}
