@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 
 class Exporter:
-    def __init__(self, port: int, model: str = "m", pools: dict[str, int] | None = None):
+    def __init__(self, port: int, model: str = "m", pools: dict[str, int] | None = None, ready_gauge: bool = True):
         self.model = model
         self.pools = pools or {"h800": 2, "ascend": 1}
         self.registry = r = CollectorRegistry()
@@ -28,6 +28,10 @@ class Exporter:
         for pool, n in self.pools.items():
             for i in range(n):
                 self.capacity.labels(model, pool, str(i)).set(1000)
+        self.ready = Gauge("moe_ready_replicas", "ready", ["model", "pool"], registry=r)   # the runtime's own count
+        for pool, n in self.pools.items():
+            if ready_gauge:
+                self.ready.labels(model, pool).set(n)
         self.load = {"generated": 0.0, "prompt": 0.0, "cached_prompt": 0.0}
         self.ttft_value, self.tpot_value, self.queue_value = 0.3, 0.03, 0.0
         self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=r)

@@ -16,7 +16,7 @@ from helpers import two_pools
 from moe_operator.autoscaling import Settings, decide
 from moe_operator.autoscaling.mix import capacity_of
 from moe_operator.autoscaling.sources.prometheus import PrometheusSource
-from moe_operator.autoscaling.sources.scrape import ScrapeSource, bucket_quantile
+from moe_operator.autoscaling.sources.scrape import ScrapeSource, bucket_quantile, observation_between, parse_metrics
 from require import need
 
 PROMETHEUS = "/usr/bin/prometheus"
@@ -88,6 +88,7 @@ def test_prometheus_source_and_decisions_follow_load(exporter, prometheus):
     pools = two_pools(h800={"capacity": 1000.0}, ascend={"capacity": 1000.0})
     s = Settings(target_utilization=1.0, scale_down_stabilization_s=0.0, hysteresis=0.0, ttft_p95_s=2.0, tpot_p95_s=0.1)
     exporter.load.update(generated=3000.0, prompt=5000.0)
+    exporter.ready.labels("m", "h800").set(3)      # the runtime's count, not the number of capacity series (2)
 
     def settled(lo, hi):
         o = src.observe()
@@ -96,7 +97,7 @@ def test_prometheus_source_and_decisions_follow_load(exporter, prometheus):
     o = wait_for(lambda: settled(2400, 3600))
     assert o is not None, src.last_error
     assert o.tokens_per_s["prompt"] == pytest.approx(5000, rel=0.25)
-    assert o.ready == {"h800": 2, "ascend": 1}
+    assert o.ready == {"h800": 3, "ascend": 1}
     assert o.queue_depth == 0 and o.running == 3
     assert 0.25 <= o.ttft_p95_s <= 0.5 and 0.025 <= o.tpot_p95_s <= 0.05   # bucket holding 0.3 s / 0.03 s
     assert o.requests_per_s == pytest.approx(10, rel=0.3)
@@ -131,9 +132,26 @@ def test_scrape_source_two_scrapes_make_rates(exporter):
     assert o is not None
     assert o.tokens_per_s["generated"] == pytest.approx(2000, rel=0.2)
     assert o.ready == {"h800": 2, "ascend": 1}
+    exporter.ready.labels("m", "h800").set(4)
+    exporter.ready.remove("m", "ascend")            # the runtime stopped reporting the pool: unknown, not 0
+    time.sleep(0.3)
+    assert src.observe().ready == {"h800": 4}
     assert 0.25 <= o.ttft_p95_s <= 0.5
     bad = ScrapeSource(f"http://127.0.0.1:{free_port()}/metrics")
     assert bad.observe() is None and "failed" in bad.last_error
+
+
+def test_ready_replicas_is_the_runtime_gauge_max_over_scraped_ingresses():
+    """Two ingresses export the same board count: max, not sum; capacity series do not count as replicas."""
+    text = ('moe_ready_replicas{model="m",pool="h800",instance="a"} 3\n'
+            'moe_ready_replicas{model="m",pool="h800",instance="b"} 3\n'
+            'moe_ready_replicas{model="other",pool="h800"} 9\n'
+            'moe_capacity_tokens_per_second{model="m",pool="ascend"} 100\n'
+            'moe_tokens_total{model="m",pool="h800",kind="generated"} 10\n')
+    snap = parse_metrics(text, 0.0, model="m")
+    assert snap.ready == {"h800": 3}
+    later = parse_metrics(text.replace("kind=\"generated\"} 10", "kind=\"generated\"} 30"), 2.0, model="m")
+    assert observation_between(snap, later).ready == {"h800": 3}
 
 
 def test_bucket_quantile_matches_promql_interpolation():

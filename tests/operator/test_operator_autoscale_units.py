@@ -93,13 +93,14 @@ class _Source:
     def __init__(self):
         self.generated = 0.0
         self.now = 0.0
+        self.ready: dict[str, int] = {}     # moe_ready_replicas as the runtime would report it
 
     def observe(self):
         from moe_operator.autoscaling import Observation
 
         return Observation(observed_at=self.now, tokens_per_s={"generated": self.generated, "prompt": 0.0,
                                                                 "cached_prompt": 0.0},
-                           requests_per_s=1.0, queue_depth=0.0)
+                           requests_per_s=1.0, queue_depth=0.0, ready=dict(self.ready))
 
 
 def test_vllm_deployment_scaled_by_tick_and_a_restart_inside_the_window_keeps_replicas(monkeypatch):
@@ -154,3 +155,40 @@ def test_vllm_deployment_scaled_by_tick_and_a_restart_inside_the_window_keeps_re
     autoscale.STATES.clear()
     cluster.status = {}
     assert tick(2010, 300) == 3
+
+
+def test_ready_replicas_from_the_runtime_gauge_else_the_raycluster(monkeypatch):
+    import copy
+
+    from moe_operator.api import load_manifest
+    from moe_operator.catalog import Catalog
+    from moe_operator.handlers import kube
+    from moe_operator.render import Images
+    from moe_operator.render.pipeline import plan_and_render
+
+    m = load_manifest(Path(__file__).resolve().parents[2] / "examples" / "qwen3-moe-mixed.yaml")
+    rs = plan_and_render(m.metadata.name, "default", m.spec, Catalog.default(), Images()).rayservice
+    cluster, source = _Cluster(rs), _Source()
+    cluster.install(monkeypatch)
+    rc = {"metadata": {"name": "rc"}, "spec": copy.deepcopy(rs["spec"]["rayClusterConfig"]),
+          "status": {"readyWorkerReplicas": 2}}
+    monkeypatch.setattr(kube, "active_raycluster", lambda ns, r: rc)
+    monkeypatch.setattr(kube, "replace_raycluster_with_retry", lambda ns, name, mutate: mutate(rc))
+    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model: source)
+    monkeypatch.setattr(autoscale, "STATES", {})
+    seen, real_decide = [], autoscale.decide
+    monkeypatch.setattr(autoscale, "decide", lambda obs, *a: (seen.append(dict(obs.ready)), real_decide(obs, *a))[1])
+    body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+            "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1},
+            "spec": {**m.spec.model_dump(by_alias=True, exclude_none=True),
+                     "autoscaling": {"enabled": True, "intervalSeconds": 10}}}
+
+    def ready_seen_by_policy(t, gauge):
+        source.now, source.ready = t, gauge
+        autoscale.tick({**body, "status": copy.deepcopy(cluster.status)}, t)
+        return seen[-1]
+
+    # no gauge: the RayCluster's group replicas (1 each; 2 ready workers cover both groups)
+    assert ready_seen_by_policy(1000, {}) == {"h100": 1, "ascend": 1}
+    # the runtime reports h100 (none serving yet, e.g. still loading): that wins; ascend keeps the fallback
+    assert ready_seen_by_policy(1010, {"h100": 0, "other": 5}) == {"h100": 0, "ascend": 1}

@@ -3,7 +3,9 @@
 Rates are tokens/s (per kind, see model.TOKEN_KINDS) and requests/s averaged over the source's window;
 latencies are p95 seconds over the same window; ``observed_at`` is a Unix time in seconds.
 ``served_by_pool`` (optional) lets the policy correct each pool's capacity from throughput observed at
-saturation. Missing values are None, never zero: zero means "measured zero".
+saturation. ``ready``: replicas serving per pool as the runtime reports them (gauge ``moe_ready_replicas``);
+a pool absent from it is unknown to the runtime, and the caller fills it from its own count (the operator from
+the RayCluster, ``moectl up`` from Serve). Missing values are None, never zero: zero means "measured zero".
 """
 from __future__ import annotations
 

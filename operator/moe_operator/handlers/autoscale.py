@@ -70,7 +70,9 @@ def _source(state: State, metrics_spec, model: str):
 
 
 def _ready(rc: dict | None, pools: list[str]) -> dict[str, int]:
-    """Ready replicas per pool from the RayCluster: its group replicas once the cluster reports ready workers."""
+    """Ready replicas per pool from the RayCluster: its group replicas once the cluster reports ready workers.
+
+    The fallback for pools the runtime's ``moe_ready_replicas`` gauge does not report (e.g. Ray Serve LLM apps)."""
     if not rc:
         return {}
     st = rc.get("status") or {}
@@ -165,9 +167,10 @@ def tick(body: dict, now: float | None = None) -> dict | None:
                  restored_desired(body.get("status"), pool_names, current)[1])
     source = _source(state, a.metrics, dep.spec.model.served_model_name or name)
     obs = source.observe() if source is not None else None
-    if obs is not None:
+    if obs is not None:   # the runtime's moe_ready_replicas where it reports a pool, else the RayCluster's count
         from dataclasses import replace
 
+        ready = {p: int(obs.ready.get(p, ready.get(p, 0))) for p in pool_names}
         obs = replace(obs, ready=ready)
     d = decide(obs, pools, settings, state.history, now)
     if d.held and getattr(source, "last_error", None):

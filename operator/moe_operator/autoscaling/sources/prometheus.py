@@ -8,9 +8,11 @@ Queries (``{sel}`` = ``model="<name>"``, ``[w]`` = the rate window, default 1m):
   running            sum(moe_running_sequences{sel})
   TTFT p95 (s)       histogram_quantile(0.95, sum by (le) (rate(moe_ttft_seconds_bucket{sel}[w])))
   TPOT p95 (s)       histogram_quantile(0.95, sum by (le) (rate(moe_tpot_seconds_bucket{sel}[w])))
-  ready replicas     count by (pool) (moe_capacity_tokens_per_second{sel})   (one series per serving replica)
+  ready replicas     max by (pool) (moe_ready_replicas{sel})   (the runtime's count; max: every ingress exports it)
   freshness          max(timestamp(moe_queue_depth{sel}))                      (observed_at = newest sample)
 An empty token-rate or queue result means missing metrics (the policy holds); an unreachable server too.
+No moe_ready_replicas series (a runtime without it, e.g. Ray Serve LLM): ``ready`` is empty and the caller
+uses its own count (the operator: the RayCluster's; ``moectl up``: Serve's).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def queries(model: str, window: str = "1m") -> dict[str, str]:
         "running": f"sum(moe_running_sequences{sel})",
         "ttft": f"histogram_quantile(0.95, sum by (le) (rate(moe_ttft_seconds_bucket{sel}[{window}])))",
         "tpot": f"histogram_quantile(0.95, sum by (le) (rate(moe_tpot_seconds_bucket{sel}[{window}])))",
-        "ready": f"count by (pool) (moe_capacity_tokens_per_second{sel})",
+        "ready": f"max by (pool) (moe_ready_replicas{sel})",
         "freshness": f"max(timestamp(moe_queue_depth{sel}))",
     }
 
@@ -85,7 +87,8 @@ class PrometheusSource:
             by_pool: dict[str, dict[str, float]] = {}
             for r in self._vector("tokens_by_pool"):
                 by_pool.setdefault(r["metric"].get("pool", ""), {})[r["metric"].get("kind", "")] = _num(r["value"][1]) or 0.0
-            ready = {r["metric"].get("pool", ""): int(float(r["value"][1])) for r in self._vector("ready")}
+            ready = {r["metric"].get("pool", ""): int(v) for r in self._vector("ready")
+                     if (v := _num(r["value"][1])) is not None}
             fresh = self._scalar("freshness")
             obs = Observation(
                 observed_at=fresh if fresh is not None else self.clock(),

@@ -2,7 +2,9 @@
 
 Rates need two scrapes: the first call remembers the counters and returns None (the policy holds);
 each later call returns rates over the time between the last two scrapes. Quantiles come from the
-histogram bucket increases over the same span, interpolated like PromQL's histogram_quantile.
+histogram bucket increases over the same span, interpolated like PromQL's histogram_quantile. Ready replicas
+per pool come from the runtime's ``moe_ready_replicas`` gauge of the latest scrape (empty without it: the
+caller then uses its own count).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ class Snapshot:
     running: float = 0.0
     ttft_buckets: dict[float, float] = field(default_factory=dict)          # le -> cumulative count
     tpot_buckets: dict[float, float] = field(default_factory=dict)
-    replicas: dict[str, int] = field(default_factory=dict)                 # pool -> series of moe_capacity_tokens_per_second
+    ready: dict[str, int] = field(default_factory=dict)                    # pool -> moe_ready_replicas (max over series)
     seen: set = field(default_factory=set)
 
 
@@ -59,8 +61,9 @@ def parse_metrics(text: str, at: float, model: str | None = None) -> Snapshot:
                 le = float(labels["le"])
                 b = snap.ttft_buckets if name.startswith("moe_ttft") else snap.tpot_buckets
                 b[le] = b.get(le, 0.0) + v
-            elif name == "moe_capacity_tokens_per_second":
-                snap.replicas[pool] = snap.replicas.get(pool, 0) + 1
+            elif name == "moe_ready_replicas":
+                if not math.isnan(v):
+                    snap.ready[pool] = max(snap.ready.get(pool, 0), int(v))
             else:
                 continue
             snap.seen.add(name.removesuffix("_bucket"))
@@ -107,7 +110,7 @@ def observation_between(prev: Snapshot, cur: Snapshot) -> Observation | None:
         running=cur.running if "moe_running_sequences" in cur.seen else None,
         ttft_p95_s=bucket_quantile(0.95, delta(prev.ttft_buckets, cur.ttft_buckets)),
         tpot_p95_s=bucket_quantile(0.95, delta(prev.tpot_buckets, cur.tpot_buckets)),
-        ready={p: n for p, n in cur.replicas.items() if p}, served_by_pool=by_pool or None)
+        ready={p: n for p, n in cur.ready.items() if p}, served_by_pool=by_pool or None)
 
 
 class ScrapeSource:
