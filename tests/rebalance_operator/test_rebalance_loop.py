@@ -122,11 +122,13 @@ def test_cooldown_holds_without_writing(world):
 
 
 @pytest.mark.parametrize("breakage, kind", [("token", "Unauthorized"), ("off", "AdminDisabled"),
-                                            ("down", "Unreachable")])
+                                            ("down", "Unreachable"), ("nosecret", "Waiting"), ("empty", "Unauthorized")])
 def test_errors_are_said_once(world, breakage, kind):
     fake, body, rec, token = world
     if breakage == "token":
         token["value"] = "wrong"
+    elif breakage in ("nosecret", "empty"):
+        token["value"] = None if breakage == "nosecret" else ""
     elif breakage == "off":
         fake.admin_on = False
     else:

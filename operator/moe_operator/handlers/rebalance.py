@@ -234,9 +234,12 @@ def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
     url = runtime_url(body)
     try:
         token = admin_secret.read_token(ns, name)
+        if token is None:   # not created yet (the reconcile makes it before the RayService), or no RBAC to read it
+            raise AdminError("Waiting", f"waiting for Secret {name}-runtime-admin (the operator creates it when "
+                             "rebalance is enabled; it needs get/create on secrets)")
         if not token:
-            raise AdminError("Unauthorized", f"no token: Secret {name}-runtime-admin is missing or has an empty "
-                             "'token' (the operator creates it when rebalance is enabled)")
+            raise AdminError("Unauthorized", f"Secret {name}-runtime-admin has an empty 'token': put one in it "
+                             "(and restart the pods) or delete it so the operator creates one")
         answer = get_experts(url, token)
         for p in dep.spec.pools:
             mem = state.pools.setdefault(p.name, PoolMemory())

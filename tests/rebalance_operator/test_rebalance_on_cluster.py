@@ -1,0 +1,196 @@
+"""The live rebalancer end to end: the real operator on the real control plane, the real torch runtime (tiny
+model, 2 uneven shards, 2 engine replicas on a local Ray Serve) reached through the runtime-url annotation.
+
+Skewed traffic streams; the operator looks every 10 s, finds the placement imbalanced, posts a balanced one; the
+status shows the imbalance before > after and then every replica applied, an Event ``Rebalanced`` is posted, the
+runtime's GET shows every replica on the new placement id, and every request (some spanning the move) succeeds.
+Also against the real control plane, with an in-test admin API: the operator creates the token Secret only when
+rebalancing is on, and a wrong token is said once (status Unauthorized, one RebalanceFailed Warning).
+"""
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from fake_runtime import FakeRuntime
+from operator_harness import get, wait_for
+from require import need
+
+pytestmark = pytest.mark.cluster_logs("kube-apiserver")
+
+TOKEN = "rebalance-e2e-token"
+REPLICAS = 2
+PROMPTS = [  # skewed: repetitive prompts route most tokens to a few experts
+    "the the the the the the the the the the",
+    "hello hello hello hello hello hello",
+    "aaaa aaaa aaaa aaaa aaaa aaaa aaaa",
+]
+P0 = {"numLayers": 4, "numExperts": 8,
+      "shards": [{"name": "shard-0", "device": "cpu", "rayResources": {}},
+                 {"name": "shard-1", "device": "cpu", "rayResources": {}}],
+      "layers": [[[0, 1, 2, 3, 4, 5], [6, 7]]]}
+
+
+def manifest(name: str, url: str, enabled: bool = True) -> str:
+    return json.dumps({
+        "apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+        "metadata": {"name": name, "annotations": {"serving.moe-operator.io/runtime-url": url}},
+        "spec": {"model": {"source": "builtin://tiny-moe", "architecture": "tiny", "servedModelName": "tiny-moe"},
+                 "engine": "torch",
+                 "pools": [{"name": "cpu", "accelerator": "cpu", "pricePerDeviceHour": 0.05}],
+                 "autoscaling": {"enabled": False},
+                 "rebalance": {"enabled": enabled, "intervalSeconds": 10, "minGain": 0.05, "cooldownSeconds": 0}}})
+
+
+def secret(name: str, token: str) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-runtime-admin"},
+                       "stringData": {"token": token}})
+
+
+def rebalance_status(cluster, ns: str, name: str) -> dict:
+    entries = ((get(cluster, "moedeployment", name, "-n", ns) or {}).get("status") or {}).get("rebalance") or []
+    return entries[0] if entries else {}
+
+
+def events(cluster, ns: str, name: str, reason: str) -> list[dict]:
+    return [e for e in (get(cluster, "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")
+                        or {"items": []})["items"] if e["reason"] == reason]
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    """The torch runtime's Serve app with the admin API on (token in the env before Ray starts)."""
+    try:
+        import httpx  # noqa: F401
+        from ray import serve  # noqa: F401
+
+        from moe_runtime import local
+        from moe_runtime.config import RuntimeConfig
+    except ImportError as exc:
+        need("ray[serve]", str(exc))
+    if not os.path.exists(os.path.join(os.path.dirname(local.__file__), "admin_api.py")):
+        need("runtime admin API", "moe_runtime.admin_api is not in this tree")
+    from ray_support import start_local_ray
+    from runtime_serving.serving_support import free_port
+
+    saved = {k: os.environ.get(k) for k in ("MOE_ADMIN_TOKEN", "MOE_TORCH_THREADS")}
+    os.environ["MOE_ADMIN_TOKEN"], os.environ["MOE_TORCH_THREADS"] = TOKEN, "1"   # inherited by the Ray workers
+    ray = start_local_ray(num_cpus=2)
+    try:
+        cfg = RuntimeConfig(model_name="tiny-moe", model_source="builtin://tiny-moe", device="cpu", placement=P0,
+                            pools=[{"name": "cpu", "num_replicas": REPLICAS, "ray_actor_options": {"num_cpus": 0.5}}],
+                            max_batch_size=8, max_queue=32, max_context_tokens=512, cache={"prefix": False})
+        port = free_port()
+        local.deploy(local.serve_config("rebalance-e2e", cfg), port=port)
+        local.wait_running("rebalance-e2e", 300)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        local.shutdown()
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Traffic:
+    """Clients streaming skewed completions; records (start, end, ok) of each request."""
+
+    def __init__(self, base: str, clients: int = 3):
+        import httpx
+
+        self.base, self.stop, self.done, self.errors = base, threading.Event(), [], []
+        self.client = httpx.Client(timeout=120)
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i: int) -> None:
+        n = i
+        while not self.stop.is_set():
+            t0 = time.time()
+            try:
+                r = self.client.post(self.base + "/v1/completions", json={
+                    "model": "tiny-moe", "prompt": PROMPTS[n % len(PROMPTS)], "max_tokens": 32, "temperature": 0})
+                ok = r.status_code == 200 and r.json()["choices"][0]["text"] is not None
+                (self.done if ok else self.errors).append((t0, time.time(), r.status_code))
+            except Exception as exc:  # noqa: BLE001 - recorded as a failure, asserted on
+                self.errors.append((t0, time.time(), repr(exc)))
+            n += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=150)
+        self.client.close()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_skewed_traffic_is_rebalanced_live(cluster, namespace, operator, runtime):
+    import httpx
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    start = httpx.get(runtime + "/admin/v1/experts", headers=auth, timeout=30).json()["pools"]["cpu"]
+    assert start["placementId"] == "initial"
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=secret("live", TOKEN))
+    traffic = Traffic(runtime)
+    try:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("live", runtime))
+        posted = wait_for("a rebalance posted", lambda: (lambda s: s if s.get("lastRebalanceTime") else None)(
+            rebalance_status(cluster, namespace, "live")), timeout=90, interval=1, on_fail=operator.log_tail)
+        assert posted["imbalanceBefore"] > posted["imbalanceAfter"] >= 1.0, posted
+        assert posted["gain"] >= 0.05 and posted["placementId"].startswith("p-"), posted
+        done = wait_for("every replica on the new placement", lambda: (lambda s: s if s.get("reason") == "Rebalanced"
+                        else None)(rebalance_status(cluster, namespace, "live")), timeout=60, interval=1,
+                        on_fail=operator.log_tail)
+        assert done["replicasApplied"] == done["replicasTotal"] == REPLICAS, done
+        moved_at = time.time()
+        time.sleep(3)   # requests in flight across the move finish
+    finally:
+        traffic.close()
+    pool = httpx.get(runtime + "/admin/v1/experts", headers=auth, timeout=30).json()["pools"]["cpu"]
+    assert pool["placementId"] != "initial" and len(pool["replicas"]) == REPLICAS
+    assert {r["placementId"] for r in pool["replicas"]} == {pool["placementId"]}, pool["replicas"]
+    assert pool["placement"]["layers"] != P0["layers"]
+    ev = events(cluster, namespace, "live", "Rebalanced")
+    assert ev and "imbalance" in ev[0]["message"] and "pool cpu" in ev[0]["message"], ev
+    assert not traffic.errors, traffic.errors[:5]
+    posted_at = calendar.timegm(time.strptime(posted["lastRebalanceTime"], "%Y-%m-%dT%H:%M:%SZ"))
+    spanning = [d for d in traffic.done if d[0] < posted_at + 1 and d[1] > posted_at]
+    assert spanning, "no request spanned the move"
+    assert len([d for d in traffic.done if d[1] <= moved_at]) >= 10
+
+
+def test_token_secret_only_when_enabled_and_a_wrong_token_is_said_once(cluster, namespace, operator):
+    fake = FakeRuntime("the-runtime-token", {"cpu": P0}, replicas=2)
+    try:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("off", fake.url, enabled=False))
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("on", fake.url))
+        wait_for("the RayService of 'off'", lambda: get(cluster, "rayservice", "off", "-n", namespace), timeout=60,
+                 on_fail=operator.log_tail)
+        s = wait_for("the admin Secret of 'on'", lambda: get(cluster, "secret", "on-runtime-admin", "-n", namespace),
+                     timeout=60, on_fail=operator.log_tail)
+        assert s["metadata"]["ownerReferences"][0]["name"] == "on" and len(s["data"]["token"]) >= 40
+        assert get(cluster, "secret", "off-runtime-admin", "-n", namespace) is None
+        rs = get(cluster, "rayservice", "on", "-n", namespace)
+        env = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "MOE_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": "on-runtime-admin", "key": "token", "optional": True}}} in env
+        # The operator's fresh token is not the runtime's: 401, said once in the status and one Warning.
+        st = wait_for("status Unauthorized", lambda: (lambda e: e if e.get("reason") == "Unauthorized" else None)(
+            rebalance_status(cluster, namespace, "on")), timeout=40, on_fail=operator.log_tail)
+        assert "401" in st["message"]
+        time.sleep(12)   # at least one more look (intervalSeconds 10)
+        assert rebalance_status(cluster, namespace, "on")["time"] == st["time"]   # not rewritten
+        assert len(events(cluster, namespace, "on", "RebalanceFailed")) == 1
+        assert not (get(cluster, "moedeployment", "off", "-n", namespace).get("status") or {}).get("rebalance")
+        assert not fake.posts
+    finally:
+        fake.close()
