@@ -49,3 +49,51 @@ def plot_results(results: dict, pool_names: list[str], out: str | Path, title: s
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_frontier(panels: list[dict], out: str | Path, target_ratio: float = 1.15, target_slo: float = 0.99) -> Path:
+    """Cost (x the offline optimum) vs SLO attainment, one panel per trace.
+
+    Each panel: {"title": str, "sweeps": {label: [(ratio, attainment, note)]} (lines), "points": {name: (ratio,
+    attainment)} (baselines and references), "ymin": lowest attainment drawn (points below are named in the title)}. The issue's target region (ratio <= target_ratio, attainment >=
+    target_slo) is shaded so an SRE sees where it sits relative to what the policies reach.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        xs = [r for pts in panel["sweeps"].values() for r, _, _ in pts] + [r for r, _ in panel["points"].values()]
+        ys = [a for pts in panel["sweeps"].values() for _, a, _ in pts] + [a for _, a in panel["points"].values()]
+        ax.add_patch(plt.Rectangle((0, target_slo), target_ratio, 1.0 - target_slo + 0.01, color="tab:green", alpha=0.15,
+                                   label=f"target: <= {target_ratio:g}x optimum at >= {target_slo:.0%}"))
+        for i, (label, pts) in enumerate(panel["sweeps"].items()):
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", ms=4, lw=1.2, label=label)
+            for r, a, note in pts:
+                if note:
+                    ax.annotate(note, (r, a), fontsize=6, xytext=(3, -8), textcoords="offset points", color=f"C{i}")
+        ymin = panel.get("ymin", 0.0)
+        hidden = [f"{n} ({a:.1%})" for n, (r, a) in panel["points"].items() if a < ymin]
+        for j, (name, (r, a)) in enumerate(panel["points"].items()):
+            if a < ymin:
+                continue
+            marker = "*" if name.startswith("optimum") else "s"
+            ax.plot([r], [a], marker, color="k" if name.startswith("optimum") else f"C{j + len(panel['sweeps'])}",
+                    ms=11 if marker == "*" else 6, ls="none", label=name)
+            ax.annotate(name, (r, a), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        lo = max(ymin, min(ys + [target_slo]) - 0.02)
+        ax.set_ylim(lo, 1.003)
+        ax.set_xlim(0, max(xs + [target_ratio]) * 1.08)
+        ax.set_xlabel("cost / offline optimum")
+        ax.set_ylabel("SLO attainment (fraction of requests)")
+        ax.set_title(panel["title"] + (f"\nbelow the axis: {', '.join(hidden)}" if hidden else ""), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
