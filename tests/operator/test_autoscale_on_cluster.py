@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 
@@ -93,3 +94,64 @@ def test_load_scales_rayservice_and_raycluster_then_missing_metrics_hold(cluster
     finally:
         if exp is not None:
             exp.close()
+
+
+def vllm_manifest(name: str, url: str) -> str:
+    """examples/mixtral-8x7b-ascend.yaml (engine vllm, one Ray Serve LLM app) autoscaled from the in-test exporter."""
+    import yaml
+
+    from operator_harness import ROOT
+
+    m = yaml.safe_load((ROOT / "examples" / "mixtral-8x7b-ascend.yaml").read_text())
+    m["metadata"] = {"name": name, "annotations": {"autoscaling.moe-operator.io/capacity": json.dumps(
+        {"ascend": {"prefillTps": 1000, "decodeTps": 100, "cachedPrefillTps": 10000}})}}
+    m["spec"]["autoscaling"] = {"enabled": True, "intervalSeconds": 5, "targetUtilization": 0.7,
+                                "scaleDownStabilizationSeconds": 30,
+                                "metrics": {"scrape": {"url": url}, "staleAfterSeconds": 30}}
+    return json.dumps(m)
+
+
+def test_vllm_pool_scaled_and_a_restarted_operator_keeps_replicas_for_the_window(cluster, namespace, operator):
+    """engine vllm: the pool's LLMConfig num_replicas and worker group move, KubeRay's RayCluster follows in place;
+    the operator restarts as the load drops: the restored History keeps the replicas, then scales down."""
+    import yaml
+
+    exp = Exporter(free_port(), model="mixtral-8x7b", pools={"ascend": 1}, ready_gauge=False)   # vLLM: no gauge
+    url = f"http://127.0.0.1:{exp.server.server_port}/metrics"
+
+    def rs():
+        return get(cluster, "rayservice", "mx", "-n", namespace)
+
+    def llm_replicas():
+        app = yaml.safe_load(rs()["spec"]["serveConfigV2"])["applications"][0]
+        return app["args"]["llm_configs"][0]["deployment_config"]["num_replicas"]
+
+    try:
+        exp.load["generated"] = 20.0
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=vllm_manifest("mx", url))
+        wait_for("RayService", rs, on_fail=operator.log_tail)
+        rc_name = wait_for("RayCluster", lambda: (get(cluster, "rayclusters", "-n", namespace) or {}).get("items"))[0][
+            "metadata"]["name"]
+        exp.load["generated"] = 180.0                    # 180 / 0.7 x 1.075 / 100 -> 3 replicas (2 once corrected)
+        n = wait_for("the LLMConfig scaled up", lambda: (lambda k: k if k > 1 else None)(llm_replicas()), timeout=40,
+                     on_fail=operator.log_tail)
+        assert n in (2, 3), n
+        assert rs()["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == n
+        wait_for(f"the RayCluster's worker group at {n}", lambda: get(cluster, "rayclusters", rc_name, "-n", namespace)[
+            "spec"]["workerGroupSpecs"][0]["replicas"] == n, timeout=15, on_fail=operator.log_tail)
+        wait_for("status desiredReplicas", lambda: [p.get("desiredReplicas") for p in (get(
+            cluster, "moedeployment", "mx", "-n", namespace).get("status") or {}).get("pools") or []] == [n], timeout=15)
+
+        operator.stop()
+        exp.load["generated"] = 20.0                     # the load drops while the operator restarts
+        operator.start()
+        wait_for("the History restored from status", lambda: f"desired ascend={n} (from status.pools)" in
+                 operator.log_tail(200), timeout=30, on_fail=operator.log_tail)
+        time.sleep(12)                                   # >= 2 ticks of fresh low load inside the 30 s window
+        assert llm_replicas() == n, operator.log_tail()
+        wait_for("the scale-down a window after the restart", lambda: llm_replicas() == 1, timeout=60,
+                 on_fail=operator.log_tail)
+        assert rs()["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 1
+        assert [c["metadata"]["name"] for c in get(cluster, "rayclusters", "-n", namespace)["items"]] == [rc_name]
+    finally:
+        exp.close()
