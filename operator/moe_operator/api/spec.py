@@ -229,7 +229,7 @@ class AutoscalingSpec(ApiModel):
         default=None, ge=0, le=86400,
         description="Seconds the burst reserve remembers a burst: capacity that bursts shorter than an interval "
         "needed (estimated from TTFT above target) is kept while bursts recur within this time, then decays. "
-        "Unset: 5 x the longest pool coldStartSeconds; 0 turns the reserve off.",
+        "Unset: 5 x the longest pool coldStartSeconds, at least scaleDownStabilizationSeconds; 0 turns it off.",
     )
     scale_to_zero: ScaleToZeroSpec = Field(default_factory=ScaleToZeroSpec, description="Scale-to-zero behaviour.")
 

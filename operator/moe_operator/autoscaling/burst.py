@@ -5,7 +5,7 @@ it, and a replica started when the burst shows takes a cold start (90-120 s) to 
 What the interval does show is the burst's latency: in a FIFO fleet the wait of the queue's tail scales as
 1/capacity, so ``ready capacity x TTFT p95 / TTFT target`` estimates the capacity that would have kept that
 interval's p95 TTFT at the target (work units/s). The reserve is a high quantile of those samples over the
-last ``burst_reserve_s`` seconds (default: 5 cold starts): it holds through gaps shorter than that window (a replica must already be
+last ``burst_reserve_s`` seconds (default: 5 cold starts, at least the scale-down window): it holds through gaps shorter than that window (a replica must already be
 running when the next burst comes) and decays once bursts stop, as their samples leave the window.
 Pure arithmetic; times in seconds, capacities in work units/s.
 """
@@ -20,14 +20,16 @@ RESERVE_COLD_STARTS = 5.0   # default window = this many of the longest cold sta
 
 
 def reserve_window_s(pools: Sequence[PoolModel], settings: Settings) -> float:
-    """Seconds the reserve remembers a burst: the setting, or RESERVE_COLD_STARTS x the longest cold start.
+    """Seconds the reserve remembers a burst: the setting, else RESERVE_COLD_STARTS x the longest cold start,
+    at least scaleDownStabilizationSeconds (a burst's need is not forgotten sooner than a mean need is).
 
-    A burst after a gap G is met only if its capacity was kept through G; a replica needs its cold start to
-    serve, so a window of a few cold starts keeps the reserve through the gaps a restart could not bridge.
+    A burst after a gap G is met only if its capacity was kept through G, since a replica started when the burst
+    shows serves a cold start later; a longer window covers longer gaps and pays for idle capacity through them.
     """
     if settings.burst_reserve_s is not None:
         return float(settings.burst_reserve_s)
-    return RESERVE_COLD_STARTS * max((p.cold_start_s for p in pools), default=0.0)
+    cold = RESERVE_COLD_STARTS * max((p.cold_start_s for p in pools), default=0.0)
+    return max(cold, settings.scale_down_stabilization_s)
 
 
 def burst_sample(ready_capacity: float, ttft_p95_s: float | None, ttft_target_s: float | None,
