@@ -9,6 +9,7 @@ while the old map serves; ``commit(staged)`` swaps the routing table (one assign
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,11 @@ import torch
 
 from .placement import ExpertPlacement, ray_options
 from .shard import ExpertShard
+
+# Seconds a live move may spend loading (new shard actors start, kept ones load copies) before it is abandoned
+# (what was loaded is freed, the old map keeps serving). A shard whose rayResources no node offers would otherwise
+# wait forever and hold the engine's one-move-at-a-time lock. Env MOE_SHARD_LOAD_TIMEOUT_S overrides.
+LOAD_TIMEOUT_S = float(os.environ.get("MOE_SHARD_LOAD_TIMEOUT_S", "600"))
 
 
 class ShardedExperts:
@@ -66,7 +72,11 @@ class ShardedExperts:
                     fresh.append(a)
                     fresh_idx.append(s)
                     futures.append(a.ready.remote())
-            self.ray.get(futures)
+            try:
+                self.ray.get(futures, timeout=LOAD_TIMEOUT_S)
+            except self.ray.exceptions.GetTimeoutError:
+                raise TimeoutError(f"the new placement's shards did not load within {LOAD_TIMEOUT_S:g} s (a shard "
+                                   "whose rayResources no node offers?); MOE_SHARD_LOAD_TIMEOUT_S sets the limit") from None
         except Exception:
             self._undo(added, fresh)
             raise
