@@ -37,6 +37,7 @@ KEEPALIVE_S = 5.0  # seconds between two ingress keepalives (they carry the desi
 IDLE_EXIT_S = 120.0  # the board exits after this long without any call (the app was deleted)
 GENERATION_TTL_S = 600.0  # state of a config key nobody mentioned for this long is forgotten
 APPLY_BACKOFF_S = (1.0, 30.0)  # first and longest wait before retrying a failed apply, seconds
+SLOW_APPLY_S = 30.0  # an apply running longer than this is shown in the replica's report (``error``)
 
 
 def board_name(app: str) -> str:
@@ -180,6 +181,7 @@ class PlacementBoard:
         self.state = BoardState()
         self.idle_exit_s = idle_exit_s
         self.last_call = time.monotonic()
+        self.started_at = time.time()  # wall clock; a restarted board has a new one
         self._watchdog: asyncio.Task | None = None
 
     def _touch(self) -> float:
@@ -195,6 +197,11 @@ class PlacementBoard:
             await asyncio.sleep(min(5.0, self.idle_exit_s))
         log.info("placement board idle for %.0f s: exiting", self.idle_exit_s)
         ray.actor.exit_actor()
+
+    async def started(self) -> float:
+        """When this board instance started (wall clock, seconds): tells a restart apart."""
+        self._touch()
+        return self.started_at
 
     async def report(self, key: str, pool: str, info: dict[str, Any]) -> dict[str, Any]:
         return self.state.report(key, pool, info, self._touch())
@@ -250,6 +257,7 @@ class BoardReporter:
         self.error: str | None = None
         self._send_placement = False
         self._apply_task: asyncio.Task | None = None
+        self._apply_started = (None, 0.0)  # (placement id, monotonic start) of the apply in progress
         self._failed_id: str | None = None
         self._retry_at = 0.0
         self._backoff = APPLY_BACKOFF_S[0]
@@ -293,8 +301,12 @@ class BoardReporter:
 
     async def tick(self) -> dict[str, Any]:
         """One report; starts an apply when the board's desired placement differs from the running one."""
+        error = self.error
+        pid, started = self._apply_started
+        if self._apply_task is not None and not self._apply_task.done() and time.monotonic() - started > SLOW_APPLY_S:
+            error = f"applying {pid}: still loading after {time.monotonic() - started:.0f} s"
         info: dict[str, Any] = {"replica": self.replica, "placementId": self.running_id,
-                                "expertTokens": self.collect(), "error": self.error}
+                                "expertTokens": self.collect(), "error": error}
         if self._send_placement:
             info["placement"] = self.running
         if self._board is None:
@@ -302,7 +314,9 @@ class BoardReporter:
         reply = await self._board.report.remote(self.key, self.pool, info)
         self._send_placement = bool(reply.get("needPlacement"))
         want, doc = reply.get("placementId"), reply.get("placement")
-        if want is not None and want != self.running_id and doc is not None:
+        if want == self.running_id:  # e.g. the failing placement was replaced by the one this replica runs
+            self.error, self._failed_id = None, None
+        elif want is not None and doc is not None:
             self._maybe_apply(want, doc)
         return reply
 
@@ -313,6 +327,7 @@ class BoardReporter:
             return
         if pid != self._failed_id:
             self._backoff = APPLY_BACKOFF_S[0]
+        self._apply_started = (pid, time.monotonic())
         self._apply_task = asyncio.get_running_loop().create_task(self._apply(pid, doc))
 
     async def _apply(self, pid: str, doc: dict[str, Any]) -> None:

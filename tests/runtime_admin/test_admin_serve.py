@@ -68,8 +68,9 @@ def app():
         need("ray[serve]", str(exc))
     from ray_support import start_local_ray
 
-    saved = {k: os.environ.get(k) for k in ("MOE_ADMIN_TOKEN", "MOE_TORCH_THREADS")}
-    os.environ["MOE_ADMIN_TOKEN"], os.environ["MOE_TORCH_THREADS"] = TOKEN, "1"  # inherited by the Ray workers
+    env = {"MOE_ADMIN_TOKEN": TOKEN, "MOE_TORCH_THREADS": "1", "MOE_SHARD_LOAD_TIMEOUT_S": "3"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # inherited by the Ray workers
     ray = start_local_ray(num_cpus=2)
     try:
         cfg = RuntimeConfig(model_name="tiny-moe", model_source="builtin://tiny-moe", device="cpu", placement=P0,
@@ -207,6 +208,52 @@ def test_a_posted_placement_reaches_every_replica_while_requests_stream_unchange
     spanning = [x for x in results if x[2] < t_post and x[3] > t_done]
     assert spanning, f"no request spanned the move ({t_done - t_post:.1f} s); durations " \
                      f"{sorted(round(x[3] - x[2], 1) for x in results)}"
+
+
+def test_a_failing_move_is_reported_and_a_board_restart_keeps_the_posted_placement(app, tiny_ref):
+    import ray
+    from moe_runtime.placement_board import BOARD_NAMESPACE, board_name
+
+    running = get_experts(app)["placementId"]
+    assert running.startswith("p-")  # the previous test's move
+    # shard-1 asks for a resource no node has: its new actor never starts; the load times out (3 s here)
+    bad = {**P1, "shards": [P1["shards"][0], {**P1["shards"][1], "rayResources": {"no-such-accelerator": 1}}]}
+    r = httpx.post(app + "/admin/v1/placement", headers=AUTH, json={"pool": "cpu", "placement": bad}, timeout=30)
+    assert r.status_code == 202
+    bad_id = r.json()["placementId"]
+
+    def failing():
+        v = get_experts(app)
+        return v["placementId"] == bad_id and len(v["replicas"]) == REPLICAS and all(
+            x["placementId"] == running and "did not load within 3 s" in (x["error"] or "") for x in v["replicas"])
+
+    assert wait_for(failing, 30, 0.5), get_experts(app)
+    ids = tiny_ref.tokenizer.encode(PROMPTS[0])  # still serving, on the old placement
+    body = complete(app, ids, 8)
+    assert body["choices"][0]["text"] == text_of(tiny_ref.tokenizer, reference(tiny_ref.model, ids,
+                                                                               body["usage"]["completion_tokens"])[0])
+    board = ray.get_actor(board_name(APP), namespace=BOARD_NAMESPACE)
+    first = ray.get(board.started.remote())
+    ray.kill(board, no_restart=False)  # Ray restarts it empty; replicas re-report, the ingress restores its post
+
+    def restarted():
+        try:
+            return ray.get(board.started.remote(), timeout=5) != first
+        except Exception:  # noqa: BLE001 (restarting)
+            return False
+
+    assert wait_for(restarted, 30, 0.5)
+    assert wait_for(failing, 30, 0.5), get_experts(app)
+    # posting the placement the replicas run clears their errors; nothing moves
+    r = httpx.post(app + "/admin/v1/placement", headers=AUTH, json={"pool": "cpu", "placement": P1}, timeout=30)
+    assert r.json()["placementId"] == running
+
+    def recovered():
+        v = get_experts(app)
+        return v["placementId"] == running and len(v["replicas"]) == REPLICAS and all(
+            x["placementId"] == running and x["error"] is None for x in v["replicas"])
+
+    assert wait_for(recovered, 30, 0.5), get_experts(app)
 
 
 def test_admin_auth_and_bad_bodies(app):
