@@ -7,6 +7,7 @@ authenticates, validates and shapes errors like the OpenAI routes (``{"error": {
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from moe_runtime.placement_board import canonical_placement
 
 TOKEN_ENV = "MOE_ADMIN_TOKEN"
 PREFIX = "/admin/v1"
+BOARD_TIMEOUT_S = 10.0  # a board call slower than this (restarting, gone) answers 503
 
 
 class AdminBackend(Protocol):
@@ -89,11 +91,18 @@ def mount_admin_routes(app: FastAPI, backend: AdminBackend, token: str | None = 
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers()
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
+    async def board(call):
+        try:
+            return await asyncio.wait_for(call, BOARD_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 (the board restarting or gone: the client retries)
+            raise oa.APIError(503, f"placement board unavailable ({type(exc).__name__}: {exc}); retry in a few "
+                              "seconds", type="server_error", code="board_unavailable", retry_after_s=5) from None
+
     @app.get(PREFIX + "/experts")
     async def experts(request: Request):
         try:
             auth(request)
-            return await backend.experts()
+            return await board(backend.experts())
         except oa.APIError as exc:
             return error(exc)
 
@@ -103,9 +112,9 @@ def mount_admin_routes(app: FastAPI, backend: AdminBackend, token: str | None = 
             auth(request)
             body = oa.parse_body(await request.body())
             pool, doc = parse_placement_request(body, backend.pools, backend.shape, backend.initial)
+            pid = await board(backend.post(pool, doc))
         except oa.APIError as exc:
             return error(exc)
-        pid = await backend.post(pool, doc)
         return JSONResponse({"pool": pool, "placementId": pid}, status_code=202)
 
     return True

@@ -37,6 +37,7 @@ KEEPALIVE_S = 5.0  # seconds between two ingress keepalives (they carry the desi
 IDLE_EXIT_S = 120.0  # the board exits after this long without any call (the app was deleted)
 GENERATION_TTL_S = 600.0  # state of a config key nobody mentioned for this long is forgotten
 APPLY_BACKOFF_S = (1.0, 30.0)  # first and longest wait before retrying a failed apply, seconds
+CALL_TIMEOUT_S = 10.0  # a report slower than this counts as failed (the board is looked up again)
 SLOW_APPLY_S = 30.0  # an apply running longer than this is shown in the replica's report (``error``)
 
 
@@ -311,7 +312,7 @@ class BoardReporter:
             info["placement"] = self.running
         if self._board is None:
             self._board = self._get_board()
-        reply = await self._board.report.remote(self.key, self.pool, info)
+        reply = await asyncio.wait_for(self._board.report.remote(self.key, self.pool, info), CALL_TIMEOUT_S)
         self._send_placement = bool(reply.get("needPlacement"))
         want, doc = reply.get("placementId"), reply.get("placement")
         if want == self.running_id:  # e.g. the failing placement was replaced by the one this replica runs
@@ -400,8 +401,8 @@ class BoardClient:
         """Make ``doc`` (validated by the caller) the pool's desired placement; returns its id."""
         pid = placement_id(doc)
         entry = {"placementId": pid, "placement": doc, "at": time.time()}
-        self.posted[pool] = entry
         await self._call("set_desired", pool, pid, doc, entry["at"])
+        self.posted[pool] = entry  # only once the board has it: a failed post is not replayed by the keepalive
         return pid
 
     async def ready(self) -> dict[str, int]:

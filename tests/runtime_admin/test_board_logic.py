@@ -244,3 +244,16 @@ def test_admin_validation(admin):
     assert "model has 2 x 4" in post({"pool": "cpu", "placement": {
         "numLayers": 2, "numExperts": 3, "shards": SHARDS, "layers": [[[0, 1], [2]]]}})[1]["error"]["message"]
     assert len(backend.posted) == 1
+
+
+def test_a_board_that_cannot_be_reached_is_503(admin):
+    client, backend = admin
+
+    async def down(*_):
+        raise ConnectionError("board restarting")
+
+    backend.experts, backend.post = down, down
+    for r in (client.get("/admin/v1/experts", headers=AUTH),
+              client.post("/admin/v1/placement", headers=AUTH, json={"pool": "cpu", "placement": P1})):
+        assert r.status_code == 503 and r.json()["error"]["code"] == "board_unavailable"
+        assert "board restarting" in r.json()["error"]["message"] and r.headers["retry-after"] == "5"
