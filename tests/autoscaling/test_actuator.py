@@ -68,5 +68,9 @@ def test_status_fields_and_source_choice():
     assert fields["replicas"].startswith("ascend=0/")
     assert changed(None, d) and not changed(d.replicas, d)
     assert isinstance(source_for(MetricsSpec.model_validate({"prometheus": {"url": "http://p:9090"}}), "m"), PrometheusSource)
+    from moe_operator.autoscaling.sources.prometheus import queries, vllm_queries
+
+    prom = MetricsSpec.model_validate({"prometheus": {"url": "http://p:9090"}})
+    assert source_for(prom, "m").q == queries("m") and source_for(prom, "m", engine="vllm").q == vllm_queries("m")
     assert isinstance(source_for(MetricsSpec.model_validate({}), "m", "http://127.0.0.1:8000/metrics"), ScrapeSource)
     assert source_for(MetricsSpec.model_validate({}), "m") is None

@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -112,6 +113,78 @@ def test_prometheus_source_and_decisions_follow_load(exporter, prometheus):
     down = decide(o2, pools, s, up.history, time.time())
     assert capacity_of(pools, down.replicas) < capacity_of(pools, up.replicas)
     assert not down.held
+
+
+class VllmLoad:
+    """vLLM engine metrics as Ray Serve LLM exports them, in the exporter's registry (so the same Prometheus scrapes
+    them): sanitized Ray names (``ray_vllm_*``) for most, the older ``ray_vllm:*`` spelling for generated tokens and
+    TTFT, two DP engines, one other model (must not count). Advanced 10 times a second at known rates."""
+
+    def __init__(self, registry, model="mx"):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        labels = ["model_name", "engine", "ReplicaId"]
+        self.model = model
+        self.prompt = Counter("ray_vllm_prompt_tokens", "", labels, registry=registry)
+        self.generated = Counter("ray_vllm:generation_tokens", "", labels, registry=registry)
+        self.hits = Counter("ray_vllm_prefix_cache_hits", "", labels, registry=registry)
+        self.success = Counter("ray_vllm_request_success", "", [*labels, "finished_reason"], registry=registry)
+        self.waiting = Gauge("ray_vllm_num_requests_waiting", "", labels, registry=registry)
+        self.running = Gauge("ray_vllm_num_requests_running", "", labels, registry=registry)
+        self.ttft = Histogram("ray_vllm:time_to_first_token_seconds", "", labels, registry=registry,
+                              buckets=(0.1, 0.25, 0.5, 1, 2, 4, float("inf")))
+        self.tpot = Histogram("ray_vllm_time_per_output_token_seconds", "", labels, registry=registry,
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.2, float("inf")))
+        self.rates = {"prompt": 0.0, "hits": 0.0, "generated": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.1):
+            for engine in ("0", "1"):                       # two DP ranks split the load
+                lv = (self.model, engine, f"r{engine}")
+                self.prompt.labels(*lv).inc(self.rates["prompt"] * 0.05)
+                self.hits.labels(*lv).inc(self.rates["hits"] * 0.05)
+                self.generated.labels(*lv).inc(self.rates["generated"] * 0.05)
+                self.success.labels(*lv, "stop").inc(0.5)
+                self.waiting.labels(*lv).set(2)
+                self.running.labels(*lv).set(4)
+                self.ttft.labels(*lv).observe(0.3)
+                self.tpot.labels(*lv).observe(0.03)
+            other = ("other-model", "0", "x")
+            self.generated.labels(*other).inc(1000)
+            self.waiting.labels(*other).set(50)
+
+    def close(self):
+        self._stop.set()
+
+
+@pytest.mark.prometheus
+@pytest.mark.timeout(120)
+def test_prometheus_source_reads_vllm_engine_metrics(exporter, prometheus):
+    vllm = VllmLoad(exporter.registry)
+    try:
+        vllm.rates.update(prompt=4000.0, hits=1000.0, generated=600.0)
+        src = PrometheusSource(prometheus, model="mx", window="5s", engine="vllm")
+
+        def settled():
+            o = src.observe()
+            return o if o is not None and 450 <= o.tokens_per_s["generated"] <= 750 else None
+
+        o = wait_for(settled)
+        assert o is not None, src.last_error
+        assert o.tokens_per_s["cached_prompt"] == pytest.approx(1000, rel=0.25)
+        assert o.tokens_per_s["prompt"] == pytest.approx(3000, rel=0.25)    # every prompt token minus the hits
+        assert o.queue_depth == 4 and o.running == 8                        # two engines, the other model excluded
+        assert o.requests_per_s == pytest.approx(10, rel=0.3)
+        assert 0.25 <= o.ttft_p95_s <= 0.5 and 0.025 <= o.tpot_p95_s <= 0.05
+        assert o.ready == {} and abs(o.age(time.time())) < 5
+        assert PrometheusSource(prometheus, model="mx", window="5s").observe() is None   # contract names: none
+        missing = PrometheusSource(prometheus, model="nope", window="5s", engine="vllm")
+        assert missing.observe() is None and "nope" in missing.last_error
+    finally:
+        vllm.close()
 
 
 @pytest.mark.prometheus

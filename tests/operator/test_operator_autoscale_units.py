@@ -121,7 +121,7 @@ def test_vllm_deployment_scaled_by_tick_and_a_restart_inside_the_window_keeps_re
     rs = plan_and_render(m.metadata.name, "default", m.spec, Catalog.default(), Images()).rayservice
     cluster, source = _Cluster(rs), _Source()
     cluster.install(monkeypatch)
-    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model: source)
+    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch": source)
     monkeypatch.setattr(autoscale, "STATES", {})
     body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
             "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1, "annotations": {
@@ -174,7 +174,7 @@ def test_ready_replicas_from_the_runtime_gauge_else_the_raycluster(monkeypatch):
           "status": {"readyWorkerReplicas": 2}}
     monkeypatch.setattr(kube, "active_raycluster", lambda ns, r: rc)
     monkeypatch.setattr(kube, "replace_raycluster_with_retry", lambda ns, name, mutate: mutate(rc))
-    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model: source)
+    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch": source)
     monkeypatch.setattr(autoscale, "STATES", {})
     seen, real_decide = [], autoscale.decide
     monkeypatch.setattr(autoscale, "decide", lambda obs, *a: (seen.append(dict(obs.ready)), real_decide(obs, *a))[1])

@@ -54,17 +54,17 @@ class State:
 STATES: dict[tuple[str, str], State] = {}
 
 
-def _source(state: State, metrics_spec, model: str):
+def _source(state: State, metrics_spec, model: str, engine: str = "torch"):
     url = os.environ.get("MOE_PROMETHEUS_URL") or None
-    key = (metrics_spec.model_dump_json() if metrics_spec is not None else None, model, url)
+    key = (metrics_spec.model_dump_json() if metrics_spec is not None else None, model, url, engine)
     if state.source_key != key:
         from moe_operator.autoscaling.sources import source_for
 
-        src = source_for(metrics_spec, model)
+        src = source_for(metrics_spec, model, engine=engine)
         if src is None and url:
             from moe_operator.autoscaling.sources.prometheus import PrometheusSource
 
-            src = PrometheusSource(url, model=model)
+            src = PrometheusSource(url, model=model, engine=engine)
         state.source, state.source_key = src, key
     return state.source
 
@@ -165,7 +165,7 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         state.history = restore_history(body.get("status"), pools, settings, current, now)
         log.info("autoscaler: %s/%s: history restored, desired %s (from %s)", ns, name, _fmt(state.history.desired),
                  restored_desired(body.get("status"), pool_names, current)[1])
-    source = _source(state, a.metrics, dep.spec.model.served_model_name or name)
+    source = _source(state, a.metrics, dep.spec.model.served_model_name or name, dep.spec.engine)
     obs = source.observe() if source is not None else None
     if obs is not None:   # the runtime's moe_ready_replicas where it reports a pool, else the RayCluster's count
         from dataclasses import replace

@@ -13,6 +13,22 @@ Queries (``{sel}`` = ``model="<name>"``, ``[w]`` = the rate window, default 1m):
 An empty token-rate or queue result means missing metrics (the policy holds); an unreachable server too.
 No moe_ready_replicas series (a runtime without it, e.g. Ray Serve LLM): ``ready`` is empty and the caller
 uses its own count (the operator: the RayCluster's; ``moectl up``: Serve's).
+
+``engine: vllm`` (Ray Serve LLM) exports vLLM's own engine metrics instead of the contract's (``vllm_queries``):
+vLLM names them ``vllm:<name>``; through Ray's metrics agent (``LLMConfig.log_engine_metrics``, on by default)
+they are prefixed ``ray_`` and, in recent vLLM, ``:`` becomes ``_``. The selectors match every spelling,
+``{__name__=~"(ray_)?vllm[:_]<name>", model_name="<servedModelName>"}`` (Ray Serve LLM sets vLLM's
+served_model_name to the LLMConfig's model_id, which the render sets to servedModelName):
+  generated tokens/s   sum(rate(<generation_tokens>[w]))
+  cached prompt tok/s  sum(rate(<prefix_cache_hits>[w]))           (V1: prefix-cache hits counted in tokens)
+  prompt tokens/s      sum(rate(<prompt_tokens>[w])) - cached     (vLLM counts every prompt token)
+  requests/s           sum(rate(<request_success>[w]))
+  queue depth          sum(<num_requests_waiting>)
+  running              sum(<num_requests_running>)
+  TTFT / TPOT p95      histogram_quantile(0.95, sum by (le) (rate(<time_to_first_token_seconds_bucket>[w]))),
+                       TPOT from <time_per_output_token_seconds_bucket> or, in newer vLLM, <inter_token_latency_seconds_bucket>
+  freshness            max(timestamp(<num_requests_waiting>))
+vLLM has no ready-replica gauge: ``ready`` is empty (the operator counts the RayCluster).
 """
 from __future__ import annotations
 
@@ -41,6 +57,28 @@ def queries(model: str, window: str = "1m") -> dict[str, str]:
     }
 
 
+def _vllm(name: str, model: str) -> str:
+    """Selector of vLLM metric ``name`` (a regex fragment) in any of its spellings, for one served model."""
+    return f'{{__name__=~"(ray_)?vllm[:_]{name}", model_name="{model}"}}'
+
+
+def vllm_queries(model: str, window: str = "1m") -> dict[str, str]:
+    """The PromQL for a Ray Serve LLM (vLLM) deployment, by purpose (documented above and in docs/autoscaling.md)."""
+    v = lambda name: _vllm(name, model)  # noqa: E731
+    return {
+        "generated": f"sum(rate({v('generation_tokens(_total)?')}[{window}]))",
+        "cached": f"sum(rate({v('prefix_cache_hits(_total)?')}[{window}]))",
+        "prompt_all": f"sum(rate({v('prompt_tokens(_total)?')}[{window}]))",
+        "requests": f"sum(rate({v('request_success(_total)?')}[{window}]))",
+        "queue": f"sum({v('num_requests_waiting')})",
+        "running": f"sum({v('num_requests_running')})",
+        "ttft": f"histogram_quantile(0.95, sum by (le) (rate({v('time_to_first_token_seconds_bucket')}[{window}])))",
+        "tpot": "histogram_quantile(0.95, sum by (le) (rate("
+                f"{v('(time_per_output_token|inter_token_latency)_seconds_bucket')}[{window}])))",
+        "freshness": f"max(timestamp({v('num_requests_waiting')}))",
+    }
+
+
 def _num(v) -> float | None:
     x = float(v)
     return None if math.isnan(x) or math.isinf(x) else x
@@ -50,10 +88,10 @@ class PrometheusSource:
     """Observation for one model from a Prometheus server (prometheus-api-client)."""
 
     def __init__(self, url: str, model: str, window: str = "1m", clock: Callable[[], float] = time.time,
-                 client=None, timeout_s: float = 10.0):
-        self.url, self.model, self.window, self.clock = url, model, window, clock
+                 client=None, timeout_s: float = 10.0, engine: str = "torch"):
+        self.url, self.model, self.window, self.clock, self.engine = url, model, window, clock, engine
         self.client = client or self._connect(url, timeout_s)
-        self.q = queries(model, window)
+        self.q = vllm_queries(model, window) if engine == "vllm" else queries(model, window)
         self.last_error: str | None = None
 
     @staticmethod
@@ -75,6 +113,8 @@ class PrometheusSource:
 
     def observe(self) -> Observation | None:
         """The current observation, or None when Prometheus is unreachable or has no series for the model."""
+        if self.engine == "vllm":
+            return self._observe_vllm()
         try:
             tokens_res = self._vector("tokens")
             queue = self._scalar("queue")
@@ -97,6 +137,27 @@ class PrometheusSource:
                 ttft_p95_s=self._scalar("ttft"), tpot_p95_s=self._scalar("tpot"),
                 ready={p: n for p, n in ready.items() if p},
                 served_by_pool={p: v for p, v in by_pool.items() if p} or None)
+        except Exception as exc:  # unreachable or erroring server = missing metrics: the policy holds
+            self.last_error = f"prometheus {self.url}: {exc}"
+            return None
+        self.last_error = None
+        return obs
+
+    def _observe_vllm(self) -> Observation | None:
+        try:
+            generated, queue = self._scalar("generated"), self._scalar("queue")
+            if generated is None or queue is None:
+                self.last_error = (f"no vLLM generation_tokens/num_requests_waiting series for model_name "
+                                   f"{self.model!r} (Ray Serve LLM exports them with log_engine_metrics)")
+                return None
+            cached = self._scalar("cached") or 0.0
+            prompt = max(0.0, (self._scalar("prompt_all") or 0.0) - cached)
+            fresh = self._scalar("freshness")
+            obs = Observation(
+                observed_at=fresh if fresh is not None else self.clock(),
+                tokens_per_s={"prompt": prompt, "cached_prompt": cached, "generated": generated},
+                requests_per_s=self._scalar("requests"), queue_depth=queue, running=self._scalar("running"),
+                ttft_p95_s=self._scalar("ttft"), tpot_p95_s=self._scalar("tpot"))
         except Exception as exc:  # unreachable or erroring server = missing metrics: the policy holds
             self.last_error = f"prometheus {self.url}: {exc}"
             return None
