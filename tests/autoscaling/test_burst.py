@@ -85,3 +85,14 @@ def test_reserve_does_not_block_scale_to_zero():
     for t in range(30, 601, 30):
         d = decide(obs(t, 0, ready=d.replicas, rps=0.0), pools, s, d.history, t)
     assert sum(d.replicas.values()) == 0    # idle 60 s + the 180 s cold start passed: zero despite the reserve
+
+
+def test_reserve_takes_the_same_headroom_as_the_mean_need():
+    pools = two_pools()
+    caps = []
+    for util in (1.0, 0.5):
+        s = settings(ttft_p95_s=2.0, burst_reserve_s=600, target_utilization=util, slo_boost_step=0.0)
+        d = decide(obs(0, 300, ready={"h800": 1}), pools, s, None, 0)
+        d = decide(obs(30, 300, ready=d.replicas, ttft=8.0), pools, s, d.history, 30)   # sample 1500 x 4 = 6000
+        caps.append(capacity_of(pools, d.replicas))
+    assert 6000 <= caps[0] < 7500 and caps[1] >= 12000

@@ -178,7 +178,8 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
         sample = burst_sample(capacity_of(pools, obs.ready, factors), obs.ttft_p95_s, settings.ttft_p95_s, prefill)
     if sample is not None and burst_window > 0:
         bursts += ((now, sample),)
-    reserve = burst_reserve(bursts, now, burst_window, settings.burst_quantile)
+    # the same headroom as the mean need: a sample is the capacity that would just have met the p95 target
+    reserve = burst_reserve(bursts, now, burst_window, settings.burst_quantile) / settings.target_utilization
     if reserve > need and not zero_ok:
         need = reserve
         reasons.append(f"burst reserve: {reserve:.0f} work units/s kept for bursts of the last {burst_window:.0f}s")
