@@ -74,3 +74,31 @@ def test_status_fields_and_source_choice():
     assert source_for(prom, "m").q == queries("m") and source_for(prom, "m", engine="vllm").q == vllm_queries("m")
     assert isinstance(source_for(MetricsSpec.model_validate({}), "m", "http://127.0.0.1:8000/metrics"), ScrapeSource)
     assert source_for(MetricsSpec.model_validate({}), "m") is None
+
+
+def test_torch_scale_then_rerender_changes_no_args():
+    """After a scale, the reconcile's re-render (live worker-group sizes) is not drift, and the app's ``args`` are
+    byte-for-byte the same: a changed ``args`` makes Ray Serve rebuild the app and replace every replica
+    (docs/benchmarks/autoscaling-actuation.md)."""
+    import copy
+    from pathlib import Path
+
+    from moe_operator.api import load_manifest
+    from moe_operator.catalog import Catalog
+    from moe_operator.handlers import drift
+    from moe_operator.handlers.autoscale import merge
+    from moe_operator.render import Images
+    from moe_operator.render.pipeline import plan_and_render
+
+    m = load_manifest(Path(__file__).resolve().parents[2] / "examples" / "tiny-moe.yaml")
+
+    def render(replicas=None):
+        return plan_and_render(m.metadata.name, "default", m.spec, Catalog.default(), Images(), replicas).rayservice
+
+    rs = render()
+    live = merge(copy.deepcopy(rs), rayservice_patch(rs, {"cpu": 2}))
+    again = render(drift.live_replicas(live))
+    assert not drift.drifted(live, again, strict=False)
+    apps = [yaml.safe_load(x["spec"]["serveConfigV2"])["applications"][0] for x in (rs, live, again)]
+    assert apps[0]["args"] == apps[1]["args"] == apps[2]["args"]
+    assert serve_replicas(again) == serve_replicas(live) == {"cpu": 2}

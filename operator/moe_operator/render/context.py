@@ -128,6 +128,7 @@ def build_render_input(
             devices_per_pod=per_pod,
             hosts_per_replica=hosts,
             replicas=min(max(int(want), p.min_replicas), p.max_replicas),
+            initial_replicas=min(max(int(p.initial_replicas), p.min_replicas), p.max_replicas),
             min_replicas=p.min_replicas,
             max_replicas=p.max_replicas,
             tp=tp,

@@ -39,6 +39,7 @@ class PoolRender:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     ray_accelerator_type: str | None = None   # Ray Serve LLM accelerator_type (only names Ray knows)
     placement: dict[str, Any] | None = None   # contracts section 2 JSON (torch engine)
+    initial_replicas: int | None = None       # the spec's start count: the torch app's args (None: ``replicas``)
 
     @property
     def ray_resource(self) -> str:

@@ -33,8 +33,11 @@ def runtime_args(r: RenderInput) -> dict[str, Any]:
         "dtype": "float32" if vendors == {"cpu"} else "bfloat16",
         "quantization": r.quantization,
         "placement": placement,
+        # The live count goes only into the deployments' num_replicas (serve_torch template): a change of ``args``
+        # makes Ray Serve rebuild the app and replace every replica, so args keep the spec's start count.
         "pools": [
-            {"name": p.name, "num_replicas": p.replicas, "ray_actor_options": {"resources": {p.pool_resource: 1}}}
+            {"name": p.name, "num_replicas": p.replicas if p.initial_replicas is None else p.initial_replicas,
+             "ray_actor_options": {"resources": {p.pool_resource: 1}}}
             for p in r.pools
         ],
         "cache": {k: r.cache[k] for k in ("prefix", "block_tokens", "memory_bytes", "disk_dir", "disk_bytes")},
