@@ -206,6 +206,10 @@ def test_a_posted_placement_reaches_every_replica_while_requests_stream_unchange
         assert body["choices"][0]["text"] == text_of(tiny_ref.tokenizer, refs[p][1][:n]), p
         assert body["choices"][0]["finish_reason"] == "stop" or n == MAX_TOKENS
     spanning = [x for x in results if x[2] < t_post and x[3] > t_done]
+    durations = sorted(x[3] - x[2] for x in results)
+    print(f"\nadmin move: POST -> {REPLICAS} replicas on the new placement in {t_done - t_post:.2f} s; "
+          f"{len(results)} requests of {MAX_TOKENS} tokens (median {durations[len(durations) // 2]:.1f} s), "
+          f"{len(spanning)} in flight across the whole move, all equal to the in-process greedy text")
     assert spanning, f"no request spanned the move ({t_done - t_post:.1f} s); durations " \
                      f"{sorted(round(x[3] - x[2], 1) for x in results)}"
 
@@ -242,8 +246,11 @@ def test_a_failing_move_is_reported_and_a_board_restart_keeps_the_posted_placeme
         except Exception:  # noqa: BLE001 (restarting)
             return False
 
+    t_kill = time.monotonic()
     assert wait_for(restarted, 30, 0.5)
     assert wait_for(failing, 30, 0.5), get_experts(app)
+    print(f"\nboard restart: killed -> posted placement restored and {REPLICAS} replicas reporting in "
+          f"{time.monotonic() - t_kill:.2f} s")
     # posting the placement the replicas run clears their errors; nothing moves
     r = httpx.post(app + "/admin/v1/placement", headers=AUTH, json={"pool": "cpu", "placement": P1}, timeout=30)
     assert r.json()["placementId"] == running

@@ -257,3 +257,28 @@ def test_a_board_that_cannot_be_reached_is_503(admin):
               client.post("/admin/v1/placement", headers=AUTH, json={"pool": "cpu", "placement": P1})):
         assert r.status_code == 503 and r.json()["error"]["code"] == "board_unavailable"
         assert "board restarting" in r.json()["error"]["message"] and r.headers["retry-after"] == "5"
+
+
+def test_the_board_actor_class_serves_calls_and_exits_when_idle(monkeypatch):
+    """The actor's own methods (run here as a plain object) and its idle exit (Ray's exit_actor stubbed)."""
+    ray = pytest.importorskip("ray")
+    from moe_runtime.placement_board import PlacementBoard
+
+    exits = []
+    monkeypatch.setattr(ray.actor, "exit_actor", lambda: exits.append(True))
+
+    async def main():
+        b = PlacementBoard(idle_exit_s=0.2)
+        assert (await b.report("k", "cpu", rep("r1", INITIAL_ID, [[1]], placement=P0)))["placementId"] == INITIAL_ID
+        assert await b.set_desired("k", "cpu", "p-1", P1, 10.0)
+        assert (await b.view("k"))["cpu"]["placementId"] == "p-1" and await b.ready("k") == {"cpu": 1}
+        assert await b.started() > 0
+        for _ in range(3):  # calls keep it alive
+            await asyncio.sleep(0.1)
+            await b.keepalive("k", {})
+        assert not exits
+        await asyncio.sleep(0.5)
+        return b
+
+    b = asyncio.run(main())
+    assert exits and b._watchdog.done()
