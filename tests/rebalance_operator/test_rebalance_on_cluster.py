@@ -175,6 +175,11 @@ def test_skewed_traffic_is_rebalanced_live(cluster, namespace, operator, runtime
 def test_token_secret_only_when_enabled_and_a_wrong_token_is_said_once(cluster, namespace, operator):
     fake = FakeRuntime("the-runtime-token", {"cpu": P0}, replicas=2)
     try:
+        # The API server's CEL refuses rebalancing with engine vllm, with the sentence the offline check uses.
+        vllm = json.loads(manifest("vllm", fake.url))
+        vllm["spec"].update(engine="vllm", pools=[{"name": "h", "accelerator": "nvidia-h100", "devicesPerReplica": 8}])
+        refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(vllm), check=False)
+        assert refused.returncode != 0 and "vLLM's EPLB" in refused.stderr, refused.stderr
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("off", fake.url, enabled=False))
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("on", fake.url))
         wait_for("the RayService of 'off'", lambda: get(cluster, "rayservice", "off", "-n", namespace), timeout=60,
