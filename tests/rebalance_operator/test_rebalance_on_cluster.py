@@ -196,7 +196,7 @@ def test_token_secret_only_when_enabled_and_a_wrong_token_is_said_once(cluster, 
         st = wait_for("status Unauthorized", lambda: (lambda e: e if e.get("reason") == "Unauthorized" else None)(
             rebalance_status(cluster, namespace, "on")), timeout=40, on_fail=operator.log_tail)
         assert "401" in st["message"]
-        time.sleep(12)   # at least one more look (intervalSeconds 10)
+        time.sleep(16)   # at least one more look (intervalSeconds 10, the loop wakes every 5 s)
         assert rebalance_status(cluster, namespace, "on")["time"] == st["time"]   # not rewritten
         assert len(events(cluster, namespace, "on", "RebalanceFailed")) == 1
         assert not (get(cluster, "moedeployment", "off", "-n", namespace).get("status") or {}).get("rebalance")

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 URL_ANNOTATION = "serving.moe-operator.io/runtime-url"
 SERVE_PORT = 8000             # KubeRay's serve Service port (DefaultServingPort)
 HTTP_TIMEOUT_S = 10.0
-LOOP_STEP_S = 2.0             # how often the loop lists MoEDeployments for due ones (intervalSeconds >= 10 s)
+LOOP_STEP_S = 5.0             # how often the loop lists MoEDeployments for due ones (intervalSeconds >= 10 s)
 QUIET = {"Waiting"}           # kinds that never cause a status write on their own once an entry exists
 
 
