@@ -81,6 +81,29 @@ def test_skew_is_rebalanced_once_and_status_is_written_only_on_change(world):
     assert entry(body)["reason"] == "Balanced" and len(fake.posts) == 1, entry(body)
 
 
+def test_operator_metrics_count_moves_and_show_imbalance(world):
+    from prometheus_client import REGISTRY
+
+    fake, body, rec, _ = world
+    labels = {"namespace": body["metadata"]["namespace"], "name": body["metadata"]["name"], "pool": "cpu"}
+
+    def sample(metric):
+        return REGISTRY.get_sample_value(metric, labels)
+
+    moves_before = sample("moe_operator_rebalances_total") or 0.0
+    rb.tick(body, now=1000.0)
+    fake.route("cpu", SKEW)
+    rb.tick(body, now=1010.0)
+    e = entry(body)
+    assert sample("moe_operator_rebalances_total") == moves_before + 1
+    assert sample("moe_operator_expert_imbalance") == pytest.approx(e["imbalanceAfter"], abs=1e-3)
+    rb.tick(body, now=1020.0)
+    fake.route("cpu", SKEW)             # the same skew on the balanced placement: measured, not moved
+    rb.tick(body, now=1030.0)
+    assert sample("moe_operator_rebalances_total") == moves_before + 1
+    assert 1.0 <= sample("moe_operator_expert_imbalance") < e["imbalanceBefore"]
+
+
 def test_interval_is_respected_by_tick_due(world, monkeypatch):
     fake, body, rec, _ = world
     monkeypatch.setattr(kube, "list_moeds", lambda namespaces: [body])

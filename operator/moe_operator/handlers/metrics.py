@@ -17,6 +17,11 @@ DECISIONS = Counter("moe_operator_scaling_decisions", "Decisions that changed re
 WRITES = Counter("moe_operator_api_writes_total", "API writes the operator made, by kind (create, replace, status, event)",
                  ["kind"])
 ERRORS = Counter("moe_operator_reconcile_errors", "Failed reconciles", _L)   # ..._total
+REBALANCES = Counter("moe_operator_rebalances", "Expert placements the rebalancer posted to the runtime",
+                     [*_L, "pool"])   # ..._total
+IMBALANCE = Gauge("moe_operator_expert_imbalance",
+                  "MoE step time over the ideal step under the last window's loads (1.0 = even), for the placement "
+                  "the pool runs or, after a move, the one posted", [*_L, "pool"])
 
 
 def record(namespace: str, name: str, status: dict) -> None:
@@ -44,6 +49,13 @@ def record_autoscale(namespace: str, name: str, decision, max_hourly_cost: float
     LIMITED.labels(namespace, name).set(
         1 if any(c.type == "BudgetLimited" and c.status == "True" for c in decision.conditions) else 0)
     STALE.labels(namespace, name).set(1 if decision.held else 0)
+
+
+def record_rebalance(namespace: str, name: str, pool: str, decision, posted: bool) -> None:
+    """Gauge and counter from one rebalancer look at a pool (planning.rebalance.RebalanceDecision)."""
+    IMBALANCE.labels(namespace, name, pool).set(decision.imbalance_after if posted else decision.imbalance_before)
+    if posted:
+        REBALANCES.labels(namespace, name, pool).inc()
 
 
 def serve_metrics(port: int) -> None:

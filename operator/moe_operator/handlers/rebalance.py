@@ -34,7 +34,7 @@ from moe_operator.planning.expert_window import (
 )
 from moe_operator.planning.rebalance import RebalanceDecision, should_rebalance
 
-from . import admin_secret, kube, leader
+from . import admin_secret, kube, leader, metrics
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,8 @@ def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
     if write:
         kube.patch_moed_status(ns, name, {"rebalance": new_list})
     for p, w in words.items():
+        if w.decision is not None and w.reason != "NoTraffic":   # no traffic: no imbalance to speak of
+            metrics.record_rebalance(ns, name, p, w.decision, w.posted)
         log.info("rebalance %s/%s pool %s: %s: %s", ns, name, p, w.reason, w.message)
     return {"rebalance": new_list} if write else None
 
