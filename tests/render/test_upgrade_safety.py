@@ -38,9 +38,12 @@ def test_replicas_only_change_keeps_the_cluster_hash():
     b = render(spec(), replicas={"h800": 3, "npu": 2})
     assert a["spec"]["rayClusterConfig"] != b["spec"]["rayClusterConfig"]
     assert kuberay_hash(a["spec"]["rayClusterConfig"]) == kuberay_hash(b["spec"]["rayClusterConfig"])
-    # the Serve side follows the same replicas
+    # the Serve side follows the same replicas in the LLM server deployment's override; args (Serve's code
+    # version: a change replaces every replica) keep the start count
     apps = {x["name"]: x for x in yaml.safe_load(b["spec"]["serveConfigV2"])["applications"]}
-    assert apps["m-h800"]["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] == 3
+    assert apps["m-h800"]["deployments"][0]["num_replicas"] == 3
+    start = {x["name"]: x for x in yaml.safe_load(a["spec"]["serveConfigV2"])["applications"]}
+    assert {n: x["args"] for n, x in apps.items()} == {n: x["args"] for n, x in start.items()}
 
 
 def test_bounds_change_keeps_the_cluster_hash_but_a_device_change_does_not():

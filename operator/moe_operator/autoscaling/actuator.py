@@ -2,14 +2,17 @@
 
 Pure: takes the current RayService object (a dict as the API server returns it) and returns the patch, or
 None when nothing would change, so the caller patches only when the decision changes. It touches only
-  * spec.serveConfigV2, the pool's replica count, which lives in one of two places:
+  * spec.serveConfigV2, the pool's replica count, always a ``deployments[]`` override, never ``args`` (a changed
+    ``args`` changes the app's code version and Serve replaces every replica; an override only adds or removes):
     - ``engine: torch``: ``num_replicas`` of the Serve deployment ``engine-<pool>`` (docs/contracts.md section 3);
-    - ``engine: vllm`` (Ray Serve LLM apps, ``import_path: ray.serve.llm:...``): ``deployment_config.num_replicas``
-      of the pool's ``LLMConfig`` in the app's ``args`` (``llm_configs[]`` or, for data-parallel apps,
-      ``llm_config``), found by the pool's custom resource ``pool-<pool>`` in ``placement_group_config``.
-      Ray Serve LLM turns it into the LLM server deployment's ``num_replicas`` (for a data-parallel app it counts
-      DP groups; Serve runs ``num_replicas x data_parallel_size`` replicas). An ``autoscaling_config`` there
-      would be a second autoscaler on the same deployment: refused;
+    - ``engine: vllm`` (Ray Serve LLM apps, ``import_path: ray.serve.llm:...``): ``num_replicas`` of the
+      override naming the pool's LLM server deployment (``LLMServer:<model>``, ``DPServer:<model>``:
+      render/llm_names.py), added when an older render lacks it. The pool's LLMConfig in ``args`` (found by its
+      custom resource ``pool-<pool>`` in ``placement_group_config``) gives the name and keeps the spec's start
+      count. For a data-parallel app the autoscaler counts DP groups and the override holds groups x
+      ``data_parallel_size`` Serve replicas (what Ray Serve LLM's builder would have made of the LLMConfig's
+      count). An ``autoscaling_config`` in the LLMConfig would be a second autoscaler on the same deployment:
+      refused, and so is an LLMConfig without ``num_replicas`` (Ray Serve LLM then adds its own autoscaler);
   * spec.rayClusterConfig.workerGroupSpecs[*].replicas/minReplicas/maxReplicas of the pool's worker group.
 KubeRay leaves these fields out of the hash that decides whether a RayService needs a new RayCluster
 (``Replicas``, ``MinReplicas``, ``MaxReplicas``, ``WorkersToDelete`` are muted), so the cluster is scaled,
@@ -24,6 +27,7 @@ from typing import Any, Mapping
 import yaml
 
 from moe_operator.errors import UserError
+from moe_operator.render.llm_names import llm_deployment_name, serve_replicas_per_replica
 
 
 def engine_deployment(pool: str) -> str:
@@ -61,9 +65,9 @@ def rayservice_patch(rayservice: Mapping[str, Any], replicas: Mapping[str, int],
                         "re-render the RayService from the MoEDeployment")
     serve_changed = False
     for pool, n in replicas.items():
-        for holder in targets[pool]:
-            if holder.get("num_replicas") != int(n):
-                holder["num_replicas"] = int(n)
+        for holder, per in targets[pool]:
+            if holder.get("num_replicas") != int(n) * per:
+                holder["num_replicas"] = int(n) * per
                 serve_changed = True
 
     groups = copy.deepcopy((spec.get("rayClusterConfig") or {}).get("workerGroupSpecs") or [])
@@ -90,14 +94,16 @@ def rayservice_patch(rayservice: Mapping[str, Any], replicas: Mapping[str, int],
 def serve_replicas(rayservice: Mapping[str, Any]) -> dict[str, int]:
     """Current Serve replicas per pool read back from serveConfigV2 (torch or vLLM apps; for status and tests).
 
-    For a data-parallel vLLM app this is the LLMConfig's count, i.e. DP groups, the unit the autoscaler sizes.
+    For a data-parallel vLLM app this is DP groups (the override's Serve replicas / data_parallel_size), the
+    unit the autoscaler sizes; a vLLM app without the override reports its LLMConfig's count.
     """
     raw = (rayservice.get("spec") or {}).get("serveConfigV2") or ""
     config = yaml.safe_load(raw) if isinstance(raw, str) else copy.deepcopy(raw)
     out = {}
     for pool, holders in _replica_holders(config or {}, strict=False).items():
-        n = holders[0].get("num_replicas", 1)
-        out[pool] = int(n) if isinstance(n, int) else 0
+        holder, per = holders[0]
+        n = holder.get("num_replicas", 1)
+        out[pool] = int(n) // per if isinstance(n, int) else 0
     return out
 
 
@@ -123,27 +129,44 @@ def _llm_pool(cfg: Mapping[str, Any]) -> str | None:
     return pools[0] if len(pools) == 1 else None
 
 
-def _replica_holders(config: Mapping[str, Any], strict: bool = True) -> dict[str, list[dict]]:
-    """Per pool, the dicts whose ``num_replicas`` is that pool's replica count (in place, inside ``config``).
+def _replica_holders(config: Mapping[str, Any], strict: bool = True) -> dict[str, list[tuple[dict, int]]]:
+    """Per pool, (dict whose ``num_replicas`` is the pool's Serve count, Serve replicas per pool replica).
 
-    strict: raise UserError for an LLMConfig the autoscaler must not size (Serve autoscaling_config set).
+    The dicts live inside ``config`` and are changed in place. A vLLM app without an override for its LLM server
+    deployment gets one appended, holding the LLMConfig's count (the caller writes ``config`` only if a count
+    then changes). strict: raise UserError for an LLMConfig the autoscaler must not size.
     """
-    out: dict[str, list[dict]] = {}
+    out: dict[str, list[tuple[dict, int]]] = {}
     for app in config.get("applications") or []:
         for dep in app.get("deployments") or []:
             name = str(dep.get("name", ""))
             if name.startswith("engine-"):
-                out.setdefault(name[len("engine-"):], []).append(dep)
+                out.setdefault(name[len("engine-"):], []).append((dep, 1))
+        import_path = str(app.get("import_path", ""))
         for cfg in _llm_configs(app):
             pool = _llm_pool(cfg)
             if pool is None:
                 continue
-            dc = cfg.get("deployment_config")
-            if not isinstance(dc, dict):
-                dc = cfg["deployment_config"] = {}
+            dc = cfg.get("deployment_config") if isinstance(cfg.get("deployment_config"), dict) else {}
             if strict and "autoscaling_config" in dc:
                 raise UserError(f"application {app.get('name')}: the LLMConfig of pool {pool} sets "
                                 "deployment_config.autoscaling_config; Ray Serve's autoscaler and ours would fight "
                                 "over its replicas: remove it (the operator renders num_replicas)")
-            out.setdefault(pool, []).append(dc)
+            start = dc.get("num_replicas")
+            if strict and not isinstance(start, int):
+                raise UserError(f"application {app.get('name')}: the LLMConfig of pool {pool} has no integer "
+                                f"deployment_config.num_replicas ({start!r}); Ray Serve LLM would then run its own "
+                                "autoscaler on the pool: re-render the RayService from the MoEDeployment")
+            name = llm_deployment_name(import_path, cfg)
+            if name is None:
+                continue   # an LLM builder whose deployment names we do not know: not ours to size
+            per = serve_replicas_per_replica(import_path, cfg)
+            deployments = app.get("deployments")
+            if not isinstance(deployments, list):
+                deployments = app["deployments"] = []
+            dep = next((d for d in deployments if isinstance(d, dict) and d.get("name") == name), None)
+            if dep is None:   # rendered before the override existed: the LLMConfig's count is the live one
+                dep = {"name": name, "num_replicas": (start if isinstance(start, int) else 1) * per}
+                deployments.append(dep)
+            out.setdefault(pool, []).append((dep, per))
     return out

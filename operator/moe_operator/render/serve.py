@@ -6,7 +6,8 @@ accelerator_type, placement_group_config, deployment_config) and of vLLM's ``Eng
 block_size, max_model_len, max_num_seqs); tests/render validate them against the installed Ray.
 
 Replicas: our autoscaler owns them and patches ``num_replicas``; no Serve ``autoscaling_config`` is rendered,
-because two autoscalers on one deployment would fight.
+because two autoscalers on one deployment would fight. In a vLLM app the LLMConfig keeps the spec's start count
+and the live count is a ``deployments[]`` override of the LLM server deployment (llm_names.py says why).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import yaml
 
 from .fastyaml import BaseDumper, load
 from .inputs import PoolRender, RenderInput
+from .llm_names import llm_deployment_name, serve_replicas_per_replica
 from .templates import env
 
 DEVICE = {"cpu": "cpu", "nvidia": "cuda", "huawei": "npu"}
@@ -72,7 +74,8 @@ def llm_config(r: RenderInput, pool: PoolRender) -> dict[str, Any]:
             "strategy": "STRICT_PACK" if pool.hosts_per_replica == 1 else "PACK",
         },
         "deployment_config": {
-            "num_replicas": pool.replicas,
+            # the start count, constant: a changed ``args`` makes Serve replace every replica (vllm_apps overrides it)
+            "num_replicas": pool.replicas if pool.initial_replicas is None else pool.initial_replicas,
             "max_ongoing_requests": r.max_batch_size,
             "max_queued_requests": r.max_queue,
         },
@@ -107,7 +110,11 @@ def _vllm_source(source: str) -> str:
 
 
 def vllm_apps(r: RenderInput) -> list[dict[str, Any]]:
-    """One Serve application per pool; a single pool serves at "/", several at "/<pool>"."""
+    """One Serve application per pool; a single pool serves at "/", several at "/<pool>".
+
+    The live count goes into ``deployments: [{name: <LLM server deployment>, num_replicas}]`` (Serve replicas:
+    DP groups x data_parallel_size for a DP app), which the autoscaler's actuator patches; ``args`` stay put.
+    """
     apps = []
     for pool in r.pools:
         cfg = llm_config(r, pool)
@@ -120,6 +127,8 @@ def vllm_apps(r: RenderInput) -> list[dict[str, Any]]:
             "route_prefix": "/" if len(r.pools) == 1 else f"/{pool.name}",
             "import_path": import_path,
             "args": args,
+            "deployments": [{"name": llm_deployment_name(import_path, cfg),
+                             "num_replicas": pool.replicas * serve_replicas_per_replica(import_path, cfg)}],
         })
     return apps
 
