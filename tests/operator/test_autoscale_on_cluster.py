@@ -112,7 +112,8 @@ def vllm_manifest(name: str, url: str) -> str:
 
 
 def test_vllm_pool_scaled_and_a_restarted_operator_keeps_replicas_for_the_window(cluster, namespace, operator):
-    """engine vllm: the pool's LLMConfig num_replicas and worker group move, KubeRay's RayCluster follows in place;
+    """engine vllm: the LLM server deployment's num_replicas override and worker group move (args do not),
+    KubeRay's RayCluster follows in place;
     the operator restarts as the load drops: the restored History keeps the replicas, then scales down."""
     import yaml
 
@@ -122,9 +123,10 @@ def test_vllm_pool_scaled_and_a_restarted_operator_keeps_replicas_for_the_window
     def rs():
         return get(cluster, "rayservice", "mx", "-n", namespace)
 
-    def llm_replicas():
+    def llm_replicas():   # the LLM server deployment's override; the LLMConfig in args keeps the start count
         app = yaml.safe_load(rs()["spec"]["serveConfigV2"])["applications"][0]
-        return app["args"]["llm_configs"][0]["deployment_config"]["num_replicas"]
+        assert app["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] == 1
+        return app["deployments"][0]["num_replicas"]
 
     try:
         exp.load["generated"] = 20.0
@@ -133,7 +135,7 @@ def test_vllm_pool_scaled_and_a_restarted_operator_keeps_replicas_for_the_window
         rc_name = wait_for("RayCluster", lambda: (get(cluster, "rayclusters", "-n", namespace) or {}).get("items"))[0][
             "metadata"]["name"]
         exp.load["generated"] = 180.0                    # 180 / 0.7 x 1.075 / 100 -> 3 replicas (2 once corrected)
-        n = wait_for("the LLMConfig scaled up", lambda: (lambda k: k if k > 1 else None)(llm_replicas()), timeout=40,
+        n = wait_for("the LLM server override scaled up", lambda: (lambda k: k if k > 1 else None)(llm_replicas()), timeout=40,
                      on_fail=operator.log_tail)
         assert n in (2, 3), n
         assert rs()["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == n

@@ -139,8 +139,9 @@ def test_vllm_deployment_scaled_by_tick_and_a_restart_inside_the_window_keeps_re
     assert tick(1000, 500) == 1
     n = tick(1010, 1800)                          # 1800 / 0.7 x 1.075 (mid-band) / 1000 -> 3 replicas
     assert n == 3 and cluster.events == ["ScaledUp"]
-    cfg = yaml.safe_load(cluster.rs["spec"]["serveConfigV2"])["applications"][0]["args"]["llm_configs"][0]
-    assert cfg["deployment_config"]["num_replicas"] == 3
+    app = yaml.safe_load(cluster.rs["spec"]["serveConfigV2"])["applications"][0]
+    assert app["deployments"] == [{"name": "LLMServer:mixtral-8x7b", "num_replicas": 3}]   # the override, not args
+    assert app["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] == 1
     assert cluster.rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 3
     assert [p["desiredReplicas"] for p in cluster.status["pools"]] == [3]
 
