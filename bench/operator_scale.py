@@ -112,6 +112,28 @@ def read_trace(path: Path, ns: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def stack_pids(kc: str) -> dict[str, int]:
+    """Control-plane PIDs from the stack's state.json beside the kubeconfig ({} when it is not ours)."""
+    try:
+        state = json.loads((Path(kc).resolve().parent / "state.json").read_text())
+        return {c: int(r["pid"]) for c, r in state["pids"].items()}
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """utime + stime (s) of each process; CPU work is what a 2-core box runs out of, whatever else runs on it."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for comp, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[comp] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
 def kuberay_pid(kc: str) -> int:
     """ray-operator's PID from the stack's state.json beside the kubeconfig (hack/k8s_stack.py writes it)."""
     state = Path(kc).resolve().parent / "state.json"
@@ -144,6 +166,7 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=20.0, help="seconds to watch for writes after convergence")
     ap.add_argument("--kubeconfig", default=os.environ.get("MOE_TEST_KUBECONFIG"))
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--workers", type=int, default=None, help="pass --workers N to the operator (default: its own)")
     ap.add_argument("--pause-kuberay", action="store_true",
                     help="variant: SIGSTOP KubeRay's ray-operator during the burst (not the acceptance figure)")
     args = ap.parse_args()
@@ -168,7 +191,9 @@ def main() -> int:
         log = open(Path(tempfile.gettempdir()) / f"{ns}-operator.log", "wb")
         trace_file = Path(tempfile.gettempdir()) / f"{ns}-trace.txt"
         op = subprocess.Popen([sys.executable, "-m", "moe_operator.operator_main", "--namespace", ns,
-                               "--metrics-port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                               "--metrics-port", str(port),
+                               *(["--workers", str(args.workers)] if args.workers else [])],
+                              stdout=log, stderr=subprocess.STDOUT,
                               env=dict(os.environ, KUBECONFIG=kc, MOE_OPERATOR_TRACE=str(trace_file)), cwd=ROOT)
         time.sleep(4)  # operator start-up (kopf login, watches); not part of the measured latency
 
@@ -177,28 +202,29 @@ def main() -> int:
         seen: dict[str, float] = {}
         stop = threading.Event()
 
-        def watcher():
-            w = watch.Watch()
+        def watch_added(plural_args: tuple[str, str, str], into: dict[str, float]) -> None:
+            """Record when each object's ADDED event arrives; a failed stream (timeouts under load) is reopened."""
+            group, version, plural = plural_args
             while not stop.is_set():
-                for ev in w.stream(api.list_namespaced_custom_object, "ray.io", "v1", ns, "rayservices",
-                                   timeout_seconds=5):
-                    if ev["type"] == "ADDED":
-                        seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
-                    if stop.is_set():
-                        break
+                try:
+                    for ev in watch.Watch().stream(api.list_namespaced_custom_object, group, version, ns, plural,
+                                                   timeout_seconds=5):
+                        if ev["type"] == "ADDED":
+                            into.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
+                        if stop.is_set():
+                            break
+                except Exception as exc:  # noqa: BLE001 - keep watching; say so, the figure may be late
+                    print(f"watch of {plural} failed ({type(exc).__name__}: {exc}); reopening", flush=True)
+                    time.sleep(0.2)
+
+        def watcher():
+            watch_added(("ray.io", "v1", "rayservices"), seen)
 
         moed_seen: dict[str, float] = {}
 
         def moed_watcher():
             """When the API server's watch fan-out delivers each MoEDeployment (what kopf's own watch also waits for)."""
-            w = watch.Watch()
-            while not stop.is_set():
-                for ev in w.stream(api.list_namespaced_custom_object, "serving.moe-operator.io", "v1alpha1", ns,
-                                   "moedeployments", timeout_seconds=5):
-                    if ev["type"] == "ADDED":
-                        moed_seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
-                    if stop.is_set():
-                        break
+            watch_added(("serving.moe-operator.io", "v1alpha1", "moedeployments"), moed_seen)
 
         t = threading.Thread(target=watcher, daemon=True)
         t.start()
@@ -219,6 +245,8 @@ def main() -> int:
             created[name] = time.monotonic()
             api.create_namespaced_custom_object("serving.moe-operator.io", "v1alpha1", ns, "moedeployments", body)
 
+        procs = {**stack_pids(kc), "moe-operator": op.pid}
+        cpu0, self0 = cpu_seconds(procs), os.times()
         load_before = os.getloadavg()
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=16) as pool:    # all at once, as a GitOps sync would
@@ -230,6 +258,7 @@ def main() -> int:
         lat = sorted(seen[n] - created[n] for n in seen if n in created)
         if len(lat) < args.count:
             print(f"only {len(lat)}/{args.count} RayServices within {args.timeout:.0f} s")
+        cpu1, self1 = cpu_seconds(procs), os.times()
         lat1 = apiserver_latency(kc)
         load = os.getloadavg()
         if paused:
@@ -267,6 +296,12 @@ def main() -> int:
         print("breakdown per object (p50 / p95 s, n):")
         for label, v in phases.items():
             print(f"  {label:44s} {pct(v, 50):6.2f} / {pct(v, 95):6.2f}  ({len(v)})")
+        burst = max(seen.values(), default=t0) - t0
+        used = {c: cpu1[c] - cpu0[c] for c in cpu1 if c in cpu0}
+        used["bench client"] = (self1.user + self1.system) - (self0.user + self0.system)
+        print(f"CPU seconds used from the first create to convergence ({burst:.1f} s wall, "
+              f"{sum(used.values()):.1f} CPU s): " + ", ".join(f"{c} {v:.1f}" for c, v in
+                                                             sorted(used.items(), key=lambda kv: -kv[1])))
         print("API server mean latency during the burst (ms, requests):")
         for k in sorted(lat1):
             s1, c1 = lat1[k]

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-interval", type=float, default=30.0, help="seconds between drift checks per resource")
     p.add_argument("--peering", metavar="NAME", default=None,
                    help="kopf peering object for active/standby replicas (priority from a hash of env POD_NAME)")
+    p.add_argument("--workers", type=int, default=16,
+                   help="threads running the sync handlers (and HTTP connections kept); a burst of N new "
+                        "MoEDeployments waits about N/workers handler round trips")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
 
@@ -36,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.namespace and not args.all_namespaces:
         print("error: give --namespace NS (repeatable) or --all-namespaces", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
         return 2
     if args.catalog_configmap and "/" not in args.catalog_configmap:
         print("error: --catalog-configmap must be NAMESPACE/NAME", file=sys.stderr)
@@ -64,11 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         from moe_operator.handlers.metrics import serve_metrics
         serve_metrics(args.metrics_port)
 
+    kube.POOL_SIZE = max(kube.POOL_SIZE, args.workers + 4)   # + the drift sweep and autoscaler threads
+
     @kopf.on.startup()
-    def _configure(settings: kopf.OperatorSettings, **_):
+    def _configure(settings: kopf.OperatorSettings, logger, **_):
         kube.login()
+        from moe_operator.handlers.reconcile import warm_up
+        logger.info("warm-up plan + render: %.2f s", warm_up())
         settings.posting.level = logging.INFO         # only our explicit kopf.info/warn calls become Events
-        settings.execution.max_workers = 16            # sync handlers run in threads; most time is API round trips
+        settings.execution.max_workers = args.workers  # sync handlers run in threads; most time is API round trips
         settings.watching.server_timeout = 300
         settings.persistence.finalizer = "serving.moe-operator.io/finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="serving.moe-operator.io")

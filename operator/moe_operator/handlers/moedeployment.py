@@ -14,7 +14,7 @@ def on_create(body, patch, **_):
     """A new MoEDeployment."""
     meta = body["metadata"]
     trace.mark(meta["namespace"], meta["name"], "handler")
-    apply_outcome(body, reconcile(body), patch)
+    apply_outcome(body, reconcile(body, fresh=True), patch)
     trace.mark(meta["namespace"], meta["name"], "returned")
 
 

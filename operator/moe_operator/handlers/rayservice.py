@@ -4,6 +4,8 @@ Raw events (``kopf.on.event``) need no finalizer on RayServices; only objects la
 """
 from __future__ import annotations
 
+import asyncio
+
 import kopf
 
 from moe_operator.api import KIND
@@ -22,7 +24,9 @@ def _owner_name(body) -> str | None:
 
 
 @kopf.on.event(kube.RAY_GROUP, kube.RAY_VERSION, kube.RAY_PLURAL, labels=MANAGED)
-def on_rayservice_event(event, body, logger, **_):
+async def on_rayservice_event(event, body, logger, **_):
+    """Async, so the filter runs on the event loop: KubeRay's many status-only updates (one or more per
+    RayService while a burst of them starts) never wait for, nor hold, a slot of kopf's handler thread pool."""
     kind = event.get("type")
     if kind not in ("DELETED", "MODIFIED"):
         return
@@ -31,6 +35,11 @@ def on_rayservice_event(event, body, logger, **_):
         return
     if kind == "MODIFIED" and not _spec_touched(body):
         return      # KubeRay's status updates: no API call at all
+    await asyncio.get_running_loop().run_in_executor(None, _reconcile_owner, namespace, name, kind, logger)
+
+
+def _reconcile_owner(namespace: str, name: str, kind: str, logger) -> None:
+    """Blocking part (API calls): re-read the owner and reconcile it without touching the autoscaler's sizes."""
     owner = kube.get_moed(namespace, name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return

@@ -1,0 +1,78 @@
+"""The create handler's API calls: POST first (no GET before it, none after it), GET only on 409 AlreadyExists.
+
+The kube module is replaced by a recorder so the exact call sequence is visible; the real API server path of the
+same code (a killed operator's leftover RayService, 409, exactly one RayService) is tests/operator/test_faults_on_cluster.py.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from moe_operator.handlers import kube, reconcile
+
+BODY = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+        "metadata": {"name": "m1", "namespace": "ns", "uid": "u-1", "generation": 1},
+        "spec": {"model": {"source": "builtin://tiny-moe", "architecture": "tiny"}, "engine": "torch",
+                 "pools": [{"name": "cpu", "accelerator": "cpu", "devicesPerReplica": 1, "minReplicas": 0,
+                            "maxReplicas": 3, "replicas": 1}]}}
+
+
+class Recorder:
+    def __init__(self, existing: dict | None):
+        self.calls: list[str] = []
+        self.existing = existing
+        self.posted: dict | None = None
+
+    def get_rayservice(self, namespace, name):
+        self.calls.append("GET")
+        return copy.deepcopy(self.existing)
+
+    def create_rayservice_object(self, namespace, body):
+        self.calls.append("POST")
+        if self.existing is not None:
+            return None
+        self.posted = copy.deepcopy(body)
+        return {**copy.deepcopy(body), "metadata": {**body["metadata"], "uid": "rs-1", "resourceVersion": "7"}}
+
+    def post_event(self, body, type_, reason, message):
+        self.calls.append(f"EVENT {reason}")
+
+    def replace_with_retry(self, namespace, name, mutate):
+        self.calls.append("REPLACE")
+        return False
+
+
+@pytest.fixture
+def rec(monkeypatch):
+    def install(existing):
+        r = Recorder(existing)
+        for fn in ("get_rayservice", "create_rayservice_object", "post_event", "replace_with_retry"):
+            monkeypatch.setattr(kube, fn, getattr(r, fn))
+        return r
+    return install
+
+
+def test_new_object_is_posted_without_reading_first_or_after(rec):
+    r = rec(None)
+    out = reconcile.reconcile(copy.deepcopy(BODY), fresh=True)
+    assert r.calls == ["POST", "EVENT Created"]
+    assert out.status["rayServiceName"] == "m1" and out.status["ready"] == "False"
+
+
+def test_existing_rayservice_is_read_on_409_and_keeps_the_autoscaler_size(rec):
+    r0 = rec(None)
+    reconcile.reconcile(copy.deepcopy(BODY), fresh=True)
+    live = copy.deepcopy(r0.posted)
+    live["metadata"]["uid"] = "rs-1"
+    live["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = 3   # the autoscaler scaled it up
+    r = rec(live)
+    out = reconcile.reconcile(copy.deepcopy(BODY), fresh=True)
+    assert r.calls[:2] == ["POST", "GET"] and "EVENT Created" not in r.calls
+    assert out.status["pools"][0]["desiredReplicas"] == 3   # re-rendered from the live size, not the spec's 1
+
+
+def test_other_reconciles_still_read_before_writing(rec):
+    r = rec(None)
+    reconcile.reconcile(copy.deepcopy(BODY))
+    assert r.calls == ["GET", "POST", "EVENT Created"]
