@@ -46,9 +46,9 @@ def rayservice_patch(rayservice: Mapping[str, Any], replicas: Mapping[str, int],
                      workers_per_replica: Mapping[str, int] | None = None) -> dict | None:
     """Merge patch that sets Serve replicas and worker-group sizes per pool, or None if already there.
 
-    replicas: desired Serve replicas per pool; workers_per_replica: worker pods one Serve replica needs
-    (default 1). Worker groups get replicas = minReplicas = replicas x workers (so the Ray autoscaler keeps
-    them) and maxReplicas raised when below. Raises UserError when a pool has no engine deployment.
+    replicas: desired replicas per pool (Serve replicas; DP groups for a data-parallel vLLM pool, written to its
+    override as groups x data_parallel_size); workers_per_replica: worker pods one such replica needs (default 1). Worker groups get replicas = minReplicas = replicas x workers (so the Ray autoscaler keeps
+    them) and maxReplicas raised when below. Raises UserError when a pool has no engine deployment or LLMConfig.
     """
     spec = rayservice.get("spec") or {}
     wpr = workers_per_replica or {}
