@@ -102,3 +102,23 @@ def test_torch_scale_then_rerender_changes_no_args():
     apps = [yaml.safe_load(x["spec"]["serveConfigV2"])["applications"][0] for x in (rs, live, again)]
     assert apps[0]["args"] == apps[1]["args"] == apps[2]["args"]
     assert serve_replicas(again) == serve_replicas(live) == {"cpu": 2}
+
+
+def test_vllm_app_with_two_llm_configs_gets_one_override_per_llm_server_deployment():
+    """Each LLMConfig of a build_openai_app is its own Serve deployment, named from its model id; the actuator
+    sizes each through its own override and leaves args alone (the app's code version: a change restarts all)."""
+    def llm(model, pool, n):
+        return {"model_loading_config": {"model_id": model}, "deployment_config": {"num_replicas": n},
+                "placement_group_config": {"bundle_per_worker": {"GPU": 1, f"pool-{pool}": 0.001}}}
+
+    app = {"name": "m", "import_path": "ray.serve.llm:build_openai_app",
+           "args": {"llm_configs": [llm("org/a.1", "h100", 1), llm("b", "l40s", 2)]}}
+    rs = {"spec": {"serveConfigV2": yaml.safe_dump({"applications": [app]})}}
+    assert serve_replicas(rs) == {"h100": 1, "l40s": 2}
+    patch = rayservice_patch(rs, {"h100": 3, "l40s": 2})
+    new = yaml.safe_load(patch["spec"]["serveConfigV2"])["applications"][0]
+    assert new["args"] == app["args"]
+    assert new["deployments"] == [{"name": "LLMServer:org--a_1", "num_replicas": 3},
+                                  {"name": "LLMServer:b", "num_replicas": 2}]
+    assert serve_replicas(patch) == {"h100": 3, "l40s": 2}
+    assert rayservice_patch(patch, {"h100": 3, "l40s": 2}) is None
