@@ -1,4 +1,4 @@
-"""Offline parts of the operator's autoscaler: /metrics names (contracts section 6), RayCluster patch, merge patch,
+"""Offline parts of the operator's autoscaler (and the rebalancer's gauges): /metrics names (contracts section 6), RayCluster patch, merge patch,
 peering priority; and that the cli parses --peering."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 from moe_operator.autoscaling.model import PoolModel, Settings
 from moe_operator.autoscaling.policy import decide
 from moe_operator.handlers import autoscale, leader, metrics
+from moe_operator.planning.rebalance import RebalanceDecision
 from moe_operator.operator_main import build_parser
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
@@ -33,6 +34,7 @@ def test_every_contract_metric_is_exported_after_one_decision():
     metrics.DECISIONS.labels("ns", "m", "scale").inc()
     metrics.ERRORS.labels("ns", "m").inc()
     metrics.COST_PER_M.labels("ns", "m").set(0.1)
+    metrics.record_rebalance("ns", "m", "cpu", RebalanceDecision(True, {}, 1.5, 1.02, 0.32, "skewed"), posted=True)
     text = generate_latest().decode()
     exported = set(re.findall(r"^(moe_operator_[a-z_]+)[{ ]", text, re.M))
     assert names <= exported, names - exported
