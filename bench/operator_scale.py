@@ -99,16 +99,35 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(v, n=100)[q - 1] if len(v) > 1 else v[0]
 
 
-def read_trace(path: Path, ns: str) -> dict[str, dict[str, float]]:
-    """{name: {phase: first monotonic time}} from the operator's trace file (handlers/trace.py)."""
-    out: dict[str, dict[str, float]] = {}
+def read_trace(path: Path, ns: str) -> list[tuple[float, str, str]]:
+    """(monotonic time, name, phase) marks of namespace ``ns`` from the operator's trace file (handlers/trace.py)."""
+    out = []
     if not path.exists():
         return out
     for line in path.read_text().splitlines():
-        t, obj, phase = line.split()
+        t, obj, phase = line.split(maxsplit=2)
         o_ns, _, name = obj.partition("/")
         if o_ns == ns:
-            out.setdefault(name, {}).setdefault(phase, float(t))
+            out.append((float(t), name, phase))
+    return out
+
+
+def first_marks(trace: list[tuple[float, str, str]]) -> dict[str, dict[str, float]]:
+    """{name: {phase: first time}}."""
+    out: dict[str, dict[str, float]] = {}
+    for t, name, phase in trace:
+        out.setdefault(name, {}).setdefault(phase, t)
+    return out
+
+
+def status_writes(trace: list[tuple[float, str, str]], t0: float, t1: float) -> dict[str, int]:
+    """Status writes between t0 and t1 by (changed keys | what our Ready message says about KubeRay)."""
+    out: dict[str, int] = {}
+    for t, _name, phase in trace:
+        if t0 <= t < t1 and phase.startswith("status "):
+            keys, _, ready = phase[len("status "):].partition(" | ")
+            key = f"{keys} | {ready.split(': ', 1)[-1]}"
+            out[key] = out.get(key, 0) + 1
     return out
 
 
@@ -263,7 +282,7 @@ def main() -> int:
         load = os.getloadavg()
         if paused:
             os.kill(paused, signal.SIGCONT)
-        marks = read_trace(trace_file, ns)
+        marks = first_marks(read_trace(trace_file, ns))
         phases = {"create -> MoEDeployment ADDED (watch)": [], "MoEDeployment ADDED -> kopf handler start": [],
                   "handler start -> RayService POST returned": [], "POST returned -> RayService ADDED (watch)": [],
                   "create -> handler start": [], "handler start -> handler returned": []}
@@ -280,8 +299,10 @@ def main() -> int:
         # let statuses settle, then count writes per resource
         time.sleep(8)
         api1, op1 = apiserver_writes(kc), operator_writes(port)
+        t_idle0 = time.monotonic()
         time.sleep(args.idle)
         api2, op2 = apiserver_writes(kc), operator_writes(port)
+        t_idle1 = time.monotonic()
         stop.set()
         q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
         n = args.count
@@ -316,6 +337,11 @@ def main() -> int:
         print(f"writes in {args.idle:.0f} s with nothing changed: operator {sum(idle_op.values()):.0f} {idle_op or ''}; "
               f"API server (moedeployments, rayservices spec) "
               f"{sum(v for k, v in idle_api.items() if '/status/' not in k or k.startswith('moedeployments')):.0f} {idle_api or ''}")
+        why = status_writes(read_trace(trace_file, ns), t_idle0, t_idle1)
+        if why:
+            print("  status writes in that window by changed keys | Ready message (what KubeRay reported):")
+            for k, v in sorted(why.items(), key=lambda kv: -kv[1]):
+                print(f"    {v:4d}  {k}")
         return 0
     finally:
         if paused:

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-interval", type=float, default=30.0, help="seconds between drift checks per resource")
     p.add_argument("--peering", metavar="NAME", default=None,
                    help="kopf peering object for active/standby replicas (priority from a hash of env POD_NAME)")
-    p.add_argument("--workers", type=int, default=16,
+    p.add_argument("--workers", type=int, default=32,
                    help="threads running the sync handlers (and HTTP connections kept); a burst of N new "
                         "MoEDeployments waits about N/workers handler round trips")
     p.add_argument("--verbose", "-v", action="store_true")

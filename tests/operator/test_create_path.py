@@ -49,6 +49,7 @@ def rec(monkeypatch):
         r = Recorder(existing)
         for fn in ("get_rayservice", "create_rayservice_object", "post_event", "replace_with_retry"):
             monkeypatch.setattr(kube, fn, getattr(r, fn))
+        monkeypatch.setattr(kube, "post_event_soon", r.post_event)
         return r
     return install
 
@@ -76,3 +77,18 @@ def test_other_reconciles_still_read_before_writing(rec):
     r = rec(None)
     reconcile.reconcile(copy.deepcopy(BODY))
     assert r.calls == ["GET", "POST", "EVENT Created"]
+
+
+def test_queued_events_go_out_in_order_and_a_failure_does_not_stop_the_poster(monkeypatch):
+    sent: list[str] = []
+
+    def post(body, type_, reason, message):
+        if reason == "Boom":
+            raise RuntimeError("API down")
+        sent.append(reason)
+
+    monkeypatch.setattr(kube, "post_event", post)
+    for reason in ("Created", "Boom", "Updated", "ScaledUp"):
+        kube.post_event_soon(BODY, "Normal", reason, "m")
+    kube._events.join()
+    assert sent == ["Created", "Updated", "ScaledUp"]

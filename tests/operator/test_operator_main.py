@@ -32,4 +32,4 @@ def test_bad_catalog_ref_and_images_file(tmp_path, capsys):
 def test_workers_must_be_positive(capsys):
     assert main(["-A", "--workers", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: --workers must be at least 1")
-    assert build_parser().parse_args(["-A"]).workers == 16
+    assert build_parser().parse_args(["-A"]).workers == 32

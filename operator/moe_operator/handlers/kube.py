@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from typing import Any, Callable
 
@@ -205,3 +207,34 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
         Writes.add("event")
     except ApiException as exc:   # an Event is best effort: never fail a reconcile for it
         log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
+
+
+_events: queue.Queue = queue.Queue()
+_poster: threading.Thread | None = None
+_poster_lock = threading.Lock()
+
+
+def post_event_soon(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """Queue an Event for the one background poster thread, in order, one request in flight.
+
+    Idle, it goes out within one round trip, as ``post_event`` would; during a burst of creates the Events trail
+    behind the RayService writes instead of holding a handler thread each (a handler thread is what the next
+    MoEDeployment waits for).
+    """
+    global _poster
+    with _poster_lock:
+        if _poster is None or not _poster.is_alive():
+            _poster = threading.Thread(target=_post_queued, name="event-poster", daemon=True)
+            _poster.start()
+    _events.put((body, type_, reason, message))
+
+
+def _post_queued() -> None:
+    while True:
+        args = _events.get()
+        try:
+            post_event(*args)
+        except Exception:  # noqa: BLE001 - best effort, like post_event itself; keep the poster alive
+            log.exception("posting a queued Event failed")
+        finally:
+            _events.task_done()

@@ -63,8 +63,8 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
         created = live is not None
         if created:
             trace.mark(namespace, name, "posted")
-            # posted at once, not with the outcome: whoever sees the new RayService should find its Event too
-            kube.post_event(body, "Normal", "Created", f"created RayService {name} ({_pools_word(r)})")
+            # queued at once, not with the outcome: whoever sees the new RayService should find its Event too
+            kube.post_event_soon(body, "Normal", "Created", f"created RayService {name} ({_pools_word(r)})")
         else:
             live = kube.get_rayservice(namespace, name)
             if fresh and live is not None:   # keep the sizes the autoscaler set on the existing one
@@ -99,11 +99,13 @@ def apply_outcome(body: dict[str, Any], outcome: Outcome, patch: Any | None = No
     delta = status.changed(body.get("status") or {}, outcome.status)
     if not delta:
         return
+    meta = body["metadata"]
+    ready = next((c.get("message", "") for c in outcome.status.get("conditions") or [] if c.get("type") == "Ready"), "")
+    trace.mark(meta["namespace"], meta["name"], f"status {','.join(sorted(delta))} | {ready}")
     if patch is not None:
         patch.status.update(delta)
         kube.Writes.add("status")
     else:
-        meta = body["metadata"]
         kube.patch_moed_status(meta["namespace"], meta["name"], delta)
 
 
