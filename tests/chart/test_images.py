@@ -1,7 +1,8 @@
 """The Dockerfiles in images/: they cannot be built here, so check what a build would trip over first.
 
 Every file they COPY exists and passes their .dockerignore; every entry point they call exists; base images are
-pinned; the Ray version equals the one the operator renders; the operator image stays free of torch and ray.
+pinned; each engine's Ray version (and, for vLLM, Python minor) equals the one the operator renders; the operator
+image stays free of torch and ray.
 """
 from __future__ import annotations
 
@@ -66,15 +67,17 @@ def ignored(path: Path, rel: str) -> bool:
     return result
 
 
-def test_there_are_four_images():
+def test_there_are_five_images():
     assert [p.name for p in DOCKERFILES] == ["operator.Dockerfile", "runtime-cann.Dockerfile",
-                                            "runtime-cpu.Dockerfile", "runtime-cuda.Dockerfile"]
+                                            "runtime-cpu.Dockerfile", "runtime-cuda.Dockerfile",
+                                            "vllm-ascend.Dockerfile"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_copied_files_exist_and_are_in_the_build_context(dockerfile):
     copies = [rest for word, rest in instructions(dockerfile) if word in {"COPY", "ADD"}]
-    assert copies
+    if not copies:  # an image that copies nothing must send an empty build context
+        assert ignored(dockerfile, "pyproject.toml") and ignored(dockerfile, "operator"), dockerfile.name
     for rest in copies:
         parts = [p for p in shlex.split(rest) if not p.startswith("--")]
         if any(p.startswith("--from") for p in shlex.split(rest)):
@@ -105,6 +108,43 @@ def test_ray_version_matches_what_the_operator_renders():
 
     for name in ("runtime-cpu", "runtime-cuda", "runtime-cann"):
         assert arg_defaults(IMAGES / f"{name}.Dockerfile")["RAY_VERSION"] == Images().ray_version, name
+    assert arg_defaults(IMAGES / "vllm-ascend.Dockerfile")["RAY_VERSION"] == Images().vllm_ray_version
+
+
+def test_vllm_images_share_one_ray_version_and_python_minor():
+    """Every node of a vLLM cluster (ray-llm head and NVIDIA/CPU workers, our Ascend workers) runs one Ray and Python."""
+    from moe_operator.render.images import Images
+
+    images = Images()
+    args = arg_defaults(IMAGES / "vllm-ascend.Dockerfile")
+    py_tag = "py" + args["PYTHON_MINOR"].replace(".", "")
+    for key in ("vllm_nvidia", "vllm_cpu"):
+        name, _, tag = getattr(images, key).rpartition(":")
+        assert name == "rayproject/ray-llm", key
+        assert tag.split("-")[:2] == [images.vllm_ray_version, py_tag], f"{key}={getattr(images, key)}"
+    assert images.ray_version_for("vllm") == images.vllm_ray_version
+    assert images.ray_version_for("torch") == images.ray_version
+
+
+def test_vllm_ascend_image_is_the_operators_default():
+    """vllm_huawei names the image vllm-ascend.Dockerfile builds, tagged with the runtime images' version."""
+    from moe_operator.render.images import RUNTIME_VERSION, Images
+
+    assert Images().vllm_huawei == f"ghcr.io/moe-operator/vllm-ascend:{RUNTIME_VERSION}"
+    assert f"-t {Images().vllm_huawei} ." in (IMAGES / "vllm-ascend.Dockerfile").read_text()
+    assert Images().vllm_huawei in (IMAGES / "README.md").read_text()
+
+
+def test_vllm_ascend_image_pins_its_ascend_stack_before_installing_ray():
+    """ray[llm] pins a CUDA vLLM: the install must run under constraints that hold the base's vLLM and torch."""
+    runs = [rest for word, rest in instructions(IMAGES / "vllm-ascend.Dockerfile") if word == "RUN"]
+    install = next(r for r in runs if "pip install" in r)
+    assert "--constraint /tmp/constraints.txt" in install and '"ray[serve,llm]==${RAY_VERSION}"' in install
+    for pinned in ("'vllm'", "'vllm-ascend'", "'torch'", "'torch-npu'"):
+        assert pinned in install, pinned
+    assert install.index("/tmp/constraints.txt', 'w'") < install.index("pip install")
+    guard = runs[0]
+    assert "${PYTHON_MINOR}" in guard and "${VLLM_VERSION}" in guard
 
 
 def test_runtime_images_are_the_operators_default_images():
@@ -176,3 +216,25 @@ def test_operator_constraints_pin_the_whole_dependency_closure():
     pinned = dict(l.split("==") for l in lines)
     missing = set(pin_operator_deps.closure()) - set(pinned)
     assert not missing, f"not pinned (run .venv/bin/python images/pin_operator_deps.py): {sorted(missing)}"
+
+
+def test_rendered_ray_version_follows_the_engine_and_its_override():
+    """rayVersion is the engine's: vllm_ray_version for a vLLM example, ray_version for torch; both overridable."""
+    from moe_operator.api import load_manifest
+    from moe_operator.catalog import Catalog
+    from moe_operator.errors import UserError
+    from moe_operator.render.images import Images
+    from moe_operator.render.pipeline import plan_and_render
+
+    def ray_version(example: str, images: Images) -> str:
+        m = load_manifest(ROOT / "examples" / example)
+        rs = plan_and_render(m.metadata.name, "default", m.spec, Catalog.default(), images).rayservice
+        return rs["spec"]["rayClusterConfig"]["rayVersion"]
+
+    assert ray_version("mixtral-8x7b-ascend.yaml", Images()) == Images().vllm_ray_version
+    assert ray_version("tiny-moe.yaml", Images()) == Images().ray_version != Images().vllm_ray_version
+    override = Images.from_source('vllm_ray_version: "2.60.0"')
+    assert ray_version("mixtral-8x7b-ascend.yaml", override) == "2.60.0"
+    assert ray_version("tiny-moe.yaml", override) == Images().ray_version
+    with pytest.raises(UserError, match="unknown image keys"):
+        Images.from_mapping({"vllm_ray": "2.60.0"})

@@ -149,8 +149,9 @@ def test_images_configmap_is_what_the_operator_reads(helm_bin):
     cm = next(o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-images"))
     images = Images.from_mapping(yaml.safe_load(cm["data"]["images.yaml"]))
     assert images.torch_nvidia == "registry.example.com/mirror/moe-runtime:0.1.0-cuda"
-    assert images.vllm_huawei == "registry.example.com/mirror/vllm-ascend:v0.10.1rc1"
-    assert images.torch_cpu == Images().torch_cpu
+    assert images.vllm_huawei == "registry.example.com/mirror/vllm-ascend:0.1.0"
+    assert images.vllm_ray_version == "2.60.0" and images.ray_version_for("vllm") == "2.60.0"
+    assert images.torch_cpu == Images().torch_cpu and images.ray_version == Images().ray_version
     container = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "images")
     assert f"--images={mount['mountPath']}/images.yaml" in container["args"]

@@ -66,6 +66,7 @@ def test_golden_values_files_satisfy_the_schema(path):
     ({"podSecurityContext": {"runAsNonRoot": False}}, "podSecurityContext.runAsNonRoot"),
     ({"runtimeImages": {"torch": {"ascend": "x:1"}}}, "runtimeImages.torch"),
     ({"runtimeImages": {"rayVersion": "latest"}}, "runtimeImages.rayVersion"),
+    ({"runtimeImages": {"vllmRayVersion": "2.58"}}, "runtimeImages.vllmRayVersion"),
     ({"monitoring": {"serviceMonitor": {"enabled": True, "interval": "30"}}}, "monitoring.serviceMonitor.interval"),
     ({"resources": {"limits": {"memory": "lots"}}}, "resources.limits.memory"),
     ({"watchNamespace": ["a"]}, ""),
@@ -92,7 +93,7 @@ def test_runtime_image_defaults_are_the_operators_defaults():
     from moe_operator.render.images import Images
 
     shown = DEFAULTS["runtimeImages"]
-    flat = {"ray_version": shown["rayVersion"]}
+    flat = {"ray_version": shown["rayVersion"], "vllm_ray_version": shown["vllmRayVersion"]}
     for engine in ("torch", "vllm"):
         for vendor, image in shown[engine].items():
             flat[f"{engine}_{vendor}"] = image

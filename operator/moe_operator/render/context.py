@@ -165,7 +165,7 @@ def build_render_input(
         },
         pools=tuple(pools),
         head_image=images.head(spec.engine),
-        ray_version=images.ray_version,
+        ray_version=images.ray_version_for(spec.engine),
         admin_token_secret=admin_secret_name(manifest_name) if _rebalance_on(spec) else None,
     )
 

@@ -1,9 +1,14 @@
-"""Default container images per vendor and engine, and the Ray version they ship.
+"""Default container images per vendor and engine, and the Ray version each engine's images ship.
 
 Overridable cluster-wide (``Images.from_mapping`` over the operator's ``--images`` YAML file or the
 ``MOE_IMAGES`` environment variable holding the same YAML) and per pool (``spec.pools[].image``).
 The head runs the Serve controller and must import the app: it uses the engine's image for the
 first pool's vendor family without accelerators (``cpu`` variant for torch, the CUDA image for vLLM).
+
+Ray needs one Ray version and one Python minor on every node of a cluster, and a cluster runs one engine, so
+the version is per engine: ``ray_version`` for the torch runtime images (built here, Python 3.11),
+``vllm_ray_version`` for the vLLM images (``rayproject/ray-llm``, Python 3.12, and our vllm-ascend image built
+on the same Ray and Python; images/README.md says where each tag was checked).
 """
 from __future__ import annotations
 
@@ -20,15 +25,16 @@ RUNTIME_VERSION = "0.1.0"
 
 @dataclass(frozen=True)
 class Images:
-    """Image names; keys are ``<engine>_<vendor>`` plus the head images and the Ray version."""
+    """Image names; keys are ``<engine>_<vendor>`` plus the Ray version of each engine's images."""
 
-    ray_version: str = "2.49.1"
+    ray_version: str = "2.49.1"            # torch runtime images (images/runtime-*.Dockerfile RAY_VERSION)
+    vllm_ray_version: str = "2.58.0"       # vLLM images (ray-llm tag, images/vllm-ascend.Dockerfile RAY_VERSION)
     torch_cpu: str = f"ghcr.io/moe-operator/runtime:{RUNTIME_VERSION}-cpu"
     torch_nvidia: str = f"ghcr.io/moe-operator/runtime:{RUNTIME_VERSION}-cuda"
     torch_huawei: str = f"ghcr.io/moe-operator/runtime:{RUNTIME_VERSION}-cann"
-    vllm_nvidia: str = "rayproject/ray-llm:2.49.1-py311-cu128"
-    vllm_huawei: str = "quay.io/ascend/vllm-ascend:v0.10.1rc1"
-    vllm_cpu: str = "rayproject/ray-llm:2.49.1-py311-cu128"
+    vllm_nvidia: str = "rayproject/ray-llm:2.58.0-py312-cu130"
+    vllm_huawei: str = f"ghcr.io/moe-operator/vllm-ascend:{RUNTIME_VERSION}"
+    vllm_cpu: str = "rayproject/ray-llm:2.58.0-py312-cu130"
 
     def worker(self, engine: str, vendor: str) -> str:
         return getattr(self, f"{engine}_{vendor}")
@@ -36,6 +42,10 @@ class Images:
     def head(self, engine: str) -> str:
         """Head image: accelerator-free, but able to import the Serve app (moe_runtime or ray.serve.llm)."""
         return self.torch_cpu if engine == "torch" else self.vllm_nvidia
+
+    def ray_version_for(self, engine: str) -> str:
+        """The ``rayVersion`` of a RayCluster serving ``engine``: the Ray its head and worker images ship."""
+        return self.ray_version if engine == "torch" else self.vllm_ray_version
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> "Images":

@@ -73,6 +73,6 @@ class RenderInput:
     cache: dict[str, Any]              # {prefix, block_tokens, memory_bytes, disk_dir, disk_bytes}
     pools: tuple[PoolRender, ...]
     head_image: str
-    ray_version: str
+    ray_version: str                   # rayVersion: the Ray of this engine's images (Images.ray_version_for)
     labels: dict[str, str] = field(default_factory=dict)
     admin_token_secret: str | None = None   # Secret whose key `token` becomes env MOE_ADMIN_TOKEN (spec.rebalance)
