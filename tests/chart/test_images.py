@@ -238,3 +238,16 @@ def test_rendered_ray_version_follows_the_engine_and_its_override():
     assert ray_version("tiny-moe.yaml", override) == Images().ray_version
     with pytest.raises(UserError, match="unknown image keys"):
         Images.from_mapping({"vllm_ray": "2.60.0"})
+
+
+def test_docs_list_every_image_key_and_default():
+    """docs/operator.md names every --images key; images/README.md and the docs name every default vLLM image."""
+    from dataclasses import fields
+
+    from moe_operator.render.images import Images
+
+    operator_doc = (ROOT / "docs/operator.md").read_text()
+    keys = re.search(r"keys `([^`]*)`", operator_doc.replace("\n  ", " ")).group(1)
+    assert [k.strip() for k in keys.split(",")] == [f.name for f in fields(Images)]
+    for image in (Images().vllm_nvidia, Images().vllm_huawei):
+        assert image in operator_doc and image in (IMAGES / "README.md").read_text(), image
