@@ -87,7 +87,7 @@ def test_vllm_pools_scale_through_the_deployment_override_never_args(example):
 
 
 def test_override_names_the_llm_server_deployment_as_ray_serve_llm_does():
-    """LLMServer:/DPServer: + the model id with / -> -- and . -> _ (Ray 2.49.1 and 2.60 builders, llm_names.py)."""
+    """LLMServer:/DPServer: + the model id with / -> -- and . -> _ (Ray 2.49.1, 2.58.0 and 2.60 builders, llm_names.py)."""
     names = {}
     for example in VLLM:
         rs, _ = rendered(example)
