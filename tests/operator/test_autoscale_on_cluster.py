@@ -147,6 +147,8 @@ def test_vllm_pool_scaled_and_a_restarted_operator_keeps_replicas_for_the_window
         operator.stop()
         n = llm_replicas()   # what the stopped operator left: it can act once more while it shuts down (~6 s)
         assert n in (2, 3), n
+        wait_for("status desiredReplicas after the stop", lambda: [p.get("desiredReplicas") for p in (get(
+            cluster, "moedeployment", "mx", "-n", namespace).get("status") or {}).get("pools") or []] == [n], timeout=5)
         exp.load["generated"] = 20.0                     # the load drops while the operator restarts
         operator.start()
         wait_for("the History restored from status", lambda: f"desired ascend={n} (from status.pools)" in
