@@ -4,7 +4,9 @@ Prints p50/p95/max seconds from each MoEDeployment's create call (16 client thre
 operator's peak RSS (VmHWM, MB), and API writes per resource counted two ways: by the operator
 (``moe_operator_api_writes_total``: RayService create/replace, status patches, Events) and by the API server
 (``apiserver_request_total`` for moedeployments PATCH/PUT incl. kopf's own annotation patches, and rayservices
-POST/PUT/PATCH). Then it waits ``--idle`` seconds and reports the writes made while nothing changed (target 0).
+POST/PUT/PATCH). Then it waits ``--idle`` seconds and reports the writes made in that window (the first drift
+sweep reports KubeRay's first RayService status there: one real change per object), then ``--settled`` seconds
+once every object has reported KubeRay's first status (a full sweep) and reports those writes too (target 0).
 
     .venv/bin/python bench/operator_scale.py [--count 200] [--idle 20] [--kubeconfig PATH]
 
@@ -183,6 +185,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--idle", type=float, default=20.0, help="seconds to watch for writes after convergence")
+    ap.add_argument("--settled", type=float, default=40.0,
+                    help="then a second window of this many seconds (>= the operator's 30 s drift interval, so a "
+                         "full sweep runs in it) to count writes once KubeRay's first status is reported (0 = skip)")
     ap.add_argument("--kubeconfig", default=os.environ.get("MOE_TEST_KUBECONFIG"))
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--workers", type=int, default=None, help="pass --workers N to the operator (default: its own)")
@@ -310,6 +315,17 @@ def main() -> int:
         time.sleep(args.idle)
         api2, op2 = apiserver_writes(kc), operator_writes(port)
         t_idle1 = time.monotonic()
+        if args.settled > 0:
+            # every object's first KubeRay status reported (one status write at create + one for that report),
+            # then a window with nothing left to report
+            deadline = time.monotonic() + 120
+            while operator_writes(port).get("status", 0) - op0.get("status", 0) < 2 * args.count \
+                    and time.monotonic() < deadline:
+                time.sleep(2)
+            reported_all = time.monotonic() < deadline
+            api2b, op2b = apiserver_writes(kc), operator_writes(port)
+            time.sleep(args.settled)
+            api3, op3 = apiserver_writes(kc), operator_writes(port)
         stop.set()
         q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
         n = args.count
@@ -341,7 +357,7 @@ def main() -> int:
         print("writes per resource until converged (API server's count, moedeployments+rayservices, excl. Events): "
               + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(api_conv.items())))
         idle_api, idle_op = diff(api1, api2), diff(op1, op2)
-        print(f"writes in {args.idle:.0f} s with nothing changed: operator {sum(idle_op.values()):.0f} {idle_op or ''}; "
+        print(f"writes in the {args.idle:.0f} s after convergence: operator {sum(idle_op.values()):.0f} {idle_op or ''}; "
               f"API server (moedeployments, rayservices spec) "
               f"{sum(v for k, v in idle_api.items() if '/status/' not in k or k.startswith('moedeployments')):.0f} {idle_api or ''}")
         why = status_writes(read_trace(trace_file, ns), t_idle0, t_idle1)
@@ -349,6 +365,12 @@ def main() -> int:
             print("  status writes in that window by changed keys | Ready message (what KubeRay reported):")
             for k, v in sorted(why.items(), key=lambda kv: -kv[1]):
                 print(f"    {v:4d}  {k}")
+        if args.settled > 0:
+            set_api, set_op = diff(api2b, api3), diff(op2b, op3)
+            print(f"writes in {args.settled:.0f} s once every object reported KubeRay's first status (a full drift "
+                  f"sweep{'' if reported_all else '; NOT all reported after 120 s'}): operator {sum(set_op.values()):.0f} {set_op or ''}; API server "
+                  f"{sum(v for k, v in set_api.items() if '/status/' not in k or k.startswith('moedeployments')):.0f} "
+                  f"{set_api or ''}")
         return 0
     finally:
         if paused:
