@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from moe_runtime import openai_api as oa
-from moe_runtime.placement_board import canonical_placement
+from moe_runtime.placement_board import PlacementSuperseded, canonical_placement
 
 TOKEN_ENV = "MOE_ADMIN_TOKEN"
 PREFIX = "/admin/v1"
@@ -94,6 +94,8 @@ def mount_admin_routes(app: FastAPI, backend: AdminBackend, token: str | None = 
     async def board(call):
         try:
             return await asyncio.wait_for(call, BOARD_TIMEOUT_S)
+        except PlacementSuperseded as exc:
+            raise oa.APIError(409, str(exc), param="placement", code="placement_superseded") from None
         except Exception as exc:  # noqa: BLE001 (the board restarting or gone: the client retries)
             raise oa.APIError(503, f"placement board unavailable ({type(exc).__name__}: {exc}); retry in a few "
                               "seconds", type="server_error", code="board_unavailable", retry_after_s=5) from None

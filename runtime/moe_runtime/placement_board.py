@@ -344,6 +344,15 @@ class BoardReporter:
         log.info("placement %s applied on %s: %s", pid, self.replica, info)
 
 
+class PlacementSuperseded(Exception):
+    """The board kept a placement posted later than ours (``desired``: its id); the admin API answers 409."""
+
+    def __init__(self, pool: str, desired: str | None):
+        super().__init__(f"pool {pool!r}: the board holds placement {desired!r}, posted later than this one; read "
+                         "GET /admin/v1/experts and post again if it should still change")
+        self.pool, self.desired = pool, desired
+
+
 class BoardClient:
     """The ingress's side: reads the board for the admin API and the ready gauge, posts desired placements, and
     keeps the board alive (and restores what it posted after a board restart) every ``KEEPALIVE_S``."""
@@ -398,10 +407,17 @@ class BoardClient:
         return {"pools": out}
 
     async def post(self, pool: str, doc: dict[str, Any]) -> str:
-        """Make ``doc`` (validated by the caller) the pool's desired placement; returns its id."""
+        """Make ``doc`` (validated by the caller) the pool's desired placement; returns its id.
+
+        Raises PlacementSuperseded when the board holds a placement posted later (another ingress): answering
+        with our id would have the caller wait for replicas that never move to it."""
         pid = placement_id(doc)
         entry = {"placementId": pid, "placement": doc, "at": time.time()}
-        await self._call("set_desired", pool, pid, doc, entry["at"])
+        if not await self._call("set_desired", pool, pid, doc, entry["at"]):
+            desired = (await self._call("view")).get(pool, {}).get("placementId")
+            if desired != pid:  # the same placement posted later elsewhere is ours too
+                raise PlacementSuperseded(pool, desired)
+            return pid
         self.posted[pool] = entry  # only once the board has it: a failed post is not replayed by the keepalive
         return pid
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from moe_runtime.admin_api import mount_admin_routes  # noqa: E402
-from moe_runtime.placement_board import INITIAL_ID, BoardReporter, BoardState, placement_id  # noqa: E402
+from moe_runtime.placement_board import INITIAL_ID, BoardClient, BoardReporter, BoardState, placement_id  # noqa: E402
 
 SHARDS = [{"name": "shard-0", "device": "cpu", "rayResources": {}}, {"name": "shard-1", "device": "cpu", "rayResources": {}}]
 P0 = {"numLayers": 2, "numExperts": 4, "shards": SHARDS, "layers": [[[0, 1], [2, 3]]]}
@@ -117,7 +117,8 @@ class LocalBoard:
                     return getattr(outer.state, self.name)(*args, now=outer.now)
                 return call()
 
-        self.report = _M("report")
+        for name in ("report", "set_desired", "keepalive", "view", "ready"):
+            setattr(self, name, _M(name))
 
 
 def test_the_reporter_accumulates_adopts_applies_and_retries_after_a_failure(monkeypatch):
@@ -257,6 +258,31 @@ def test_a_board_that_cannot_be_reached_is_503(admin):
               client.post("/admin/v1/placement", headers=AUTH, json={"pool": "cpu", "placement": P1})):
         assert r.status_code == 503 and r.json()["error"]["code"] == "board_unavailable"
         assert "board restarting" in r.json()["error"]["message"] and r.headers["retry-after"] == "5"
+
+
+def test_a_post_the_board_refuses_is_409_not_202_with_our_id():
+    """The board keeps a placement posted later (another ingress): answering 202 with our id would have the
+    rebalancer wait for replicas that never move to it."""
+    import time
+
+    board = LocalBoard()
+    client = BoardClient("k", lambda: board, ["cpu"], P0, (2, 4))
+    app = FastAPI()
+    assert mount_admin_routes(app, client, token="s3cret")
+    http = TestClient(app)
+    later = placement_id(P0)
+    assert board.state.set_desired("k", "cpu", later, P0, at=time.time() + 3600, now=0.0)
+    r = http.post("/admin/v1/placement", headers=AUTH, json={"pool": "cpu", "placement": P1})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "placement_superseded", r.text
+    assert later in r.json()["error"]["message"]
+    assert board.state.view("k", 0.0)["cpu"]["placementId"] == later and client.posted == {}
+    # the placement the board holds, posted again, is simply the desired one (202 with its id)
+    r = http.post("/admin/v1/placement", headers=AUTH, json={"pool": "cpu", "placement": P0})
+    assert r.status_code == 202 and r.json()["placementId"] == later
+    # a free pool takes the post and the keepalive will replay it
+    board.state = BoardState()
+    r = http.post("/admin/v1/placement", headers=AUTH, json={"pool": "cpu", "placement": P1})
+    assert r.status_code == 202 and r.json()["placementId"] == placement_id(P1) == client.posted["cpu"]["placementId"]
 
 
 def test_the_board_actor_class_serves_calls_and_exits_when_idle(monkeypatch):
