@@ -7,7 +7,6 @@ authenticates, validates and shapes errors like the OpenAI routes (``{"error": {
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import os
 from typing import Any, Protocol
@@ -20,7 +19,6 @@ from moe_runtime.placement_board import PlacementSuperseded, canonical_placement
 
 TOKEN_ENV = "MOE_ADMIN_TOKEN"
 PREFIX = "/admin/v1"
-BOARD_TIMEOUT_S = 10.0  # a board call slower than this (restarting, gone) answers 503
 
 
 class AdminBackend(Protocol):
@@ -92,11 +90,12 @@ def mount_admin_routes(app: FastAPI, backend: AdminBackend, token: str | None = 
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     async def board(call):
+        """Await a backend call; only an unreachable board (timeout, connection, Ray actor error) is 503."""
         try:
-            return await asyncio.wait_for(call, BOARD_TIMEOUT_S)
+            return await call
         except PlacementSuperseded as exc:
             raise oa.APIError(409, str(exc), param="placement", code="placement_superseded") from None
-        except Exception as exc:  # noqa: BLE001 (the board restarting or gone: the client retries)
+        except (TimeoutError, ConnectionError) as exc:  # the board restarting or gone: the client retries
             raise oa.APIError(503, f"placement board unavailable ({type(exc).__name__}: {exc}); retry in a few "
                               "seconds", type="server_error", code="board_unavailable", retry_after_s=5) from None
 

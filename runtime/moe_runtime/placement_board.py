@@ -37,7 +37,7 @@ KEEPALIVE_S = 5.0  # seconds between two ingress keepalives (they carry the desi
 IDLE_EXIT_S = 120.0  # the board exits after this long without any call (the app was deleted)
 GENERATION_TTL_S = 600.0  # state of a config key nobody mentioned for this long is forgotten
 APPLY_BACKOFF_S = (1.0, 30.0)  # first and longest wait before retrying a failed apply, seconds
-CALL_TIMEOUT_S = 10.0  # a report slower than this counts as failed (the board is looked up again)
+CALL_TIMEOUT_S = 10.0  # a board call slower than this counts as failed (the board is looked up again), seconds
 SLOW_APPLY_S = 30.0  # an apply running longer than this is shown in the replica's report (``error``)
 
 
@@ -344,6 +344,18 @@ class BoardReporter:
         log.info("placement %s applied on %s: %s", pid, self.replica, info)
 
 
+class BoardUnavailable(ConnectionError):
+    """The board did not answer in time, or Ray reports its actor dead/unavailable (it restarts): retry later."""
+
+
+def _ray_actor_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from ray.exceptions import RayActorError, RaySystemError
+    except ImportError:  # no Ray (the in-process tests): no Ray errors to map
+        return ()
+    return (RayActorError, RaySystemError)
+
+
 class PlacementSuperseded(Exception):
     """The board kept a placement posted later than ours (``desired``: its id); the admin API answers 409."""
 
@@ -366,14 +378,24 @@ class BoardClient:
 
     def _handle(self):
         if self._board is None:
-            self._board = self._get_board()
+            try:
+                self._board = self._get_board()
+            except Exception as exc:  # noqa: BLE001 (Ray's lookup: no actor yet, GCS restarting)
+                raise BoardUnavailable(f"board lookup failed: {type(exc).__name__}: {exc}") from exc
         return self._board
 
     async def _call(self, method: str, *args):
+        """One board call, at most CALL_TIMEOUT_S; a timeout or a Ray actor error is BoardUnavailable (the
+        admin API's 503; /metrics and the keepalive carry on), anything else propagates as the bug it is."""
         try:
-            return await getattr(self._handle(), method).remote(self.key, *args)
-        except Exception:
+            return await asyncio.wait_for(getattr(self._handle(), method).remote(self.key, *args), CALL_TIMEOUT_S)
+        except TimeoutError:
             self._board = None  # find it again next time (exited, restarted)
+            raise BoardUnavailable(f"board {method}: no answer within {CALL_TIMEOUT_S:.0f} s") from None
+        except Exception as exc:
+            self._board = None
+            if isinstance(exc, _ray_actor_errors()):
+                raise BoardUnavailable(f"board {method}: {type(exc).__name__}: {exc}") from exc
             raise
 
     def start(self) -> None:

@@ -285,6 +285,42 @@ def test_a_post_the_board_refuses_is_409_not_202_with_our_id():
     assert r.status_code == 202 and r.json()["placementId"] == placement_id(P1) == client.posted["cpu"]["placementId"]
 
 
+def test_board_calls_time_out_and_only_an_unreachable_board_is_503(monkeypatch):
+    """A board that hangs (restarting) answers 503 within CALL_TIMEOUT_S, so /metrics' ready() cannot hang; a Ray
+    actor error is 503 too; a programming error is the 500 it is, not a 503 board_unavailable."""
+    import moe_runtime.placement_board as pb
+
+    monkeypatch.setattr(pb, "CALL_TIMEOUT_S", 0.2)
+    board = LocalBoard()
+    client = BoardClient("k", lambda: board, ["cpu"], P0, (2, 4))
+    app = FastAPI()
+    assert mount_admin_routes(app, client, token="s3cret")
+    http = TestClient(app, raise_server_exceptions=False)
+
+    def fail_with(exc):
+        async def call():
+            if exc is None:
+                await asyncio.sleep(60)
+            raise exc
+        return call
+
+    board.view.remote = lambda *_a: fail_with(None)()  # hangs
+    r = http.get("/admin/v1/experts", headers=AUTH)
+    assert r.status_code == 503 and "no answer within" in r.json()["error"]["message"], r.text
+    board.view.remote = lambda *_a: fail_with(KeyError("placementId"))()
+    assert http.get("/admin/v1/experts", headers=AUTH).status_code == 500
+    board.ready.remote = lambda *_a: fail_with(None)()
+
+    async def ready():
+        with pytest.raises(pb.BoardUnavailable, match="no answer within"):
+            await asyncio.wait_for(client.ready(), 5.0)
+    asyncio.run(ready())
+    ray = pytest.importorskip("ray")
+    board.view.remote = lambda *_a: fail_with(ray.exceptions.ActorDiedError())()
+    r = http.get("/admin/v1/experts", headers=AUTH)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "board_unavailable", r.text
+
+
 def test_the_board_actor_class_serves_calls_and_exits_when_idle(monkeypatch):
     """The actor's own methods (run here as a plain object) and its idle exit (Ray's exit_actor stubbed)."""
     ray = pytest.importorskip("ray")
