@@ -1,7 +1,8 @@
 """``moe-operator``: run the kopf operator that turns MoEDeployments into KubeRay RayServices.
 
 Usage: ``moe-operator [--namespace NS ...| --all-namespaces] [--liveness URL] [--catalog-configmap NS/NAME]
-[--images FILE] [--metrics-port 8080] [--drift-interval 30] [--peering NAME]``.
+[--images FILE] [--metrics-port 8080] [--drift-interval 30] [--peering NAME]
+[--allow-runtime-url-annotation]``.
 """
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=32,
                    help="threads running the sync handlers (and HTTP connections kept); a burst of N new "
                         "MoEDeployments waits about N/workers handler round trips")
+    p.add_argument("--allow-runtime-url-annotation", action="store_true",
+                   default=os.environ.get("MOE_ALLOW_RUNTIME_URL_ANNOTATION", "") == "1",
+                   help="let annotation serving.moe-operator.io/runtime-url choose where the rebalancer sends the "
+                        "runtime admin token (tests, out-of-cluster runtimes); off: KubeRay's serve Service only. "
+                        "Anyone who may annotate a MoEDeployment could then receive the token")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
 
@@ -64,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     import kopf
 
     import moe_operator.handlers  # noqa: F401  (importing registers the handlers)
-    from moe_operator.handlers import kube, leader
+    from moe_operator.handlers import kube, leader, rebalance
+
+    rebalance.ALLOW_URL_ANNOTATION = args.allow_runtime_url_annotation
 
     if args.metrics_port:
         from moe_operator.handlers.metrics import serve_metrics

@@ -23,7 +23,8 @@ class Operator:
 
     def start(self) -> "Operator":
         args = [sys.executable, "-m", "moe_operator.operator_main", "--metrics-port", "0",
-                "--drift-interval", str(self.drift_interval)]
+                "--drift-interval", str(self.drift_interval),
+                "--allow-runtime-url-annotation"]   # the rebalancer tests reach their runtime through the annotation
         for ns in self.namespaces:
             args += ["--namespace", ns]
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")

@@ -45,6 +45,7 @@ def world(monkeypatch):
     monkeypatch.setattr(admin_secret, "read_token", lambda ns, name: token["value"])
     monkeypatch.setattr(kube, "post_event", rec.post_event)
     monkeypatch.setattr(kube, "patch_moed_status", rec.patch_status)
+    monkeypatch.setattr(rb, "ALLOW_URL_ANNOTATION", True)   # the operator's --allow-runtime-url-annotation
     rb.STATES.clear()
     yield fake, body, rec, token
     fake.close()
@@ -163,8 +164,27 @@ def test_errors_are_said_once(world, breakage, kind):
     assert len(warnings) == (1 if kind == "Unauthorized" else 0), rec.events
 
 
-def test_runtime_url_defaults_to_kuberays_serve_service():
+def test_runtime_url_defaults_to_kuberays_serve_service(monkeypatch):
     body = {"metadata": {"name": "m", "namespace": "team"}, "status": {"rayServiceName": "m"}}
     assert rb.runtime_url(body) == "http://m-serve-svc.team.svc:8000"
     body["metadata"]["annotations"] = {rb.URL_ANNOTATION: "http://127.0.0.1:9/"}
+    monkeypatch.setattr(rb, "ALLOW_URL_ANNOTATION", False)
+    assert rb.runtime_url(body) == "http://m-serve-svc.team.svc:8000"   # not opted in: the token stays in-cluster
+    monkeypatch.setattr(rb, "ALLOW_URL_ANNOTATION", True)
     assert rb.runtime_url(body) == "http://127.0.0.1:9"
+
+
+def test_annotation_without_opt_in_gets_no_token_and_the_status_says_why(world, monkeypatch):
+    fake, body, rec, _ = world
+    monkeypatch.setattr(rb, "ALLOW_URL_ANNOTATION", False)
+    seen = []
+
+    def get_experts(url, token):
+        seen.append(url)
+        raise rb.AdminError("Unreachable", f"runtime admin API at {url} unreachable: test")
+
+    monkeypatch.setattr(rb, "get_experts", get_experts)
+    rb.tick(body, now=0.0)
+    e = entry(body)
+    assert e["reason"] == "Unreachable" and "ignored" in e["message"] and rb.URL_ANNOTATION in e["message"], e
+    assert seen == ["http://m-serve-svc.ns.svc:8000"] and fake.url not in e["message"]

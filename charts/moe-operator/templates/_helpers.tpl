@@ -82,10 +82,13 @@ watched namespace's Role (namespaced mode). Each rule names the code that needs 
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.rebalance.enabled }}
 # The runtime admin token Secret <name>-runtime-admin of MoEDeployments with spec.rebalance.enabled
 # (handlers/admin_secret.py creates it, owned by the MoEDeployment; the rebalancer reads its token). No list, watch,
 # update or delete: names are per MoEDeployment, so resourceNames cannot narrow get, and create cannot be narrowed.
+# Off with rebalance.enabled=false (values.yaml): the operator then reads and creates no Secrets at all.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]
+{{- end }}
 {{- end -}}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,10 @@ from .config import CONFIG
 
 log = logging.getLogger(__name__)
 URL_ANNOTATION = "serving.moe-operator.io/runtime-url"
+# Honour URL_ANNOTATION only when the operator runs with --allow-runtime-url-annotation (or env
+# MOE_ALLOW_RUNTIME_URL_ANNOTATION=1): the rebalancer sends the admin token to that URL, so otherwise anyone allowed
+# to annotate a MoEDeployment could receive the token without any right to read Secrets.
+ALLOW_URL_ANNOTATION = os.environ.get("MOE_ALLOW_RUNTIME_URL_ANNOTATION", "") == "1"
 SERVE_PORT = 8000             # KubeRay's serve Service port (DefaultServingPort)
 HTTP_TIMEOUT_S = 10.0
 LOOP_STEP_S = 5.0             # how often the loop lists MoEDeployments for due ones (intervalSeconds >= 10 s)
@@ -84,14 +89,22 @@ class AdminError(Exception):
 
 
 def runtime_url(body: dict[str, Any]) -> str:
-    """The runtime's base URL: the annotation, else KubeRay v1.5.0's serve Service of the RayService
-    (``utils.GenerateServeServiceName``: ``<rayservice>-serve-svc``), port 8000."""
+    """The runtime's base URL: the annotation when ALLOW_URL_ANNOTATION, else KubeRay v1.5.0's serve Service of the
+    RayService (``utils.GenerateServeServiceName``: ``<rayservice>-serve-svc``), port 8000."""
     meta = body["metadata"]
     url = (meta.get("annotations") or {}).get(URL_ANNOTATION)
-    if url:
+    if url and ALLOW_URL_ANNOTATION:
         return url.rstrip("/")
     rs = (body.get("status") or {}).get("rayServiceName") or meta["name"]
     return f"http://{rs}-serve-svc.{meta['namespace']}.svc:{SERVE_PORT}"
+
+
+def ignored_annotation_note(body: dict[str, Any]) -> str:
+    """The sentence added to status messages when the object has the URL annotation but it is not honoured."""
+    if ALLOW_URL_ANNOTATION or not (body["metadata"].get("annotations") or {}).get(URL_ANNOTATION):
+        return ""
+    return (f" (annotation {URL_ANNOTATION} ignored: the operator runs without --allow-runtime-url-annotation, "
+            "so the admin token goes only to KubeRay's serve Service)")
 
 
 def _error_text(resp: httpx.Response) -> str:
@@ -267,6 +280,10 @@ def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
         for m in state.pools.values():
             m.counts = None   # the window restarts once the runtime answers again
         words = {p.name: Word(exc.kind, str(exc)) for p in dep.spec.pools}
+    note = ignored_annotation_note(body)
+    if note:
+        for w in words.values():
+            w.message += note
     failures = sorted({w.message for w in words.values() if w.reason in ("Failed", "Unauthorized")})
     if failures and state.last_error != failures[0]:
         kube.post_event(body, "Warning", "RebalanceFailed", failures[0])
