@@ -85,9 +85,7 @@ def mount_admin_routes(app: FastAPI, backend: AdminBackend, token: str | None = 
     def auth(request: Request) -> None:
         check_token(request.headers.get("authorization"), token)
 
-    def error(exc: oa.APIError) -> JSONResponse:  # here, not via the app's handler: the routes stand on their own
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers()
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    app.add_exception_handler(oa.APIError, oa.handle_api_error)  # the same as the OpenAI routes'
 
     async def board(call):
         """Await a backend call; only an unreachable board (timeout, connection, Ray actor error) is 503."""
@@ -101,21 +99,15 @@ def mount_admin_routes(app: FastAPI, backend: AdminBackend, token: str | None = 
 
     @app.get(PREFIX + "/experts")
     async def experts(request: Request):
-        try:
-            auth(request)
-            return await board(backend.experts())
-        except oa.APIError as exc:
-            return error(exc)
+        auth(request)
+        return await board(backend.experts())
 
     @app.post(PREFIX + "/placement")
     async def placement(request: Request):
-        try:
-            auth(request)
-            body = oa.parse_body(await request.body())
-            pool, doc = parse_placement_request(body, backend.pools, backend.shape, backend.initial)
-            pid = await board(backend.post(pool, doc))
-        except oa.APIError as exc:
-            return error(exc)
+        auth(request)
+        pool, doc = parse_placement_request(oa.parse_body(await request.body()), backend.pools, backend.shape,
+                                            backend.initial)
+        pid = await board(backend.post(pool, doc))
         return JSONResponse({"pool": pool, "placementId": pid}, status_code=202)
 
     return True

@@ -40,9 +40,22 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after_s is None:
-            return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+        """Retry-After (whole seconds) when the client should retry; WWW-Authenticate on a 401 (RFC 6750)."""
+        out = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.retry_after_s is not None:
+            out["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        return out
+
+    def response(self):
+        """The JSON response for this error (status, body, headers)."""
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
+
+
+async def handle_api_error(_request, exc: APIError):
+    """FastAPI exception handler for APIError (the OpenAI routes' and the admin routes')."""
+    return exc.response()
 
 
 def unsupported(param: str, what: str) -> APIError:

@@ -81,10 +81,6 @@ class _Detokenizer:
         return delta
 
 
-def _error(err: oa.APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
-
-
 class _Handler:
     """Request handling shared by the two generation routes."""
 
@@ -189,22 +185,20 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
     app = FastAPI(title="moe-runtime OpenAI API", lifespan=lifespan)
     app.state.engine, app.state.metrics = engine, metrics
 
-    @app.exception_handler(oa.APIError)
-    async def _api_error(_req: Request, exc: oa.APIError):
-        return _error(exc)
+    app.add_exception_handler(oa.APIError, oa.handle_api_error)
 
     @app.exception_handler(Exception)
     async def _internal(_req: Request, exc: Exception):  # e.g. an engine replica died mid-request
-        return _error(oa.APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error",
-                                  code="internal_error"))
+        return oa.APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error",
+                           code="internal_error").response()
 
     @app.exception_handler(404)
     async def _not_found(req: Request, _exc):
-        return _error(oa.APIError(404, f"no route {req.method} {req.url.path}", code="not_found"))
+        return oa.APIError(404, f"no route {req.method} {req.url.path}", code="not_found").response()
 
     @app.exception_handler(405)
     async def _bad_method(req: Request, _exc):
-        return _error(oa.APIError(405, f"method {req.method} not allowed on {req.url.path}", code="method_not_allowed"))
+        return oa.APIError(405, f"method {req.method} not allowed on {req.url.path}", code="method_not_allowed").response()
 
     @app.get("/health")
     async def health():
@@ -299,7 +293,7 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
         finally:
             watcher.cancel()
         if err is not None:
-            return _error(oa.APIError(500, err, type="server_error", code="engine_error"))
+            return oa.APIError(500, err, type="server_error", code="engine_error").response()
         build = oa.chat_json if chat else oa.completion_json
         return JSONResponse(build(rid, engine.model_name, text, finish, usage), headers={"X-Request-Id": rid})
 

@@ -211,6 +211,7 @@ def test_admin_off_without_a_token_and_401_with_a_wrong_one(admin, monkeypatch):
                     {"Authorization": "Bearer s3cret-and-more"}):
         r = client.post("/admin/v1/placement", json={"pool": "cpu", "placement": P1}, headers=headers)
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", headers
+        assert r.headers["www-authenticate"] == "Bearer"
         assert client.get("/admin/v1/experts", headers=headers).status_code == 401
     assert backend.posted == []
     assert client.get("/admin/v1/experts", headers={"authorization": "bearer s3cret"}).status_code == 200
