@@ -254,7 +254,6 @@ class BoardReporter:
         self.period_s = period_s
         self.running_id, self.running = INITIAL_ID, initial
         self.cumulative: list[list[int]] = []
-        self._window_mark: list[list[int]] = []
         self.error: str | None = None
         self._send_placement = False
         self._apply_task: asyncio.Task | None = None
@@ -269,14 +268,6 @@ class BoardReporter:
         """Cumulative tokens per [moe_layer][expert] since this replica started (sums of ``expert_load`` deltas)."""
         _add(self.cumulative, self.engine.expert_load())
         return self.cumulative
-
-    def window(self) -> list[list[int]]:
-        """Tokens per [moe_layer][expert] since the previous ``window()`` call (the rebalancer's window)."""
-        now = [list(r) for r in self.collect()]
-        out = [[v - (self._window_mark[li][e] if li < len(self._window_mark) and e < len(self._window_mark[li])
-                     else 0) for e, v in enumerate(row)] for li, row in enumerate(now)]
-        self._window_mark = now
-        return out
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self.run())

@@ -86,12 +86,6 @@ class EngineDeployment:
         so a rebalancer calls every replica of the pool."""
         return await self.engine.apply_placement(placement)
 
-    def expert_load(self) -> list[list[int]]:
-        """Tokens per layer per expert since the previous call: the rebalancer's input."""
-        if self.reporter is not None:  # the reporter consumes the engine's deltas; window over its cumulative sums
-            return self.reporter.window()
-        return self.engine.expert_load()
-
     def describe(self) -> dict[str, Any]:
         tok = self.engine.tokenizer
         return {"model_name": self.engine.model_name, "max_context_tokens": self.engine.max_context_tokens,
