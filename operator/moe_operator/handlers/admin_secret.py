@@ -23,6 +23,7 @@ from . import kube
 log = logging.getLogger(__name__)
 TOKEN_KEY = "token"
 _warned: set[tuple[str, str, str]] = set()   # (namespace, name, problem) already logged
+_present: set[tuple[str, str, str]] = set()  # (namespace, name, uid) whose Secret holds a token: no more API calls
 
 
 def new_token() -> str:
@@ -73,43 +74,48 @@ def read_token(namespace: str, name: str) -> str | None:
 def ensure(body: dict[str, Any], spec: Any) -> str | None:
     """Create the admin Secret of MoEDeployment ``body`` when ``spec.rebalance.enabled`` and none exists.
 
-    Returns "created", "adopted" (a Secret with a token was there), or None (rebalance off, or a problem that is
-    logged once: an empty token, no RBAC for Secrets). Never raises for those: serving does not depend on it.
+    POST first (the usual case on create), GET only on 409 AlreadyExists to see whether the existing one has a
+    token. Once the Secret is known to hold a token, later reconciles of the same object (uid) skip the API entirely.
+    Returns "created", "adopted" (a Secret with a token was there), "known" (seen before), or None (rebalance off,
+    or a problem logged once: an empty token, no RBAC for Secrets, any other API error). Never raises: serving does
+    not depend on the Secret (the rebalancer waits for it), so it must not fail the reconcile that creates the
+    RayService.
     """
-    rebalance = getattr(spec, "rebalance", None)
-    if rebalance is None or not rebalance.enabled:
+    if not spec.rebalance.enabled:
         return None
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
+    key = (ns, name, meta.get("uid") or "")
+    if key in _present:
+        return "known"
     secret_name = admin_secret_name(name)
     try:
         try:
-            existing = _core().read_namespaced_secret(secret_name, ns)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            existing = None
-        if existing is not None:
-            if token_of(existing):
-                return "adopted"
-            _warn_once(ns, name, "empty", f"Secret {secret_name} has no '{TOKEN_KEY}': the runtime admin API stays "
-                       f"off and rebalancing cannot work; put a token in it or delete it so the operator creates one")
-            return None
-        try:
             _core().create_namespaced_secret(ns, secret_body(body, new_token()))
-            kube.Writes.add("secret")
-            log.info("created Secret %s/%s (runtime admin token)", ns, secret_name)
-            return "created"
         except ApiException as exc:
-            if exc.status == 409:   # created meanwhile (another reconcile, a person): adopt it
-                return "adopted"
-            raise
+            if exc.status != 409:
+                raise
+            # there already (our earlier life, a person's own token): adopt it when it holds a token
+            if not token_of(_core().read_namespaced_secret(secret_name, ns)):
+                _warn_once(ns, name, "empty", f"Secret {secret_name} has no '{TOKEN_KEY}': the runtime admin API "
+                           "stays off and rebalancing cannot work; put a token in it or delete it so the operator "
+                           "creates one")
+                return None
+            _present.add(key)
+            return "adopted"
+        kube.Writes.add("secret")
+        log.info("created Secret %s/%s (runtime admin token)", ns, secret_name)
+        _present.add(key)
+        return "created"
     except ApiException as exc:
         if exc.status == 403:
-            _warn_once(ns, name, "forbidden", f"cannot read or create Secret {secret_name} ({exc.reason}): grant the "
-                       "operator get/create on secrets (the chart does) or create it yourself with a 'token' key")
-            return None
-        raise
+            _warn_once(ns, name, "forbidden", f"cannot create or read Secret {secret_name} ({exc.reason}): grant the "
+                       "operator get/create on secrets (the chart does with rebalance.enabled) or create it yourself "
+                       "with a 'token' key")
+        else:
+            _warn_once(ns, name, f"api-{exc.status}", f"Secret {secret_name}: API error {exc.status} {exc.reason}; "
+                       "retried at the next reconcile (serving goes on without it)")
+        return None
 
 
 def _warn_once(ns: str, name: str, problem: str, message: str) -> None:

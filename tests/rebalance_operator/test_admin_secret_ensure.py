@@ -1,0 +1,82 @@
+"""admin_secret.ensure against a recording CoreV1Api stand-in (the real API server path is covered by
+test_rebalance_on_cluster.py): POST first and GET only on 409, nothing more once the Secret is known, and an API
+error other than 403 logged once instead of failing the reconcile that creates the RayService."""
+from __future__ import annotations
+
+import base64
+import logging
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from moe_operator.api import MoEDeploymentSpec
+from moe_operator.handlers import admin_secret
+
+BODY = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+        "metadata": {"name": "m", "namespace": "ns", "uid": "u-1"}}
+
+
+def spec(enabled: bool = True) -> MoEDeploymentSpec:
+    return MoEDeploymentSpec.model_validate(
+        {"model": {"source": "builtin://tiny-moe"}, "engine": "torch",
+         "pools": [{"name": "cpu", "accelerator": "cpu", "pricePerDeviceHour": 0.05}],
+         "rebalance": {"enabled": enabled}})
+
+
+class Core:
+    """Records calls; ``create`` / ``read`` are the status codes to fail with (None: succeed)."""
+
+    def __init__(self, create: int | None = None, read: int | None = None, token: str = "t0k"):
+        self.calls, self.create, self.read, self.token = [], create, read, token
+
+    def create_namespaced_secret(self, ns, body):
+        self.calls.append(("create", ns, body["metadata"]["name"]))
+        if self.create:
+            raise ApiException(status=self.create, reason="nope")
+
+    def read_namespaced_secret(self, name, ns):
+        self.calls.append(("read", ns, name))
+        if self.read:
+            raise ApiException(status=self.read, reason="nope")
+        return {"data": {"token": base64.b64encode(self.token.encode()).decode()}}
+
+
+@pytest.fixture
+def core(monkeypatch):
+    holder = {}
+    monkeypatch.setattr(admin_secret, "_core", lambda: holder["core"])
+    admin_secret._present.clear()
+    admin_secret._warned.clear()
+    yield holder
+    admin_secret._present.clear()
+    admin_secret._warned.clear()
+
+
+def test_posts_first_then_never_again_for_the_same_object(core):
+    core["core"] = c = Core()
+    assert admin_secret.ensure(BODY, spec()) == "created"
+    assert c.calls == [("create", "ns", "m-runtime-admin")]          # no GET before the POST
+    for _ in range(3):                                                # drift sweeps, status updates ...
+        assert admin_secret.ensure(BODY, spec()) == "known"
+    assert len(c.calls) == 1
+    assert admin_secret.ensure(BODY, spec(False)) is None and len(c.calls) == 1
+
+
+def test_existing_secret_is_read_only_on_409(core):
+    core["core"] = c = Core(create=409)
+    assert admin_secret.ensure(BODY, spec()) == "adopted"
+    assert [k for k, *_ in c.calls] == ["create", "read"]
+    core["core"] = c = Core(create=409, token="")
+    admin_secret._present.clear()
+    assert admin_secret.ensure(BODY, spec()) is None                  # empty token: reported, retried later
+    assert admin_secret.ensure(BODY, spec()) is None and len(c.calls) == 4
+
+
+@pytest.mark.parametrize("failure", [dict(create=500), dict(create=403), dict(create=409, read=503)])
+def test_api_errors_never_fail_the_reconcile_and_are_logged_once(core, caplog, failure):
+    core["core"] = Core(**failure)
+    with caplog.at_level(logging.WARNING, logger=admin_secret.__name__):
+        assert admin_secret.ensure(BODY, spec()) is None
+        assert admin_secret.ensure(BODY, spec()) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "m-runtime-admin" in warnings[0], warnings
