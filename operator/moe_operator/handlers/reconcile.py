@@ -54,8 +54,7 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
         return Outcome(status.invalid_status(old, generation, "CatalogInvalid", str(exc)),
                        [("Warning", "CatalogInvalid", str(exc))] if _new_problem(old, exc) else [])
     admin_secret.ensure(body, spec)   # spec.rebalance: the admin token Secret exists before pods that read it
-    desired = render_rayservice(r)
-    kopf.adopt(desired, owner=body)
+    desired = _adopted(r, body)
     events: list[tuple[str, str, str]] = []
     created = False
     if live is None:
@@ -69,14 +68,20 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
             live = kube.get_rayservice(namespace, name)
             if fresh and live is not None:   # keep the sizes the autoscaler set on the existing one
                 r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
-                desired = render_rayservice(r)
-                kopf.adopt(desired, owner=body)
+                desired = _adopted(r, body)
     # just created from ``desired``: nothing to compare (two YAML parses of serveConfigV2 saved); the sweep checks it
     if live is not None and not created and drift.drifted(live, desired, strict):
         if kube.replace_with_retry(namespace, name, lambda cur: drift.repair(cur, desired, strict)):
             events.append(("Normal", "Updated", f"updated RayService {name} to match the spec (generation {generation})"))
             live = kube.get_rayservice(namespace, name)
     return Outcome(status.ok_status(old, generation, r, p, live), events)
+
+
+def _adopted(r, body: dict[str, Any]) -> dict[str, Any]:
+    """The RayService ``r`` renders to, owned by the MoEDeployment ``body`` (garbage-collected with it)."""
+    desired = render_rayservice(r)
+    kopf.adopt(desired, owner=body)
+    return desired
 
 
 def _new_problem(old: dict, exc: Exception) -> bool:
@@ -100,8 +105,10 @@ def apply_outcome(body: dict[str, Any], outcome: Outcome, patch: Any | None = No
     if not delta:
         return
     meta = body["metadata"]
-    ready = next((c.get("message", "") for c in outcome.status.get("conditions") or [] if c.get("type") == "Ready"), "")
-    trace.mark(meta["namespace"], meta["name"], f"status {','.join(sorted(delta))} | {ready}")
+    if trace.enabled:   # the mark's text costs a scan of the conditions: only when someone records it
+        ready = next((c.get("message", "") for c in outcome.status.get("conditions") or []
+                      if c.get("type") == "Ready"), "")
+        trace.mark(meta["namespace"], meta["name"], f"status {','.join(sorted(delta))} | {ready}")
     if patch is not None:
         patch.status.update(delta)
         kube.Writes.add("status")

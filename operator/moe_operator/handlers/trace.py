@@ -12,6 +12,7 @@ import time
 _PATH = os.environ.get("MOE_OPERATOR_TRACE")
 _lock = threading.Lock()
 _file = open(_PATH, "a", buffering=1) if _PATH else None   # noqa: SIM115 (lives as long as the process)
+enabled = _file is not None   # callers guard marks whose text costs something to build
 
 
 def mark(namespace: str, name: str, phase: str) -> None:
