@@ -84,8 +84,8 @@ class FakeRuntime:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _err(self, code: int, message: str) -> None:
-                self._send(code, {"error": {"message": message, "type": "invalid_request_error", "code": None}})
+            def _err(self, code: int, message: str, err_code: str | None = None) -> None:
+                self._send(code, {"error": {"message": message, "type": "invalid_request_error", "code": err_code}})
 
             def _authorized(self) -> bool:
                 if not fake.admin_on:
@@ -110,7 +110,7 @@ class FakeRuntime:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 pool, doc = body.get("pool"), body.get("placement")
                 if pool not in fake.pools:
-                    return self._err(404, f"unknown pool {pool!r}")
+                    return self._err(404, f"unknown pool {pool!r}", "unknown_pool")   # as moe_runtime.admin_api
                 if not isinstance(doc, dict) or (doc.get("numLayers"), doc.get("numExperts")) != (
                         fake.pools[pool]["placement"]["numLayers"], fake.pools[pool]["placement"]["numExperts"]):
                     return self._err(400, "invalid placement")

@@ -188,3 +188,14 @@ def test_annotation_without_opt_in_gets_no_token_and_the_status_says_why(world, 
     e = entry(body)
     assert e["reason"] == "Unreachable" and "ignored" in e["message"] and rb.URL_ANNOTATION in e["message"], e
     assert seen == ["http://m-serve-svc.ns.svc:8000"] and fake.url not in e["message"]
+
+
+def test_unknown_pool_on_post_is_a_failure_not_admin_off(world):
+    fake, *_ = world
+    with pytest.raises(rb.AdminError) as exc:
+        rb.post_placement(fake.url, TOKEN, "gpu", PLACEMENT)
+    assert exc.value.kind == "Failed" and "unknown pool" in str(exc.value)
+    fake.admin_on = False                   # a plain 404: the admin API is off
+    with pytest.raises(rb.AdminError) as exc:
+        rb.post_placement(fake.url, TOKEN, "cpu", PLACEMENT)
+    assert exc.value.kind == "AdminDisabled"

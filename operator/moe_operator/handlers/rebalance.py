@@ -107,51 +107,55 @@ def ignored_annotation_note(body: dict[str, Any]) -> str:
             "so the admin token goes only to KubeRay's serve Service)")
 
 
-def _error_text(resp: httpx.Response) -> str:
+_CLIENT = httpx.Client(timeout=HTTP_TIMEOUT_S)   # one connection pool for every runtime (keep-alive across ticks)
+
+
+def _error_of(resp: httpx.Response) -> tuple[str, str | None]:
+    """The contract's error ``(message, code)``; a non-contract body gives its start and no code."""
     try:
-        return str(resp.json()["error"]["message"])
+        err = resp.json()["error"]
+        return str(err["message"]), err.get("code")
     except Exception:  # noqa: BLE001 - any non-contract body: show its start
-        return resp.text[:200].strip() or resp.reason_phrase
+        return resp.text[:200].strip() or resp.reason_phrase, None
 
 
-def _check(resp: httpx.Response, what: str) -> None:
-    if resp.status_code == 404:
-        raise AdminError("AdminDisabled", f"{what}: 404 ({_error_text(resp)}): the runtime's admin API is off "
-                         "(env MOE_ADMIN_TOKEN empty in the runtime) or the Serve app is not deployed yet")
-    if resp.status_code == 401:
-        raise AdminError("Unauthorized", f"{what}: 401: the runtime refused the token of Secret "
-                         "<name>-runtime-admin; the pods read it at start (restart them after changing it)")
+def _admin(method: str, url: str, path: str, token: str, **kwargs: Any) -> Any:
+    """One admin API call -> the answer's JSON; AdminError (the status reason as kind) on any failure."""
+    what = f"{method} {url}{path}"
+    try:
+        resp = _CLIENT.request(method, f"{url}{path}", headers={"Authorization": f"Bearer {token}"}, **kwargs)
+    except httpx.HTTPError as exc:
+        raise AdminError("Unreachable", f"runtime admin API at {url} unreachable: {type(exc).__name__}: {exc}") from None
     if resp.status_code >= 300:
-        raise AdminError("Failed", f"{what}: HTTP {resp.status_code}: {_error_text(resp)}")
+        message, code = _error_of(resp)
+        if resp.status_code == 404 and code != "unknown_pool":
+            raise AdminError("AdminDisabled", f"{what}: 404 ({message}): the runtime's admin API is off (env "
+                             "MOE_ADMIN_TOKEN empty in the runtime) or the Serve app is not deployed yet")
+        if resp.status_code == 401:
+            raise AdminError("Unauthorized", f"{what}: 401: the runtime refused the token of Secret "
+                             "<name>-runtime-admin; the pods read it at start (restart them after changing it)")
+        raise AdminError("Failed", f"{what}: HTTP {resp.status_code}: {message}")
+    try:
+        return resp.json()
+    except ValueError:
+        raise AdminError("Failed", f"{what}: the answer is not JSON") from None
 
 
 def get_experts(url: str, token: str) -> dict[str, Any]:
     """``GET /admin/v1/experts`` -> the ``pools`` mapping; AdminError on any failure."""
-    try:
-        resp = httpx.get(f"{url}/admin/v1/experts", headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S)
-    except httpx.HTTPError as exc:
-        raise AdminError("Unreachable", f"runtime admin API at {url} unreachable: {type(exc).__name__}: {exc}") from None
-    _check(resp, f"GET {url}/admin/v1/experts")
-    try:
-        pools = resp.json()["pools"]
-        assert isinstance(pools, dict)
-    except Exception:  # noqa: BLE001
-        raise AdminError("Failed", f"GET {url}/admin/v1/experts: not the contract's {{\"pools\": ...}} JSON") from None
+    doc = _admin("GET", url, "/admin/v1/experts", token)
+    pools = doc.get("pools") if isinstance(doc, dict) else None
+    if not isinstance(pools, dict):
+        raise AdminError("Failed", f"GET {url}/admin/v1/experts: not the contract's {{\"pools\": ...}} JSON")
     return pools
 
 
 def post_placement(url: str, token: str, pool: str, placement: dict) -> str:
-    """``POST /admin/v1/placement`` -> the new placement id; AdminError on any failure."""
-    try:
-        resp = httpx.post(f"{url}/admin/v1/placement", json={"pool": pool, "placement": placement},
-                          headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT_S)
-    except httpx.HTTPError as exc:
-        raise AdminError("Unreachable", f"runtime admin API at {url} unreachable: {type(exc).__name__}: {exc}") from None
-    _check(resp, f"POST {url}/admin/v1/placement")
-    try:
-        return str(resp.json()["placementId"])
-    except Exception:  # noqa: BLE001
-        raise AdminError("Failed", f"POST {url}/admin/v1/placement: answer lacks placementId") from None
+    """``POST /admin/v1/placement`` -> the new placement id; AdminError on any failure (an unknown pool: Failed)."""
+    doc = _admin("POST", url, "/admin/v1/placement", token, json={"pool": pool, "placement": placement})
+    if not isinstance(doc, dict) or "placementId" not in doc:
+        raise AdminError("Failed", f"POST {url}/admin/v1/placement: answer lacks placementId")
+    return str(doc["placementId"])
 
 
 def rfc3339(t: float) -> str:
