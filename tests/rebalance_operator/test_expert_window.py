@@ -80,3 +80,16 @@ def test_applied_counts_replicas_on_the_desired_placement():
                                               {"replica": "b", "placementId": "p-1"}]}
     assert applied(doc) == (1, 2)
     assert applied({"placementId": "p", "replicas": []}) == (0, 0)
+
+
+def test_each_decision_says_its_kind():
+    devs = pool_devices(P, 1.0, 1)
+    args = dict(redundant_slots=1, min_gain=0.05, cooldown_s=100.0, now=1000.0)
+    hot = [[90, 5, 3, 2], [90, 5, 3, 2]]
+    assert should_rebalance(hot, P, devs, last_applied_at=None, **args).kind == "apply"
+    assert should_rebalance([[0] * 4] * 2, P, devs, last_applied_at=None, **args).kind == "no_traffic"
+    cool = should_rebalance(hot, P, devs, last_applied_at=950.0, **args)
+    assert cool.kind == "cooldown" and not cool.apply and cool.placement is None
+    moved = should_rebalance(hot, P, devs, last_applied_at=None, **args).placement
+    done = should_rebalance(hot, moved, devs, last_applied_at=None, **args)
+    assert done.kind == "balanced" and not done.apply and done.placement is not None

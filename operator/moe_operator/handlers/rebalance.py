@@ -205,11 +205,11 @@ def decide_pool(pool_doc: dict[str, Any] | None, pool_name: str, accelerator: st
     d = should_rebalance(loads, placement, devices, redundant_slots=settings.redundant_slots,
                          min_gain=settings.min_gain, last_applied_at=mem.last_applied_at,
                          cooldown_s=float(settings.cooldown_seconds), now=now)
-    if d.apply:
+    if d.kind == "apply":
         return Word("Rebalancing", d.reason, pid, d, (done, total))
-    if d.placement is None and d.reason.startswith("no tokens"):
+    if d.kind == "no_traffic":
         return Word("NoTraffic", d.reason, pid, d, (done, total))
-    if d.placement is None:   # cooldown: keep whatever the status says
+    if d.kind == "cooldown":   # keep whatever the status says
         return Word(entry.get("reason") if entry else "Rebalanced", d.reason, pid, d, (done, total))
     return Word("Balanced", d.reason, pid, d, (done, total))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from moe_operator.errors import UserError
 
@@ -26,7 +26,8 @@ class RebalanceDecision:
     None when none was computed (cooldown, no traffic). ``imbalance_before`` / ``imbalance_after``: step time over
     the ideal step (see module doc) for the current / proposed placement under the window's loads (after equals
     before when nothing was computed). ``gain``: 1 - after / before step time. ``reason``: one sentence for the
-    status and the Event."""
+    status and the Event. ``kind``: which case it is, for callers to branch on (never the reason's words): apply,
+    balanced (computed, not worth a move), cooldown, no_traffic; it may be left out only when ``apply``."""
 
     apply: bool
     placement: dict | None
@@ -34,6 +35,15 @@ class RebalanceDecision:
     imbalance_after: float
     gain: float
     reason: str
+    kind: Literal["apply", "balanced", "cooldown", "no_traffic", ""] = ""
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            if not self.apply:
+                raise ValueError("a RebalanceDecision that does not apply must say its kind")
+            object.__setattr__(self, "kind", "apply")
+        if (self.kind == "apply") != self.apply:
+            raise ValueError(f"kind {self.kind!r} contradicts apply={self.apply}")
 
 
 def should_rebalance(
@@ -67,27 +77,28 @@ def should_rebalance(
     if any(x < 0 or not math.isfinite(x) for row in matrix for x in row):
         raise UserError("loads must be finite non-negative token counts")
     if sum(map(sum, matrix)) == 0:
-        return RebalanceDecision(False, None, 1.0, 1.0, 0.0, "no tokens were routed in the window")
+        return RebalanceDecision(False, None, 1.0, 1.0, 0.0, "no tokens were routed in the window", "no_traffic")
     before = placement_stats(current, matrix)
     ideal = _ideal(matrix, devices)
     imb_before = before.step_time / ideal
     if last_applied_at is not None and now - last_applied_at < cooldown_s:
         left = cooldown_s - (now - last_applied_at)
         return RebalanceDecision(False, None, imb_before, imb_before, 0.0,
-                                 f"cooldown: {left:.0f}s left of {cooldown_s:.0f}s since the last rebalance")
+                                 f"cooldown: {left:.0f}s left of {cooldown_s:.0f}s since the last rebalance", "cooldown")
     proposed = balance(matrix, devices, redundant_slots, num_groups=num_groups)
     after = placement_stats(proposed, matrix)
     imb_after = after.step_time / ideal
     gain = 1.0 - after.step_time / before.step_time if before.step_time > 0 else 0.0
     doc = to_placement_json(proposed)
     if _same(doc, current_placement):
-        return RebalanceDecision(False, doc, imb_before, imb_after, gain, "the current placement is already the balanced one")
+        return RebalanceDecision(False, doc, imb_before, imb_after, gain, "the current placement is already the balanced one",
+                                 "balanced")
     if gain < min_gain or gain <= 0:
         return RebalanceDecision(False, doc, imb_before, imb_after, gain,
                                  f"gain {gain:.1%} is below the threshold {min_gain:.1%} "
-                                 f"(imbalance {imb_before:.3f} -> {imb_after:.3f})")
+                                 f"(imbalance {imb_before:.3f} -> {imb_after:.3f})", "balanced")
     return RebalanceDecision(True, doc, imb_before, imb_after, gain,
-                             f"imbalance {imb_before:.3f} -> {imb_after:.3f}: step time {gain:.1%} shorter")
+                             f"imbalance {imb_before:.3f} -> {imb_after:.3f}: step time {gain:.1%} shorter", "apply")
 
 
 def placement_from_json(doc: Mapping[str, Any], devices: Sequence[Device]) -> Placement:
