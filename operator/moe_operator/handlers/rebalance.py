@@ -171,15 +171,7 @@ def _parse_time(text: str | None) -> float | None:
         return None
 
 
-def _speed(accelerator: str) -> float:
-    """Relative speed of the pool's devices (all equal within a pool): peak 16-bit TFLOP/s from the catalog."""
-    try:
-        return float(CONFIG.catalog().get(accelerator).tflops.sixteen_bit) or 1.0
-    except Exception:  # noqa: BLE001 - an unknown accelerator is the reconcile's to report; ratios need no unit
-        return 1.0
-
-
-def decide_pool(pool_doc: dict[str, Any] | None, pool_name: str, accelerator: str, settings, mem: PoolMemory,
+def decide_pool(pool_doc: dict[str, Any] | None, pool_name: str, settings, mem: PoolMemory,
                 entry: dict | None, now: float) -> Word:
     """The pool's word for this tick, from its part of the GET answer (no I/O; ``mem.counts`` is advanced)."""
     if pool_doc is None:
@@ -201,7 +193,8 @@ def decide_pool(pool_doc: dict[str, Any] | None, pool_name: str, accelerator: st
         return Word("Rebalanced", f"every replica ({total}) runs placement {pid}", pid, replicas=(done, total))
     if loads is None:
         return Word("Waiting", "first look at the expert loads: the window starts now", pid, replicas=(done, total))
-    devices = pool_devices(placement, _speed(accelerator), settings.redundant_slots)
+    # one pool = one accelerator type: every device has the same speed, and imbalance and gain are ratios, so 1.0
+    devices = pool_devices(placement, 1.0, settings.redundant_slots)
     d = should_rebalance(loads, placement, devices, redundant_slots=settings.redundant_slots,
                          min_gain=settings.min_gain, last_applied_at=mem.last_applied_at,
                          cooldown_s=float(settings.cooldown_seconds), now=now)
@@ -263,7 +256,7 @@ def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
             if mem.last_applied_at is None:
                 mem.last_applied_at = _parse_time((old.get(p.name) or {}).get("lastRebalanceTime"))
             try:
-                w = decide_pool(answer.get(p.name), p.name, p.accelerator, settings, mem, old.get(p.name), now)
+                w = decide_pool(answer.get(p.name), p.name, settings, mem, old.get(p.name), now)
             except UserError as exc:
                 w = Word("Failed", f"pool {p.name}: {exc}")
             if w.decision is not None and w.decision.apply:
