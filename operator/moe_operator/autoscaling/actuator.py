@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import yaml
 
 from moe_operator.errors import UserError
+from moe_operator.render.inputs import pool_resource, resource_pool
 from moe_operator.render.llm_names import llm_deployment_name, serve_replicas_per_replica
 
 
@@ -37,7 +38,7 @@ def engine_deployment(pool: str) -> str:
 
 def _group_for(groups: list[dict], pool: str) -> dict | None:
     for g in groups:
-        if g.get("groupName") in (pool, f"pool-{pool}", f"{pool}-workers"):
+        if g.get("groupName") in (pool, pool_resource(pool), f"{pool}-workers"):
             return g
     return None
 
@@ -107,11 +108,6 @@ def serve_replicas(rayservice: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
-def pool_resource(pool: str) -> str:
-    """The custom Ray resource a pool's worker group advertises and its replicas request (contracts section 3)."""
-    return f"pool-{pool}"
-
-
 def _llm_configs(app: Mapping[str, Any]) -> list[dict]:
     """The inline LLMConfig dicts of a Ray Serve LLM app (build_openai_app: llm_configs; build_dp_openai_app: llm_config)."""
     if not str(app.get("import_path", "")).startswith("ray.serve.llm:"):
@@ -125,7 +121,7 @@ def _llm_configs(app: Mapping[str, Any]) -> list[dict]:
 def _llm_pool(cfg: Mapping[str, Any]) -> str | None:
     """The pool an LLMConfig runs on: its bundles request ``pool-<pool>`` (render/serve.py llm_config)."""
     bundle = (cfg.get("placement_group_config") or {}).get("bundle_per_worker") or {}
-    pools = [k[len("pool-"):] for k in bundle if isinstance(k, str) and k.startswith("pool-")]
+    pools = [p for p in map(resource_pool, bundle) if p is not None]
     return pools[0] if len(pools) == 1 else None
 
 

@@ -11,6 +11,24 @@ from typing import Any, Literal
 Vendor = Literal["nvidia", "huawei", "cpu"]
 
 
+POOL_RESOURCE_PREFIX = "pool-"
+
+
+def pool_resource(pool: str) -> str:
+    """The custom Ray resource a pool's workers advertise and its replicas request (contracts section 3).
+
+    The one definition in the operator; moe_runtime.local keeps its own copy (the runtime never imports the operator).
+    """
+    return POOL_RESOURCE_PREFIX + pool
+
+
+def resource_pool(key: Any) -> str | None:
+    """The pool a Ray resource key names (``pool-<pool>``), or None for any other key."""
+    if isinstance(key, str) and key.startswith(POOL_RESOURCE_PREFIX):
+        return key[len(POOL_RESOURCE_PREFIX):]
+    return None
+
+
 @dataclass(frozen=True)
 class PoolRender:
     """One worker group and the Serve deployment that runs on it.
@@ -49,7 +67,7 @@ class PoolRender:
     @property
     def pool_resource(self) -> str:
         """Custom Ray resource every worker of this pool advertises; Serve deployments target it."""
-        return f"pool-{self.name}"
+        return pool_resource(self.name)
 
     @property
     def devices_per_replica(self) -> int:
