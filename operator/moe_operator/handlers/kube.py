@@ -182,10 +182,10 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
     Sent as a plain dict and the reply left unparsed (``_preload_content=False``): nothing reads it, and building
     and parsing CoreV1Event models cost more CPU than the request itself during a 200-object burst.
     """
-    import datetime as dt
+    from moe_operator.autoscaling.report import rfc3339
 
     meta = body["metadata"]
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = rfc3339(time.time())
     ev = {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},

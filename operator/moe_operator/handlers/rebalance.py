@@ -14,7 +14,6 @@ One asyncio loop for all objects, like handlers/autoscale.py (kopf timers would 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 import kopf
 
+from moe_operator.autoscaling.report import parse_rfc3339, rfc3339
 from moe_operator.errors import UserError
 from moe_operator.planning.expert_window import (
     Counts,
@@ -158,19 +158,6 @@ def post_placement(url: str, token: str, pool: str, placement: dict) -> str:
     return str(doc["placementId"])
 
 
-def rfc3339(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
-    except ValueError:
-        return None
-
-
 def decide_pool(pool_doc: dict[str, Any] | None, pool_name: str, settings, mem: PoolMemory,
                 entry: dict | None, now: float) -> Word:
     """The pool's word for this tick, from its part of the GET answer (no I/O; ``mem.counts`` is advanced)."""
@@ -254,7 +241,7 @@ def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
         for p in dep.spec.pools:
             mem = state.pools.setdefault(p.name, PoolMemory())
             if mem.last_applied_at is None:
-                mem.last_applied_at = _parse_time((old.get(p.name) or {}).get("lastRebalanceTime"))
+                mem.last_applied_at = parse_rfc3339((old.get(p.name) or {}).get("lastRebalanceTime"))
             try:
                 w = decide_pool(answer.get(p.name), p.name, settings, mem, old.get(p.name), now)
             except UserError as exc:

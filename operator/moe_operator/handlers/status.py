@@ -5,14 +5,16 @@ identical status and the handler can skip the write.
 """
 from __future__ import annotations
 
-import datetime as dt
+import time
 from typing import Any, Iterable
 
+from moe_operator.autoscaling.report import rfc3339
 from moe_operator.render.inputs import RenderInput
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    """The current time as status fields write it (RFC 3339, UTC, whole seconds)."""
+    return rfc3339(time.time())
 
 
 def condition(old: Iterable[dict], type_: str, status: str, reason: str, message: str, generation: int | None) -> dict:
