@@ -36,8 +36,8 @@ def test_restart_inside_the_scale_down_window_does_not_scale_down():
     big = decisions[-1].replicas
     assert sum(big.values()) >= 4
     restart = 630.0                                                   # load drops as the operator restarts
-    restored = restore_history(status_after(decisions), POOLS, S, deployed={}, now=restart)
-    assert restored.desired == big
+    restored, origin = restore_history(status_after(decisions), POOLS, S, deployed={}, now=restart)
+    assert restored.desired == big and origin == "status.pools"
     after, _ = run(lambda t: low, restart, restart + 240, restored)  # inside the 300 s window: keep
     assert all(d.replicas == big for d in after), [d.replicas for d in after]
     later, _ = run(lambda t: low, restart + 330, restart + 330, after[-1].history)
@@ -51,7 +51,7 @@ def test_restart_inside_the_scale_down_window_does_not_scale_down():
 def test_restored_history_delays_no_scale_up():
     decisions, _ = run(lambda t: 1000.0, 0, 300, None)
     restart = 330.0
-    restored = restore_history(status_after(decisions), POOLS, S, deployed={}, now=restart)
+    restored, _ = restore_history(status_after(decisions), POOLS, S, deployed={}, now=restart)
     surge = decide(obs(restart, 9000.0), POOLS, S, restored, restart)
     fresh = decide(obs(restart, 9000.0), POOLS, S, History(desired=decisions[-1].replicas), restart)
     assert surge.replicas == fresh.replicas and sum(surge.replicas.values()) > sum(decisions[-1].replicas.values())

@@ -37,8 +37,9 @@ def restored_desired(status: Mapping[str, Any] | None, pool_names: Sequence[str]
 
 
 def restore_history(status: Mapping[str, Any] | None, pools: Sequence[PoolModel], settings: Settings,
-                    deployed: Mapping[str, int], now: float) -> History:
-    """History for the first decision of a (re)started operator; ``now`` in Unix seconds."""
-    desired, _ = restored_desired(status, [p.name for p in pools], deployed)
+                    deployed: Mapping[str, int], now: float) -> tuple[History, str]:
+    """(History for the first decision of a (re)started operator, where its desired counts came from: see
+    ``restored_desired``); ``now`` in Unix seconds."""
+    desired, source = restored_desired(status, [p.name for p in pools], deployed)
     seed_at = now - settings.scale_up_stabilization_s - 1.0
-    return History(desired=desired, needs=((seed_at, capacity_of(pools, desired)),))
+    return History(desired=desired, needs=((seed_at, capacity_of(pools, desired)),)), source

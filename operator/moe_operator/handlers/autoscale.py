@@ -27,7 +27,7 @@ from kubernetes.client.rest import ApiException
 from moe_operator.autoscaling import actuator, report
 from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_from_spec
 from moe_operator.autoscaling.policy import decide
-from moe_operator.autoscaling.restore import restore_history, restored_desired
+from moe_operator.autoscaling.restore import restore_history
 
 from . import kube, metrics
 from . import leader
@@ -162,9 +162,9 @@ def tick(body: dict, now: float | None = None) -> dict | None:
     ready = _ready(rc, pool_names)
     current = actuator.serve_replicas(rs)
     if state.history is None:   # first tick of this process: rebuild from status, so a restart scales nothing down
-        state.history = restore_history(body.get("status"), pools, settings, current, now)
+        state.history, origin = restore_history(body.get("status"), pools, settings, current, now)
         log.info("autoscaler: %s/%s: history restored, desired %s (from %s)", ns, name, _fmt(state.history.desired),
-                 restored_desired(body.get("status"), pool_names, current)[1])
+                 origin)
     source = _source(state, a.metrics, dep.spec.model.served_model_name or name, dep.spec.engine)
     obs = source.observe() if source is not None else None
     if obs is not None:   # the runtime's moe_ready_replicas where it reports a pool, else the RayCluster's count
