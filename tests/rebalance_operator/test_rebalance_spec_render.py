@@ -79,3 +79,14 @@ def test_secret_body_is_owned_and_holds_a_fresh_token():
     assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("MoEDeployment", "m", "u-1", True)
     assert token_of(s) == a
     assert token_of({"data": {}}) == "" and token_of({"data": {"token": base64.b64encode(b"  ").decode()}}) == ""
+
+
+def test_secret_carries_the_rayservices_labels_and_namespace():
+    owner = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+             "metadata": {"name": "m", "namespace": "ns", "uid": "u-1"}}
+    s = secret_body(owner, new_token())
+    assert s["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "moe-operator",
+                                       "serving.moe-operator.io/deployment": "m"}
+    assert s["metadata"]["namespace"] == "ns"
+    ref = s["metadata"]["ownerReferences"][0]
+    assert (ref["apiVersion"], ref["blockOwnerDeletion"]) == ("serving.moe-operator.io/v1alpha1", True)

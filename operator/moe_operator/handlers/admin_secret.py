@@ -13,15 +13,17 @@ import logging
 import secrets as pysecrets
 from typing import Any
 
+import kopf
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from moe_operator.render.context import admin_secret_name
+from moe_operator.render.context import ADMIN_TOKEN_KEY, admin_secret_name
+from moe_operator.render.rayservice import LABEL_DEPLOYMENT, MANAGED_BY
 
 from . import kube
 
 log = logging.getLogger(__name__)
-TOKEN_KEY = "token"
+TOKEN_KEY = ADMIN_TOKEN_KEY
 _warned: set[tuple[str, str, str]] = set()   # (namespace, name, problem) already logged
 _present: set[tuple[str, str, str]] = set()  # (namespace, name, uid) whose Secret holds a token: no more API calls
 
@@ -32,19 +34,15 @@ def new_token() -> str:
 
 
 def secret_body(owner: dict[str, Any], token: str) -> dict[str, Any]:
-    """The Secret object for MoEDeployment ``owner``: key ``token``, owned by it."""
-    meta = owner["metadata"]
-    return {
+    """The Secret object for MoEDeployment ``owner``: key ``token``, owned by it (``kopf.adopt``, as the RayService)."""
+    name = owner["metadata"]["name"]
+    secret = {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {
-            "name": admin_secret_name(meta["name"]), "namespace": meta["namespace"],
-            "labels": {"app.kubernetes.io/managed-by": "moe-operator", "serving.moe-operator.io/deployment": meta["name"]},
-            "ownerReferences": [{"apiVersion": owner.get("apiVersion", "serving.moe-operator.io/v1alpha1"),
-                                 "kind": owner.get("kind", "MoEDeployment"), "name": meta["name"],
-                                 "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
-        },
+        "metadata": {"name": admin_secret_name(name), "labels": {**MANAGED_BY, LABEL_DEPLOYMENT: name}},
         "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()},
     }
+    kopf.adopt(secret, owner=owner)
+    return secret
 
 
 def token_of(secret: Any) -> str:
@@ -58,7 +56,7 @@ def token_of(secret: Any) -> str:
 
 
 def _core() -> client.CoreV1Api:
-    return client.CoreV1Api(kube.api().api_client)
+    return kube.core()
 
 
 def read_token(namespace: str, name: str) -> str | None:

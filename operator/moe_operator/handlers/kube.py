@@ -61,6 +61,14 @@ def api() -> client.CustomObjectsApi:
     return _api
 
 
+def core() -> client.CoreV1Api:
+    """The shared core/v1 client (same connection pool as ``api()``): Secrets, ConfigMaps, Events."""
+    if _core is None:
+        login()
+    assert _core is not None
+    return _core
+
+
 RAYCLUSTERS = "rayclusters"
 
 
@@ -138,7 +146,7 @@ def patch_moed_status(namespace: str, name: str, status: dict[str, Any]) -> None
 
 def read_configmap(namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        cm = client.CoreV1Api(api().api_client).read_namespaced_config_map(name, namespace)
+        cm = core().read_namespaced_config_map(name, namespace)
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -197,10 +205,8 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
         "count": 1, "source": {"component": "moe-operator"}, "reportingComponent": "moe-operator",
     }
     try:
-        api()
-        assert _core is not None
         t0 = time.monotonic()
-        resp = _core.create_namespaced_event(meta["namespace"], ev, _preload_content=False)
+        resp = core().create_namespaced_event(meta["namespace"], ev, _preload_content=False)
         resp.read()          # drain (the connection goes back to the pool clean), but no JSON or model parsing
         resp.release_conn()
         log.debug("Event %s posted in %.3f s", reason, time.monotonic() - t0)

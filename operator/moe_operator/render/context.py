@@ -170,6 +170,9 @@ def build_render_input(
     )
 
 
+ADMIN_TOKEN_KEY = "token"   # the key of the admin Secret holding the token (docs/contracts.md section 7)
+
+
 def admin_secret_name(name: str) -> str:
     """The Secret holding the runtime admin token of MoEDeployment ``name`` (docs/contracts.md section 7)."""
     return f"{name}-runtime-admin"

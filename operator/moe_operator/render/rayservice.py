@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .context import ADMIN_TOKEN_KEY
 from .fastyaml import load
 from .inputs import PoolRender, RenderInput
 from .serve import serve_config
@@ -58,7 +59,7 @@ def with_admin_token(env: list[dict], r: RenderInput) -> list[dict]:
     if not r.admin_token_secret:
         return env
     token = {"name": "MOE_ADMIN_TOKEN",
-             "valueFrom": {"secretKeyRef": {"name": r.admin_token_secret, "key": "token", "optional": True}}}
+             "valueFrom": {"secretKeyRef": {"name": r.admin_token_secret, "key": ADMIN_TOKEN_KEY, "optional": True}}}
     return sorted([*env, token], key=lambda e: e["name"])
 
 
