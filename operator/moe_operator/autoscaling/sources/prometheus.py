@@ -84,6 +84,10 @@ def _num(v) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
+class _NoSeries(Exception):
+    """Prometheus answered but holds no series for the model (the message says which)."""
+
+
 class PrometheusSource:
     """Observation for one model from a Prometheus server (prometheus-api-client)."""
 
@@ -112,54 +116,54 @@ class PrometheusSource:
         return _num(res[0]["value"][1]) if res else None
 
     def observe(self) -> Observation | None:
-        """The current observation, or None when Prometheus is unreachable or has no series for the model."""
-        if self.engine == "vllm":
-            return self._observe_vllm()
+        """The current observation, or None when Prometheus is unreachable or has no series for the model
+        (``last_error`` says which)."""
+        build = self._vllm_observation if self.engine == "vllm" else self._torch_observation
         try:
-            tokens_res = self._vector("tokens")
-            queue = self._scalar("queue")
-            if not tokens_res or queue is None:
-                self.last_error = f"no moe_tokens_total/moe_queue_depth series for model {self.model!r}"
-                return None
-            tokens = {k: 0.0 for k in KINDS}
-            for r in tokens_res:
-                tokens[r["metric"].get("kind", "")] = _num(r["value"][1]) or 0.0
-            by_pool: dict[str, dict[str, float]] = {}
-            for r in self._vector("tokens_by_pool"):
-                by_pool.setdefault(r["metric"].get("pool", ""), {})[r["metric"].get("kind", "")] = _num(r["value"][1]) or 0.0
-            ready = {r["metric"].get("pool", ""): int(v) for r in self._vector("ready")
-                     if (v := _num(r["value"][1])) is not None}
-            fresh = self._scalar("freshness")
-            obs = Observation(
-                observed_at=fresh if fresh is not None else self.clock(),
-                tokens_per_s={k: tokens.get(k, 0.0) for k in KINDS},
-                requests_per_s=self._scalar("requests"), queue_depth=queue, running=self._scalar("running"),
-                ttft_p95_s=self._scalar("ttft"), tpot_p95_s=self._scalar("tpot"),
-                ready={p: n for p, n in ready.items() if p},
-                served_by_pool={p: v for p, v in by_pool.items() if p} or None)
+            obs = build()
+        except _NoSeries as exc:
+            self.last_error = str(exc)
+            return None
         except Exception as exc:  # unreachable or erroring server = missing metrics: the policy holds
             self.last_error = f"prometheus {self.url}: {exc}"
             return None
         self.last_error = None
         return obs
 
-    def _observe_vllm(self) -> Observation | None:
-        try:
-            generated, queue = self._scalar("generated"), self._scalar("queue")
-            if generated is None or queue is None:
-                self.last_error = (f"no vLLM generation_tokens/num_requests_waiting series for model_name "
-                                   f"{self.model!r} (Ray Serve LLM exports them with log_engine_metrics)")
-                return None
-            cached = self._scalar("cached") or 0.0
-            prompt = max(0.0, (self._scalar("prompt_all") or 0.0) - cached)
-            fresh = self._scalar("freshness")
-            obs = Observation(
-                observed_at=fresh if fresh is not None else self.clock(),
-                tokens_per_s={"prompt": prompt, "cached_prompt": cached, "generated": generated},
-                requests_per_s=self._scalar("requests"), queue_depth=queue, running=self._scalar("running"),
-                ttft_p95_s=self._scalar("ttft"), tpot_p95_s=self._scalar("tpot"))
-        except Exception as exc:  # unreachable or erroring server = missing metrics: the policy holds
-            self.last_error = f"prometheus {self.url}: {exc}"
-            return None
-        self.last_error = None
-        return obs
+    def _torch_observation(self) -> Observation:
+        """From the runtime's moe_* series (queries())."""
+        tokens_res = self._vector("tokens")
+        queue = self._scalar("queue")
+        if not tokens_res or queue is None:
+            raise _NoSeries(f"no moe_tokens_total/moe_queue_depth series for model {self.model!r}")
+        tokens = {k: 0.0 for k in KINDS}
+        for r in tokens_res:
+            tokens[r["metric"].get("kind", "")] = _num(r["value"][1]) or 0.0
+        by_pool: dict[str, dict[str, float]] = {}
+        for r in self._vector("tokens_by_pool"):
+            by_pool.setdefault(r["metric"].get("pool", ""), {})[r["metric"].get("kind", "")] = _num(r["value"][1]) or 0.0
+        ready = {r["metric"].get("pool", ""): int(v) for r in self._vector("ready")
+                 if (v := _num(r["value"][1])) is not None}
+        fresh = self._scalar("freshness")
+        return Observation(
+            observed_at=fresh if fresh is not None else self.clock(),
+            tokens_per_s={k: tokens.get(k, 0.0) for k in KINDS},
+            requests_per_s=self._scalar("requests"), queue_depth=queue, running=self._scalar("running"),
+            ttft_p95_s=self._scalar("ttft"), tpot_p95_s=self._scalar("tpot"),
+            ready={p: n for p, n in ready.items() if p},
+            served_by_pool={p: v for p, v in by_pool.items() if p} or None)
+
+    def _vllm_observation(self) -> Observation:
+        """From vLLM's own series (vllm_queries()): prompt tokens less the prefix-cache hits are computed ones."""
+        generated, queue = self._scalar("generated"), self._scalar("queue")
+        if generated is None or queue is None:
+            raise _NoSeries(f"no vLLM generation_tokens/num_requests_waiting series for model_name {self.model!r} "
+                            "(Ray Serve LLM exports them with log_engine_metrics)")
+        cached = self._scalar("cached") or 0.0
+        prompt = max(0.0, (self._scalar("prompt_all") or 0.0) - cached)
+        fresh = self._scalar("freshness")
+        return Observation(
+            observed_at=fresh if fresh is not None else self.clock(),
+            tokens_per_s={"prompt": prompt, "cached_prompt": cached, "generated": generated},
+            requests_per_s=self._scalar("requests"), queue_depth=queue, running=self._scalar("running"),
+            ttft_p95_s=self._scalar("ttft"), tpot_p95_s=self._scalar("tpot"))
