@@ -129,8 +129,8 @@ def test_conflicting_write_is_retried(cluster, crd, namespace, monkeypatch):
     body = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "race", "namespace": namespace},
             "spec": {"serveConfigV2": "a", "rayClusterConfig": {"headGroupSpec": {"rayStartParams": {}, "template": {
                 "spec": {"containers": [{"name": "ray-head", "image": "x"}]}}}}}}
-    assert kube.create_rayservice(namespace, body)
-    assert kube.create_rayservice(namespace, body) is False          # AlreadyExists is not an error
+    assert kube.create_rayservice_object(namespace, body) is not None
+    assert kube.create_rayservice_object(namespace, body) is None    # AlreadyExists is not an error
     calls = []
 
     def mutate(cur):

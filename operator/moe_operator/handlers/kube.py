@@ -97,11 +97,6 @@ def create_rayservice_object(namespace: str, body: dict[str, Any]) -> dict[str, 
         raise
 
 
-def create_rayservice(namespace: str, body: dict[str, Any]) -> bool:
-    """Create; False when it already exists (a concurrent reconcile or an earlier life of this operator made it)."""
-    return create_rayservice_object(namespace, body) is not None
-
-
 def _replace_ray_object(plural: str, kind: str, namespace: str, name: str,
                         mutate: Callable[[dict[str, Any]], bool]) -> bool:
     """Read-modify-replace a ray.io object, re-reading on 409 Conflict. ``mutate`` returns False for "no change".

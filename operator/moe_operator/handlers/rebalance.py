@@ -171,7 +171,7 @@ def decide_pool(pool_doc: dict[str, Any] | None, pool_name: str, settings, mem: 
                     pid)
     shape = placement_shape(placement)
     counts = replica_counts(pool_doc)
-    loads, _resets = window_loads(mem.counts, counts, shape)
+    loads = window_loads(mem.counts, counts, shape)[0]   # (the count of restarted replicas is not needed here)
     mem.counts = counts
     done, total = applied(pool_doc)
     if total and done < total:

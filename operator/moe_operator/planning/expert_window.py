@@ -111,6 +111,3 @@ def applied(pool_doc: Mapping[str, Any]) -> tuple[int, int]:
     reps = pool_doc.get("replicas") or []
     return sum(1 for r in reps if r.get("placementId") == want), len(reps)
 
-
-def sum_matrix(m: Sequence[Sequence[float]]) -> float:
-    return float(sum(sum(row) for row in m))

@@ -166,7 +166,7 @@ def build_render_input(
         pools=tuple(pools),
         head_image=images.head(spec.engine),
         ray_version=images.ray_version_for(spec.engine),
-        admin_token_secret=admin_secret_name(manifest_name) if _rebalance_on(spec) else None,
+        admin_token_secret=admin_secret_name(manifest_name) if spec.rebalance.enabled else None,
     )
 
 
@@ -177,7 +177,3 @@ def admin_secret_name(name: str) -> str:
     """The Secret holding the runtime admin token of MoEDeployment ``name`` (docs/contracts.md section 7)."""
     return f"{name}-runtime-admin"
 
-
-def _rebalance_on(spec: Any) -> bool:
-    rebalance = getattr(spec, "rebalance", None)
-    return bool(rebalance is not None and rebalance.enabled)
