@@ -46,10 +46,22 @@ def burst_sample(ready_capacity: float, ttft_p95_s: float | None, ttft_target_s:
     return ready_capacity * wait / room
 
 
+def recent_bursts(samples: Sequence[tuple[float, float]], now: float,
+                  window_s: float) -> tuple[tuple[float, float], ...]:
+    """The (time s, capacity work units/s) samples of the last ``window_s`` seconds (none when the window is off)."""
+    if window_s <= 0:
+        return ()
+    return tuple((t, c) for t, c in samples if now - t <= window_s + 1e-9)
+
+
+def burst_quantile(samples: Sequence[tuple[float, float]], quantile: float) -> float:
+    """The ``quantile`` of the samples' capacities (already limited to the window); 0 without any."""
+    caps = sorted(c for _, c in samples)
+    if not caps:
+        return 0.0
+    return caps[min(len(caps) - 1, math.ceil(quantile * (len(caps) - 1) - 1e-9))]
+
+
 def burst_reserve(samples: Sequence[tuple[float, float]], now: float, window_s: float, quantile: float) -> float:
     """The ``quantile`` of the (time, capacity) samples of the last ``window_s`` seconds; 0 without any."""
-    recent = [c for t, c in samples if now - t <= window_s + 1e-9]
-    if not recent or window_s <= 0:
-        return 0.0
-    recent.sort()
-    return recent[min(len(recent) - 1, math.ceil(quantile * (len(recent) - 1) - 1e-9))]
+    return burst_quantile(recent_bursts(samples, now, window_s), quantile)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from .burst import burst_reserve, burst_sample, reserve_window_s
+from .burst import burst_quantile, burst_sample, recent_bursts, reserve_window_s
 from .limits import clamp_to_bounds, enforce_budget, refused_pools, window_needs
 from .mix import capacity_of, cheapest_mix, cost_of, widest_mix
 from .model import PoolModel, Settings
@@ -169,7 +169,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     need = (demand_work + backlog) / settings.target_utilization * (1.0 + boost)
     # Burst reserve: keep the capacity recent sub-interval bursts needed (burst.py), through short gaps.
     burst_window = reserve_window_s(pools, settings)
-    bursts = tuple((t, c) for t, c in history.bursts if now - t <= burst_window)
+    bursts = recent_bursts(history.bursts, now, burst_window)   # the one window filter (kept as the history)
     sample = None
     if busy:
         prefill_tps = max((p.prefill_tps for p in pools), default=0.0)
@@ -179,7 +179,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     if sample is not None and burst_window > 0:
         bursts += ((now, sample),)
     # the same headroom as the mean need: a sample is the capacity that would just have met the p95 target
-    reserve = burst_reserve(bursts, now, burst_window, settings.burst_quantile) / settings.target_utilization
+    reserve = burst_quantile(bursts, settings.burst_quantile) / settings.target_utilization
     if reserve > need and not zero_ok:
         need = reserve
         reasons.append(f"burst reserve: {reserve:.0f} work units/s kept for bursts of the last {burst_window:.0f}s")
