@@ -1,7 +1,7 @@
 """The autoscaler inside the operator: every ``intervalSeconds`` per MoEDeployment, observe -> decide -> act.
 
-One asyncio loop for all objects (like the drift sweep), not a kopf timer per object: timers put a finalizer
-on every MoEDeployment. A tick:
+Driven by handlers/loops.py (one LIST of MoEDeployments every 2 s shared with the rebalancer), not a kopf timer
+per object: timers put a finalizer on every MoEDeployment. A tick:
   1. reads the spec's metrics source (scrape URL, Prometheus URL, else env ``MOE_PROMETHEUS_URL``);
   2. ``policy.decide`` (pure) with the object's history kept in memory here (rebuilt from status.pools and
      status.lastDecisions on the first tick after a start, so a restart does not scale down early);
@@ -13,7 +13,6 @@ Stale or missing metrics: ``decide`` holds (never scales down) and the status sa
 """
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import os
@@ -21,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
 from kubernetes.client.rest import ApiException
 
 from moe_operator.autoscaling import actuator, report
@@ -29,13 +27,11 @@ from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_f
 from moe_operator.autoscaling.policy import decide
 from moe_operator.autoscaling.restore import restore_history
 
-from . import kube, metrics
-from . import leader
+from . import kube, loops, metrics
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
 LAST_DECISIONS = 20          # status.lastDecisions is bounded to this many entries
-LOOP_STEP_S = 2.0            # how often the loop lists MoEDeployments for due ones (intervalSeconds >= 5 s)
 
 
 @dataclass
@@ -240,42 +236,17 @@ def _fmt(replicas: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in replicas.items())
 
 
-def tick_due(now: float | None = None) -> int:
-    """Tick every watched MoEDeployment whose autoscaling is enabled and whose interval has passed."""
+def _enabled(body: dict[str, Any]) -> bool:
+    return bool(((body.get("spec") or {}).get("autoscaling") or {}).get("enabled", True))
+
+
+def tick_due(now: float | None = None, bodies: list[dict[str, Any]] | None = None) -> int:
+    """Tick every MoEDeployment of ``bodies`` (default: a fresh LIST) whose autoscaling is enabled and whose
+    interval has passed; a failing one is retried 5 s later (handlers/loops.py)."""
     now = time.time() if now is None else now
-    n = 0
-    seen = set()
-    for body in kube.list_moeds(CONFIG.namespaces):
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
-        seen.add(key)
-        if meta.get("deletionTimestamp") or not ((body.get("spec") or {}).get("autoscaling") or {}).get("enabled", True):
-            continue
-        st = STATES.get(key)
-        if st is not None and now < st.next_at:
-            continue
-        try:
-            tick(body, now)
-            n += 1
-        except Exception:  # noqa: BLE001 - one bad object must not stop the others
-            STATES.setdefault(key, State()).next_at = now + 5.0
-            metrics.ERRORS.labels(*key).inc()
-            log.exception("autoscaler tick of %s/%s failed", *key)
-    for key in set(STATES) - seen:
-        STATES.pop(key, None)
-    return n
+    bodies = kube.list_moeds(CONFIG.namespaces) if bodies is None else bodies
+    return loops.run_due(bodies, STATES, enabled=_enabled, tick=tick, new_state=State, retry_s=5.0,
+                         what="autoscaler", now=now)
 
 
-async def _loop() -> None:
-    while True:
-        await asyncio.sleep(LOOP_STEP_S)
-        try:
-            if await asyncio.to_thread(leader.is_active):
-                await asyncio.to_thread(tick_due)
-        except Exception:  # noqa: BLE001
-            log.exception("autoscaler loop failed")
-
-
-@kopf.on.startup()
-async def start_autoscaler(**_) -> None:
-    asyncio.get_running_loop().create_task(_loop())
+loops.register("autoscaler", tick_due)

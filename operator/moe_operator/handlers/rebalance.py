@@ -9,11 +9,11 @@ Every ``spec.rebalance.intervalSeconds`` per MoEDeployment with ``rebalance.enab
   4. ``status.rebalance`` written only when a move is posted, when every replica runs it, or when the kind of
      reason changes. Errors (unreachable, 404 admin off, 401) show in the status once; ``RebalanceFailed``
      Warning Events once per distinct error. Nothing here raises out of the loop.
-One asyncio loop for all objects, like handlers/autoscale.py (kopf timers would add a finalizer to every object).
+Driven by handlers/loops.py (one LIST of MoEDeployments every 2 s shared with the autoscaler; no kopf timers,
+which would add a finalizer to every object).
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import kopf
 
 from moe_operator.autoscaling.report import parse_rfc3339, rfc3339
 from moe_operator.errors import UserError
@@ -35,7 +34,7 @@ from moe_operator.planning.expert_window import (
 )
 from moe_operator.planning.rebalance import RebalanceDecision, should_rebalance
 
-from . import admin_secret, kube, leader, metrics
+from . import admin_secret, kube, loops, metrics
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ URL_ANNOTATION = "serving.moe-operator.io/runtime-url"
 ALLOW_URL_ANNOTATION = os.environ.get("MOE_ALLOW_RUNTIME_URL_ANNOTATION", "") == "1"
 SERVE_PORT = 8000             # KubeRay's serve Service port (DefaultServingPort)
 HTTP_TIMEOUT_S = 10.0
-LOOP_STEP_S = 5.0             # how often the loop lists MoEDeployments for due ones (intervalSeconds >= 10 s)
 QUIET = {"Waiting"}           # kinds that never cause a status write on their own once an entry exists
 
 
@@ -289,40 +287,17 @@ def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
     return {"rebalance": new_list} if write else None
 
 
-def tick_due(now: float | None = None) -> int:
-    """Tick every watched MoEDeployment with rebalance enabled whose interval has passed."""
+def _enabled(body: dict[str, Any]) -> bool:
+    return bool(((body.get("spec") or {}).get("rebalance") or {}).get("enabled"))
+
+
+def tick_due(now: float | None = None, bodies: list[dict[str, Any]] | None = None) -> int:
+    """Tick every MoEDeployment of ``bodies`` (default: a fresh LIST) with rebalance enabled whose interval has
+    passed; a failing one is retried 10 s later (handlers/loops.py)."""
     now = time.time() if now is None else now
-    n, seen = 0, set()
-    for body in kube.list_moeds(CONFIG.namespaces):
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
-        seen.add(key)
-        if meta.get("deletionTimestamp") or not ((body.get("spec") or {}).get("rebalance") or {}).get("enabled"):
-            continue
-        st = STATES.get(key)
-        if st is not None and now < st.next_at:
-            continue
-        try:
-            tick(body, now)
-            n += 1
-        except Exception:  # noqa: BLE001 - one bad object must not stop the others
-            STATES.setdefault(key, State()).next_at = now + 10.0
-            log.exception("rebalance tick of %s/%s failed", *key)
-    for key in set(STATES) - seen:
-        STATES.pop(key, None)
-    return n
+    bodies = kube.list_moeds(CONFIG.namespaces) if bodies is None else bodies
+    return loops.run_due(bodies, STATES, enabled=_enabled, tick=tick, new_state=State, retry_s=10.0,
+                         what="rebalance", now=now)
 
 
-async def _loop() -> None:
-    while True:
-        await asyncio.sleep(LOOP_STEP_S)
-        try:
-            if await asyncio.to_thread(leader.is_active):
-                await asyncio.to_thread(tick_due)
-        except Exception:  # noqa: BLE001
-            log.exception("rebalance loop failed")
-
-
-@kopf.on.startup()
-async def start_rebalancer(**_) -> None:
-    asyncio.get_running_loop().create_task(_loop())
+loops.register("rebalancer", tick_due)

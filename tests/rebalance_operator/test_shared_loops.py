@@ -1,0 +1,72 @@
+"""handlers/loops.py: the autoscaler and the rebalancer share one LIST of MoEDeployments per step, a consumer
+still busy is skipped without holding up the other, and a failing tick is counted and retried later."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from moe_operator.handlers import kube, leader, loops, metrics
+
+
+def body(name, **spec):
+    return {"metadata": {"namespace": "ns", "name": name}, "spec": spec}
+
+
+def test_one_list_per_step_and_a_slow_consumer_does_not_hold_up_the_other(monkeypatch):
+    lists, fast, slow, release = [], [], [], threading.Event()
+    monkeypatch.setattr(loops, "STEP_S", 0.05)
+    monkeypatch.setattr(leader, "is_active", lambda: True)
+    monkeypatch.setattr(kube, "list_moeds", lambda namespaces: lists.append(1) or [body(f"m{len(lists)}")])
+
+    def slow_tick(now, bodies):
+        slow.append(bodies)
+        release.wait(5)
+
+    monkeypatch.setattr(loops, "CONSUMERS", [loops.Consumer("fast", lambda now, bodies: fast.append(bodies)),
+                                             loops.Consumer("slow", slow_tick)])
+
+    async def run():
+        task = asyncio.get_running_loop().create_task(loops._loop())
+        await asyncio.sleep(0.6)
+        release.set()
+        await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(run())
+    assert len(fast) >= 5 and len(slow) == 1, (len(fast), len(slow))   # slow was busy: skipped, fast went on
+    assert len(lists) in (len(fast), len(fast) + 1)                      # one LIST per step for both
+    assert slow[0] is fast[0]                                            # the same listed objects
+
+
+def test_run_due_skips_deleted_disabled_and_not_due_counts_failures_and_forgets(monkeypatch):
+    class St:
+        next_at = 0.0
+
+    states, ticked = {}, []
+
+    def tick(b, now):
+        ticked.append(b["metadata"]["name"])
+        if b["metadata"]["name"] == "bad":
+            raise RuntimeError("boom")
+        states.setdefault(("ns", b["metadata"]["name"]), St()).next_at = now + 10
+
+    gone = body("gone", on=True)
+    gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    bodies = [body("a", on=True), body("off", on=False), gone, body("bad", on=True)]
+    errors = metrics.ERRORS.labels("ns", "bad")
+    before = errors._value.get()
+    kw = dict(enabled=lambda b: b["spec"]["on"], tick=tick, new_state=St, retry_s=5.0, what="t")
+    assert loops.run_due(bodies, states, now=0.0, **kw) == 1
+    assert ticked == ["a", "bad"] and errors._value.get() == before + 1
+    assert states[("ns", "bad")].next_at == 5.0
+    assert loops.run_due(bodies, states, now=4.0, **kw) == 0 and ticked == ["a", "bad"]   # nothing due
+    assert loops.run_due(bodies[:1], states, now=4.0, **kw) == 0 and set(states) == {("ns", "a")}
+
+
+@pytest.mark.parametrize("name", ["autoscaler", "rebalancer"])
+def test_both_loops_are_registered(name):
+    import moe_operator.handlers  # noqa: F401
+
+    assert [c.name for c in loops.CONSUMERS].count(name) == 1
