@@ -1,8 +1,9 @@
 """The live expert rebalancer inside the operator (issue 7 part 3, docs/placement.md "Operator loop").
 
 Every ``spec.rebalance.intervalSeconds`` per MoEDeployment with ``rebalance.enabled`` (engine torch):
-  1. ``GET /admin/v1/experts`` on the runtime (annotation ``serving.moe-operator.io/runtime-url``, else KubeRay's
-     serve Service ``http://<rayservice>-serve-svc.<ns>.svc:8000``) with the token of Secret ``<name>-runtime-admin``;
+  1. ``GET /admin/v1/experts`` on the runtime (KubeRay's serve Service ``http://<rayservice>-serve-svc.<ns>.svc:8000``,
+     or annotation ``serving.moe-operator.io/runtime-url`` only with ``--allow-runtime-url-annotation``) with the
+     token of Secret ``<name>-runtime-admin``;
   2. per pool: window loads = per-replica differences of the cumulative counts since the last look
      (``planning.expert_window``), devices from the desired placement's shards;
   3. ``planning.rebalance.should_rebalance`` (pure) -> ``POST /admin/v1/placement``, Event ``Rebalanced``;
