@@ -15,6 +15,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -245,7 +246,29 @@ def node_manifests(groups=NODE_GROUPS) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- processes
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A loopback port that binds now, taken below the kernel's ephemeral range where one fits: a port from that
+    range can be taken before the component binds it by any outgoing connection (the API server's to etcd open
+    dozens), which made kube-controller-manager fail with "address already in use"."""
+    lo, _ = _ephemeral_range()
+    rng = random.Random()
+    if lo > 12000:
+        for _ in range(50):
+            port = rng.randrange(10000, lo)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -356,8 +379,19 @@ class Stack:
         """Components whose recorded PID is still the process we started."""
         return {c: r["pid"] for c, r in self.state.get("pids", {}).items() if _alive(r["pid"], r["start"])}
 
-    def up(self, timeout: float = 120, progress=None) -> Path:
-        """Start every component in order and wait until each is ready; returns the kubeconfig path."""
+    def up(self, timeout: float = 120, progress=None, attempts: int = 3) -> Path:
+        """Start every component in order and wait until each is ready; returns the kubeconfig path. A start that
+        failed because a port was taken meanwhile ("address already in use") is retried on new ports."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._up_once(timeout, progress)
+            except StackError as exc:
+                if "address already in use" not in str(exc) or attempt == attempts:
+                    raise
+                (progress or (lambda msg: None))(f"a port was taken meanwhile; starting again on new ports "
+                                                 f"(attempt {attempt + 1} of {attempts})")
+
+    def _up_once(self, timeout: float, progress) -> Path:
         say = progress or (lambda msg: None)
         if self.running():
             raise StackError(f"a control plane already runs from {self.state_dir} (pids {self.running()}); "
