@@ -79,3 +79,38 @@ def test_down_ignores_a_recycled_pid(tmp_path):
     stack.state = {"pids": {"etcd": {"pid": os.getpid(), "start": "1"}}}
     assert stack.running() == {}
     assert stack.down() == []
+
+
+def test_ports_avoid_the_ephemeral_range_and_bind():
+    lo, hi = k8s_stack._ephemeral_range()
+    ports = [k8s_stack.free_port() for _ in range(20)]
+    if lo > 12000:
+        assert all(10000 <= p < lo for p in ports), (lo, ports)
+    for p in ports[:3]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
+
+
+def test_a_start_that_lost_its_port_is_retried_and_other_failures_are_not(tmp_path, monkeypatch):
+    stack = k8s_stack.Stack(tmp_path / "s")
+    calls = []
+
+    def lost_port_once(timeout, progress):
+        calls.append(1)
+        if len(calls) == 1:
+            raise k8s_stack.StackError('kube-controller-manager exited during start-up; log x:\n"failed to listen on '
+                                       '127.0.0.1:49953: bind: address already in use"')
+        return tmp_path / "kubeconfig"
+
+    monkeypatch.setattr(stack, "_up_once", lost_port_once)
+    assert stack.up() == tmp_path / "kubeconfig" and len(calls) == 2
+
+    def broken(timeout, progress):
+        calls.append(1)
+        raise k8s_stack.StackError("etcd exited during start-up: bad flag")
+
+    calls.clear()
+    monkeypatch.setattr(stack, "_up_once", broken)
+    with pytest.raises(k8s_stack.StackError, match="bad flag"):
+        stack.up()
+    assert len(calls) == 1
