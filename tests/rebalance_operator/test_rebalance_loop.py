@@ -207,3 +207,18 @@ def test_status_times_round_trip():
     assert rfc3339(1764365100.9) == "2025-11-28T21:25:00Z"
     assert parse_rfc3339("2025-11-28T21:25:00Z") == 1764365100.0
     assert parse_rfc3339("") is None and parse_rfc3339("yesterday") is None
+
+
+@pytest.mark.parametrize("status, code, kind", [(409, "placement_superseded", "Waiting"), (404, "unknown_pool", "Failed"),
+                                                (404, None, "AdminDisabled"), (401, "invalid_admin_token", "Unauthorized"),
+                                                (500, None, "Failed")])
+def test_admin_answers_map_to_status_kinds(monkeypatch, status, code, kind):
+    import httpx
+
+    def answer(request):
+        return httpx.Response(status, json={"error": {"message": "m", "type": "t", "code": code}})
+
+    monkeypatch.setattr(rb, "_CLIENT", httpx.Client(transport=httpx.MockTransport(answer)))
+    with pytest.raises(rb.AdminError) as err:
+        rb._admin("POST", "http://127.0.0.1:9", "/admin/v1/placement", "tok", json={})
+    assert err.value.kind == kind, err.value

@@ -130,6 +130,8 @@ def _admin(method: str, url: str, path: str, token: str, **kwargs: Any) -> Any:
         if resp.status_code == 404 and code != "unknown_pool":
             raise AdminError("AdminDisabled", f"{what}: 404 ({message}): the runtime's admin API is off (env "
                              "MOE_ADMIN_TOKEN empty in the runtime) or the Serve app is not deployed yet")
+        if resp.status_code == 409 and code == "placement_superseded":   # someone posted after us: look again
+            raise AdminError("Waiting", f"{what}: 409: {message}; the next look decides on the newer placement")
         if resp.status_code == 401:
             raise AdminError("Unauthorized", f"{what}: 401: the runtime refused the token of Secret "
                              "<name>-runtime-admin; the pods read it at start (restart them after changing it)")
