@@ -80,3 +80,11 @@ def test_api_errors_never_fail_the_reconcile_and_are_logged_once(core, caplog, f
         assert admin_secret.ensure(BODY, spec()) is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "m-runtime-admin" in warnings[0], warnings
+
+
+def test_a_deleted_deployment_is_forgotten(core):
+    core["core"] = c = Core()
+    assert admin_secret.ensure(BODY, spec()) == "created"
+    admin_secret.forget("ns", "m")
+    assert not admin_secret._present
+    assert admin_secret.ensure(BODY, spec()) != "known" and len(c.calls) == 2   # a same-named new object: asked again

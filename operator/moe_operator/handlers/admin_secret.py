@@ -28,6 +28,12 @@ _warned: set[tuple[str, str, str]] = set()   # (namespace, name, problem) alread
 _present: set[tuple[str, str, str]] = set()  # (namespace, name, uid) whose Secret holds a token: no more API calls
 
 
+def forget(namespace: str, name: str) -> None:
+    """The MoEDeployment is gone (its Secret goes with it by garbage collection): drop what we remembered."""
+    for key in [k for k in _present if k[:2] == (namespace, name)]:
+        _present.discard(key)
+
+
 def new_token() -> str:
     """32 random bytes, URL-safe base64 (43 characters)."""
     return pysecrets.token_urlsafe(32)

@@ -5,7 +5,7 @@ import kopf
 
 from moe_operator.api import GROUP, PLURAL, VERSION
 
-from . import trace
+from . import admin_secret, trace
 from .reconcile import apply_outcome, reconcile
 
 
@@ -34,3 +34,4 @@ def on_resume(body, patch, **_):
 def on_delete(name, namespace, logger, **_):
     """The RayService goes with its owner (Kubernetes garbage collection via ownerReferences)."""
     logger.info("MoEDeployment %s/%s deleted; its RayService is garbage-collected", namespace, name)
+    admin_secret.forget(namespace, name)
