@@ -37,6 +37,9 @@ def test_defaults_fill_in():
         ({"engine": "tensorrt"}, "Input should be 'torch' or 'vllm'"),
         ({"pools": [{"name": "a", "accelerator": "cpu", "replicas": 5, "maxReplicas": 2}]}, "replicas must lie between"),
         ({"pools": [{"name": "a", "accelerator": "cpu", "devicesPerReplcia": 2}]}, "Extra inputs are not permitted"),
+        ({"autoscaling": {"burstReserveSeconds": -1}}, "greater than or equal to 0"),
+        ({"autoscaling": {"burstReserveSeconds": "long"}}, "valid integer"),
+        ({"engine": "vllm", "rebalance": {"enabled": True}}, "vLLM"),
     ],
 )
 def test_bad_specs_are_rejected_with_a_sentence(changes, message):
