@@ -123,17 +123,13 @@ def _conditions(old: list[dict], decision, generation) -> list[dict]:
 
 def tick(body: dict, now: float | None = None) -> dict | None:
     """One autoscaler step for one MoEDeployment; returns the status delta written (None: nothing written)."""
-    from moe_operator.api import MoEDeployment
     from moe_operator.errors import UserError
 
     now = time.time() if now is None else now
-    meta = body["metadata"]
-    ns, name = meta["namespace"], meta["name"]
-    state = STATES.setdefault((ns, name), State())
-    try:
-        dep = MoEDeployment.model_validate(body)
-    except Exception:  # noqa: BLE001 - an invalid spec is the reconcile's to report
+    begun = loops.begin_tick(body, STATES, State)
+    if begun is None:
         return None
+    ns, name, state, dep = begun
     a = dep.spec.autoscaling
     state.next_at = now + float(a.interval_seconds)
     catalog = CONFIG.catalog()
@@ -211,7 +207,7 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         "costPerHour": fields["costPerHour"],
         "costPerMillionTokens": fields["costPerMillionTokens"],
         "budgetState": fields["budgetState"],
-        "conditions": _conditions(old.get("conditions") or [], d, meta.get("generation")),
+        "conditions": _conditions(old.get("conditions") or [], d, body["metadata"].get("generation")),
     }
     history = list(old.get("lastDecisions") or [])
     if scaled or state.held != d.held or not history:

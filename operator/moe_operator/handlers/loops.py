@@ -38,6 +38,20 @@ def register(name: str, tick_due: Callable[[float, list[dict[str, Any]]], int]) 
     CONSUMERS.append(Consumer(name, tick_due))
 
 
+def begin_tick(body: dict[str, Any], states: MutableMapping[tuple[str, str], Any], new_state: Callable[[], Any]):
+    """The common start of a consumer's tick: (namespace, name, its state, the validated MoEDeployment), or None
+    when the spec does not validate (the reconcile reports that, not the periodic loops)."""
+    from moe_operator.api import MoEDeployment
+
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    state = states.setdefault((ns, name), new_state())
+    try:
+        return ns, name, state, MoEDeployment.model_validate(body)
+    except Exception:  # noqa: BLE001 - an invalid spec is the reconcile's to report
+        return None
+
+
 def run_due(bodies: list[dict[str, Any]], states: MutableMapping[tuple[str, str], Any], *,
             enabled: Callable[[dict[str, Any]], bool], tick: Callable[[dict[str, Any], float], Any],
             new_state: Callable[[], Any], retry_s: float, what: str, now: float) -> int:

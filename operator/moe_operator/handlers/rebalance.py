@@ -212,16 +212,11 @@ def _entry(pool: str, w: Word, now: float, old: dict | None) -> dict[str, Any]:
 
 def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
     """One look at one MoEDeployment's runtime; returns the status delta written (None: nothing written)."""
-    from moe_operator.api import MoEDeployment
-
     now = time.time() if now is None else now
-    meta = body["metadata"]
-    ns, name = meta["namespace"], meta["name"]
-    state = STATES.setdefault((ns, name), State())
-    try:
-        dep = MoEDeployment.model_validate(body)
-    except Exception:  # noqa: BLE001 - an invalid spec is the reconcile's to report
+    begun = loops.begin_tick(body, STATES, State)
+    if begun is None:
         return None
+    ns, name, state, dep = begun
     settings = dep.spec.rebalance
     state.next_at = now + float(settings.interval_seconds)
     if not settings.enabled or dep.spec.engine != "torch":
