@@ -5,6 +5,9 @@ shutdown succeeds. A Ray that cannot start at all skips locally and fails under 
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 from require import need
 
 
@@ -22,3 +25,28 @@ def start_local_ray(attempts: int = 3, **kwargs):
             if attempt == attempts - 1:
                 need("ray", f"ray.init failed {attempts} times: {exc}")
     return ray
+
+
+@contextlib.contextmanager
+def serve_runtime(app_name: str, cfg, env: dict[str, str]):
+    """The torch runtime's Serve app on a free loopback port; ``env`` is set before Ray starts (the local Ray
+    workers inherit it) and restored afterwards. Yields the app's base URL."""
+    from moe_runtime import local
+    from runtime_serving.serving_support import free_port
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray = start_local_ray(num_cpus=2)
+    try:
+        port = free_port()
+        local.deploy(local.serve_config(app_name, cfg), port=port)
+        local.wait_running(app_name, 300)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        local.shutdown()
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -75,28 +75,13 @@ def runtime():
         need("ray[serve]", str(exc))
     if not os.path.exists(os.path.join(os.path.dirname(local.__file__), "admin_api.py")):
         need("runtime admin API", "moe_runtime.admin_api is not in this tree")
-    from ray_support import start_local_ray
-    from runtime_serving.serving_support import free_port
+    from ray_support import serve_runtime
 
-    saved = {k: os.environ.get(k) for k in ("MOE_ADMIN_TOKEN", "MOE_TORCH_THREADS")}
-    os.environ["MOE_ADMIN_TOKEN"], os.environ["MOE_TORCH_THREADS"] = TOKEN, "1"   # inherited by the Ray workers
-    ray = start_local_ray(num_cpus=2)
-    try:
-        cfg = RuntimeConfig(model_name="tiny-moe", model_source="builtin://tiny-moe", device="cpu", placement=P0,
-                            pools=[{"name": "cpu", "num_replicas": REPLICAS, "ray_actor_options": {"num_cpus": 0.5}}],
-                            max_batch_size=8, max_queue=32, max_context_tokens=512, cache={"prefix": False})
-        port = free_port()
-        local.deploy(local.serve_config("rebalance-e2e", cfg), port=port)
-        local.wait_running("rebalance-e2e", 300)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        local.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    cfg = RuntimeConfig(model_name="tiny-moe", model_source="builtin://tiny-moe", device="cpu", placement=P0,
+                        pools=[{"name": "cpu", "num_replicas": REPLICAS, "ray_actor_options": {"num_cpus": 0.5}}],
+                        max_batch_size=8, max_queue=32, max_context_tokens=512, cache={"prefix": False})
+    with serve_runtime("rebalance-e2e", cfg, {"MOE_ADMIN_TOKEN": TOKEN, "MOE_TORCH_THREADS": "1"}) as url:
+        yield url
 
 
 class Traffic:

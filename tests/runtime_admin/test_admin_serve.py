@@ -9,14 +9,13 @@ bodies; ``moe_ready_replicas``.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 
 import pytest
 
 from require import need
-from runtime_serving.serving_support import free_port, wait_for
+from runtime_serving.serving_support import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -62,33 +61,18 @@ def app():
     try:
         from ray import serve  # noqa: F401
 
-        from moe_runtime import local
+        from moe_runtime import local  # noqa: F401
         from moe_runtime.config import RuntimeConfig
     except ImportError as exc:
         need("ray[serve]", str(exc))
-    from ray_support import start_local_ray
+    from ray_support import serve_runtime
 
+    cfg = RuntimeConfig(model_name="tiny-moe", model_source="builtin://tiny-moe", device="cpu", placement=P0,
+                        pools=[{"name": "cpu", "num_replicas": REPLICAS, "ray_actor_options": {"num_cpus": 0.5}}],
+                        max_batch_size=8, max_queue=16, max_context_tokens=512, cache={"prefix": False})
     env = {"MOE_ADMIN_TOKEN": TOKEN, "MOE_TORCH_THREADS": "1", "MOE_SHARD_LOAD_TIMEOUT_S": "3"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # inherited by the Ray workers
-    ray = start_local_ray(num_cpus=2)
-    try:
-        cfg = RuntimeConfig(model_name="tiny-moe", model_source="builtin://tiny-moe", device="cpu", placement=P0,
-                            pools=[{"name": "cpu", "num_replicas": REPLICAS,
-                                    "ray_actor_options": {"num_cpus": 0.5}}],
-                            max_batch_size=8, max_queue=16, max_context_tokens=512, cache={"prefix": False})
-        port = free_port()
-        local.deploy(local.serve_config(APP, cfg), port=port)
-        local.wait_running(APP, 300)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        local.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with serve_runtime(APP, cfg, env) as url:   # the env is inherited by the Ray workers
+        yield url
 
 
 def get_experts(base: str) -> dict:
