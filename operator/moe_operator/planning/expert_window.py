@@ -8,7 +8,7 @@ previous value means that replica restarted: its whole current count is the wind
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from moe_operator.errors import UserError
 

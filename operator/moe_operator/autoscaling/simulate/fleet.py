@@ -14,7 +14,6 @@ Model (documented in docs/simulate.md):
 from __future__ import annotations
 
 import heapq
-import math
 from collections import deque
 from dataclasses import dataclass, field
 
