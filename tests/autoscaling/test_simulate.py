@@ -131,3 +131,12 @@ def test_clairvoyant_with_cold_start_asks_a_cold_start_ahead_and_costs_at_least_
     ok = replay(tr, [pool], s, Schedule(cold.plan, 30.0), cold_start=True)
     late = replay(tr, [pool], s, Schedule(opt.plan, 30.0), cold_start=True)
     assert ok.slo_attainment > late.slo_attainment
+
+
+def test_frontier_plot_is_written(tmp_path):
+    from moe_operator.autoscaling.simulate.plots import plot_frontier
+
+    panel = {"title": "t", "sweeps": {"ours": [(1.1, 0.995, "w=600"), (1.5, 0.999, "w=1200")]},
+             "points": {"static-peak": (1.9, 0.96), "optimum": (1.0, 1.0)}}
+    out = plot_frontier([panel], tmp_path / "img" / "frontier.png")
+    assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
