@@ -59,19 +59,21 @@ def references(tiny):
 
 
 async def client(engine, k, references, stop, results):
-    """Send prompts one after another until ``stop`` is set; record (prompt, tokens, finish, first/last time)."""
+    """Send prompts one after another until ``stop`` is set; record (prompt, tokens, finish, error, submitted at,
+    last token at): a request submitted before a swap whose last token comes after it was in flight across it."""
     i = k
     while not stop.is_set():
         prompt = PROMPTS[i % len(PROMPTS)]
         i += 1
         ids, _ = references[prompt]
+        submitted = time.monotonic()
         stream = await engine.generate(ids, SamplingParams(max_tokens=MAX_TOKENS), f"c{k}-{i}")
         toks, times, ev = [], [], None
         async for ev in stream:
             if ev.token_id is not None:
                 toks.append(ev.token_id)
                 times.append(time.monotonic())
-        results.append((prompt, toks, ev.finish_reason, ev.error, times[0], times[-1]))
+        results.append((prompt, toks, ev.finish_reason, ev.error, submitted, times[-1]))
 
 
 def test_requests_spanning_rebalances_are_unchanged(ray_local, tiny_dir, tiny, references):
@@ -117,7 +119,7 @@ def test_requests_spanning_rebalances_are_unchanged(ray_local, tiny_dir, tiny, r
     for prompt, toks, reason, error, _, _ in results:
         assert reason in ("length", "stop") and error is None
         assert toks == references[prompt][1][:len(toks)] and (reason == "stop" or len(toks) == MAX_TOKENS)
-    # some requests were in flight across each swap (tokens before and after it)
+    # some requests were in flight across each swap (submitted before it, last token after it)
     for s in swaps:
         spanning = [r for r in results if r[4] < s["at"] < r[5]]
         assert spanning, f"no request spanned the swap at {s['at']}"
