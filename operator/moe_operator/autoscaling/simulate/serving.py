@@ -1,0 +1,61 @@
+"""What one replica of a pool can do, as the per-replica serving model uses it (the contract between
+``moectl simulate``'s replica model and ``moectl simulate --calibrate``).
+
+Units: tokens, seconds, tokens/s. One replica runs a continuous-batching engine:
+  * ``max_batch`` sequences decode together (vLLM ``max_num_seqs``; our ``serving.maxBatchSize``);
+  * every running sequence holds its prompt + generated tokens of KV cache; the sum stays <= ``kv_tokens``;
+  * a decode step over b running sequences takes ``step_s(b) = step_base_s + step_per_seq_s * b`` seconds
+    and gives each of them one token (the roofline: a fixed part streaming the weights, a part growing with
+    the batch: KV reads, touched experts, per-sequence overhead);
+  * a prompt prefills at ``prefill_tps`` computed tokens/s and ``cached_prefill_tps`` for prefix-cache hits.
+
+Defaults come from the planner's (or the capacity annotation's) tokens/s; a calibration fitted on a replay of
+the real endpoint replaces them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Share of a full-batch decode step that does not depend on the batch (weights streamed once per step) when no
+# measurement says otherwise: memory-bound MoE decode at batch 16-64 spends most of a step reading weights.
+DEFAULT_FIXED_STEP_SHARE = 0.6
+
+
+@dataclass(frozen=True)
+class ServingProfile:
+    """One replica of a pool (see the module docstring for the model and units)."""
+
+    max_batch: int
+    kv_tokens: int
+    prefill_tps: float
+    cached_prefill_tps: float
+    step_base_s: float
+    step_per_seq_s: float
+
+    def __post_init__(self):
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        if self.kv_tokens < 1:
+            raise ValueError("kv_tokens must be >= 1")
+        if min(self.prefill_tps, self.cached_prefill_tps) <= 0:
+            raise ValueError("prefill rates must be > 0 tokens/s")
+        if self.step_base_s < 0 or self.step_per_seq_s < 0 or self.step_base_s + self.step_per_seq_s <= 0:
+            raise ValueError("decode step time must be > 0 s")
+
+    def step_s(self, batch: int) -> float:
+        """Seconds of one decode step over ``batch`` running sequences."""
+        return self.step_base_s + self.step_per_seq_s * max(1, batch)
+
+    def decode_tps(self, batch: int) -> float:
+        """Generated tokens/s of the replica with ``batch`` sequences running."""
+        return max(1, batch) / self.step_s(batch)
+
+    @classmethod
+    def from_capacity(cls, prefill_tps: float, decode_tps: float, cached_prefill_tps: float, max_batch: int,
+                      kv_tokens: int, fixed_share: float = DEFAULT_FIXED_STEP_SHARE) -> "ServingProfile":
+        """A profile whose full-batch decode gives ``decode_tps`` (tokens/s at ``max_batch`` sequences), with
+        ``fixed_share`` of that step independent of the batch."""
+        step = max_batch / decode_tps
+        return cls(max_batch=max_batch, kv_tokens=kv_tokens, prefill_tps=prefill_tps,
+                   cached_prefill_tps=cached_prefill_tps, step_base_s=fixed_share * step,
+                   step_per_seq_s=(1 - fixed_share) * step / max_batch)
