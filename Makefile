@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 SPEC   ?= examples/tiny-moe.yaml
 PYTEST_ARGS ?=
 
-.PHONY: up test venv test-deps generate check-generated cluster-up cluster-down bench clean
+.PHONY: up test test-stress venv test-deps generate check-generated cluster-up cluster-down bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-deps:
 
 test: test-deps
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# The timing-sensitive tests, STRESS_RUNS times (default 10) with every core busy (docs/development.md).
+test-stress: test-deps
+	bash hack/stress.sh $(PYTEST_ARGS)
 
 generate: $(STAMP)
 	$(PY) -m moe_operator.api.generate
