@@ -86,10 +86,17 @@ def run(args: argparse.Namespace) -> int:
                            for p in pools],
                  "workWeights": {"prompt": round(weights.prompt, 5), "cachedPrompt": round(weights.cached_prompt, 5), "generated": 1.0},
                  "slo": {"ttftSeconds": settings.ttft_p95_s, "tpotSeconds": settings.tpot_p95_s},
-                 "targetUtilization": settings.target_utilization},
-        "optimum": {"milpCost": round(opt.cost, 4), "lpLowerBound": round(opt.lp_bound, 4)},
+                 "targetUtilization": settings.target_utilization,
+                 "budget": {"maxHourlyCost": settings.max_hourly_cost,
+                            "maxCostPerMillionTokens": settings.max_cost_per_million}},
+        "optimum": {"milpCost": round(opt.cost, 4), "lpLowerBound": round(opt.lp_bound, 4),
+                    "peakHourlyCost": round(opt.peak_hourly_cost, 4), "unmetDemandWorkUnits": round(opt.unmet_work, 1)},
         "policies": {name: r.to_json() for name, r in results.items()},
     }
+    cold = out.get("cold_start_optimum")
+    if cold is not None:
+        doc["coldStartOptimum"] = {"milpCost": round(cold.cost, 4), "peakHourlyCost": round(cold.peak_hourly_cost, 4),
+                                   "unmetDemandWorkUnits": round(cold.unmet_work, 1)}
     if "ours" in results and opt.cost > 0:
         doc["oursVsOptimum"] = round(results["ours"].total_cost / opt.cost, 4)
     if args.json:
@@ -98,16 +105,25 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"{trace.name} (x{args.speedup:g}, {len(trace)} requests) on {deployment.metadata.name}")
-    for col in ("policy", "cost $", "$/1M tok", "SLO met", "actions", "unmet tok", "mean replicas"):
+    for col in ("policy", "cost $", "$/1M tok", "SLO met", "attainable SLO", "peak $/h", "over budget s", "actions",
+                "unmet tok", "mean replicas"):
         table.add_column(col, justify="right" if col != "policy" else "left")
     for name, r in results.items():
         cpm = r.cost_per_million
+        over = f"{r.budget_violation_s:.0f}" if settings.max_hourly_cost is not None else "-"
+        if r.cost_per_million_violation_s is not None:
+            over += f" ($/1M: {r.cost_per_million_violation_s:.0f})"
         table.add_row(name, f"{r.total_cost:.2f}", "-" if cpm is None else f"{cpm:.4f}", f"{r.slo_attainment:.2%}",
-                      str(r.scale_actions), f"{r.unmet_tokens:.0f}", " ".join(f"{k}={v:.1f}" for k, v in r.mean_replicas.items()))
-    console = Console()
+                      "-" if r.attainable_slo_attainment is None else f"{r.attainable_slo_attainment:.2%}",
+                      f"{r.peak_hourly_cost:.2f}", over, str(r.scale_actions), f"{r.unmet_tokens:.0f}", " ".join(f"{k}={v:.1f}" for k, v in r.mean_replicas.items()))
+    console = Console(width=None if sys.stdout.isatty() else 180)   # a pipe gets every column, not 80 wide
     console.print(table)
     console.print(f"offline optimum (MILP, HiGHS): ${opt.cost:.2f}; LP lower bound on mean demand: ${opt.lp_bound:.2f}"
                   + (f"; ours / optimum = {doc['oursVsOptimum']:.3f}" if "oursVsOptimum" in doc else ""))
+    if settings.max_hourly_cost is not None:
+        console.print(f"maxHourlyCost ${settings.max_hourly_cost:g}/h: the references stay within it (optimum peak "
+                      f"${opt.peak_hourly_cost:.2f}/h)" + (f"; demand it cannot carry: {opt.unmet_work:.0f} work units"
+                                                          if opt.unmet_work > 0 else ""))
     if args.plot:
         console.print(f"plot: {args.plot}")
     return 0

@@ -7,6 +7,16 @@ interval/3600 over integers min_i <= n_ki <= max_i (MILP, scipy.optimize.milp). 
   * ``mean``: the interval's average arrival rate, LP relaxation (scipy.optimize.linprog): a strict lower
     bound on the cost of serving the trace without queueing across intervals.
 Unless ``keep_one`` is False (scale to zero allowed) every interval keeps at least one replica, as the policy does.
+
+``max_hourly_cost`` (spec budget.maxHourlyCost) is a hard constraint, as it is for the policy: in every interval
+the replicas asked for (paid, starting ones included) cost at most that many $/h (one row per interval). Where
+demand cannot be met within it, met demand comes first, then cost: each interval's demand is capped at W, the
+widest capacity any integer mix within the budget (and within min/maxReplicas) reaches (a small knapsack MILP).
+That is exact, not a penalty: no schedule serves more than W in any interval, and holding the widest mix in every
+interval is feasible, with or without cold starts, so every interval gets its most met demand at once and the
+solve then minimises cost. The demand left above W is reported (``Optimum.unmet_work``). The budget wins over
+minReplicas, as in the policy: if the minimums alone cost more, they are dropped. Without a budget nothing changes.
+With a budget that binds, the LP bound is on the same capped demand (still below the MILP's cost).
 """
 from __future__ import annotations
 
@@ -41,69 +51,110 @@ class Optimum:
     cost: float                  # $ of the MILP schedule
     lp_bound: float              # $ LP relaxation on mean demand (lower bound)
     status: str
+    peak_hourly_cost: float = 0.0   # $/h, the schedule's most expensive interval (replicas asked for)
+    unmet_work: float = 0.0         # work units of peak demand left without capacity (budget, or maxReplicas)
+
+
+def widest_within(pools: list[PoolModel], budget: float, lower: np.ndarray) -> float:
+    """Work units/s of the widest integer mix with price . n <= ``budget`` $/h and ``lower`` <= n <= maxReplicas
+    (0 when even ``lower`` costs more)."""
+    price = np.array([p.price_per_hour for p in pools], dtype=float)
+    cap = np.array([p.capacity for p in pools], dtype=float)
+    if float(lower @ price) > budget * (1 + 1e-12):
+        return 0.0
+    res = milp(-cap, constraints=LinearConstraint(price.reshape(1, -1), lb=-np.inf, ub=budget),
+               integrality=np.ones(len(pools)), bounds=Bounds(lower, [p.max_replicas for p in pools]))
+    return float(-res.fun) if res.x is not None else 0.0
 
 
 def _solve(pools: list[PoolModel], demand: np.ndarray, interval_s: float, integral: bool, keep_one: bool = True,
-           cold_start: bool = False):
-    """(replicas paid [interval, pool], $ cost, solver message) covering ``demand`` (work units/s per interval).
+           cold_start: bool = False, max_hourly_cost: float | None = None):
+    """(replicas paid [interval, pool], $ cost, solver message, demand served [interval] work units/s) covering
+    ``demand`` (work units/s per interval), capped at what maxReplicas and the budget allow.
 
     Variables per interval j and pool i: x (asked for, paid; index j * m + i). Without ``cold_start`` x also serves.
     With it a second block y (ready, free; index k * m + j * m + i) serves, and a replica serves in interval j only
     if it was asked for without a break since interval j - L, L = ceil(cold start / interval): y_j <= x_b for every
-    b in [j - L, j] (at the start the fleet is warm, as in the replay). The constraint matrix is sparse: its
-    nonzeros grow linearly with intervals x pools x lead, not quadratically."""
+    b in [j - L, j] (at the start the fleet is warm, as in the replay). With ``max_hourly_cost`` one row per
+    interval holds price . x_j <= budget and the demand is capped at ``widest_within`` (module docstring). The
+    constraint matrix is sparse: its nonzeros grow linearly with intervals x pools x lead, not quadratically."""
     k, m = len(demand), len(pools)
     nx = k * m
-    price = np.array([p.price_per_hour for p in pools]) * interval_s / 3600.0
+    price_h = np.array([p.price_per_hour for p in pools], dtype=float)
+    price = price_h * interval_s / 3600.0
     cap = np.array([p.capacity for p in pools])
+    mins = np.array([p.min_replicas for p in pools], dtype=float)
     need = np.minimum(demand, cap @ np.array([p.max_replicas for p in pools]))  # infeasible peaks: cap at max
     if keep_one:  # like the policy without scale to zero: at least one replica in every interval
         need = np.maximum(need, cap.min())
+    if max_hourly_cost is not None:
+        if float(mins @ price_h) > max_hourly_cost:   # the budget wins over minReplicas
+            mins = np.zeros(m)
+        need = np.minimum(need, widest_within(pools, max_hourly_cost, mins))
     serve = nx if cold_start else 0     # first index of the variables whose capacity counts
+    n = 2 * nx if cold_start else nx
     rows, cols, vals = [np.repeat(np.arange(k), m)], [serve + np.arange(nx)], [np.tile(cap, k)]
-    lb = [need]
+    lb, ub = [need], [np.full(k, np.inf)]
+    nrow = k
     if cold_start:                      # y_{j,i} <= x_{j-back,i}: one row per (interval, pool, back)
         lead = [int(np.ceil(p.cold_start_s / interval_s - 1e-9)) for p in pools]
         link = [(j, i, back) for j in range(k) for i in range(m) for back in range(min(lead[i], j) + 1)]
         j, i, back = (np.array(t, dtype=int) for t in zip(*link))
-        row = k + np.arange(len(link))
+        row = nrow + np.arange(len(link))
         rows += [row, row]
         cols += [(j - back) * m + i, nx + j * m + i]
         vals += [np.ones(len(link)), -np.ones(len(link))]
         lb.append(np.zeros(len(link)))
-    lb = np.concatenate(lb)
-    n = 2 * nx if cold_start else nx
-    A = sparse.csr_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(lb), n))
+        ub.append(np.full(len(link), np.inf))
+        nrow += len(link)
+    if max_hourly_cost is not None:     # price . x_j <= budget ($/h)
+        rows.append(np.repeat(nrow + np.arange(k), m))
+        cols.append(np.arange(nx))
+        vals.append(np.tile(price_h, k))
+        lb.append(np.full(k, -np.inf))
+        ub.append(np.full(k, float(max_hourly_cost)))
+        nrow += k
+    lb, ub = np.concatenate(lb), np.concatenate(ub)
+    A = sparse.csr_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nrow, n))
     c = np.concatenate([np.tile(price, k), np.zeros(n - nx)])
-    lo = np.concatenate([np.tile([p.min_replicas for p in pools], k), np.zeros(n - nx)]).astype(float)
+    lo = np.concatenate([np.tile(mins, k), np.zeros(n - nx)])
     hi = np.tile([p.max_replicas for p in pools], n // m).astype(float)
     if integral:
-        res = milp(c, constraints=LinearConstraint(A, lb=lb, ub=np.inf), integrality=np.ones(n),
+        res = milp(c, constraints=LinearConstraint(A, lb=lb, ub=ub), integrality=np.ones(n),
                    bounds=Bounds(lo, hi), options={"time_limit": 60})
     else:
-        res = linprog(c, A_ub=-A, b_ub=-lb, bounds=list(zip(lo, hi)), method="highs")
+        lower, upper = np.flatnonzero(np.isfinite(lb)), np.flatnonzero(np.isfinite(ub))
+        res = linprog(c, A_ub=sparse.vstack([-A[lower], A[upper]]).tocsr(),
+                      b_ub=np.concatenate([-lb[lower], ub[upper]]), bounds=list(zip(lo, hi)), method="highs")
     if res.x is None:
         raise RuntimeError(f"HiGHS found no schedule{' with cold starts' if cold_start else ''}: {res.message}")
-    return res.x[:nx].reshape(k, m), float(res.fun), str(res.message)
+    return res.x[:nx].reshape(k, m), float(res.fun), str(res.message), need
 
 
 def offline_optimum(pools: list[PoolModel], arrival_s: np.ndarray, work: np.ndarray, interval_s: float,
                     window_s: float = 10.0, horizon_s: float | None = None, keep_one: bool = True,
-                    cold_start: bool = False) -> Optimum:
+                    cold_start: bool = False, max_hourly_cost: float | None = None) -> Optimum:
     """The MILP schedule on peak demand and the LP bound on mean demand (module docstring).
 
     ``cold_start``: a second reference, not the target's: perfect knowledge of the future but every replica pays
     its cold start (asked for, and paid, cold-start seconds before it serves). Its gap to the plain optimum is the
-    cost of cold starts; a policy's gap to it is the cost of not knowing the future. Same demand per interval."""
+    cost of cold starts; a policy's gap to it is the cost of not knowing the future. Same demand per interval.
+    ``max_hourly_cost``: the spec's maxHourlyCost, a hard limit on every interval's replicas asked for (module
+    docstring); the LP bound honours it too."""
     horizon = float(horizon_s if horizon_s is not None else (arrival_s[-1] if len(arrival_s) else 0.0))
     peak, mean = interval_demands(arrival_s, work, interval_s, window_s, horizon)
-    x, cost, status = _solve(pools, peak, interval_s, integral=True, keep_one=keep_one, cold_start=cold_start)
-    _, bound, _ = _solve(pools, mean, interval_s, integral=False, keep_one=keep_one)
+    x, cost, status, covered = _solve(pools, peak, interval_s, integral=True, keep_one=keep_one, cold_start=cold_start,
+                                      max_hourly_cost=max_hourly_cost)
+    _, bound, _, _ = _solve(pools, mean, interval_s, integral=False, keep_one=keep_one, max_hourly_cost=max_hourly_cost)
     plan = [{p.name: int(round(x[j, i])) for i, p in enumerate(pools)} for j in range(len(peak))]
-    return Optimum(plan, cost, bound, status)
+    unmet = float((peak - covered).clip(min=0).sum() * interval_s)   # peak demand above maxReplicas or the budget
+    peak_rate = max((sum(step[p.name] * p.price_per_hour for p in pools) for step in plan), default=0.0)
+    return Optimum(plan, cost, bound, status, peak_hourly_cost=float(peak_rate), unmet_work=unmet)
 
 
 def clairvoyant_cold_start(pools: list[PoolModel], arrival_s: np.ndarray, work: np.ndarray, interval_s: float,
-                           window_s: float = 10.0, horizon_s: float | None = None, keep_one: bool = True) -> Optimum:
+                           window_s: float = 10.0, horizon_s: float | None = None, keep_one: bool = True,
+                           max_hourly_cost: float | None = None) -> Optimum:
     """``offline_optimum(..., cold_start=True)`` (the name the simulator and the benchmark docs use)."""
-    return offline_optimum(pools, arrival_s, work, interval_s, window_s, horizon_s, keep_one, cold_start=True)
+    return offline_optimum(pools, arrival_s, work, interval_s, window_s, horizon_s, keep_one, cold_start=True,
+                           max_hourly_cost=max_hourly_cost)

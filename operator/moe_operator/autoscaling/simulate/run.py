@@ -13,6 +13,8 @@ import numpy as np
 from ..model import PoolModel, Settings
 from ..observation import Observation
 from .fleet import Replay
+from .metrics import (attainable_fluid, attainment_over, budget_violation_seconds, cost_per_million_violation_seconds,
+                      floor_cost_rate, peak_hourly_cost)
 from .optimum import clairvoyant_cold_start, interval_demands, offline_optimum
 from .policies import (CheapestSinglePool, HpaUtilization, Ours, RayServeOngoing, Schedule, StaticPeak,
                        WvaCostGreedy)
@@ -35,6 +37,12 @@ class PolicyResult:
     peak_replicas: dict[str, int]
     series: list = field(repr=False, default_factory=list)
     met: np.ndarray | None = field(repr=False, default=None)   # per request (trace order): SLO met
+    attainable_slo_attainment: float | None = None   # attainment over attainable requests (metrics.attainable)
+    unattainable_requests: int = 0
+    peak_hourly_cost: float = 0.0                     # $/h, highest cost rate of the replicas asked for
+    budget_violation_s: float = 0.0                   # seconds over maxHourlyCost
+    cost_per_million_violation_s: float | None = None  # seconds over maxCostPerMillionTokens (None: no limit)
+    attainable: np.ndarray | None = field(repr=False, default=None)   # per request: attainable at all
 
     @property
     def cost_per_million(self) -> float | None:
@@ -47,7 +55,14 @@ class PolicyResult:
                 "scaleActions": self.scale_actions,
                 "unmetDemandTokens": round(self.unmet_tokens, 1),
                 "meanReplicas": {k: round(v, 3) for k, v in self.mean_replicas.items()},
-                "peakReplicas": self.peak_replicas}
+                "peakReplicas": self.peak_replicas,
+                "attainableSloAttainment": None if self.attainable_slo_attainment is None
+                else round(self.attainable_slo_attainment, 5),
+                "unattainableRequests": self.unattainable_requests,
+                "peakHourlyCost": round(self.peak_hourly_cost, 4),
+                "budgetViolationSeconds": round(self.budget_violation_s, 1),
+                "costPerMillionViolationSeconds": None if self.cost_per_million_violation_s is None
+                else round(self.cost_per_million_violation_s, 1)}
 
 
 def first_observation(trace: Trace, interval: float, pools: Sequence[PoolModel]) -> Observation:
@@ -84,11 +99,21 @@ def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy:
     served = float(sum(s[5] for s in r.series))  # work units; convert to tokens by the trace's mix
     tokens_per_work = trace.total_tokens / float(r.work.sum()) if r.work.sum() > 0 else 0.0
     met = r.slo_met()
+    # a serving model that knows its own unloaded latencies says which requests it could meet at all
+    ok = r.attainable() if callable(getattr(r, "attainable", None)) else \
+        attainable_fluid(trace.prompt, trace.cached, pools, settings.ttft_p95_s, settings.tpot_p95_s)
     return PolicyResult(
         name=getattr(policy, "name", "policy"), total_cost=r.cost, served_tokens=served * tokens_per_work,
         slo_attainment=float(met.mean()) if len(met) else 1.0, scale_actions=r.actions, unmet_tokens=r.unmet_tokens(),
         mean_replicas={n: float(asked[:, i].mean()) for i, n in enumerate(names)},
-        peak_replicas={n: int(asked[:, i].max()) for i, n in enumerate(names)}, series=r.series, met=met)
+        peak_replicas={n: int(asked[:, i].max()) for i, n in enumerate(names)}, series=r.series, met=met,
+        attainable_slo_attainment=attainment_over(met, ok), unattainable_requests=int((~ok).sum()),
+        peak_hourly_cost=peak_hourly_cost(r.series),
+        budget_violation_s=budget_violation_seconds(r.series, settings.max_hourly_cost),
+        cost_per_million_violation_s=cost_per_million_violation_seconds(
+            r.series, settings.max_cost_per_million, interval, tokens_per_work,
+            floor_cost_rate(pools, keep_one=not settings.scale_to_zero)),
+        attainable=ok)
 
 
 def make_policy(name: str, trace: Trace, pools: Sequence[PoolModel], settings: Settings, max_batch_size: int):
@@ -112,11 +137,13 @@ def make_policy(name: str, trace: Trace, pools: Sequence[PoolModel], settings: S
 def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policies: Sequence[str],
              max_batch_size: int = 16, on_second: Callable[[], None] | None = None) -> dict:
     """All requested policies plus the optimum's figures: {"results": {name: PolicyResult}, "optimum": Optimum,
-    "cold_start_optimum": Optimum or None (computed only when "optimum-cold-start" is requested)}."""
+    "cold_start_optimum": Optimum or None (computed only when "optimum-cold-start" is requested)}. Both references
+    honour ``settings.max_hourly_cost`` (optimum.py)."""
     work = settings.weights.prompt * trace.prompt + settings.weights.cached_prompt * trace.cached + trace.output
     window = min(10.0, max(1.0, settings.ttft_p95_s or 10.0))   # queues must drain within the TTFT target
     opt = offline_optimum(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window,
-                          horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero)
+                          horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero,
+                          max_hourly_cost=settings.max_hourly_cost)
     results, cold = {}, None
     for name in policies:
         if name == "optimum":
@@ -124,7 +151,8 @@ def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, polic
                                    on_second=on_second)
         elif name == "optimum-cold-start":  # clairvoyant too, but every replica pays its cold start
             cold = clairvoyant_cold_start(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window,
-                                          horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero)
+                                          horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero,
+                                          max_hourly_cost=settings.max_hourly_cost)
             sched = Schedule(cold.plan, settings.interval_s)
             sched.name = name
             results[name] = replay(trace, pools, settings, sched, cold_start=True, on_second=on_second)
