@@ -13,6 +13,8 @@ import numpy as np
 from ..model import PoolModel, Settings
 from ..observation import Observation
 from .fleet import Replay
+from .replicas import ReplicaReplay, profiles_for
+from .serving import ServingProfile
 from .metrics import (attainable_fluid, attainment_over, budget_violation_seconds, cost_per_million_violation_seconds,
                       floor_cost_rate, peak_hourly_cost)
 from .optimum import clairvoyant_cold_start, interval_demands, offline_optimum
@@ -22,6 +24,7 @@ from .traces import Trace
 
 POLICIES = ("ours", "static-peak", "hpa", "ray-serve", "cheapest-pool", "wva-greedy", "optimum", "optimum-cold-start")
 REFERENCES = ("optimum", "optimum-cold-start")   # clairvoyant schedules, not online policies
+MODELS = ("replica", "fluid")   # serving models: per-replica engines (default) or one fluid FIFO (docs/simulate.md)
 DRAIN_S = 900.0     # after the last arrival, replay at most this long for the queue to empty
 
 
@@ -74,11 +77,16 @@ def first_observation(trace: Trace, interval: float, pools: Sequence[PoolModel])
 
 
 def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy: Callable, cold_start: bool = True,
-           on_second: Callable[[], None] | None = None) -> PolicyResult:
-    """Run one policy over the trace through the queueing model."""
+           on_second: Callable[[], None] | None = None,
+           profiles: dict[str, ServingProfile] | None = None) -> PolicyResult:
+    """Run one policy over the trace: through the per-replica model when ``profiles`` (pool -> ServingProfile)
+    are given, else through the fluid model."""
     interval = settings.interval_s
-    r = Replay(trace, list(pools), settings.weights, settings.ttft_p95_s or np.inf, settings.tpot_p95_s or np.inf,
-               cold_start=cold_start)
+    ttft, tpot = settings.ttft_p95_s or np.inf, settings.tpot_p95_s or np.inf
+    if profiles is not None:
+        r = ReplicaReplay(trace, list(pools), settings.weights, ttft, tpot, cold_start=cold_start, profiles=profiles)
+    else:
+        r = Replay(trace, list(pools), settings.weights, ttft, tpot, cold_start=cold_start)
     r.fleet.cold_start = False
     r.apply(policy(first_observation(trace, interval, pools), r, 0.0), 0.0)
     r.fleet.cold_start = cold_start
@@ -135,10 +143,21 @@ def make_policy(name: str, trace: Trace, pools: Sequence[PoolModel], settings: S
 
 
 def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policies: Sequence[str],
-             max_batch_size: int = 16, on_second: Callable[[], None] | None = None) -> dict:
+             max_batch_size: int = 16, on_second: Callable[[], None] | None = None, model: str = "replica",
+             profiles: dict[str, ServingProfile] | None = None, max_context_tokens: int | None = None) -> dict:
     """All requested policies plus the optimum's figures: {"results": {name: PolicyResult}, "optimum": Optimum,
     "cold_start_optimum": Optimum or None (computed only when "optimum-cold-start" is requested)}. Both references
-    honour ``settings.max_hourly_cost`` (optimum.py)."""
+    honour ``settings.max_hourly_cost`` (optimum.py).
+
+    model: "replica" (per-replica engines; ``profiles`` per pool, default from the pools' capacities with
+    ``max_batch_size`` slots and ``max_context_tokens`` of KV per slot) or "fluid" (one FIFO, the old model)."""
+    if model not in MODELS:
+        raise ValueError(f"unknown serving model {model!r}; use one of {', '.join(MODELS)}")
+    if model == "replica":
+        defaults = profiles_for(pools, max_batch_size, weights=settings.weights, max_context_tokens=max_context_tokens)
+        profiles = {**defaults, **(profiles or {})}
+    else:
+        profiles = None
     work = settings.weights.prompt * trace.prompt + settings.weights.cached_prompt * trace.cached + trace.output
     window = min(10.0, max(1.0, settings.ttft_p95_s or 10.0))   # queues must drain within the TTFT target
     opt = offline_optimum(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window,
@@ -148,15 +167,16 @@ def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, polic
     for name in policies:
         if name == "optimum":
             results[name] = replay(trace, pools, settings, Schedule(opt.plan, settings.interval_s), cold_start=False,
-                                   on_second=on_second)
+                                   on_second=on_second, profiles=profiles)
         elif name == "optimum-cold-start":  # clairvoyant too, but every replica pays its cold start
             cold = clairvoyant_cold_start(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window,
                                           horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero,
                                           max_hourly_cost=settings.max_hourly_cost)
             sched = Schedule(cold.plan, settings.interval_s)
             sched.name = name
-            results[name] = replay(trace, pools, settings, sched, cold_start=True, on_second=on_second)
+            results[name] = replay(trace, pools, settings, sched, cold_start=True, on_second=on_second,
+                                   profiles=profiles)
         else:
             results[name] = replay(trace, pools, settings, make_policy(name, trace, pools, settings, max_batch_size),
-                                   on_second=on_second)
+                                   on_second=on_second, profiles=profiles)
     return {"results": results, "optimum": opt, "cold_start_optimum": cold}
