@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from moe_operator.autoscaling import PoolModel, Settings, WorkWeights
-from moe_operator.autoscaling.simulate.metrics import (FLUID_MIN_LOAD, attainable, attainable_fluid,
-                                                        budget_violation_seconds, cost_per_million_violation_seconds,
-                                                        floor_cost_rate, peak_hourly_cost)
+from moe_operator.autoscaling.simulate.metrics import (FLUID_MIN_LOAD, asked_cost_rate, attainable, attainable_fluid,
+                                                        attainable_replica, budget_violation_seconds,
+                                                        cost_per_million_violation_seconds, floor_cost_rate,
+                                                        peak_hourly_cost)
 from moe_operator.autoscaling.simulate.run import replay, simulate
 from moe_operator.autoscaling.simulate.traces import Trace
 
@@ -64,6 +65,31 @@ def test_fluid_unloaded_latency_matches_the_replay():
     assert tight.slo_attainment == 0.0 and tight.attainable_slo_attainment == 1.0   # none attainable: vacuous
 
 
+def test_replica_unloaded_latency_matches_the_replay():
+    """attainable_replica's unloaded replica is the per-replica model's: TTFT = prefill_s(computed, cached), TPOT =
+    step_s(1), no TPOT for a one-token answer."""
+    from moe_operator.autoscaling.simulate.serving import ServingProfile
+
+    pool = _pool()
+    prof = ServingProfile(max_batch=8, kv_tokens=200000, prefill_tps=5000.0, cached_prefill_tps=50000.0,
+                          step_base_s=0.04, step_per_seq_s=0.01)
+    n = 12
+    arrival = np.arange(0.0, 20.0 * n, 20.0)
+    prompt = np.tile([2000.0, 2000.0, 20000.0], n // 3)          # 0.4 s, 0.4 s + cached, 4 s of prefill
+    cached = np.tile([0.0, 90000.0, 0.0], n // 3)               # 90k cached at 50k/s: 1.8 s more
+    output = np.tile([50.0, 50.0, 1.0], n // 3)                 # the long prompt answers one token: no TPOT
+    tr = Trace("sparse", arrival, prompt, cached, output)
+    s = Settings(ttft_p95_s=2.0, tpot_p95_s=0.06, weights=WorkWeights(prompt=0.2))
+    r = replay(tr, [pool], s, lambda o, rep, t: {"a": 2}, profiles={"a": prof})
+    ok = attainable_replica(prompt, cached, output, [pool], {"a": prof}, 2.0, 0.06)
+    assert ok.tolist() == [True, False, False] * (n // 3)
+    assert r.met.tolist() == ok.tolist() and r.attainable.tolist() == ok.tolist()
+    assert r.attainable_slo_attainment == 1.0
+    # unloaded TPOT 0.05 s: a 0.04 s target makes the 50-token answers unattainable, not the one-token one
+    assert attainable_replica(prompt, np.zeros(n), output, [pool], {"a": prof}, 5.0, 0.04).tolist() == \
+        [False, False, True] * (n // 3)
+
+
 def test_attainable_attainment_counts_only_what_could_be_met():
     """A starved fleet misses attainable requests too: attainable attainment is below 1, above plain attainment."""
     rng = np.random.default_rng(0)
@@ -105,11 +131,17 @@ def test_peak_hourly_cost_counts_starting_replicas_and_budget_seconds():
 
 
 def test_series_helpers():
-    # (t, arrived, capacity, asked, cost $/h, served work/s)
-    series = [(float(t), 0.0, 0.0, {}, 4.0 if t < 30 else 10.0, 100.0 if t < 30 else 0.0) for t in range(90)]
-    assert peak_hourly_cost(series) == 10.0 and peak_hourly_cost([]) == 0.0
-    assert budget_violation_seconds(series, 8.0) == 60.0
-    assert budget_violation_seconds(series, 10.0) == 0.0 and budget_violation_seconds(series, None) == 0.0
+    # (t, arrived, capacity, asked, cost $/h, served work/s): 4 x $1/h, then 2 x $5/h (and $2/h still draining)
+    pools = [_pool(name="a", price_per_hour=1.0), _pool(name="b", price_per_hour=5.0)]
+    series = [(float(t), 0.0, 0.0, {"a": 4, "b": 0} if t < 30 else {"a": 0, "b": 2},
+               4.0 if t < 30 else 12.0, 100.0 if t < 30 else 0.0) for t in range(90)]
+    rates = asked_cost_rate(series, pools)
+    assert rates[0] == 4.0 and rates[-1] == 10.0
+    assert peak_hourly_cost(rates) == 10.0 and peak_hourly_cost(np.array([])) == 0.0
+    assert peak_hourly_cost(np.array([s[4] for s in series])) == 12.0     # paid, draining included
+    assert budget_violation_seconds(rates, 8.0) == 60.0
+    assert budget_violation_seconds(rates, 10.0) == 0.0 and budget_violation_seconds(rates, None) == 0.0
+    series = [s[:4] + (10.0 if s[0] >= 30 else 4.0,) + s[5:] for s in series]
     # first 30 s: $4/h serving 100 tokens/s = 11.1 $/1M; then $10/h serving nothing (above a $4/h floor)
     assert cost_per_million_violation_seconds(series, 20.0, 30.0, 1.0, floor_rate=4.0) == 60.0
     assert cost_per_million_violation_seconds(series, 5.0, 30.0, 1.0, floor_rate=4.0) == 60.0   # at the floor: no

@@ -13,11 +13,12 @@ the trace asks for on this hardware.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..model import PoolModel
+from .serving import ServingProfile
 
 # fleet.py's TPOT is tpot_at_capacity x utilisation clamped to [FLUID_MIN_LOAD, 1]: an unloaded replica of the
 # fluid model still pays FLUID_MIN_LOAD of its full-load TPOT (a decode step never gets cheaper than streaming the
@@ -27,13 +28,15 @@ FLUID_MIN_LOAD = 0.3
 
 def attainable(prompt: np.ndarray, cached: np.ndarray, ttft_target_s: float | None, tpot_target_s: float | None,
                prefill_tps: Sequence[float], unloaded_tpot_s: Sequence[float],
-               cached_prefill_tps: Sequence[float] | None = None) -> np.ndarray:
+               cached_prefill_tps: Sequence[float] | None = None, output: np.ndarray | None = None) -> np.ndarray:
     """Per request: True when some pool, unloaded, meets both targets for it (module docstring).
 
     ``prompt``/``cached``: computed and cached prompt tokens per request. Per pool (same order in every sequence):
     ``prefill_tps`` computed prompt tokens/s of one replica (<= 0: prefill not modelled, free), ``unloaded_tpot_s``
     seconds per output token of a replica running this request alone, ``cached_prefill_tps`` prefix-cache tokens/s
-    (None: cached tokens cost no time, as in the fluid model). A target of None is no limit."""
+    (None: cached tokens cost no time, as in the fluid model). ``output``: generated tokens per request, given
+    when the model has no TPOT for a request of at most one output token (the replica model); None: every request
+    has one (the fluid model). A target of None is no limit."""
     prompt = np.asarray(prompt, dtype=float)
     cached = np.asarray(cached, dtype=float)
     ttft = np.inf if ttft_target_s is None else float(ttft_target_s)
@@ -42,13 +45,12 @@ def attainable(prompt: np.ndarray, cached: np.ndarray, ttft_target_s: float | No
     rates = list(prefill_tps)
     if len(unloaded_tpot_s) != len(rates) or (cached_prefill_tps is not None and len(cached_prefill_tps) != len(rates)):
         raise ValueError("prefill_tps, unloaded_tpot_s and cached_prefill_tps need one entry per pool")
+    no_tpot = np.zeros(len(prompt), dtype=bool) if output is None else np.asarray(output, dtype=float) <= 1
     for i, rate in enumerate(rates):
-        if unloaded_tpot_s[i] > tpot:
-            continue
         own = prompt / rate if rate > 0 else np.zeros(len(prompt))
         if cached_prefill_tps is not None and cached_prefill_tps[i] > 0:
             own = own + cached / cached_prefill_tps[i]
-        ok |= own <= ttft
+        ok |= (own <= ttft) & (no_tpot | (unloaded_tpot_s[i] <= tpot))
     return ok
 
 
@@ -60,23 +62,43 @@ def attainable_fluid(prompt: np.ndarray, cached: np.ndarray, pools: Sequence[Poo
                       [FLUID_MIN_LOAD * p.tpot_at_capacity_s for p in pools])
 
 
+def attainable_replica(prompt: np.ndarray, cached: np.ndarray, output: np.ndarray, pools: Sequence[PoolModel],
+                       profiles: Mapping[str, ServingProfile], ttft_target_s: float | None,
+                       tpot_target_s: float | None) -> np.ndarray:
+    """``attainable`` for the per-replica model (replicas.py): an idle replica prefills a lone prompt at full
+    speed (``ServingProfile.prefill_s``: computed and cached tokens at their own rates), its first token comes at
+    the end of that prefill, and it then decodes alone at ``step_s(1)`` per token; a request of at most one output
+    token has no TPOT."""
+    profs = [profiles[p.name] for p in pools]
+    return attainable(prompt, cached, ttft_target_s, tpot_target_s, [q.prefill_tps for q in profs],
+                      [q.step_s(1) for q in profs], [q.cached_prefill_tps for q in profs], output=output)
+
+
 def attainment_over(met: np.ndarray, mask: np.ndarray) -> float:
     """Fraction of the requests in ``mask`` whose SLO was met (1.0 when there are none, like sloAttainment)."""
     n = int(mask.sum())
     return float(met[mask].sum()) / n if n else 1.0
 
 
-def peak_hourly_cost(series: Sequence[tuple]) -> float:
-    """$/h: the highest cost rate of the replicas asked for (starting ones included) over the replay."""
-    return max((float(s[4]) for s in series), default=0.0)
+def asked_cost_rate(series: Sequence[tuple], pools: Sequence[PoolModel]) -> np.ndarray:
+    """$/h per second of the replicas asked for (ready or starting): what a policy decides and maxHourlyCost
+    limits. Replicas the per-replica model keeps draining after a scale-down are paid too (in the series' cost
+    column and the total cost) but are not asked for."""
+    price = {p.name: p.price_per_hour for p in pools}
+    return np.array([sum(n * price.get(k, 0.0) for k, n in s[3].items()) for s in series], dtype=float)
 
 
-def budget_violation_seconds(series: Sequence[tuple], max_hourly_cost: float | None, dt: float = 1.0) -> float:
-    """Seconds whose cost rate exceeded ``max_hourly_cost`` (0 without a budget)."""
+def peak_hourly_cost(rates: np.ndarray) -> float:
+    """$/h: the highest of ``rates`` (``asked_cost_rate``, or the series' paid cost column)."""
+    return float(np.max(rates)) if len(rates) else 0.0
+
+
+def budget_violation_seconds(rates: np.ndarray, max_hourly_cost: float | None, dt: float = 1.0) -> float:
+    """Seconds whose cost rate (``asked_cost_rate``) exceeded ``max_hourly_cost`` (0 without a budget)."""
     if max_hourly_cost is None:
         return 0.0
     limit = max_hourly_cost * (1 + 1e-9) + 1e-9
-    return dt * sum(1 for s in series if s[4] > limit)
+    return dt * float(np.count_nonzero(np.asarray(rates) > limit))
 
 
 def floor_cost_rate(pools: Sequence[PoolModel], keep_one: bool = True) -> float:

@@ -15,8 +15,8 @@ from ..observation import Observation
 from .fleet import Replay
 from .replicas import ReplicaReplay, profiles_for
 from .serving import ServingProfile
-from .metrics import (attainable_fluid, attainment_over, budget_violation_seconds, cost_per_million_violation_seconds,
-                      floor_cost_rate, peak_hourly_cost)
+from .metrics import (asked_cost_rate, attainable_fluid, attainable_replica, attainment_over,
+                      budget_violation_seconds, cost_per_million_violation_seconds, floor_cost_rate, peak_hourly_cost)
 from .optimum import clairvoyant_cold_start, interval_demands, offline_optimum
 from .policies import (CheapestSinglePool, HpaUtilization, Ours, RayServeOngoing, Schedule, StaticPeak,
                        WvaCostGreedy)
@@ -43,6 +43,7 @@ class PolicyResult:
     attainable_slo_attainment: float | None = None   # attainment over attainable requests (metrics.attainable)
     unattainable_requests: int = 0
     peak_hourly_cost: float = 0.0                     # $/h, highest cost rate of the replicas asked for
+    peak_paid_hourly_cost: float = 0.0                # $/h, the same with replicas still draining (replica model)
     budget_violation_s: float = 0.0                   # seconds over maxHourlyCost
     cost_per_million_violation_s: float | None = None  # seconds over maxCostPerMillionTokens (None: no limit)
     attainable: np.ndarray | None = field(repr=False, default=None)   # per request: attainable at all
@@ -63,6 +64,7 @@ class PolicyResult:
                 else round(self.attainable_slo_attainment, 5),
                 "unattainableRequests": self.unattainable_requests,
                 "peakHourlyCost": round(self.peak_hourly_cost, 4),
+                "peakPaidHourlyCost": round(self.peak_paid_hourly_cost, 4),
                 "budgetViolationSeconds": round(self.budget_violation_s, 1),
                 "costPerMillionViolationSeconds": None if self.cost_per_million_violation_s is None
                 else round(self.cost_per_million_violation_s, 1)}
@@ -107,17 +109,21 @@ def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy:
     served = float(sum(s[5] for s in r.series))  # work units; convert to tokens by the trace's mix
     tokens_per_work = trace.total_tokens / float(r.work.sum()) if r.work.sum() > 0 else 0.0
     met = r.slo_met()
-    # a serving model that knows its own unloaded latencies says which requests it could meet at all
-    ok = r.attainable() if callable(getattr(r, "attainable", None)) else \
-        attainable_fluid(trace.prompt, trace.cached, pools, settings.ttft_p95_s, settings.tpot_p95_s)
+    rates = asked_cost_rate(r.series, pools)
+    # which requests an unloaded replica of some pool could meet at all, in the model that ran
+    if profiles is not None:
+        ok = attainable_replica(trace.prompt, trace.cached, trace.output, pools, profiles, settings.ttft_p95_s,
+                                settings.tpot_p95_s)
+    else:
+        ok = attainable_fluid(trace.prompt, trace.cached, pools, settings.ttft_p95_s, settings.tpot_p95_s)
     return PolicyResult(
         name=getattr(policy, "name", "policy"), total_cost=r.cost, served_tokens=served * tokens_per_work,
         slo_attainment=float(met.mean()) if len(met) else 1.0, scale_actions=r.actions, unmet_tokens=r.unmet_tokens(),
         mean_replicas={n: float(asked[:, i].mean()) for i, n in enumerate(names)},
         peak_replicas={n: int(asked[:, i].max()) for i, n in enumerate(names)}, series=r.series, met=met,
         attainable_slo_attainment=attainment_over(met, ok), unattainable_requests=int((~ok).sum()),
-        peak_hourly_cost=peak_hourly_cost(r.series),
-        budget_violation_s=budget_violation_seconds(r.series, settings.max_hourly_cost),
+        peak_hourly_cost=peak_hourly_cost(rates), peak_paid_hourly_cost=peak_hourly_cost(np.array([s[4] for s in r.series])),
+        budget_violation_s=budget_violation_seconds(rates, settings.max_hourly_cost),
         cost_per_million_violation_s=cost_per_million_violation_seconds(
             r.series, settings.max_cost_per_million, interval, tokens_per_work,
             floor_cost_rate(pools, keep_one=not settings.scale_to_zero)),
