@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print results as JSON (stable, documented)")
     p.add_argument("--plot", metavar="PNG", help="write demand vs capacity and replicas per pool to this PNG")
     p.add_argument("--catalog", metavar="FILE", help="catalog overrides (ConfigMap YAML)")
+    p.add_argument("--calibrate", action="append", metavar="[POOL=]FILE",
+                   help="fit each pool's replica profile from a `moectl replay --out-json` file (POOL=FILE for one pool; "
+                        "repeatable)")
     p.set_defaults(func=run)
 
 
@@ -39,6 +42,52 @@ def _policies(text: str) -> list[str]:
     if bad or not names:
         raise UserError(f"unknown --policy {', '.join(bad) or text!r}; use {', '.join(POLICIES)} or all")
     return names
+
+
+def _calibrate(values: list[str], deployment, pool_names: list[str]) -> tuple[dict, dict]:
+    """``--calibrate [POOL=]FILE`` -> ({pool: ServingProfile}, {pool: JSON report}); a bare FILE applies to every
+    pool, POOL=FILE overrides it for one (calibrate.py fits, docs/simulate.md "moectl simulate --calibrate")."""
+    from pathlib import Path
+
+    from moe_operator.autoscaling.simulate.calibrate import fit_profile
+
+    files: dict[str, str] = {}
+    every = None
+    for v in values:
+        name, eq, path = v.partition("=")
+        if eq and name in pool_names:
+            files[name] = path
+        elif eq and not Path(v).exists():
+            raise UserError(f"--calibrate {v}: no pool {name!r} in the spec (pools: {', '.join(pool_names)})")
+        else:
+            every = v
+    max_batch = deployment.spec.serving.max_batch_size
+    kv_tokens = max_batch * deployment.spec.model.max_context_tokens  # every slot can hold a full context
+    profiles, reports, fits = {}, {}, {}
+    for pool in pool_names:
+        path = files.get(pool, every)
+        if path is None:
+            continue
+        if path not in fits:
+            try:
+                doc = json.loads(Path(path).read_text())
+            except OSError as exc:
+                raise UserError(f"--calibrate: cannot read {path}: {exc.strerror}") from None
+            except ValueError as exc:
+                raise UserError(f"--calibrate: {path} is not JSON ({exc})") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("requests"), list):
+                raise UserError(f"--calibrate: {path} is not a `moectl replay --out-json` file (no requests list)")
+            replicas = int((doc.get("endpoint") or {}).get("replicas") or 1)
+            try:
+                fits[path] = fit_profile(doc["requests"], max_batch, kv_tokens, replicas)
+            except UserError as exc:
+                raise UserError(f"--calibrate {path}: {exc}") from None
+        profile, report = fits[path]
+        profiles[pool] = profile
+        reports[pool] = {"file": path, "profile": {k: getattr(profile, k) for k in (
+            "max_batch", "kv_tokens", "prefill_tps", "cached_prefill_tps", "step_base_s", "step_per_seq_s")},
+            "fit": report}
+    return profiles, reports
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +107,15 @@ def run(args: argparse.Namespace) -> int:
     pools, weights = pool_models_from_spec(deployment, load_catalog(args.catalog))
     settings = settings_from_spec(deployment.spec.autoscaling, weights)
     trace = load_trace(args.trace, args.speedup, args.cache_hit_ratio)
+    profiles, calibration = _calibrate(args.calibrate, deployment, [p.name for p in pools]) if args.calibrate else ({}, {})
+    extra = {}
+    if profiles:
+        import inspect
+
+        applied = "profiles" in inspect.signature(simulate).parameters  # the replica model takes them when wired
+        extra = {"profiles": profiles} if applied else {}
+        for r in calibration.values():
+            r["appliedToSimulation"] = applied
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -67,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                   console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("replay", total=total)
         out = simulate(trace, pools, settings, policies, deployment.spec.serving.max_batch_size,
-                       on_second=lambda: progress.advance(task))
+                       on_second=lambda: progress.advance(task), **extra)
     results, opt = out["results"], out["optimum"]
 
     if args.plot:
@@ -97,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
     if cold is not None:
         doc["coldStartOptimum"] = {"milpCost": round(cold.cost, 4), "peakHourlyCost": round(cold.peak_hourly_cost, 4),
                                    "unmetDemandWorkUnits": round(cold.unmet_work, 1)}
+    if calibration:
+        doc["calibration"] = calibration
     if "ours" in results and opt.cost > 0:
         doc["oursVsOptimum"] = round(results["ours"].total_cost / opt.cost, 4)
     if args.json:
@@ -124,6 +184,14 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"maxHourlyCost ${settings.max_hourly_cost:g}/h: the references stay within it (optimum peak "
                       f"${opt.peak_hourly_cost:.2f}/h)" + (f"; demand it cannot carry: {opt.unmet_work:.0f} work units"
                                                           if opt.unmet_work > 0 else ""))
+    for pool, c in calibration.items():
+        pr, fit = c["profile"], c["fit"]
+        console.print(f"calibrated {pool} from {c['file']}: prefill {pr['prefill_tps']:.1f} tok/s, cached "
+                      f"{pr['cached_prefill_tps']:.1f} tok/s ({fit['prefill']['cached_source']}), decode step "
+                      f"{pr['step_base_s'] * 1000:.2f} ms + {pr['step_per_seq_s'] * 1000:.3f} ms x batch "
+                      f"({fit['prefill']['points']} + {fit['decode']['points']} points, TPOT rms "
+                      f"{fit['decode']['relative_rms']:.1%})" + ("" if c["appliedToSimulation"] else
+                                                                  "; not applied: this simulator takes no profiles yet"))
     if args.plot:
         console.print(f"plot: {args.plot}")
     return 0
