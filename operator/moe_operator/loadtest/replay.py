@@ -441,13 +441,17 @@ def plot_replay(doc: dict[str, Any], out: str | Path) -> Path:
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
     ax1.plot(mid, col("output_tokens_per_s"), "o-", label="output tokens/s")
-    ax1.plot(mid, col("prompt_tokens_per_s"), "s--", label="prompt tokens/s")
-    ax1.set_ylabel("tokens/s")
+    ax1.set_ylabel("output tokens/s")
+    ax1b = ax1.twinx()   # prompt tokens/s is often 10-100x the output rate: its own axis
+    ax1b.plot(mid, col("prompt_tokens_per_s"), "s--", color="C1", label="prompt tokens/s")
+    ax1b.set_ylabel("prompt tokens/s")
     s = doc["summary"]
     ax1.set_title(f"{Path(doc['trace']['file']).name} x{doc['trace']['speedup']:g}, tokens x{doc['trace']['scale_tokens']:g} "
                   f"-> {doc['endpoint']['model']}: {s['ok']} ok, {s['error']} error, {s['timeout']} timeout, "
                   f"{s['rejected_client']} rejected", fontsize=9)
-    ax1.legend(fontsize=8)
+    h1, l1 = ax1.get_legend_handles_labels()
+    h2, l2 = ax1b.get_legend_handles_labels()
+    ax1.legend(h1 + h2, l1 + l2, fontsize=8)
     ax2.plot(mid, col("ttft_p50_s"), "o-", label="TTFT p50")
     ax2.plot(mid, col("ttft_p95_s"), "o--", label="TTFT p95")
     ax2.set_ylabel("TTFT s")
