@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print results as JSON (stable, documented)")
     p.add_argument("--plot", metavar="PNG", help="write demand vs capacity and replicas per pool to this PNG")
     p.add_argument("--catalog", metavar="FILE", help="catalog overrides (ConfigMap YAML)")
+    p.add_argument("--model", default="replica", choices=("replica", "fluid"),
+                   help="serving model: replica (per-replica engines: batch slots, KV, chunked prefill; default) or "
+                        "fluid (the whole fleet as one FIFO queue)")
     p.add_argument("--calibrate", action="append", metavar="[POOL=]FILE",
                    help="fit each pool's replica profile from a `moectl replay --out-json` file (POOL=FILE for one pool; "
                         "repeatable)")
@@ -108,14 +111,13 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_spec(deployment.spec.autoscaling, weights)
     trace = load_trace(args.trace, args.speedup, args.cache_hit_ratio)
     profiles, calibration = _calibrate(args.calibrate, deployment, [p.name for p in pools]) if args.calibrate else ({}, {})
-    extra = {}
+    if args.calibrate and args.model != "replica":
+        raise UserError("--calibrate fits the per-replica model: use it with --model replica")
+    extra = {"model": args.model, "max_context_tokens": deployment.spec.model.max_context_tokens}
     if profiles:
-        import inspect
-
-        applied = "profiles" in inspect.signature(simulate).parameters  # the replica model takes them when wired
-        extra = {"profiles": profiles} if applied else {}
+        extra["profiles"] = profiles
         for r in calibration.values():
-            r["appliedToSimulation"] = applied
+            r["appliedToSimulation"] = True
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
