@@ -1,12 +1,22 @@
-"""Limits applied around the policy's cost search: bounds, stabilization windows, budget, $/1M ceiling.
+"""Limits applied around the policy's cost search: bounds, stabilization windows, and the two budgets as caps.
 
-Units: needs are work units/s (see model.py), costs $/hour, times Unix seconds.
+Units: needs are work units/s (see model.py), costs $/hour, times Unix seconds, demand tokens/s.
+
+Both budgets are caps on the $/hour of the replicas asked for (ready or still starting: each is paid from the
+moment it is asked for):
+  * ``maxHourlyCost``: the cap itself. It wins over minReplicas.
+  * ``maxCostPerMillionTokens``: a fleet-level cap at the observed demand D (tokens/s):
+    $/hour <= limit x D x 3600 / 1e6. When not even the cheapest allowed fleet (minReplicas, and one replica
+    unless scale to zero applies) meets it, that fleet is kept: the cap never goes below minReplicas.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from .model import PoolModel, Settings
+
+EPS = 1e-9
 
 
 def clamp_to_bounds(pools: Sequence[PoolModel], replicas: Mapping[str, int]) -> dict[str, int]:
@@ -14,15 +24,16 @@ def clamp_to_bounds(pools: Sequence[PoolModel], replicas: Mapping[str, int]) -> 
     return {p.name: min(p.max_replicas, max(p.min_replicas, int(replicas.get(p.name, 0)))) for p in pools}
 
 
-def window_needs(needs: Sequence[tuple[float, float]], now: float, up_s: float, down_s: float) -> tuple[float, float]:
-    """(need to scale up to, need to scale down to) from the (time, need) history, HPA-style.
+def window_needs(needs: Sequence[tuple[float, ...]], now: float, up_s: float, down_s: float) -> tuple[float, float]:
+    """(need to scale up to, need to scale down to) from the (time, need[, latency reserve]) history, HPA-style.
 
-    Scale up only to the lowest need of the last ``up_s`` seconds (a spike must last to count) and
-    scale down only to the highest need of the last ``down_s`` seconds (a dip must last to count).
+    Scale up only to the lowest need of the last ``up_s`` seconds (a spike must last to count; a sample's need is
+    the higher of its mean need and its latency reserve) and scale down only to the highest mean need of the last
+    ``down_s`` seconds (a dip must last to count; the latency reserve keeps its own window, burst.py).
     ``needs`` must include the current sample.
     """
-    up = [n for t, n in needs if now - t <= up_s + 1e-9]
-    down = [n for t, n in needs if now - t <= down_s + 1e-9]
+    up = [max(n[1:]) for n in needs if now - n[0] <= up_s + 1e-9]
+    down = [n[1] for n in needs if now - n[0] <= down_s + 1e-9]
     return min(up), max(down)
 
 
@@ -37,7 +48,7 @@ def enforce_budget(pools: Sequence[PoolModel], replicas: Mapping[str, int], max_
         return out
     f = factors or {}
     by_cost = sorted(pools, key=lambda p: p.price_per_hour / (p.capacity * f.get(p.name, 1.0)), reverse=True)
-    while sum(out[p.name] * p.price_per_hour for p in pools) > max_hourly_cost + 1e-9:
+    while sum(out[p.name] * p.price_per_hour for p in pools) > max_hourly_cost + EPS:
         for p in by_cost:
             if out[p.name] > 0 and p.price_per_hour > 0:
                 out[p.name] -= 1
@@ -47,24 +58,40 @@ def enforce_budget(pools: Sequence[PoolModel], replicas: Mapping[str, int], max_
     return out
 
 
-def pool_cost_per_million(pool: PoolModel, factor: float, settings: Settings, tokens_per_work: float) -> float:
-    """$ per 1M tokens of one replica of ``pool`` busy at targetUtilization with the current token mix.
+def cost_per_million_cap(settings: Settings, demand_tokens_per_s: float | None) -> float | None:
+    """$/hour that maxCostPerMillionTokens allows at the observed demand (tokens/s); None without the limit.
 
-    tokens_per_work: tokens (all kinds) per work unit in the observed demand.
-    """
-    tokens_per_hour = pool.capacity * factor * settings.target_utilization * tokens_per_work * 3600.0
-    return float("inf") if tokens_per_hour <= 0 else pool.price_per_hour * 1e6 / tokens_per_hour
-
-
-def refused_pools(pools: Sequence[PoolModel], factors: Mapping[str, float], settings: Settings,
-                  tokens_per_work: float | None) -> dict[str, float]:
-    """Pools whose marginal replica would break maxCostPerMillionTokens: name -> that replica's $/1M."""
+    No observed demand (no traffic or no token rates) allows $0/hour: only the cheapest allowed fleet."""
     limit = settings.max_cost_per_million
-    if limit is None or not tokens_per_work:
-        return {}
-    out = {}
-    for p in pools:
-        c = pool_cost_per_million(p, factors.get(p.name, 1.0), settings, tokens_per_work)
-        if c > limit + 1e-12:
-            out[p.name] = c
-    return out
+    if limit is None:
+        return None
+    return limit * max(0.0, demand_tokens_per_s or 0.0) * 3600.0 / 1e6
+
+
+@dataclass(frozen=True)
+class Cap:
+    """The binding cap of this decision: $/hour, which budget (the status reason), and a phrase for messages."""
+
+    dollars_per_hour: float
+    reason: str          # "MaxHourlyCost" | "MaxCostPerMillionTokens"
+    says: str
+
+
+def binding_cap(settings: Settings, demand_tokens_per_s: float | None) -> Cap | None:
+    """The lower of the two caps ($/hour), or None without budgets."""
+    caps = []
+    if settings.max_hourly_cost is not None:
+        caps.append(Cap(settings.max_hourly_cost, "MaxHourlyCost", f"maxHourlyCost ${settings.max_hourly_cost:g}/h"))
+    cpm = cost_per_million_cap(settings, demand_tokens_per_s)
+    if cpm is not None:
+        caps.append(Cap(cpm, "MaxCostPerMillionTokens",
+                        f"maxCostPerMillionTokens ${settings.max_cost_per_million:g}/1M at the observed "
+                        f"{demand_tokens_per_s or 0:.0f} tokens/s (${cpm:.2f}/h)"))
+    return min(caps, key=lambda c: c.dollars_per_hour) if caps else None
+
+
+def fleet_cost_per_million(cost_per_hour: float, demand_tokens_per_s: float | None) -> float | None:
+    """$ per 1M tokens of a fleet costing ``cost_per_hour`` at the observed demand; None without demand."""
+    if not demand_tokens_per_s or demand_tokens_per_s <= 0:
+        return None
+    return cost_per_hour * 1e6 / (demand_tokens_per_s * 3600.0)
