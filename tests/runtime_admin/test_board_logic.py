@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 
 import pytest
 
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from moe_runtime.admin_api import mount_admin_routes  # noqa: E402
 from moe_runtime.placement_board import INITIAL_ID, BoardClient, BoardReporter, BoardState, placement_id  # noqa: E402
+from tiny_model_fixtures import tiny_dir  # noqa: E402,F401  (the tiny checkpoint, generated once per session)
 
 SHARDS = [{"name": "shard-0", "device": "cpu", "rayResources": {}}, {"name": "shard-1", "device": "cpu", "rayResources": {}}]
 P0 = {"numLayers": 2, "numExperts": 4, "shards": SHARDS, "layers": [[[0, 1], [2, 3]]]}
@@ -121,6 +123,7 @@ class LocalBoard:
             setattr(self, name, _M(name))
 
 
+@pytest.mark.timing_sensitive  # the tick after the failure must come inside the 50 ms backoff
 def test_the_reporter_accumulates_adopts_applies_and_retries_after_a_failure(monkeypatch):
     import moe_runtime.placement_board as pb
 
@@ -151,6 +154,7 @@ def test_the_reporter_accumulates_adopts_applies_and_retries_after_a_failure(mon
     assert last["expertTokens"] == [[6, 0, 12, 0], [0, 18, 0, 0]]  # 6 ticks of deltas, cumulative
 
 
+@pytest.mark.timing_sensitive  # two 10 ms report periods must fit in 0.1 s
 def test_the_reporter_survives_a_board_that_fails_and_finds_it_again():
     calls = {"n": 0}
     board = LocalBoard()
@@ -170,6 +174,51 @@ def test_the_reporter_survives_a_board_that_fails_and_finds_it_again():
 
     asyncio.run(main())
     assert calls["n"] == 2 and board.state.ready("k", 0.0) == {"cpu": 1}
+
+
+def test_a_replica_never_reports_the_engines_warm_up_tokens(tiny_dir):
+    """The engine warms up in its worker thread after ``start()`` returns while the replica's reporter already
+    reports (EngineDeployment starts both at once). What it reports must be the requests' routed tokens only: a
+    report taken mid-warm-up used to carry the warm-up's tokens and the next one took them back, so a base read in
+    between (test_admin_serve's first test, on a busy machine) stayed too high by the warm-up's prefill for good.
+    The warm-up is held after its first step here, so the window is hit every time."""
+    torch = pytest.importorskip("torch")
+    from moe_runtime.engine.api import SamplingParams
+    from moe_runtime.engine.core import TorchEngine
+    from moe_runtime.model.load import load_model
+
+    torch.set_num_threads(1)
+    engine = TorchEngine(load_model(tiny_dir), model_name="tiny-moe")
+    model, real = engine.model, engine.model.forward
+    stepped, go = threading.Event(), threading.Event()
+
+    def forward(*args, **kwargs):  # the warm-up's first step (its prefill) runs, then waits for the test
+        out = real(*args, **kwargs)
+        if not stepped.is_set():
+            stepped.set()
+            go.wait(30)
+        return out
+
+    model.forward = forward
+    reporter = BoardReporter(engine, "cpu", "r1", "k", LocalBoard, None)
+
+    async def main():
+        await engine.start()
+        try:
+            assert await asyncio.to_thread(stepped.wait, 30)
+            assert model.expert_counts.sum() > 0  # the warm-up's tokens are in the model's counters now
+            during = (copy.deepcopy(reporter.collect()), engine.stats().expert_tokens)
+            go.set()
+            async for _ in await engine.generate([5, 6, 7], SamplingParams(max_tokens=3), "req"):
+                pass
+            return during, reporter.collect()
+        finally:
+            go.set()
+            await engine.stop()
+
+    (reported, stats), after = asyncio.run(main())
+    assert sum(map(sum, reported)) == 0 and sum(map(sum, stats)) == 0, (reported, stats)
+    assert after == model.expert_counts.tolist() and sum(map(sum, after)) > 0  # the request's tokens, exactly
 
 
 class MemoryBackend:
@@ -321,6 +370,7 @@ def test_board_calls_time_out_and_only_an_unreachable_board_is_503(monkeypatch):
     assert r.status_code == 503 and r.json()["error"]["code"] == "board_unavailable", r.text
 
 
+@pytest.mark.timing_sensitive  # calls 0.1 s apart must keep a 0.2 s idle timer alive
 def test_the_board_actor_class_serves_calls_and_exits_when_idle(monkeypatch):
     """The actor's own methods (run here as a plain object) and its idle exit (Ray's exit_actor stubbed)."""
     ray = pytest.importorskip("ray")

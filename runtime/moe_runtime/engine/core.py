@@ -75,6 +75,10 @@ class TorchEngine:
         self._thread_done = True
         self._between: list[tuple] = []  # (fn, loop, future): run by the worker between two steps
         self._placement_lock: asyncio.Lock | None = None
+        # the warm-up routes tokens through the shared counters and restores them; meanwhile readers get
+        # ``_counts_hidden`` (the counts before it), so no report or /metrics scrape ever includes the warm-up
+        self._counts_lock = threading.Lock()
+        self._counts_hidden: torch.Tensor | None = None
         self._load_mark = self.model.expert_counts.clone()
 
     # ---- asyncio side ----
@@ -140,16 +144,24 @@ class TorchEngine:
             queue_depth=queue, running=running, kv_cache_bytes=self._kv_bytes,
             prefix_cache_bytes=self.cache.bytes() if self.cache else {"memory": 0, "disk": 0},
             tokens=dict(self._tokens), requests=dict(self._requests),
-            expert_tokens=self.model.expert_counts.tolist(),
+            expert_tokens=self._expert_counts().tolist(),
             capacity_tokens_per_second=self.capacity_tokens_per_second(),
         )
 
     def expert_load(self) -> list[list[int]]:
         """Tokens routed to each expert [moe_layer][expert] since the previous call (or since start): the window
         the rebalancer decides on."""
-        now = self.model.expert_counts.clone()
+        now = self._expert_counts()
         delta, self._load_mark = now - self._load_mark, now
         return delta.tolist()
+
+    def _expert_counts(self) -> torch.Tensor:
+        """A copy of the routed-token counters [moe_layer][expert] as the requests left them. The warm-up hides
+        them (under the lock) before its first step and restores them (under the lock) after its last, so a reader
+        that finds nothing hidden sees counters the warm-up has not touched yet or has already restored."""
+        with self._counts_lock:
+            hidden = self._counts_hidden
+            return (hidden if hidden is not None else self.model.expert_counts).clone()
 
     async def apply_placement(self, placement) -> dict:
         """Move to another expert placement (contracts section 2 JSON) without stopping: new copies load while the
@@ -281,6 +293,8 @@ class TorchEngine:
         """One short prefill + decode so the first request does not pay one-time kernel set-up, and the capacity
         estimate has a measured step time from the start. Routed-token counters are restored afterwards."""
         counts = self.model.expert_counts.clone()
+        with self._counts_lock:
+            self._counts_hidden = counts
         try:
             kv = self.model.new_kv()
             self.model([[1] * 8], [kv])
@@ -291,7 +305,9 @@ class TorchEngine:
         except Exception:  # a broken model shows up on the first request with a clear error event
             log.exception("engine warm-up failed")
         finally:
-            self.model.expert_counts.copy_(counts)
+            with self._counts_lock:
+                self.model.expert_counts.copy_(counts)
+                self._counts_hidden = None
 
     def _work(self) -> None:
         torch.set_grad_enabled(False)
