@@ -29,7 +29,7 @@ finds ``cached_share`` already in the prefix cache):
   4096; half the requests are follow-ups with U(0.3, 0.9) of their prompt cached;
 * long-prompt, after Mooncake's long-context conversations (mean prompt 12k tokens): prompt lognormal(median 12000,
   sigma 0.7), output lognormal(median 200, sigma 0.8); 60% follow-ups;
-* heavy-tail: chat prompts, outputs Pareto(alpha 1.2, minimum 40 tokens: median 71, mean ~200 once capped at
+* heavy-tail: chat prompts, outputs Pareto(alpha 1.2, minimum 40 tokens: median 71, mean ~190 once capped at
   16384), the long answers (reasoning, code) that hold a replica for minutes.
 
 Every prompt is capped so that prompt + output <= ``max_context`` (the spec's maxContextTokens).
