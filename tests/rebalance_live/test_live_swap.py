@@ -13,6 +13,7 @@ from moe_operator.planning.rebalance import should_rebalance
 from moe_runtime.engine import SamplingParams
 from moe_runtime.engine.core import TorchEngine
 from moe_runtime.model.load import load_model
+from runtime_serving.serving_support import EngineGate, mid_generation
 
 pytestmark = pytest.mark.ray
 
@@ -76,6 +77,29 @@ async def client(engine, k, references, stop, results):
         results.append((prompt, toks, ev.finish_reason, ev.error, submitted, times[-1]))
 
 
+async def until(what: str, cond, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def move_mid_generation(engine, gate: EngineGate, placement) -> dict:
+    """Apply ``placement`` while a request is mid-generation, by construction rather than by luck: the worker is
+    held at a decode step in which some sequence has tokens behind it and at least two ahead, the move is posted,
+    and the step goes on once the move is staged; the swap, queued for between this step and the next, then
+    lands while that sequence is still running."""
+    gate.hold()
+    assert await asyncio.to_thread(gate.held.wait, 120), "no decode step with a request mid-generation in 120 s"
+    task = asyncio.ensure_future(engine.apply_placement(placement))
+    await until("the move staged", lambda: engine._between or task.done())
+    gate.release()
+    info = await task
+    info["at"] = engine.model.backend.swapped_at
+    return info
+
+
+@pytest.mark.timing_sensitive
 def test_requests_spanning_rebalances_are_unchanged(ray_local, tiny_dir, tiny, references):
     lm = load_model(tiny_dir, placement=P0)
     engine = TorchEngine(lm, model_name="tiny-moe", max_batch_size=8)
@@ -87,19 +111,20 @@ def test_requests_spanning_rebalances_are_unchanged(ray_local, tiny_dir, tiny, r
         stop, results = asyncio.Event(), []
         tasks = [asyncio.create_task(client(engine, k, references, stop, results)) for k in range(CLIENTS)]
         try:
-            await asyncio.sleep(3.0)  # a window of traffic on P0
-            loads = engine.expert_load()
-            decision = should_rebalance(loads, P0, devices, redundant_slots=4, min_gain=0.1,
-                                        last_applied_at=None, cooldown_s=60, now=0.0)
-            swaps = []
-            if decision.apply:
-                swaps.append(await engine.apply_placement(decision.placement))
-                swaps[-1]["at"] = backend.swapped_at
-            await asyncio.sleep(1.0)
-            swaps.append(await engine.apply_placement(P2))
-            swaps[-1]["at"] = backend.swapped_at
-            await asyncio.sleep(1.0)
-            after = engine.expert_load()
+            with EngineGate(engine, "_decode", when=mid_generation) as gate:
+                await until("a window of traffic on P0", lambda: len(results) >= 2 * CLIENTS)
+                loads = engine.expert_load()
+                decision = should_rebalance(loads, P0, devices, redundant_slots=4, min_gain=0.1,
+                                            last_applied_at=None, cooldown_s=60, now=0.0)
+                swaps = []
+                if decision.apply:
+                    swaps.append(await move_mid_generation(engine, gate, decision.placement))
+                n = len(results)
+                await until("traffic on the new placement", lambda: len(results) >= n + CLIENTS)
+                swaps.append(await move_mid_generation(engine, gate, P2))
+                n = len(results)
+                await until("traffic on P2", lambda: len(results) >= n + CLIENTS)
+                after = engine.expert_load()
         finally:
             stop.set()
             await asyncio.gather(*tasks)

@@ -1,8 +1,9 @@
-"""Helpers of the serving tests: free ports, waiting, process-tree memory (Linux /proc)."""
+"""Helpers of the serving tests: free ports, waiting, process-tree memory (Linux /proc), holding an engine."""
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -68,3 +69,46 @@ def wait_for(predicate, timeout_s: float = 30.0, step_s: float = 0.1) -> bool:
 
 def own_rss_bytes() -> int:
     return tree_rss_bytes(os.getpid())
+
+
+class EngineGate:
+    """Holds a TorchEngine's worker thread at the start of its next ``step`` ("_decode" or "_prefill") until
+    ``release()``, so that "a request is mid-generation" or "the queue is full" is a state a test reaches instead of
+    a race it hopes to win. The worker waits outside the engine's lock: meanwhile requests still arrive (and are
+    queued or refused), cancellations land, and a placement move can be staged. ``when(engine)`` says which steps
+    may be held (default: any). Use as a context manager; the engine gets its own method back on exit."""
+
+    def __init__(self, engine, step: str = "_decode", when=lambda engine: True):
+        self.engine, self.step, self.when = engine, step, when
+        self.held = threading.Event()   # set while (or once) the worker waits at the gate
+        self._open = threading.Event()
+        self._open.set()
+        self._run = getattr(engine, step)
+
+    def __enter__(self) -> "EngineGate":
+        setattr(self.engine, self.step, self._gated)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._open.set()
+        delattr(self.engine, self.step)   # the class's method again
+
+    def hold(self) -> None:
+        """Close the gate: the next step (that ``when`` allows) waits there."""
+        self.held.clear()
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def _gated(self, *args):
+        if not self._open.is_set() and self.when(self.engine):
+            self.held.set()
+            self._open.wait()
+        return self._run(*args)
+
+
+def mid_generation(engine) -> bool:
+    """A decode step may be held: some running sequence has a token behind it and will still be running after the
+    step (two or more tokens to go)."""
+    return any(len(s.out) < s.params.max_tokens - 1 for s in engine._running)

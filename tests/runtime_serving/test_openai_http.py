@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
+from urllib.parse import urlsplit
 
 import httpx
 import openai
 import pytest
 
-from runtime_serving.serving_support import own_rss_bytes, wait_for
+from runtime_serving.serving_support import EngineGate, mid_generation, own_rss_bytes, wait_for
 
 MODEL = "tiny-moe"
 PROMPT = "A mixture of experts model routes every token to a few expert networks chosen by a small router. " * 2
@@ -139,43 +142,85 @@ def test_malformed_requests_get_openai_errors_and_the_server_keeps_serving(live_
     assert client.completions.create(model=MODEL, prompt="still there?", max_tokens=2).usage.completion_tokens >= 1
 
 
+# The disconnect tests hold the engine at a decode step while the request is mid-generation (EngineGate), so the
+# client always leaves before the sequence could finish, however fast or slow this machine is; the step goes on
+# only once the server has marked the sequence cancelled. Greedy, so no sampled end-of-sequence token ends it early.
+def _cancel_marked(engine) -> bool:
+    return any(s.cancelled for s in engine._running)
+
+
+@pytest.mark.timing_sensitive
 def test_client_disconnect_cancels_the_sequence(live_server):
     engine = live_server.engine
     before = engine.stats().requests["cancelled"]
-    with httpx.Client(base_url=live_server.base_url, timeout=60) as http:
-        with http.stream("POST", "/v1/completions", json={"model": MODEL, "prompt": "Tell me a story.",
-                                                          "max_tokens": 400, "stream": True}) as r:
-            assert r.status_code == 200
-            lines = r.iter_lines()
-            assert next(line for line in lines if line.startswith("data: "))
-        # leaving the block closes the connection mid-stream
+    with EngineGate(engine, "_decode", when=mid_generation) as gate:
+        gate.hold()
+        with httpx.Client(base_url=live_server.base_url, timeout=60) as http:
+            body = {"model": MODEL, "prompt": "Tell me a story.", "max_tokens": 400, "temperature": 0, "stream": True}
+            with http.stream("POST", "/v1/completions", json=body) as r:
+                assert r.status_code == 200
+                lines = r.iter_lines()
+                assert next(line for line in lines if line.startswith("data: "))
+                assert gate.held.wait(60), "the request never reached a decode step"
+            # leaving the block closes the connection mid-stream
+        assert wait_for(lambda: _cancel_marked(engine), 30), "the server did not cancel the stream"
     assert wait_for(lambda: engine.stats().requests["cancelled"] > before, 30), "sequence was not cancelled"
     assert wait_for(lambda: engine.stats().running == 0, 30)
 
 
+@pytest.mark.timing_sensitive
 def test_non_streaming_client_disconnect_cancels_too(live_server):
     engine = live_server.engine
     before = engine.stats().requests["cancelled"]
-    with pytest.raises(httpx.ReadTimeout):
-        # 480 tokens take well over 0.5 s even on an idle machine; the client gives up first
-        httpx.post(live_server.base_url + "/v1/completions", timeout=0.5,
-                   json={"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 480})
+    body = json.dumps({"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 480, "temperature": 0})
+    url = urlsplit(live_server.base_url)
+    with EngineGate(engine, "_decode", when=mid_generation) as gate:
+        gate.hold()
+        with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+            sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+            assert gate.held.wait(60), "the request never reached a decode step"
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):   # mid-generation: no response yet
+                sock.recv(1)
+        # the client gives up and closes the connection
+        assert wait_for(lambda: _cancel_marked(engine), 30), "the server did not cancel the request"
     assert wait_for(lambda: engine.stats().requests["cancelled"] > before, 30), "sequence was not cancelled"
 
 
-async def _burst(base_url: str, n: int) -> list[httpx.Response]:
+async def _burst(base_url: str, n: int, arrived=None, then=None) -> list[httpx.Response]:
+    """``n`` requests at once; with ``arrived``, ``then()`` is called once ``arrived()`` is true."""
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as http:
         body = {"model": MODEL, "prompt": "One, two, three, four, five.", "max_tokens": 2}
-        return await asyncio.gather(*(http.post("/v1/completions", json=body) for _ in range(n)))
+        sent = asyncio.gather(*(http.post("/v1/completions", json=body) for _ in range(n)))
+        if arrived is not None:
+            deadline = time.monotonic() + 120
+            while not arrived() and not sent.done():
+                assert time.monotonic() < deadline, "the burst did not reach the engine in 120 s"
+                await asyncio.sleep(0.01)
+            then()
+        return await sent
 
 
+@pytest.mark.timing_sensitive
 def test_ten_times_the_queue_gets_429_with_retry_after_and_memory_stays_bounded(live_server, client):
     n = 10 * live_server.config.max_queue
+    engine = live_server.engine
     rss = [own_rss_bytes()]
     statuses: list[int] = []
+
+    def settled(rejected_before: int) -> bool:   # every request of the burst is in the engine or refused
+        st = engine.stats()
+        return st.requests["rejected"] - rejected_before + st.queue_depth + st.running >= n
+
     for _ in range(2):
-        responses = asyncio.run(_burst(live_server.base_url, n))
+        # the engine is held at its first prefill until the whole burst has arrived: "ten times the queue at
+        # once" is then what the engine sees, not a race between the arrivals and 2-token requests finishing
+        with EngineGate(engine, "_prefill") as gate:
+            gate.hold()
+            rejected = engine.stats().requests["rejected"]
+            responses = asyncio.run(_burst(live_server.base_url, n, lambda: settled(rejected), gate.release))
         rss.append(own_rss_bytes())
         statuses += [r.status_code for r in responses]
         for r in responses:

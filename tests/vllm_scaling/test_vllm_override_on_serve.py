@@ -91,8 +91,19 @@ def replica_ids(app: str, deployment: str) -> set[str]:
     return out
 
 
-def wait_for(want: dict[tuple[str, str], int], timeout: float = 60) -> dict[tuple[str, str], set[str]]:
-    """Wait until every (app, deployment) runs exactly its number of RUNNING replicas; their actor ids."""
+def deployed_at() -> dict[str, float]:
+    """When Serve took each app's current config (its controller clock); a later deploy of the app moves it."""
+    from ray import serve
+
+    return {name: st.last_deployed_time_s for name, st in serve.status().applications.items()}
+
+
+def wait_for(want: dict[tuple[str, str], int], timeout: float = 300,
+             after: dict[str, float] | None = None) -> dict[tuple[str, str], set[str]]:
+    """Wait until every (app, deployment) runs exactly its number of RUNNING replicas; their actor ids. With
+    ``after`` (from deployed_at() before a deploy), only a status of the newer config counts: Serve marks an app
+    DEPLOYING when it takes a config, so RUNNING with a newer time is the new config rolled out. ``timeout`` only
+    bounds a broken deploy: replicas took over 60 s to start on a busy 2-core machine."""
     from ray import serve
 
     end = time.monotonic() + timeout
@@ -104,7 +115,8 @@ def wait_for(want: dict[tuple[str, str], int], timeout: float = 60) -> dict[tupl
             d = st.deployments.get(dep) if st else None
             running = {str(getattr(k, "value", k)): v for k, v in ((d.replica_states or {}) if d else {}).items()}
             ok &= (st is not None and str(getattr(st.status, "value", st.status)) == "RUNNING"
-                   and running.get("RUNNING", 0) == n and not set(running) - {"RUNNING"})
+                   and running.get("RUNNING", 0) == n and not set(running) - {"RUNNING"}
+                   and (after is None or st.last_deployed_time_s > after[app]))
             if st is not None and str(getattr(st.status, "value", st.status)) == "DEPLOY_FAILED":
                 raise AssertionError(f"{app}: {st.message}")
         if ok:
@@ -116,6 +128,7 @@ def wait_for(want: dict[tuple[str, str], int], timeout: float = 60) -> dict[tupl
         time.sleep(0.5)
 
 
+@pytest.mark.timing_sensitive
 def test_vllm_scale_through_the_override_keeps_running_replicas(serve_port):
     from moe_runtime import local as rt
 
@@ -137,8 +150,9 @@ def test_vllm_scale_through_the_override_keeps_running_replicas(serve_port):
     # the autoscaler's decision 1 -> 2 for each pool, as the operator would patch it
     after = {ex: rayservice_patch(rs, {pool: 2})["spec"]["serveConfigV2"] for (ex, rs), pool in
              zip(before.items(), EXAMPLES.values())}
+    deployed = deployed_at()
     rt.deploy(both(list(after.values())), port=serve_port)
-    second = wait_for({plain: 2, dp: 4})
+    second = wait_for({plain: 2, dp: 4}, after=deployed)
     assert first[plain] < second[plain], (first, second)     # the running replica kept, one added
     assert first[dp] < second[dp], (first, second)           # the running DP group kept, one group added
     scaled = time.monotonic() - t0 - started
@@ -148,9 +162,9 @@ def test_vllm_scale_through_the_override_keeps_running_replicas(serve_port):
     app = cfg["applications"][0]
     app.pop("deployments")
     app["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] = 2
+    deployed = deployed_at()
     rt.deploy({"applications": [app, *both([after["deepseek-v3-h800"]])["applications"]]}, port=serve_port)
-    time.sleep(2)
-    third = wait_for({plain: 2, dp: 4}, timeout=90)
+    third = wait_for({plain: 2, dp: 4}, after=deployed)   # not the old replicas still RUNNING
     assert not (third[plain] & second[plain]), (second, third)   # every replica replaced: what the override avoids
     assert third[dp] == second[dp]                              # the untouched app kept its replicas
     print(f"\nvLLM-shaped apps on Ray Serve: start {started:.1f} s, override scale 1->2 (plain) and 1->2 DP "
