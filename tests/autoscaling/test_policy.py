@@ -125,6 +125,20 @@ def test_cost_per_million_holds_the_cheapest_allowed_fleet_when_none_meets_it():
     assert both.cost_per_hour <= 100.0 and {c.type: c.reason for c in both.conditions}["BudgetLimited"] == "MaxHourlyCost"
 
 
+def test_cost_per_million_under_noisy_demand_does_not_flap():
+    """The $/1M cap follows the observed demand; replicas are added only within the cap at the window's lowest
+    demand, so +-15% noise on a demand the cap binds does not add replicas one interval and cut them the next."""
+    rng = random.Random(3)
+    pools = two_pools()
+    s = settings(max_cost_per_million=1.5, scale_down_stabilization_s=300.0, hysteresis=0.15)
+    series = [(t, 20000 * (1 + rng.uniform(-0.15, 0.15))) for t in range(0, 3600, 30)]
+    ds = run(series, pools, s)
+    assert all(d.cost_per_hour <= 1.5 * g * 3600 / 1e6 + 1e-6 for (_, g), d in zip(series, ds))
+    actions = sum(1 for a, b in zip(ds, ds[1:]) if a.replicas != b.replicas)
+    # at most one move per scale-down window on average (a cap following every interval's demand moved 78 times)
+    assert actions <= 3600 / 300, [cost_of(pools, d.replicas) for d in ds]
+
+
 def test_a_budget_binding_names_itself_for_both_budgets():
     pools = two_pools()
     hourly = decide(obs(0, 9000), pools, settings(max_hourly_cost=100.0), None, 0)

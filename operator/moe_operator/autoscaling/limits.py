@@ -77,16 +77,17 @@ class Cap:
     says: str
 
 
-def binding_cap(settings: Settings, demand_tokens_per_s: float | None) -> Cap | None:
-    """The lower of the two caps ($/hour), or None without budgets."""
+def binding_cap(settings: Settings, demand_tokens_per_s: float | None, demand_says: str | None = None) -> Cap | None:
+    """The lower of the two caps ($/hour), or None without budgets. ``demand_says`` names the demand in messages
+    (default: "the observed N tokens/s")."""
     caps = []
     if settings.max_hourly_cost is not None:
         caps.append(Cap(settings.max_hourly_cost, "MaxHourlyCost", f"maxHourlyCost ${settings.max_hourly_cost:g}/h"))
     cpm = cost_per_million_cap(settings, demand_tokens_per_s)
     if cpm is not None:
         caps.append(Cap(cpm, "MaxCostPerMillionTokens",
-                        f"maxCostPerMillionTokens ${settings.max_cost_per_million:g}/1M at the observed "
-                        f"{demand_tokens_per_s or 0:.0f} tokens/s (${cpm:.2f}/h)"))
+                        f"maxCostPerMillionTokens ${settings.max_cost_per_million:g}/1M at "
+                        + (demand_says or f"the observed {demand_tokens_per_s or 0:.0f} tokens/s") + f" (${cpm:.2f}/h)"))
     return min(caps, key=lambda c: c.dollars_per_hour) if caps else None
 
 

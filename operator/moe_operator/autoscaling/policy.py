@@ -52,6 +52,7 @@ class History:
     ttft_floor / tpot_floor: (time s, seconds) learned by a failed check: latency that capacity did not shorten,
         on top of the model's own-prefill estimate (TTFT) or of 0 (TPOT); the time is the last interval whose
         latency reached the floor, and the floor is forgotten a reserve window after it.
+    demands: (time s, observed demand tokens/s) within the scale-down window (the $/1M cap's scale-up level).
     """
 
     needs: tuple[tuple[float, ...], ...] = ()
@@ -69,6 +70,7 @@ class History:
     trial: tuple | None = None
     ttft_floor: tuple[float, float] | None = None
     tpot_floor: tuple[float, float] | None = None
+    demands: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,11 @@ def _floor(entry: tuple[float, float] | None, now: float, window_s: float) -> fl
 class _Mixer:
     """The integer mix search of one decision under bounds and the binding budget cap (limits.py)."""
 
-    def __init__(self, pools, factors, cap: Cap | None, hourly: float | None, zero_ok: bool):
+    def __init__(self, pools, factors, cap: Cap | None, hourly: float | None, zero_ok: bool,
+                 grow_cap: Cap | None = None):
         self.pools, self.factors, self.cap, self.hourly = pools, factors, cap, hourly
+        self.grow_cap = grow_cap or cap
+        self.grow_allowed = self.grow_cap.dollars_per_hour if self.grow_cap is not None else None
         self.lower = {p.name: p.min_replicas for p in pools}
         self.upper = {p.name: p.max_replicas for p in pools}
         self.floor_need = 0.0 if zero_ok else MIN_NEED
@@ -190,12 +195,12 @@ class _Mixer:
     def grow(self, need: float, lower: Mapping[str, int], upper: Mapping[str, int]) -> dict[str, int] | None:
         """Cheapest mix within [lower, upper] reaching ``need`` under the cap; else the widest under the cap; None when
         even ``lower`` breaks the cap."""
-        mix = cheapest_mix(self.pools, need, lower, upper, self.factors, self.allowed)
+        mix = cheapest_mix(self.pools, need, lower, upper, self.factors, self.grow_allowed)
         if mix is not None:
             return mix
-        if self.allowed is None:
+        if self.grow_allowed is None:
             return {k: max(upper[k], lower[k]) for k in upper}
-        return widest_mix(self.pools, lower, upper, self.allowed, self.factors)
+        return widest_mix(self.pools, lower, upper, self.grow_allowed, self.factors)
 
 
 def decide(observation: Observation | None, pools: Sequence[PoolModel], settings: Settings,
@@ -391,8 +396,16 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     need = max(mean_need, latency_need, drain_need)
 
     # Budgets are caps on what is asked for (limits.py); the mix search respects them, then maxHourlyCost again.
+    # The $/1M cap moves with the observed demand: a fleet over it at the current demand is cut at once, but
+    # replicas are added only within the cap at the lowest demand of the scale-down window, so a noisy demand does
+    # not add replicas one interval and cancel them the next.
+    demands = tuple((t, d) for t, d in history.demands if now - t <= settings.scale_down_stabilization_s + EPS) + \
+        ((now, demand_tokens),)
     cap = binding_cap(settings, demand_tokens)
-    mixer = _Mixer(pools, factors, cap, settings.max_hourly_cost, zero_ok)
+    low = min(d for _, d in demands)
+    grow_cap = binding_cap(settings, low, f"the lowest observed {low:.0f} tokens/s of the last "
+                                          f"{settings.scale_down_stabilization_s:.0f}s") if low < demand_tokens else cap
+    mixer = _Mixer(pools, factors, cap, settings.max_hourly_cost, zero_ok, grow_cap)
     lower, upper = mixer.lower, mixer.upper
     cur_cap = capacity_of(pools, current, factors)
     margin = 1.0 + settings.hysteresis / 2   # land mid-band so the next small wobble moves nothing
@@ -400,8 +413,8 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     rm_upper = {p.name: max(lower[p.name], min(current[p.name], upper[p.name])) for p in pools}
     if cur_cap < need_up * (1 - EPS):
         direction, target_need = "up", need_down * margin
-        if cheapest_mix(pools, target_need, add_lower, upper, factors, mixer.allowed) is None and \
-                cheapest_mix(pools, need_up, add_lower, upper, factors, mixer.allowed) is not None:
+        if cheapest_mix(pools, target_need, add_lower, upper, factors, mixer.grow_allowed) is None and \
+                cheapest_mix(pools, need_up, add_lower, upper, factors, mixer.grow_allowed) is not None:
             target_need = need_up          # the window's need does not fit, the current need does
         bounds = (add_lower, upper)
     elif cur_cap > need_down * (1 + settings.hysteresis) and cost_of(pools, current) > 0:
@@ -431,6 +444,8 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     want = capacity_of(pools, uncapped, factors) if bounds is not None else max(cur_cap, target_need)
     cost = cost_of(pools, mix)
     cpm = fleet_cost_per_million(cost, demand_tokens)
+    if direction == "up" and mixer.grow_cap is not None and capacity < min(want, target_need) * (1 - EPS):
+        cap = mixer.grow_cap       # what limited the scale-up
     if cap is not None and (cheapest_over_cap or (capacity < min(want, target_need) * (1 - EPS))
                             or cost_of(pools, current) > cap.dollars_per_hour + EPS):
         if cheapest_over_cap:
@@ -472,7 +487,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     new_history = History(needs=needs, desired=mix, corrections=factors, idle_since=idle_since, bursts=bursts,
                           backlog=backlog, observed_at=now, served_capacity=ready_cap,
                           overloaded_at=now if draining else history.overloaded_at, over_since=over_since,
-                          candidate=candidate,
+                          candidate=candidate, demands=demands,
                           work_per_request=per_request if rps > 0 and served_work > 0 else history.work_per_request,
                           trial=trial, ttft_floor=ttft_floor_entry, tpot_floor=tpot_floor_entry)
     return Decision(mix, reasons, conditions, False, need, capacity, cost, cpm, unmet, new_history, demand_tokens)
