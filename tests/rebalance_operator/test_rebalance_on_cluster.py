@@ -118,6 +118,7 @@ class Traffic:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timing_sensitive
 def test_skewed_traffic_is_rebalanced_live(cluster, namespace, operator, runtime):
     import httpx
 
@@ -138,7 +139,9 @@ def test_skewed_traffic_is_rebalanced_live(cluster, namespace, operator, runtime
         assert done["replicasApplied"] == done["replicasTotal"] == REPLICAS, done
         moved_at = time.time()
         applied_s = moved_at - calendar.timegm(time.strptime(posted["lastRebalanceTime"], "%Y-%m-%dT%H:%M:%SZ"))
-        time.sleep(3)   # requests in flight across the move finish
+        # the runtime keeps serving on the new placement: requests sent after the move come back (asserted below)
+        wait_for("requests sent after the move done", lambda: len([d for d in traffic.done if d[0] > moved_at]) >= 3,
+                 timeout=60, interval=0.5, on_fail=lambda: f"errors: {traffic.errors[-5:]}")
     finally:
         traffic.close()
     pool = httpx.get(runtime + "/admin/v1/experts", headers=auth, timeout=30).json()["pools"]["cpu"]
@@ -157,6 +160,15 @@ def test_skewed_traffic_is_rebalanced_live(cluster, namespace, operator, runtime
           f"{len(traffic.done)} requests ok ({len(spanning)} spanning the move), 0 failed")
 
 
+def looks(operator, ns: str, name: str, reason: str) -> int:
+    """How many of the rebalancer's looks at ``name`` ended with ``reason`` (its last log line of each look)."""
+    try:
+        return operator.log_path.read_text(errors="replace").count(f"rebalance {ns}/{name} pool cpu: {reason}:")
+    except OSError:
+        return 0
+
+
+@pytest.mark.timing_sensitive
 def test_token_secret_only_when_enabled_and_a_wrong_token_is_said_once(cluster, namespace, operator):
     fake = FakeRuntime("the-runtime-token", {"cpu": P0}, replicas=2)
     try:
@@ -181,7 +193,9 @@ def test_token_secret_only_when_enabled_and_a_wrong_token_is_said_once(cluster, 
         st = wait_for("status Unauthorized", lambda: (lambda e: e if e.get("reason") == "Unauthorized" else None)(
             rebalance_status(cluster, namespace, "on")), timeout=40, on_fail=operator.log_tail)
         assert "401" in st["message"]
-        time.sleep(16)   # at least one more look (intervalSeconds 10, the loop wakes every 5 s)
+        # one more look ended (its log line is the last thing a look does, after any status write or Event)
+        wait_for("a second look ending Unauthorized", lambda: looks(operator, namespace, "on", "Unauthorized") >= 2,
+                 timeout=60, interval=0.5, on_fail=operator.log_tail)
         assert rebalance_status(cluster, namespace, "on")["time"] == st["time"]   # not rewritten
         assert len(events(cluster, namespace, "on", "RebalanceFailed")) == 1
         assert not (get(cluster, "moedeployment", "off", "-n", namespace).get("status") or {}).get("rebalance")
