@@ -2,8 +2,9 @@
 
 * maxHourlyCost is never exceeded by what is asked for (replicas still starting included: they are paid from the
   moment they are asked for), held decisions included.
-* maxCostPerMillionTokens: the decided fleet's $/1M at the observed demand is within the limit, unless the fleet
-  is the cheapest one the spec allows (minReplicas, and one replica), which the cap never goes below.
+* maxCostPerMillionTokens: the decided fleet's $/1M at the observed demand (the decision's demand_tokens_per_s:
+  tokens arriving; tests/autoscaling/test_policy.py checks that figure) is within the limit, unless the fleet is
+  the cheapest one the spec allows (minReplicas, and one replica), which the cap never goes below.
 """
 import itertools
 
@@ -83,7 +84,8 @@ def test_cost_per_million_is_a_fleet_cap_unless_at_the_cheapest_allowed_fleet(po
     for o, d in replay(pools, s, loads, stale, start):
         if d.held:
             continue               # no fresh demand: the cap cannot be evaluated, nothing scales (hourly still holds)
-        allowed = cpm * o.total_tokens_per_s * 3600 / 1e6
+        assert d.demand_tokens_per_s >= 0
+        allowed = cpm * d.demand_tokens_per_s * 3600 / 1e6
         assert d.cost_per_hour <= allowed + 1e-6 or d.cost_per_hour <= floor + 1e-6, (d.replicas, d.reason)
         if d.cost_per_hour > allowed + 1e-6:
             c = {c.type: c for c in d.conditions}["BudgetLimited"]

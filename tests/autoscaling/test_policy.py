@@ -98,6 +98,21 @@ def test_cost_per_million_is_a_fleet_cap_at_the_observed_demand():
     assert {c.type: c.status for c in ok.conditions}["BudgetLimited"] == "False"
 
 
+def test_demand_is_the_arrival_rate_served_plus_queue_growth():
+    """A saturated fleet serves its capacity; what arrives is that plus the queue's growth (work is conserved), and
+    that is the demand every need and the $/1M cap see."""
+    pools = two_pools()
+    s = settings(max_cost_per_million=1000.0)
+    d0 = decide(obs(0, 3000, ready={"h800": 2}, queue=0, rps=3.0), pools, s, History(desired={"h800": 2}), 0)
+    # 30 s later: 3000 tokens/s served (1000 work units per request), 90 more requests queued = 3000 tokens/s more
+    d1 = decide(obs(30, 3000, ready={"h800": 2}, queue=90, rps=3.0), pools, s, d0.history, 30)
+    assert d1.demand_tokens_per_s == pytest.approx(6000)
+    assert capacity_of(pools, d1.replicas) >= 6000
+    # the queue drains: 3000 served, 60 fewer queued = 1000 tokens/s arriving
+    d2 = decide(obs(60, 3000, ready={"h800": 2}, queue=30, rps=3.0), pools, s, d1.history, 60)
+    assert d2.demand_tokens_per_s == pytest.approx(1000)
+
+
 def test_cost_per_million_cuts_the_fleet_at_once_when_demand_falls():
     """A cap, not a recommendation: no stabilization window keeps a fleet the observed demand cannot pay for."""
     pools = two_pools()
@@ -127,15 +142,17 @@ def test_cost_per_million_holds_the_cheapest_allowed_fleet_when_none_meets_it():
 
 def test_cost_per_million_under_noisy_demand_does_not_flap():
     """The $/1M cap follows the observed demand; replicas are added only within the cap at the window's lowest
-    demand, so +-15% noise on a demand the cap binds does not add replicas one interval and cut them the next."""
+    demand, so +-15% noise on a demand the cap binds (the fleet has room for the demand, not for the headroom
+    targetUtilization asks) does not add replicas one interval and cut them the next."""
     rng = random.Random(3)
     pools = two_pools()
-    s = settings(max_cost_per_million=1.5, scale_down_stabilization_s=300.0, hysteresis=0.15)
-    series = [(t, 20000 * (1 + rng.uniform(-0.15, 0.15))) for t in range(0, 3600, 30)]
+    s = settings(max_cost_per_million=4.6, target_utilization=0.7, scale_down_stabilization_s=300.0, hysteresis=0.15)
+    series = [(t, 6000 * (1 + rng.uniform(-0.15, 0.15))) for t in range(0, 3600, 30)]
     ds = run(series, pools, s)
-    assert all(d.cost_per_hour <= 1.5 * g * 3600 / 1e6 + 1e-6 for (_, g), d in zip(series, ds))
+    assert all(d.cost_per_hour <= 4.6 * g * 3600 / 1e6 + 1e-6 for (_, g), d in zip(series, ds))
+    assert all(capacity_of(pools, d.replicas) < g / 0.7 for (_, g), d in zip(series, ds))     # the cap binds
     actions = sum(1 for a, b in zip(ds, ds[1:]) if a.replicas != b.replicas)
-    # at most one move per scale-down window on average (a cap following every interval's demand moved 78 times)
+    # at most one move per scale-down window on average (a cap following every interval's demand moves far more)
     assert actions <= 3600 / 300, [cost_of(pools, d.replicas) for d in ds]
 
 

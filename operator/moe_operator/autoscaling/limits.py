@@ -5,7 +5,8 @@ Units: needs are work units/s (see model.py), costs $/hour, times Unix seconds, 
 Both budgets are caps on the $/hour of the replicas asked for (ready or still starting: each is paid from the
 moment it is asked for):
   * ``maxHourlyCost``: the cap itself. It wins over minReplicas.
-  * ``maxCostPerMillionTokens``: a fleet-level cap at the observed demand D (tokens/s):
+  * ``maxCostPerMillionTokens``: a fleet-level cap at the observed demand D (tokens/s arriving: served + the
+    queue's growth):
     $/hour <= limit x D x 3600 / 1e6. When not even the cheapest allowed fleet (minReplicas, and one replica
     unless scale to zero applies) meets it, that fleet is kept: the cap never goes below minReplicas.
 """

@@ -41,7 +41,8 @@ class History:
     idle_since: time s since when no traffic was seen (None while busy).
     bursts: latency samples within the reserve window (burst.py): (time s, capacity that served the interval,
         TTFT queued work or None, TTFT floor s or None, TPOT work or None).
-    backlog: work units queued at the last fresh decision; observed_at: its time (s); served_capacity: the ready
+    backlog / queue: work units / requests queued at the last fresh decision; observed_at: its time (s);
+        served_capacity: the ready
         capacity then (work units/s); work_per_request: the last measured work units per request;
         overloaded_at: the end (s) of the last interval whose work (arrivals and carried queue) exceeded the
         capacity that served it; over_since: the start (s) of the overload in progress (arrivals above that
@@ -61,6 +62,7 @@ class History:
     idle_since: float | None = None
     bursts: tuple[tuple, ...] = ()
     backlog: float | None = None
+    queue: float | None = None
     observed_at: float | None = None
     served_capacity: float | None = None
     overloaded_at: float | None = None
@@ -79,7 +81,8 @@ class Decision:
 
     need/capacity: work units/s; cost_per_hour: $/hour of ``replicas``; cost_per_million: $/1M tokens at the
     observed demand (None without traffic); unmet_tokens_per_s: arriving demand above the decided capacity;
-    demand_tokens_per_s: the observed demand (tokens/s served) the $/1M figures and cap use.
+    demand_tokens_per_s: the observed demand (tokens/s arriving: served + the queue's growth, at the served
+    token mix) the $/1M figures and cap use.
     """
 
     replicas: dict[str, int]
@@ -243,12 +246,15 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     else:
         per_request = history.work_per_request or min(p.capacity for p in pools)  # unknown: a replica-second
     backlog = queue * per_request
-    if history.backlog is not None and history.observed_at is not None and now > history.observed_at:
-        arrival = max(0.0, served_work + (backlog - history.backlog) / (now - history.observed_at))
+    if history.queue is not None and history.observed_at is not None and now > history.observed_at:
+        # the queue's growth in requests, at this interval's work per request (two readings of the queue's work
+        # at different per-request estimates would turn a long queue's estimate noise into demand)
+        arrival = max(0.0, served_work + (queue - history.queue) * per_request / (now - history.observed_at))
     else:   # no earlier queue reading: take the queue as built during the last interval (the larger demand)
         arrival = served_work + backlog / settings.interval_s
     tokens_per_work = obs.total_tokens_per_s / served_work if served_work > 0 else None
-    demand_tokens = obs.total_tokens_per_s    # the observed demand the $/1M cap and figures use: tokens served
+    # The observed demand in tokens/s (what the $/1M cap and figure use): the arrival rate at the served token mix.
+    demand_tokens = arrival * tokens_per_work if tokens_per_work else obs.total_tokens_per_s
     busy = served_work > 0 or queue > 0
 
     # Idle tracking and scale to zero (waits idleSeconds plus the cold start it would cost to come back).
@@ -316,8 +322,11 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
             return measure(ttft_extra_s, tpot_floor_s, carried_wait)
         return None
 
-    candidate = None   # the first overloaded interval starts a candidate, later ones add to it, until too long
-    if over and measurable and now - over_since <= soonest + EPS:
+    # The first overloaded interval after one that drained nothing starts a candidate (an overload that starts on
+    # top of an earlier queue is that queue's, not a burst); later ones add to it, until it lasts too long.
+    candidate = None
+    fresh = history.overloaded_at is None or history.overloaded_at < (history.observed_at or now)
+    if over and measurable and now - over_since <= soonest + EPS and (cand is not None or fresh):
         candidate = merge(cand, measure(ttft_extra, tpot_floor, carried_wait if cand is None else 0.0))
 
     bursts = recent(history.bursts, now, window)
@@ -398,11 +407,12 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     # Budgets are caps on what is asked for (limits.py); the mix search respects them, then maxHourlyCost again.
     # The $/1M cap moves with the observed demand: a fleet over it at the current demand is cut at once, but
     # replicas are added only within the cap at the lowest demand of the scale-down window, so a noisy demand does
-    # not add replicas one interval and cancel them the next.
+    # not add replicas one interval and cut them the next; except once arrivals have exceeded the capacity serving
+    # them for longer than a cold start (demand, by the burst rule above: its queue uses whatever capacity comes).
     demands = tuple((t, d) for t, d in history.demands if now - t <= settings.scale_down_stabilization_s + EPS) + \
         ((now, demand_tokens),)
     cap = binding_cap(settings, demand_tokens)
-    low = min(d for _, d in demands)
+    low = demand_tokens if over and now - over_since > soonest + EPS else min(d for _, d in demands)
     grow_cap = binding_cap(settings, low, f"the lowest observed {low:.0f} tokens/s of the last "
                                           f"{settings.scale_down_stabilization_s:.0f}s") if low < demand_tokens else cap
     mixer = _Mixer(pools, factors, cap, settings.max_hourly_cost, zero_ok, grow_cap)
@@ -485,7 +495,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     else:
         reasons.insert(0, f"keep {summary}: need {need:.0f} work units/s, capacity {capacity:.0f}")
     new_history = History(needs=needs, desired=mix, corrections=factors, idle_since=idle_since, bursts=bursts,
-                          backlog=backlog, observed_at=now, served_capacity=ready_cap,
+                          backlog=backlog, queue=queue, observed_at=now, served_capacity=ready_cap,
                           overloaded_at=now if draining else history.overloaded_at, over_since=over_since,
                           candidate=candidate, demands=demands,
                           work_per_request=per_request if rps > 0 and served_work > 0 else history.work_per_request,
