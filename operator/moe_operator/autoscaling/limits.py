@@ -38,6 +38,26 @@ def window_needs(needs: Sequence[tuple[float, ...]], now: float, up_s: float, do
     return min(up), max(down)
 
 
+def trend_ahead(samples: Sequence[tuple[float, float]], now: float, horizon_s: float) -> float | None:
+    """The least-squares line through the (time s, need) samples, read ``horizon_s`` after ``now``; None unless the
+    slope is positive and at least two standard errors from zero (a trend, not the noise of a 30 s mean), or with
+    fewer than three samples."""
+    n = len(samples)
+    if n < 3:
+        return None
+    tm = sum(t for t, _ in samples) / n
+    ym = sum(y for _, y in samples) / n
+    sxx = sum((t - tm) ** 2 for t, _ in samples)
+    if sxx <= 0:
+        return None
+    slope = sum((t - tm) * (y - ym) for t, y in samples) / sxx
+    resid = sum((y - ym - slope * (t - tm)) ** 2 for t, y in samples)
+    se = (resid / (n - 2) / sxx) ** 0.5
+    if slope <= 0 or slope < 2 * se:
+        return None
+    return ym + slope * (now + horizon_s - tm)
+
+
 def enforce_budget(pools: Sequence[PoolModel], replicas: Mapping[str, int], max_hourly_cost: float | None,
                    factors: Mapping[str, float] | None = None) -> dict[str, int]:
     """Drop replicas, most expensive per work unit first, until the mix costs <= max_hourly_cost ($/hour).

@@ -11,7 +11,8 @@ from typing import Mapping, Sequence
 
 from .burst import (judge, own_prefill_p95_s, prefill_rate, queue_work, recent, recurring, reserve_capacity,
                     reserve_window_s)
-from .limits import (Cap, binding_cap, clamp_to_bounds, enforce_budget, fleet_cost_per_million, window_needs)
+from .limits import (Cap, binding_cap, clamp_to_bounds, enforce_budget, fleet_cost_per_million, trend_ahead,
+                     window_needs)
 from .mix import capacity_of, cheapest_mix, cost_of, widest_mix
 from .model import PoolModel, Settings
 from .observation import Observation
@@ -393,16 +394,26 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
         mean_need = max(mean_need, MIN_NEED)
     elif mean_need <= 0:
         reasons.append(f"idle {now - idle_since:.0f}s >= idleSeconds {settings.idle_s:g}s + cold start {wake:g}s: scale to zero")
-    hist_window = max(settings.scale_up_stabilization_s, settings.scale_down_stabilization_s)
+    lead = max(settings.interval_s, min((p.cold_start_s for p in pools), default=0.0))
+    fit_s = max(lead, settings.scale_down_stabilization_s)
+    hist_window = max(settings.scale_up_stabilization_s, settings.scale_down_stabilization_s, fit_s)
     needs = tuple(n for n in history.needs if now - n[0] <= hist_window) + ((now, mean_need, latency_need),)
     need_up, need_down = window_needs(needs, now, settings.scale_up_stabilization_s, settings.scale_down_stabilization_s)
     need_down = max(need_down, latency_need)
+    # Capacity asked for now serves a cold start later: when the mean need rises with a significant trend, size for
+    # where the trend puts it then (least squares over the longer of a cold start and the scale-down window).
+    ahead = None if zero_ok else trend_ahead([(n[0], n[1]) for n in needs if len(n) > 2 and now - n[0] <= fit_s + EPS],
+                                             now, lead)
+    if ahead is not None and ahead > max(need_up, need_down):
+        reasons.append(f"trend: mean need {mean_need:.0f} rising to ~{ahead:.0f} work units/s in {lead:.0f}s "
+                       f"(a cold start)")
+        need_up, need_down = max(need_up, ahead), max(need_down, ahead)
     drain_s = max(settings.interval_s, min((p.cold_start_s for p in pools), default=0.0))
     drain_need = arrival + backlog / drain_s if backlog > 0 else 0.0
     if drain_need > max(need_up, need_down):
         reasons.append(f"backlog: {queue:.0f} queued requests ({backlog:.0f} work units) drain within {drain_s:.0f}s")
     need_up, need_down = max(need_up, drain_need), max(need_down, drain_need)
-    need = max(mean_need, latency_need, drain_need)
+    need = max(mean_need, latency_need, drain_need, ahead or 0.0)
 
     # Budgets are caps on what is asked for (limits.py); the mix search respects them, then maxHourlyCost again.
     # The $/1M cap moves with the observed demand: a fleet over it at the current demand is cut at once, but
