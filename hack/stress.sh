@@ -36,8 +36,9 @@ if ! grep -q "::" "$OUT/collect.txt"; then
 fi
 echo "[stress] $(grep -c '::' "$OUT/collect.txt") tests x $RUNS runs, $HOGS CPU hogs; reports in $OUT" >&2
 
-if [[ -z "${MOE_TEST_KUBECONFIG:-}" ]] && \
-   "$PY" -m pytest -q --collect-only -m "timing_sensitive and cluster" "$@" -p no:cacheprovider 2>/dev/null | grep -q "::"; then
+# (into a file, not a pipe: grep -q would end the pipe early and pipefail would read that as "no cluster test")
+"$PY" -m pytest -q --collect-only -m "timing_sensitive and cluster" "$@" -p no:cacheprovider >"$OUT/collect-cluster.txt" 2>&1
+if [[ -z "${MOE_TEST_KUBECONFIG:-}" ]] && grep -q "::" "$OUT/collect-cluster.txt"; then
   cluster_dir="$OUT/cluster"
   if kc="$(MOE_CLUSTER_DIR="$cluster_dir" bash hack/cluster.sh up 2>"$OUT/cluster-up.log")"; then
     eval "$kc"
