@@ -201,6 +201,19 @@ def test_scale_up_stabilization_ignores_short_spike():
     assert capacity_of(pools, ds[1].replicas) < 9000
 
 
+def test_a_trend_is_a_sustained_rise_not_a_step_or_noise():
+    from moe_operator.autoscaling.limits import trend_ahead
+
+    ramp = [(30.0 * k, 1000.0 + 100.0 * k) for k in range(10)]           # +100 per 30 s
+    assert trend_ahead(ramp, 270.0, 120.0) == pytest.approx(1000 + 100 * 13)
+    step = [(30.0 * k, 1000.0 if k < 5 else 3000.0) for k in range(10)]   # one jump, then flat
+    assert trend_ahead(step, 270.0, 120.0) is None
+    rng = random.Random(1)
+    noise = [(30.0 * k, 1000.0 * (1 + rng.uniform(-0.15, 0.15))) for k in range(10)]
+    assert trend_ahead(noise, 270.0, 120.0) is None
+    assert trend_ahead([(0.0, 1.0), (30.0, 2.0)], 30.0, 120.0) is None   # too few samples to tell
+
+
 def test_noisy_flat_load_few_actions_per_hour():
     """Flat 6000 w/s +-15% noise every 30 s for an hour: at most 2 actions (the first scale-up and one settle)."""
     rng = random.Random(7)

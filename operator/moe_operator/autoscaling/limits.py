@@ -38,10 +38,8 @@ def window_needs(needs: Sequence[tuple[float, ...]], now: float, up_s: float, do
     return min(up), max(down)
 
 
-def trend_ahead(samples: Sequence[tuple[float, float]], now: float, horizon_s: float) -> float | None:
-    """The least-squares line through the (time s, need) samples, read ``horizon_s`` after ``now``; None unless the
-    slope is positive and at least two standard errors from zero (a trend, not the noise of a 30 s mean), or with
-    fewer than three samples."""
+def _slope(samples: Sequence[tuple[float, float]]) -> tuple[float, float, float, float] | None:
+    """Least squares through (t, y): (slope, its standard error, mean t, mean y); None with fewer than three."""
     n = len(samples)
     if n < 3:
         return None
@@ -52,9 +50,21 @@ def trend_ahead(samples: Sequence[tuple[float, float]], now: float, horizon_s: f
         return None
     slope = sum((t - tm) * (y - ym) for t, y in samples) / sxx
     resid = sum((y - ym - slope * (t - tm)) ** 2 for t, y in samples)
-    se = (resid / (n - 2) / sxx) ** 0.5
-    if slope <= 0 or slope < 2 * se:
+    return slope, (resid / (n - 2) / sxx) ** 0.5, tm, ym
+
+
+def trend_ahead(samples: Sequence[tuple[float, float]], now: float, horizon_s: float) -> float | None:
+    """The least-squares line through the (time s, need) samples, read ``horizon_s`` after ``now``, when the need
+    rises throughout them: the slope over all the samples and over their recent half is positive and at least two
+    standard errors from zero (a trend, not the noise of 30 s means; and not one step up, after which the recent
+    half is flat). None otherwise, or with fewer than three samples in a half."""
+    samples = sorted(samples)
+    whole, recent = _slope(samples), _slope(samples[len(samples) // 2:])
+    if whole is None or recent is None:
         return None
+    if any(slope <= 0 or slope < 2 * se for slope, se, _, _ in (whole, recent)):
+        return None
+    slope, _, tm, ym = whole
     return ym + slope * (now + horizon_s - tm)
 
 
