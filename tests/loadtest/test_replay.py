@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,25 +19,10 @@ from moe_operator.cli.main import main
 from moe_operator.errors import UserError
 from moe_operator.loadtest.replay import WORDS, normalize_endpoint, plan_requests, summarize
 from require import need
-from runtime_serving.serving_support import free_port
+from runtime_serving.serving_support import free_port, serve_uvicorn
 
 BLOCK = 16                     # the server's prefix-cache block (tokens)
 SCALE = 0.05                   # 512-token trace blocks -> 26 tokens: every shared trace block shares a server block
-
-
-def _uvicorn(app) -> tuple[str, object, threading.Thread]:
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, thread
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +40,7 @@ def tiny():
     torch.set_num_threads(1)
     cfg = RuntimeConfig(model_name="tiny-moe", model_source="builtin://tiny-moe", device="cpu", max_batch_size=4,
                         max_queue=64, max_context_tokens=1024, cache={"block_tokens": BLOCK, "memory_bytes": 16 << 20})
-    url, server, thread = _uvicorn(build_http_app(build_engine(cfg), pool="cpu"))
+    url, server, thread = serve_uvicorn(build_http_app(build_engine(cfg), pool="cpu"))
     yield url
     server.should_exit = True
     thread.join(30)
@@ -296,7 +280,7 @@ def fake_openai():
             yield "data: [DONE]\n\n"
         return StreamingResponse(body(), media_type="text/event-stream")
 
-    url, server, thread = _uvicorn(app)
+    url, server, thread = serve_uvicorn(app)
     yield url, calls
     server.should_exit = True
     server.force_exit = True

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import datetime
 
 import pytest

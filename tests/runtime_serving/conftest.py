@@ -5,14 +5,12 @@ The engine is the real one (``build_engine`` on the tiny checkpoint, CPU); the H
 """
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 
 import pytest
 
 from require import need
-from runtime_serving.serving_support import free_port
+from runtime_serving.serving_support import serve_uvicorn
 
 
 @dataclass
@@ -30,7 +28,7 @@ SERVER_CONFIG = dict(model_name="tiny-moe", model_source="builtin://tiny-moe", d
 def live_server():
     """The real tiny engine behind build_http_app, served by uvicorn on a free loopback port."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (serve_uvicorn needs it; a missing one is a need(), not an error)
 
         from moe_runtime.config import RuntimeConfig
         from moe_runtime.engine import build_engine
@@ -40,15 +38,7 @@ def live_server():
     cfg = RuntimeConfig(**SERVER_CONFIG)
     engine = build_engine(cfg)
     app = build_http_app(engine, pool="cpu")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield LiveServer(f"http://127.0.0.1:{port}", engine, cfg)
+    url, server, thread = serve_uvicorn(app)
+    yield LiveServer(url, engine, cfg)
     server.should_exit = True
     thread.join(30)

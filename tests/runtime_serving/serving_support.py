@@ -112,3 +112,22 @@ def mid_generation(engine) -> bool:
     """A decode step may be held: some running sequence has a token behind it and will still be running after the
     step (two or more tokens to go)."""
     return any(len(s.out) < s.params.max_tokens - 1 for s in engine._running)
+
+
+def serve_uvicorn(app, timeout_s: float = 60.0):
+    """Serve an ASGI ``app`` with uvicorn on a free loopback port in a daemon thread; (base URL, server, thread)
+    once it accepts connections. Stop it with ``server.should_exit = True`` and ``thread.join``."""
+
+    import pytest
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server, thread

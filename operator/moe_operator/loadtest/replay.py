@@ -462,9 +462,6 @@ def plot_replay(doc: dict[str, Any], out: str | Path) -> Path:
     more = ax3.get_legend_handles_labels()
     ax2.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8)
     ax2.set_xlabel(f"seconds (windows of {doc['settings']['window_s']:g} s)")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    from moe_operator.autoscaling.simulate.plots import save_figure
+
+    return save_figure(fig, out)

@@ -61,7 +61,21 @@ class FleetState:
         return sum(self.asked.get(p.name, 0) * p.price_per_hour for p in self.pools)
 
 
-class Replay:
+class ReplayResults:
+    """Per-request results both serving models share: ``ttft``/``tpot`` arrays (s, inf = never started),
+    ``ttft_target``/``tpot_target`` and the ``trace``."""
+
+    def slo_met(self) -> np.ndarray:
+        return (self.ttft <= self.ttft_target) & (self.tpot <= self.tpot_target)
+
+    def unmet_tokens(self) -> float:
+        """Tokens of requests that never got a first token."""
+        never = ~np.isfinite(self.ttft)
+        tr = self.trace
+        return float((tr.prompt[never] + tr.cached[never] + tr.output[never]).sum())
+
+
+class Replay(ReplayResults):
     """One policy's run over a trace: feed ``step`` every second; ``observation`` every interval."""
 
     def __init__(self, trace, pools, weights: WorkWeights, ttft_target: float, tpot_target: float,
@@ -162,11 +176,3 @@ class Replay:
     def done(self) -> bool:
         return self.next_arrival >= len(self.trace) and not self.queue
 
-    # ---- results -----------------------------------------------------------------------------------------
-    def slo_met(self) -> np.ndarray:
-        return (self.ttft <= self.ttft_target) & (self.tpot <= self.tpot_target)
-
-    def unmet_tokens(self) -> float:
-        never = ~np.isfinite(self.ttft)
-        tr = self.trace
-        return float((tr.prompt[never] + tr.cached[never] + tr.output[never]).sum())

@@ -43,10 +43,10 @@ def plot_results(results: dict, pool_names: list[str], out: str | Path, title: s
     ax2.set_ylabel("replicas asked for")
     ax2.set_xlabel("minutes")
     ax2.legend(fontsize=8, loc="upper right")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
-def _save(fig, out: str | Path) -> Path:
+def save_figure(fig, out: str | Path) -> Path:
     """Lay out, write (parents created) and close a figure; returns the path written."""
     import matplotlib.pyplot as plt
 
@@ -98,4 +98,4 @@ def plot_frontier(panels: list[dict], out: str | Path, target_ratio: float = 1.1
         ax.set_title(panel["title"] + (f"\nbelow the axis: {', '.join(hidden)}" if hidden else ""), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6.5, loc="lower right")
-    return _save(fig, out)
+    return save_figure(fig, out)

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..model import PoolModel, WorkWeights
 from ..observation import Observation
+from .fleet import ReplayResults
 from .serving import ServingProfile
 
 DEFAULT_CONTEXT_TOKENS = 32768   # KV per batch slot when neither kv_tokens nor a context length is given
@@ -174,7 +175,7 @@ class ReplicaFleet:
         return orphans
 
 
-class ReplicaReplay:
+class ReplicaReplay(ReplayResults):
     """One policy's run over a trace through the per-replica model: ``step`` every second, ``observation`` every
     interval (the interface of ``fleet.Replay``). ``profiles``: a ServingProfile per pool (default
     ``profiles_for(pools, 16, weights=weights)``: 16 is serving.maxBatchSize's default); ``router``: see
@@ -427,13 +428,3 @@ class ReplicaReplay:
     @property
     def done(self) -> bool:
         return self.finished >= self.n
-
-    # ---- results -----------------------------------------------------------------------------------------
-    def slo_met(self) -> np.ndarray:
-        return (self.ttft <= self.ttft_target) & (self.tpot <= self.tpot_target)
-
-    def unmet_tokens(self) -> float:
-        """Tokens of requests that never got a first token."""
-        never = ~np.isfinite(self.ttft)
-        tr = self.trace
-        return float((tr.prompt[never] + tr.cached[never] + tr.output[never]).sum())
