@@ -245,7 +245,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     if rps > 0 and served_work > 0:
         per_request = served_work / rps
     else:
-        per_request = history.work_per_request or min(p.capacity for p in pools)  # unknown: a replica-second
+        per_request = history.work_per_request or min((p.capacity for p in pools), default=1.0)  # unknown: a replica-second
     backlog = queue * per_request
     if history.queue is not None and history.observed_at is not None and now > history.observed_at:
         # the queue's growth in requests, at this interval's work per request (two readings of the queue's work
@@ -275,7 +275,9 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     prompt_per_request = (obs.tokens_per_s or {}).get("prompt", 0.0) / rps if rps > 0 else 0.0
     own_prefill = own_prefill_p95_s(prompt_per_request, prefill_rate(pools, obs.ready, factors))
     carried_wait = (history.backlog or 0.0) / served_cap if served_cap > 0 else 0.0
-    interval = now - history.observed_at if history.observed_at is not None else settings.interval_s
+    # the last decision's interval; a repeated or earlier ``now`` (coarse clock, clock step) counts as one interval
+    interval = now - history.observed_at if history.observed_at is not None and now > history.observed_at \
+        else settings.interval_s
     # Over: more work arrived than the capacity that served the interval could do. Draining: that, or the queue
     # carried into the interval still kept it busy. Either way the interval's latency is the queue's.
     over = arrival > served_cap * (1 + EPS)

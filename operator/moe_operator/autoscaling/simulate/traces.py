@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +82,8 @@ def load_azure_csv(path: Path, speedup: float = 1.0, cache_hit_ratio: float = 0.
                 ctx, gen = float(row["ContextTokens"]), float(row["GeneratedTokens"])
             except (TypeError, ValueError):
                 raise UserError(f"{path}:{line}: ContextTokens/GeneratedTokens must be numbers") from None
+            if not (math.isfinite(ctx) and math.isfinite(gen)):
+                raise UserError(f"{path}:{line}: token counts must be finite numbers")
             if ctx < 0 or gen < 0:
                 raise UserError(f"{path}:{line}: token counts must be >= 0")
             t.append(_parse_azure_time(row["TIMESTAMP"] or "", path, line))
@@ -104,6 +107,8 @@ def load_mooncake_jsonl(path: Path, speedup: float = 1.0) -> Trace:
                 blocks = [int(b) for b in r.get("hash_ids", [])]
             except (ValueError, TypeError, KeyError) as exc:
                 raise UserError(f"{path}:{line}: expected JSON with timestamp, input_length, output_length, hash_ids ({exc})") from None
+            if not all(math.isfinite(x) for x in (ts, n_in, n_out)):
+                raise UserError(f"{path}:{line}: timestamp and lengths must be finite numbers")
             if n_in < 0 or n_out < 0:
                 raise UserError(f"{path}:{line}: lengths must be >= 0")
             hits = 0

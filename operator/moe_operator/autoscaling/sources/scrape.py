@@ -45,6 +45,8 @@ def parse_metrics(text: str, at: float, model: str | None = None) -> Snapshot:
             if model is not None and labels.get("model", model) != model:
                 continue
             name, v = s.name, float(s.value)
+            if not math.isfinite(v):   # +Inf/NaN from one replica is not a figure (int(nan) crashed the mix search)
+                continue
             pool = labels.get("pool", "")
             if name == "moe_tokens_total":
                 kind = labels.get("kind", "")
