@@ -250,3 +250,11 @@ def test_cli_bad_calibration_is_one_error_line(tmp_path, capsys, make, match):
     rc = main(["simulate", "--trace", str(trace), "--spec", str(SPEC), "--policy", "ours", "--calibrate", str(make(tmp_path))])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: --calibrate") and match in err[0]
+
+
+def test_a_hand_edited_non_number_is_a_user_error_not_a_traceback():
+    """calibrate reads a replay JSON a person may have edited: a string where a time belongs gets one sentence."""
+    records = [{"outcome": "ok", "sent_s": "abc", "first_token_s": 1.0, "end_s": 2.0, "prompt_tokens": 10,
+                "completion_tokens": 5, "cached_prompt_tokens": 0}] * 4
+    with pytest.raises(UserError, match="sent_s"):
+        fit_profile(records, max_batch=8, kv_tokens=1000)

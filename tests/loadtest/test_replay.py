@@ -234,6 +234,9 @@ def test_bad_input_is_one_error_line_and_exit_2(tiny, tmp_path, capsys):
         (["--trace", str(trace), "--endpoint", tiny, "--duration", "0"], "--duration"),
         (["--trace", str(trace), "--endpoint", tiny, "--model", "gpt-4"], "is not served"),
         (["--trace", str(trace), "--endpoint", f"http://127.0.0.1:{free_port()}"], "connection failed"),
+        # checked before the run: an hour of measurements must not be lost to a typo in the output path
+        (["--trace", str(trace), "--endpoint", tiny, "--out-json", str(tmp_path / "no" / "x.json")], "does not exist"),
+        (["--trace", str(trace), "--endpoint", tiny, "--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
     ]
     for argv, match in cases:
         rc = main(["replay", *argv])

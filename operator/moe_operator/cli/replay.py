@@ -53,6 +53,11 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"--replicas must be >= 1, got {args.replicas}")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UserError(f"--plot {args.plot!r} must name a .png file")
+    for flag, path in (("--out-json", args.out_json), ("--plot", args.plot)):   # before the run, not after an hour
+        if path and path != "-":
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+                raise UserError(f"{flag} {path}: directory {parent} does not exist or is not writable")
 
 
 async def _main(args, base_url: str, planned, console) -> tuple:

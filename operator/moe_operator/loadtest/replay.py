@@ -232,8 +232,8 @@ async def _send(client, model: str, p: PlannedRequest, rec: dict[str, Any], cloc
             except Exception:  # noqa: BLE001 (the connection is already gone: nothing left to free)
                 pass
         if usage is not None:
-            rec["completion_tokens"] = int(usage.completion_tokens)
-            rec["prompt_tokens"] = int(usage.prompt_tokens)
+            rec["completion_tokens"] = int(usage.completion_tokens or 0)      # a server may send null: count 0
+            rec["prompt_tokens"] = int(usage.prompt_tokens or rec["prompt_tokens"])
             details = getattr(usage, "prompt_tokens_details", None)
             if details is not None and getattr(details, "cached_tokens", None) is not None:
                 rec["cached_prompt_tokens"] = int(details.cached_tokens)

@@ -39,7 +39,10 @@ MAX_RELATIVE_RMS = 0.5           # a fit whose rms residual exceeds this share o
 
 
 def _col(records: Sequence[dict], key: str) -> np.ndarray:
-    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in records], dtype=float)
+    try:
+        return np.array([np.nan if r.get(key) is None else float(r[key]) for r in records], dtype=float)
+    except (TypeError, ValueError, AttributeError):
+        raise UserError(f"calibration records: field {key!r} must be a number in every request") from None
 
 
 def _lstsq(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
