@@ -3,7 +3,7 @@
 # passed. A test that only passes on a quiet machine fails CI on a busy one; this is where we find out first.
 #   hack/stress.sh                 # 10 runs of -m timing_sensitive, one hog per core
 #   hack/stress.sh -n 3 -k admin   # extra arguments go to pytest (after the marker selection)
-# Env: STRESS_HOGS (hog processes, default nproc), STRESS_RUNS (default 10), MOE_TEST_KUBECONFIG (reuse a cluster;
+# Env: STRESS_HOGS (hog processes, default nproc), STRESS_RUNS (default 10), STRESS_RUN_TIMEOUT (s per run, 1800), MOE_TEST_KUBECONFIG (reuse a cluster;
 # otherwise one control plane is started here for all runs when the binaries exist, and stopped at the end).
 # Output: one line per run, then per test "passed/runs", then `N passed, M failed` (test runs) on its own line.
 # Exit status: 0 only when every selected test passed in every run.
@@ -11,7 +11,11 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 RUNS="${STRESS_RUNS:-10}"
-if [[ "${1:-}" == "-n" ]]; then RUNS="$2"; shift 2; fi
+if [[ "${1:-}" == "-n" ]]; then
+  [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]*$ ]] || { echo "error: -n needs a number of runs >= 1" >&2; exit 2; }
+  RUNS="$2"; shift 2
+fi
+RUN_TIMEOUT="${STRESS_RUN_TIMEOUT:-1800}"   # seconds one run may take: a hung test fails its run, not the script
 HOGS="${STRESS_HOGS:-$(nproc)}"
 PY="$ROOT/.venv/bin/python"
 [[ -x "$PY" ]] || { echo "error: no .venv: run hack/ci-setup.sh first" >&2; exit 2; }
@@ -57,7 +61,7 @@ done
 
 for ((r = 1; r <= RUNS; r++)); do
   t=$SECONDS
-  CI=true "$PY" -m pytest -q -m timing_sensitive -p no:cacheprovider --junitxml="$OUT/run-$r.xml" "$@" \
+  CI=true timeout "$RUN_TIMEOUT" "$PY" -m pytest -q -m timing_sensitive -p no:cacheprovider --junitxml="$OUT/run-$r.xml" "$@" \
     >"$OUT/run-$r.log" 2>&1
   echo "[stress] run $r/$RUNS: exit $?, $((SECONDS - t)) s, $(tail -1 "$OUT/run-$r.log")" >&2
 done
