@@ -14,6 +14,9 @@ from require import need
 def start_local_ray(attempts: int = 3, **kwargs):
     import ray
 
+    from moe_runtime.local import serve_env_defaults
+
+    serve_env_defaults()   # a proxy slower than Serve's 5 s ready check is killed on a loaded machine
     options = {"num_cpus": 2, "include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": False}
     options.update(kwargs)
     for attempt in range(attempts):

@@ -6,6 +6,7 @@ config API (``ServeDeploySchema`` -> controller ``apply_config``, the Python equ
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Any, Callable
@@ -13,6 +14,19 @@ from typing import Any, Callable
 from moe_runtime.config import RuntimeConfig
 
 IMPORT_PATH = "moe_runtime.serve_app:app_builder"
+
+
+# Serve's controller kills an HTTP proxy that is not ready within RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S (5 s by
+# default), and serve.start then fails with ActorDiedError ("killed by ray.kill ... never ran"): on a busy 2-core
+# machine a proxy's start (a Python process importing Serve and uvicorn) takes longer than that. Ray's processes
+# read these from the environment they start with.
+SERVE_ENV_DEFAULTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
+
+
+def serve_env_defaults() -> None:
+    """Put SERVE_ENV_DEFAULTS into os.environ where the user set nothing; call before ray.init."""
+    for key, value in SERVE_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def pool_resource(pool: str) -> str:

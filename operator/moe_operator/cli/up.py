@@ -165,6 +165,9 @@ def _stop_children(keep: set[int], grace_s: float = 5.0) -> None:
 
 def _ray_init(ray, console, attempts: int = 3, **kw) -> None:
     """ray.init, retried when the raylet misses Ray's fixed 30 s registration wait (a busy machine)."""
+    from moe_runtime.local import serve_env_defaults
+
+    serve_env_defaults()
     for attempt in range(1, attempts + 1):
         before = _children()
         try:
