@@ -82,3 +82,13 @@ def test_cost_json_break_even():
         else:
             assert r["selfHostedWins"] == (3e10 >= be * 0.999)
     assert apis["gpt-4o"]["breakEvenMonthlyTokens"] < apis["gpt-4o-mini"]["breakEvenMonthlyTokens"]
+
+
+def test_calibrate_with_the_fluid_model_is_one_error_line(tmp_path, capsys):
+    """--calibrate fits the per-replica model; with --model fluid it would be silently ignored, so it is refused."""
+    from moe_operator.cli.main import main
+
+    rc = main(["simulate", "--trace", str(ROOT.parent / "shared" / "traces" / "azure_llm_code_2023.csv"), "--spec", str(SPEC),
+               "--model", "fluid", "--calibrate", str(tmp_path / "any.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--model replica" in err[0], err

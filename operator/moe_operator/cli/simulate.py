@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
     pools, weights = pool_models_from_spec(deployment, load_catalog(args.catalog))
     settings = settings_from_spec(deployment.spec.autoscaling, weights)
     trace = load_trace(args.trace, args.speedup, args.cache_hit_ratio)
-    profiles, calibration = _calibrate(args.calibrate, deployment, [p.name for p in pools]) if args.calibrate else ({}, {})
     if args.calibrate and args.model != "replica":
         raise UserError("--calibrate fits the per-replica model: use it with --model replica")
+    profiles, calibration = _calibrate(args.calibrate, deployment, [p.name for p in pools]) if args.calibrate else ({}, {})
     extra = {"model": args.model, "max_context_tokens": deployment.spec.model.max_context_tokens}
     if profiles:
         extra["profiles"] = profiles
