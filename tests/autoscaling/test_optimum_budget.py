@@ -100,3 +100,64 @@ def test_simulate_references_stay_within_the_budget_and_report_their_peak():
     free = simulate(tr, [SMALL, BIG], Settings(ttft_p95_s=3.0, tpot_p95_s=None, weights=WorkWeights(prompt=0.2)),
                     ["optimum"])
     assert free["optimum"].peak_hourly_cost > 6.0                     # so the budget did bind
+
+
+# ------------------------------------------------------------------- maxCostPerMillionTokens (issue 11)
+def test_cost_per_million_caps_every_interval_at_its_arriving_tokens():
+    # 600 w/s needs 1 big + 2 small ($5/h). At 1000 tokens/s arriving, $1/1M allows $3.6/h: 1 big (400 w/s) is the widest
+    # mix within it, so the reference serves 400 and reports the rest unmet instead of breaking the cap.
+    arrival, work = flat(600)
+    tokens = np.full(len(arrival), 1000.0)
+    free = offline_optimum([SMALL, BIG], arrival, work, 30.0, window_s=1.0, horizon_s=299.0)
+    assert max(cost_rate(free.plan, [SMALL, BIG])) == pytest.approx(5.0)    # 1 big + 2 small
+    opt = offline_optimum([SMALL, BIG], arrival, work, 30.0, window_s=1.0, horizon_s=299.0,
+                          max_cost_per_million=1.0, tokens=tokens)
+    assert all(step == {"small": 0, "big": 1} for step in opt.plan)
+    assert opt.peak_hourly_cost <= 3.6 + 1e-9
+    assert opt.unmet_work == pytest.approx(200.0 * 30.0 * len(opt.plan))
+    # both budgets: the lower cap binds ($3/h here)
+    both = offline_optimum([SMALL, BIG], arrival, work, 30.0, window_s=1.0, horizon_s=299.0, max_hourly_cost=3.0,
+                           max_cost_per_million=1.0, tokens=tokens)
+    assert both.peak_hourly_cost <= 3.0 + 1e-9
+
+
+def test_cost_per_million_never_goes_below_the_cheapest_allowed_fleet():
+    # almost no tokens arrive: the cap allows ~$0/h, but one replica of the cheapest pool is kept (keep_one)
+    arrival, work = flat(50)
+    opt = offline_optimum([SMALL, BIG], arrival, work, 30.0, window_s=1.0, horizon_s=299.0,
+                          max_cost_per_million=0.01, tokens=np.full(len(arrival), 1.0))
+    assert all(step == {"small": 1, "big": 0} for step in opt.plan)
+
+
+def test_clairvoyance_does_not_lift_the_cap_ahead_of_a_burst():
+    # The burst of the cold-start test (3 replicas needed in interval 5, 60 s lead). Tokens arrive with the work, so
+    # before the burst the $/1M cap pays for one replica only: the reference cannot buy the burst's replicas ahead
+    # of it, and serves the burst with what the burst's own intervals allow once they are ready.
+    pool = PoolModel("gpu", price_per_hour=3.6, capacity=100.0, min_replicas=0, max_replicas=5, cold_start_s=60)
+    arrival = np.concatenate([np.arange(0, 300, 1.0), 150 + np.arange(0, 30, 0.1)])
+    order = np.argsort(arrival, kind="stable")
+    arrival = arrival[order]
+    work = np.concatenate([np.full(300, 50.0), np.full(300, 25.0)])[order]
+    tokens = work * 20.0    # 1000 tokens/s at the base load: $1/1M allows $3.6/h = one replica
+    free = clairvoyant_cold_start([pool], arrival, work, 30.0, window_s=1.0, horizon_s=299.0)
+    capped = clairvoyant_cold_start([pool], arrival, work, 30.0, window_s=1.0, horizon_s=299.0,
+                                    max_cost_per_million=1.0, tokens=tokens)
+    assert [p["gpu"] for p in free.plan][3:5] == [3, 3]          # bought two intervals ahead without the cap
+    assert [p["gpu"] for p in capped.plan][:5] == [1, 1, 1, 1, 1]  # with it, nothing extra before the burst
+    assert capped.cost < free.cost and capped.unmet_work > free.unmet_work
+
+
+def test_simulate_references_honour_the_cost_per_million_cap():
+    rng = np.random.default_rng(7)
+    t = np.sort(rng.uniform(0, 600, 6000))
+    t -= t[0]
+    n = len(t)
+    tr = Trace("flat", t, np.full(n, 1000.0), np.zeros(n), np.full(n, 60.0))
+    loose = Settings(ttft_p95_s=3.0, tpot_p95_s=None, weights=WorkWeights(prompt=0.2))
+    tight = Settings(ttft_p95_s=3.0, tpot_p95_s=None, weights=WorkWeights(prompt=0.2), max_cost_per_million=0.1)
+    free = simulate(tr, [SMALL, BIG], loose, ["optimum-cold-start"])
+    capped = simulate(tr, [SMALL, BIG], tight, ["optimum-cold-start"])
+    # ~10.6k tokens/s x $0.1/1M = $3.8/h: below what the free reference spends, so the cap binds on it
+    assert free["cold_start_optimum"].peak_hourly_cost > 3.9
+    assert capped["cold_start_optimum"].peak_hourly_cost <= 10600 * 0.1 * 3600 / 1e6 * 1.05
+    assert capped["optimum"].peak_hourly_cost <= 10600 * 0.1 * 3600 / 1e6 * 1.05

@@ -17,6 +17,13 @@ interval is feasible, with or without cold starts, so every interval gets its mo
 solve then minimises cost. The demand left above W is reported (``Optimum.unmet_work``). The budget wins over
 minReplicas, as in the policy: if the minimums alone cost more, they are dropped. Without a budget nothing changes.
 With a budget that binds, the LP bound is on the same capped demand (still below the MILP's cost).
+
+``max_cost_per_million`` (spec budget.maxCostPerMillionTokens) is the same kind of cap, per interval, at the
+interval's arriving demand D_j (tokens/s, prompt + cached + generated, by arrival), as the policy applies it
+(limits.py): $/h <= limit x D_j x 3600 / 1e6, never below the cheapest allowed fleet (minReplicas, and one
+replica of the cheapest pool unless scale to zero). With both budgets the lower cap binds. Knowing the future
+does not lift it: a replica asked for ahead of a burst is paid in intervals whose own demand allows less, so the
+reference, like the policy, meets a burst only with what the cap of the intervals before it pays for.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 from ..model import PoolModel
+from .metrics import floor_cost_rate
 
 
 def interval_demands(arrival_s: np.ndarray, work: np.ndarray, interval_s: float, window_s: float,
@@ -67,8 +75,25 @@ def widest_within(pools: list[PoolModel], budget: float, lower: np.ndarray) -> f
     return float(-res.fun) if res.x is not None else 0.0
 
 
+def interval_budgets(pools: list[PoolModel], arrival_s: np.ndarray, tokens: np.ndarray | None, intervals: int,
+                     interval_s: float, max_hourly_cost: float | None, max_cost_per_million: float | None,
+                     keep_one: bool = True) -> np.ndarray | None:
+    """$/h cap per interval from the two budgets (module docstring), None without either."""
+    if max_hourly_cost is None and max_cost_per_million is None:
+        return None
+    budget = np.full(intervals, np.inf if max_hourly_cost is None else float(max_hourly_cost))
+    if max_cost_per_million is not None:
+        if tokens is None:
+            raise ValueError("max_cost_per_million needs the requests' tokens")
+        k = np.minimum((np.asarray(arrival_s, dtype=float) // interval_s).astype(int), intervals - 1)
+        tps = np.bincount(k, weights=np.asarray(tokens, dtype=float), minlength=intervals)[:intervals] / interval_s
+        cpm = np.maximum(max_cost_per_million * tps * 3600.0 / 1e6, floor_cost_rate(pools, keep_one))
+        budget = np.minimum(budget, cpm)
+    return budget
+
+
 def _solve(pools: list[PoolModel], demand: np.ndarray, interval_s: float, integral: bool, keep_one: bool = True,
-           cold_start: bool = False, max_hourly_cost: float | None = None):
+           cold_start: bool = False, max_hourly_cost: float | np.ndarray | None = None):
     """(replicas paid [interval, pool], $ cost, solver message, demand served [interval] work units/s) covering
     ``demand`` (work units/s per interval), capped at what maxReplicas and the budget allow.
 
@@ -87,13 +112,25 @@ def _solve(pools: list[PoolModel], demand: np.ndarray, interval_s: float, integr
     need = np.minimum(demand, cap @ np.array([p.max_replicas for p in pools]))  # infeasible peaks: cap at max
     if keep_one:  # like the policy without scale to zero: at least one replica in every interval
         need = np.maximum(need, cap.min())
-    if max_hourly_cost is not None:
-        if float(mins @ price_h) > max_hourly_cost:   # the budget wins over minReplicas
+    budget = None if max_hourly_cost is None else np.broadcast_to(np.asarray(max_hourly_cost, dtype=float), (k,))
+    if budget is not None:
+        if float(mins @ price_h) > float(budget.min()):   # the budget wins over minReplicas
             mins = np.zeros(m)
-        need = np.minimum(need, widest_within(pools, max_hourly_cost, mins))
+        widest = {b: widest_within(pools, b, mins) if np.isfinite(b) else np.inf for b in np.unique(budget)}
+        need = np.minimum(need, np.array([widest[b] for b in budget]))
+    # A cap that changes from interval to interval (maxCostPerMillionTokens) can make the capped demand unreachable:
+    # a replica serving in interval j was paid since j - L, under those intervals' lower caps. Then each interval
+    # gets a shortfall variable s_j >= 0 (capacity + s_j >= need_j), solved in two passes: the least total
+    # shortfall first, then the cheapest schedule with no more than that (met demand first, then cost, exactly).
+    soft = budget is not None and float(np.ptp(budget)) > 0
     serve = nx if cold_start else 0     # first index of the variables whose capacity counts
-    n = 2 * nx if cold_start else nx
+    n0 = 2 * nx if cold_start else nx
+    n = n0 + (k if soft else 0)
     rows, cols, vals = [np.repeat(np.arange(k), m)], [serve + np.arange(nx)], [np.tile(cap, k)]
+    if soft:
+        rows.append(np.arange(k))
+        cols.append(n0 + np.arange(k))
+        vals.append(np.ones(k))
     lb, ub = [need], [np.full(k, np.inf)]
     nrow = k
     if cold_start:                      # y_{j,i} <= x_{j-back,i}: one row per (interval, pool, back)
@@ -107,45 +144,65 @@ def _solve(pools: list[PoolModel], demand: np.ndarray, interval_s: float, integr
         lb.append(np.zeros(len(link)))
         ub.append(np.full(len(link), np.inf))
         nrow += len(link)
-    if max_hourly_cost is not None:     # price . x_j <= budget ($/h)
+    if budget is not None:              # price . x_j <= budget_j ($/h)
         rows.append(np.repeat(nrow + np.arange(k), m))
         cols.append(np.arange(nx))
         vals.append(np.tile(price_h, k))
         lb.append(np.full(k, -np.inf))
-        ub.append(np.full(k, float(max_hourly_cost)))
+        ub.append(np.array(budget, dtype=float))
         nrow += k
     lb, ub = np.concatenate(lb), np.concatenate(ub)
     A = sparse.csr_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nrow, n))
     c = np.concatenate([np.tile(price, k), np.zeros(n - nx)])
     lo = np.concatenate([np.tile(mins, k), np.zeros(n - nx)])
-    hi = np.tile([p.max_replicas for p in pools], n // m).astype(float)
-    if integral:
-        res = milp(c, constraints=LinearConstraint(A, lb=lb, ub=ub), integrality=np.ones(n),
-                   bounds=Bounds(lo, hi), options={"time_limit": 60})
-    else:
+    hi = np.concatenate([np.tile([p.max_replicas for p in pools], n0 // m).astype(float), np.full(n - n0, np.inf)])
+    integrality = np.concatenate([np.full(n0, 1 if integral else 0), np.zeros(n - n0)])
+
+    def run(obj, A, lb, ub):
+        if integral or soft:
+            return milp(obj, constraints=LinearConstraint(A, lb=lb, ub=ub), integrality=integrality,
+                        bounds=Bounds(lo, hi), options={"time_limit": 60})
         lower, upper = np.flatnonzero(np.isfinite(lb)), np.flatnonzero(np.isfinite(ub))
-        res = linprog(c, A_ub=sparse.vstack([-A[lower], A[upper]]).tocsr(),
-                      b_ub=np.concatenate([-lb[lower], ub[upper]]), bounds=list(zip(lo, hi)), method="highs")
+        return linprog(obj, A_ub=sparse.vstack([-A[lower], A[upper]]).tocsr(),
+                       b_ub=np.concatenate([-lb[lower], ub[upper]]), bounds=list(zip(lo, hi)), method="highs")
+
+    short = np.zeros(k)
+    if soft:                            # pass 1: the least shortfall; pass 2 below keeps it and minimises cost
+        first = run(np.concatenate([np.zeros(n0), np.ones(k)]), A, lb, ub)
+        if first.x is None:
+            raise RuntimeError(f"HiGHS found no schedule{' with cold starts' if cold_start else ''}: {first.message}")
+        least = float(first.fun)
+        A = sparse.vstack([A, sparse.csr_array((np.ones(k), (np.zeros(k, dtype=int), n0 + np.arange(k))),
+                                               shape=(1, n))]).tocsr()
+        lb, ub = np.append(lb, -np.inf), np.append(ub, least * (1 + 1e-7) + 1e-6)
+    res = run(c, A, lb, ub)
     if res.x is None:
         raise RuntimeError(f"HiGHS found no schedule{' with cold starts' if cold_start else ''}: {res.message}")
-    return res.x[:nx].reshape(k, m), float(res.fun), str(res.message), need
+    if soft:
+        short = np.clip(res.x[n0:], 0.0, None)
+    return res.x[:nx].reshape(k, m), float(res.fun), str(res.message), np.clip(need - short, 0.0, None)
 
 
 def offline_optimum(pools: list[PoolModel], arrival_s: np.ndarray, work: np.ndarray, interval_s: float,
                     window_s: float = 10.0, horizon_s: float | None = None, keep_one: bool = True,
-                    cold_start: bool = False, max_hourly_cost: float | None = None) -> Optimum:
+                    cold_start: bool = False, max_hourly_cost: float | None = None,
+                    max_cost_per_million: float | None = None, tokens: np.ndarray | None = None) -> Optimum:
     """The MILP schedule on peak demand and the LP bound on mean demand (module docstring).
 
     ``cold_start``: a second reference, not the target's: perfect knowledge of the future but every replica pays
     its cold start (asked for, and paid, cold-start seconds before it serves). Its gap to the plain optimum is the
     cost of cold starts; a policy's gap to it is the cost of not knowing the future. Same demand per interval.
     ``max_hourly_cost``: the spec's maxHourlyCost, a hard limit on every interval's replicas asked for (module
-    docstring); the LP bound honours it too."""
+    docstring); the LP bound honours it too. ``max_cost_per_million`` with ``tokens`` (per request, prompt + cached
+    + generated): the spec's maxCostPerMillionTokens, a cap per interval at its arriving tokens/s (module
+    docstring)."""
     horizon = float(horizon_s if horizon_s is not None else (arrival_s[-1] if len(arrival_s) else 0.0))
     peak, mean = interval_demands(arrival_s, work, interval_s, window_s, horizon)
+    budget = interval_budgets(pools, arrival_s, tokens, len(peak), interval_s, max_hourly_cost, max_cost_per_million,
+                              keep_one)
     x, cost, status, covered = _solve(pools, peak, interval_s, integral=True, keep_one=keep_one, cold_start=cold_start,
-                                      max_hourly_cost=max_hourly_cost)
-    _, bound, _, _ = _solve(pools, mean, interval_s, integral=False, keep_one=keep_one, max_hourly_cost=max_hourly_cost)
+                                      max_hourly_cost=budget)
+    _, bound, _, _ = _solve(pools, mean, interval_s, integral=False, keep_one=keep_one, max_hourly_cost=budget)
     plan = [{p.name: int(round(x[j, i])) for i, p in enumerate(pools)} for j in range(len(peak))]
     unmet = float((peak - covered).clip(min=0).sum() * interval_s)   # peak demand above maxReplicas or the budget
     peak_rate = max((sum(step[p.name] * p.price_per_hour for p in pools) for step in plan), default=0.0)
@@ -154,7 +211,8 @@ def offline_optimum(pools: list[PoolModel], arrival_s: np.ndarray, work: np.ndar
 
 def clairvoyant_cold_start(pools: list[PoolModel], arrival_s: np.ndarray, work: np.ndarray, interval_s: float,
                            window_s: float = 10.0, horizon_s: float | None = None, keep_one: bool = True,
-                           max_hourly_cost: float | None = None) -> Optimum:
+                           max_hourly_cost: float | None = None, max_cost_per_million: float | None = None,
+                           tokens: np.ndarray | None = None) -> Optimum:
     """``offline_optimum(..., cold_start=True)`` (the name the simulator and the benchmark docs use)."""
     return offline_optimum(pools, arrival_s, work, interval_s, window_s, horizon_s, keep_one, cold_start=True,
-                           max_hourly_cost=max_hourly_cost)
+                           max_hourly_cost=max_hourly_cost, max_cost_per_million=max_cost_per_million, tokens=tokens)

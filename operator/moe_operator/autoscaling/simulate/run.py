@@ -153,7 +153,7 @@ def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, polic
              profiles: dict[str, ServingProfile] | None = None, max_context_tokens: int | None = None) -> dict:
     """All requested policies plus the optimum's figures: {"results": {name: PolicyResult}, "optimum": Optimum,
     "cold_start_optimum": Optimum or None (computed only when "optimum-cold-start" is requested)}. Both references
-    honour ``settings.max_hourly_cost`` (optimum.py).
+    honour ``settings.max_hourly_cost`` and ``settings.max_cost_per_million`` (optimum.py).
 
     model: "replica" (per-replica engines; ``profiles`` per pool, default from the pools' capacities with
     ``max_batch_size`` slots and ``max_context_tokens`` of KV per slot) or "fluid" (one FIFO, the old model)."""
@@ -166,9 +166,10 @@ def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, polic
         profiles = None
     work = settings.weights.prompt * trace.prompt + settings.weights.cached_prompt * trace.cached + trace.output
     window = min(10.0, max(1.0, settings.ttft_p95_s or 10.0))   # queues must drain within the TTFT target
+    budgets = {"max_hourly_cost": settings.max_hourly_cost, "max_cost_per_million": settings.max_cost_per_million,
+               "tokens": trace.prompt + trace.cached + trace.output}
     opt = offline_optimum(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window,
-                          horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero,
-                          max_hourly_cost=settings.max_hourly_cost)
+                          horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero, **budgets)
     results, cold = {}, None
     for name in policies:
         if name == "optimum":
@@ -177,7 +178,7 @@ def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, polic
         elif name == "optimum-cold-start":  # clairvoyant too, but every replica pays its cold start
             cold = clairvoyant_cold_start(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window,
                                           horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero,
-                                          max_hourly_cost=settings.max_hourly_cost)
+                                          **budgets)
             sched = Schedule(cold.plan, settings.interval_s)
             sched.name = name
             results[name] = replay(trace, pools, settings, sched, cold_start=True, on_second=on_second,
