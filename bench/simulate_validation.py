@@ -560,7 +560,7 @@ def calibrate(records, args, max_batch, max_ctx):
           f"capacity annotation {json.dumps(cap)}", flush=True)
     info = {"report": cal, "profile": {k: getattr(profile, k) for k in (
         "max_batch", "kv_tokens", "prefill_tps", "cached_prefill_tps", "step_base_s", "step_per_seq_s",
-        "prefill_chunk_tokens")}, "capacity_annotation": cap, "replicas": args.replicas}
+        "prefill_chunk_tokens", "ttft_overhead_s")}, "capacity_annotation": cap, "replicas": args.replicas}
     return profile, cap, info
 
 

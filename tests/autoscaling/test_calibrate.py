@@ -84,6 +84,7 @@ def test_recovers_a_known_profile():
     assert profile.cached_prefill_tps == pytest.approx(TRUE.cached_prefill_tps, rel=0.05)
     assert report["prefill"]["cached_source"] == "fit"
     assert report["prefill"]["intercept_s"] == pytest.approx(OVERHEAD_S, abs=0.005)
+    assert profile.ttft_overhead_s == pytest.approx(report["prefill"]["intercept_s"])   # the model adds it to TTFT
     assert profile.step_base_s == pytest.approx(TRUE.step_base_s, rel=0.05)
     assert profile.step_per_seq_s == pytest.approx(TRUE.step_per_seq_s, rel=0.05)
     assert (profile.max_batch, profile.kv_tokens) == (16, 200_000)

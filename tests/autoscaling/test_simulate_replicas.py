@@ -216,3 +216,23 @@ def test_run_replay_drives_it_like_the_fluid_model(monkeypatch):
         assert res.served_tokens == pytest.approx(tr.total_tokens, rel=1e-6)
     static = runmod.replay(tr, pools, s, StaticPeak(pools, s, 5000.0))
     assert static.scale_actions == 0 and static.slo_attainment > 0.9
+
+
+def test_the_overhead_outside_the_engine_adds_to_every_ttft_and_nothing_else():
+    """A calibrated ttft_overhead_s (HTTP, proxy, routing) is latency, not engine time: the same requests get the
+    same TPOT and finish order, each TTFT exactly that much later, and the attainable check counts it."""
+    from dataclasses import replace as dc_replace
+
+    from moe_operator.autoscaling.simulate.metrics import attainable_replica
+    tr = trace([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], 300, 20)
+    plain, slow = replay(tr), replay(tr, prof=dc_replace(PROF, ttft_overhead_s=0.25))
+    run(plain, 10)
+    run(slow, 10)
+    assert slow.ttft == pytest.approx(plain.ttft + 0.25)
+    assert slow.tpot == pytest.approx(plain.tpot)
+    lone = PROF.prefill_s(300)                     # 0.3 s alone: attainable at a 0.4 s target without the overhead
+    args = (np.array([300.0]), np.zeros(1), np.array([20.0]), [pool()])
+    assert attainable_replica(*args, {"gpu": PROF}, lone + 0.1, None)[0]
+    assert not attainable_replica(*args, {"gpu": dc_replace(PROF, ttft_overhead_s=0.25)}, lone + 0.1, None)[0]
+    with pytest.raises(ValueError, match="ttft_overhead_s"):
+        dc_replace(PROF, ttft_overhead_s=-0.1)

@@ -88,7 +88,8 @@ def _calibrate(values: list[str], deployment, pool_names: list[str]) -> tuple[di
         profile, report = fits[path]
         profiles[pool] = profile
         reports[pool] = {"file": path, "profile": {k: getattr(profile, k) for k in (
-            "max_batch", "kv_tokens", "prefill_tps", "cached_prefill_tps", "step_base_s", "step_per_seq_s")},
+            "max_batch", "kv_tokens", "prefill_tps", "cached_prefill_tps", "step_base_s", "step_per_seq_s",
+            "ttft_overhead_s")},
             "fit": report}
     return profiles, reports
 
@@ -190,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
         pr, fit = c["profile"], c["fit"]
         console.print(f"calibrated {pool} from {c['file']}: prefill {pr['prefill_tps']:.1f} tok/s, cached "
                       f"{pr['cached_prefill_tps']:.1f} tok/s ({fit['prefill']['cached_source']}), decode step "
-                      f"{pr['step_base_s'] * 1000:.2f} ms + {pr['step_per_seq_s'] * 1000:.3f} ms x batch "
+                      f"{pr['step_base_s'] * 1000:.2f} ms + {pr['step_per_seq_s'] * 1000:.3f} ms x batch, "
+                      f"{pr['ttft_overhead_s'] * 1000:.0f} ms to every first token outside the engine "
                       f"({fit['prefill']['points']} + {fit['decode']['points']} points, TPOT rms "
                       f"{fit['decode']['relative_rms']:.1%})" + ("" if c["appliedToSimulation"] else
                                                                   "; not applied: this simulator takes no profiles yet"))

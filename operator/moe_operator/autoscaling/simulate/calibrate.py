@@ -6,9 +6,9 @@ Pure: numpy only, no I/O; it takes the replay JSON's parsed ``requests`` list.
 
   * prefill: requests that reached an idle replica (no other request in flight while they prefilled) give
     ``ttft = a + computed / prefill_tps + cached / cached_prefill_tps`` (least squares; ``a`` is the fixed
-    overhead: HTTP, scheduling, the first decode step). Cached tokens are the server's reported prefix-cache
-    hits, else the replay's trace hint. Without usable cache data the cached rate is prefill_tps / 0.10,
-    the planner's default (planning.capacity.CACHED_TOKEN_COST).
+    overhead: HTTP, proxy, routing, tokenization, kept as the profile's ``ttft_overhead_s`` when positive).
+    Cached tokens are the server's reported prefix-cache hits, else the replay's trace hint. Without usable cache
+    data the cached rate is prefill_tps / 0.10, the planner's default (planning.capacity.CACHED_TOKEN_COST).
   * decode: each request's TPOT against b, the mean number of requests decoding at once on its replica during
     its decode (from the replay's own first-token and end times, divided by the replicas behind the endpoint):
     ``tpot = step_base_s + step_per_seq_s * b``.
@@ -205,5 +205,6 @@ def fit_profile(records: Sequence[dict[str, Any]], max_batch: int, kv_tokens: in
                         "concurrency_min": _round(float(b.min()), 4), "concurrency_max": _round(float(b.max()), 4),
                         "clamped_to_zero": clamped, **{k: _round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}}
     profile = ServingProfile(max_batch=int(max_batch), kv_tokens=int(kv_tokens), prefill_tps=float(prefill_tps),
-                             cached_prefill_tps=float(cached_rate), step_base_s=base, step_per_seq_s=per_seq)
+                             cached_prefill_tps=float(cached_rate), step_base_s=base, step_per_seq_s=per_seq,
+                             ttft_overhead_s=max(0.0, float(report["prefill"]["intercept_s"])))
     return profile, report

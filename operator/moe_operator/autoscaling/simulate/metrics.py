@@ -28,7 +28,8 @@ FLUID_MIN_LOAD = 0.3
 
 def attainable(prompt: np.ndarray, cached: np.ndarray, ttft_target_s: float | None, tpot_target_s: float | None,
                prefill_tps: Sequence[float], unloaded_tpot_s: Sequence[float],
-               cached_prefill_tps: Sequence[float] | None = None, output: np.ndarray | None = None) -> np.ndarray:
+               cached_prefill_tps: Sequence[float] | None = None, output: np.ndarray | None = None,
+               ttft_overhead_s: Sequence[float] | None = None) -> np.ndarray:
     """Per request: True when some pool, unloaded, meets both targets for it (module docstring).
 
     ``prompt``/``cached``: computed and cached prompt tokens per request. Per pool (same order in every sequence):
@@ -36,7 +37,8 @@ def attainable(prompt: np.ndarray, cached: np.ndarray, ttft_target_s: float | No
     seconds per output token of a replica running this request alone, ``cached_prefill_tps`` prefix-cache tokens/s
     (None: cached tokens cost no time, as in the fluid model). ``output``: generated tokens per request, given
     when the model has no TPOT for a request of at most one output token (the replica model); None: every request
-    has one (the fluid model). A target of None is no limit."""
+    has one (the fluid model). ``ttft_overhead_s``: per pool, latency every first token pays outside the engine
+    (None: none). A target of None is no limit."""
     prompt = np.asarray(prompt, dtype=float)
     cached = np.asarray(cached, dtype=float)
     ttft = np.inf if ttft_target_s is None else float(ttft_target_s)
@@ -50,6 +52,8 @@ def attainable(prompt: np.ndarray, cached: np.ndarray, ttft_target_s: float | No
         own = prompt / rate if rate > 0 else np.zeros(len(prompt))
         if cached_prefill_tps is not None and cached_prefill_tps[i] > 0:
             own = own + cached / cached_prefill_tps[i]
+        if ttft_overhead_s is not None:
+            own = own + ttft_overhead_s[i]
         ok |= (own <= ttft) & (no_tpot | (unloaded_tpot_s[i] <= tpot))
     return ok
 
@@ -67,11 +71,12 @@ def attainable_replica(prompt: np.ndarray, cached: np.ndarray, output: np.ndarra
                        tpot_target_s: float | None) -> np.ndarray:
     """``attainable`` for the per-replica model (replicas.py): an idle replica prefills a lone prompt at full
     speed (``ServingProfile.prefill_s``: computed and cached tokens at their own rates), its first token comes at
-    the end of that prefill, and it then decodes alone at ``step_s(1)`` per token; a request of at most one output
-    token has no TPOT."""
+    the end of that prefill (plus the profile's ``ttft_overhead_s``), and it then decodes alone at ``step_s(1)`` per
+    token; a request of at most one output token has no TPOT."""
     profs = [profiles[p.name] for p in pools]
     return attainable(prompt, cached, ttft_target_s, tpot_target_s, [q.prefill_tps for q in profs],
-                      [q.step_s(1) for q in profs], [q.cached_prefill_tps for q in profs], output=output)
+                      [q.step_s(1) for q in profs], [q.cached_prefill_tps for q in profs], output=output,
+                      ttft_overhead_s=[q.ttft_overhead_s for q in profs])
 
 
 def attainment_over(met: np.ndarray, mask: np.ndarray) -> float:

@@ -14,7 +14,8 @@ Same interface as ``fleet.Replay`` (the ``fluid`` model), documented in docs/sim
   * prefill is first-come-first-served over admitted requests; while any prefill is pending the engine time is
     shared as in vLLM's chunked prefill: each step carries ``prefill_chunk_tokens`` of prompt beside the decode
     batch, so prefill gets ``chunk_t / (step_s(b) + chunk_t)`` of the time and decode the rest (all of it with
-    no decode running); the prefill produces the first token (TTFT = arrival -> end of its prefill);
+    no decode running); the prefill produces the first token (TTFT = arrival -> end of its prefill, plus the
+    profile's ``ttft_overhead_s`` spent outside the engine);
   * all decoding sequences of a replica advance together, one token per step; TPOT = (finish - first token) /
     (output - 1) from the actual step times (0 for output <= 1);
   * a replica asked for is paid from that second and serves after its pool's cold start; at scale-down the
@@ -332,6 +333,7 @@ class ReplicaReplay(ReplayResults):
         prof = r.prof
         base, per, max_b, kv_cap = prof.step_base_s, prof.step_per_seq_s, prof.max_batch, prof.kv_tokens
         chunk_t = prof.prefill_chunk_tokens / prof.prefill_tps
+        over = prof.ttft_overhead_s
         arr, kvn, out, first = self._arr, self._kv, self._out, self._first
         pf_s = self._pf[r.pi]
         ttft, tpot = self.ttft, self.tpot
@@ -388,7 +390,7 @@ class ReplicaReplay(ReplayResults):
                 break
             if kind == 1:                               # prefill done: first token
                 i = prefill.popleft()
-                ttft[i] = v = t - arr[i]
+                ttft[i] = v = t - arr[i] + over
                 win_ttft.append(v)
                 p_tok += self._prompt[i]
                 c_tok += self._cached[i]

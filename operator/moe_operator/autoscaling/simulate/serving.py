@@ -10,7 +10,9 @@ Units: tokens, seconds, tokens/s. One replica runs a continuous-batching engine:
   * a prompt prefills at ``prefill_tps`` computed tokens/s and ``cached_prefill_tps`` for prefix-cache hits;
   * chunked prefill: while prompts are waiting to prefill, every engine step carries up to
     ``prefill_chunk_tokens`` of them (vLLM ``max_num_batched_tokens``) beside the decode batch, so a step takes
-    ``step_s(b) + chunk / prefill_tps`` seconds (time-additive: the work-unit model's capacity is kept).
+    ``step_s(b) + chunk / prefill_tps`` seconds (time-additive: the work-unit model's capacity is kept);
+  * ``ttft_overhead_s``: latency every first token pays outside the engine (HTTP, proxy, routing, tokenization):
+    added to each TTFT, it takes no engine time and changes no TPOT (the calibration's intercept; 0 by default).
 
 Defaults come from the planner's (or the capacity annotation's) tokens/s; a calibration fitted on a replay of
 the real endpoint replaces them.
@@ -37,6 +39,7 @@ class ServingProfile:
     step_base_s: float
     step_per_seq_s: float
     prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS
+    ttft_overhead_s: float = 0.0
 
     def __post_init__(self):
         if self.max_batch < 1:
@@ -49,6 +52,8 @@ class ServingProfile:
             raise ValueError("decode step time must be > 0 s")
         if self.prefill_chunk_tokens < 1:
             raise ValueError("prefill_chunk_tokens must be >= 1")
+        if not 0 <= self.ttft_overhead_s < float("inf"):
+            raise ValueError("ttft_overhead_s must be >= 0 s")
 
     def step_s(self, batch: int) -> float:
         """Seconds of one decode step over ``batch`` running sequences."""
