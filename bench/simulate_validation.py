@@ -22,6 +22,12 @@ A benchmark that prints figures (not a test). Steps:
   `--from DIR` re-analyses a previous run's files without starting a server. Figures: docs/benchmarks.md,
   "Simulator validation (issue 18)"; what they mean for the model: docs/simulate.md, "How far to trust the model".
 
+Each engine replica gets --torch-threads torch threads (default 1, MOE_TORCH_THREADS): one core per replica, as a
+GPU replica owns its devices. Without it each replica's OpenMP pool takes both cores, so a prompt prefilled in
+the lull (one request at a time, where the calibration measures it) runs alone, and the same prompt prefilled
+while the other replica works shares the cores with four spinning threads: the 2026-12-06 runs measured prefill
+under the replay ~1.75x slower than calibrated.
+
 The engine (runtime/moe_runtime/engine/core.py) is prefill-first, not chunked: between two decode steps it
 prefills every newly admitted prompt whole. The profile's ``prefill_chunk_tokens`` is therefore set to the
 spec's maxContextTokens (a chunk as large as any prompt), so a pending prefill takes the engine nearly alone.
@@ -139,7 +145,7 @@ def free_port() -> int:
 class Server:
     """`moectl up` in its own session; stdout lines are kept with the wall time they arrived."""
 
-    def __init__(self, spec_path: Path, port: int, log_path: Path, no_autoscale: bool):
+    def __init__(self, spec_path: Path, port: int, log_path: Path, no_autoscale: bool, torch_threads: int = 1):
         cmd = [str(ROOT / ".venv" / "bin" / "moectl"), "up", "-f", str(spec_path), "--host", "127.0.0.1",
                "--port", str(port), "--timeout", "900"]
         if no_autoscale:
@@ -148,7 +154,8 @@ class Server:
         self.policy_sha1 = autoscaling_sha1()
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(ROOT),
-                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                                  "MOE_TORCH_THREADS": str(torch_threads)})
         self.ready = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -577,6 +584,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale-down-stabilization", type=int, default=60)
     ap.add_argument("--cold-start", type=int, default=30, help="pool coldStartSeconds in the derived spec")
     ap.add_argument("--max-in-flight", type=int, default=64)
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch threads per engine replica (MOE_TORCH_THREADS; default 1: one core per replica)")
     ap.add_argument("--timeout", type=float, default=180.0)
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--skip-autoscaled", action="store_true")
@@ -627,7 +636,8 @@ def main(argv=None) -> int:
                                      down_s=args.scale_down_stabilization, cold_start_s=args.cold_start, capacity=None)
             p_fixed = tmp / "fixed.yaml"
             p_fixed.write_text(yaml.safe_dump(spec_fixed))
-            srv = Server(p_fixed, free_port(), args.out / "moectl-up-fixed.log", no_autoscale=True)
+            srv = Server(p_fixed, free_port(), args.out / "moectl-up-fixed.log", no_autoscale=True,
+                         torch_threads=args.torch_threads)
             servers.append(srv)
             t_up = time.time()
             srv.wait(900)
@@ -645,7 +655,8 @@ def main(argv=None) -> int:
             servers.remove(srv)
             print(f"fixed fleet stopped ({len(left)} leftover processes killed)", flush=True)
             if not args.skip_autoscaled:
-                srv = Server(p_auto, free_port(), args.out / "moectl-up-autoscaled.log", no_autoscale=False)
+                srv = Server(p_auto, free_port(), args.out / "moectl-up-autoscaled.log", no_autoscale=False,
+                             torch_threads=args.torch_threads)
                 servers.append(srv)
                 t_up = time.time()
                 srv.wait(900)
