@@ -57,8 +57,6 @@ def test_window_defaults_to_cold_starts_and_can_be_set_or_turned_off():
     assert reserve_window_s(pools, Settings(burst_reserve_s=0)) == 0
     with pytest.raises(ValueError):
         Settings(burst_reserve_s=-1)
-    with pytest.raises(ValueError):
-        Settings(burst_quantile=0)
 
 
 # ---- the reserve inside decide ------------------------------------------------------------------------------------

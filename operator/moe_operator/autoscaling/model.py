@@ -87,11 +87,8 @@ class Settings:
     burst_reserve_s: float | None = None  # burst reserve memory (s); None = 5 x longest cold start (>= down window), 0 = off
     # Policy tuning (not in the spec; documented in docs/autoscaling.md).
     hysteresis: float = 0.15          # scale down only when capacity exceeds need by this fraction
-    backlog_drain_s: float = 60.0     # queued work should drain within this time
-    slo_boost_step: float = 0.25      # extra capacity per consecutive SLO-violating decision
-    slo_boost_max: float = 2.0
+    backlog_drain_s: float = 60.0     # the simulator baselines' drain time for queued work (not the policy's)
     correction_alpha: float = 0.3     # EWMA weight of a new saturation measurement
-    burst_quantile: float = 1.0       # quantile of the burst samples in the reserve window the reserve is sized on
     weights: WorkWeights = field(default_factory=WorkWeights)
 
     def __post_init__(self):
@@ -99,5 +96,3 @@ class Settings:
             raise ValueError("targetUtilization must be in (0, 1]")
         if self.burst_reserve_s is not None and self.burst_reserve_s < 0:
             raise ValueError("burstReserveSeconds must be >= 0")
-        if not 0 < self.burst_quantile <= 1:
-            raise ValueError("burst_quantile must be in (0, 1]")
