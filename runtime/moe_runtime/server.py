@@ -103,7 +103,8 @@ class _Handler:
 
     async def events(self, stream: AsyncIterator[TokenEvent], t0: float, prompt_len: int,
                      stops: list[str] | None) -> AsyncIterator[tuple[str, str | None, Usage | None, str | None]]:
-        """(text delta, finish_reason, usage, error) tuples; closing this generator cancels the sequence."""
+        """(text delta, finish_reason, usage, error) tuples, one per generated token (the delta may be empty) and one
+        at the end; closing this generator cancels the sequence."""
         pool = getattr(stream, "pool", self.pool)
         detok = _Detokenizer(self.codec, stops)
         last_t: float | None = None
@@ -123,11 +124,10 @@ class _Handler:
                     if detok.stopped:
                         yield delta, "stop", self._usage(usage, prompt_len, len(detok.ids)), None
                         return
-                    if delta and not ev.finished:
-                        yield delta, None, None, None
-                        continue
-                    if delta:
-                        yield delta, None, None, None
+                    # Every generated token is a chunk, its text empty while the detokenizer holds it back
+                    # (partial UTF-8, a possible stop string), as vLLM streams: a client's TTFT and TPOT are then
+                    # the engine's, not the first printable character's.
+                    yield delta, None, None, None
                 if ev.finished:
                     tail = detok.flush()
                     if tail:
@@ -318,11 +318,11 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
                 if err is not None:
                     yield _sse(oa.APIError(500, err, type="server_error", code="engine_error").body())
                     break
-                if delta or finish:
-                    if chat:
-                        yield _sse(oa.chat_chunk(rid, model_name, {"content": delta} if delta else {}, finish))
-                    else:
-                        yield _sse(oa.completion_chunk(rid, model_name, delta, finish))
+                if chat:
+                    yield _sse(oa.chat_chunk(rid, model_name, {"content": delta} if delta or not finish else {},
+                                             finish))
+                else:
+                    yield _sse(oa.completion_chunk(rid, model_name, delta, finish))
                 if finish and usage is not None and req.include_usage_in_stream():
                     yield _sse(oa.usage_chunk(rid, model_name, obj, usage))
             yield "data: [DONE]\n\n"

@@ -135,3 +135,41 @@ def test_merge_stats_sums_replicas_and_metrics_render_them():
     assert 'moe_expert_tokens_total{expert="1",layer="1",model="tiny-moe",pool="gpu",region="eu"} 44.0' in text
     assert 'moe_requests_total{model="tiny-moe",outcome="rejected",pool="gpu",region="eu"} 3.0' in text
     assert 'moe_capacity_tokens_per_second{model="tiny-moe",pool="gpu",region="eu"} 15.0' in text
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte: a multi-byte character takes several tokens, the first ones undecodable alone."""
+
+    def encode(self, text, add_special_tokens=False):
+        return list(text.encode())
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode(errors="replace")
+
+
+def test_every_token_is_a_chunk_even_while_its_text_is_held_back():
+    """A client measures TTFT at the first chunk (vLLM streams one per token): a first token whose text is held back
+    (here the first byte of "é") must still be a chunk, or the client's TTFT would include the tokens after it."""
+    import asyncio
+
+    from moe_runtime.engine.api import TokenEvent
+    from moe_runtime.server import _Handler
+
+    class Engine:
+        tokenizer = ByteTokenizer()
+
+    ids = list("éa".encode())                       # 3 tokens: 0xC3 (held), 0xA9 (completes "é"), "a"
+
+    async def stream():
+        for k, t in enumerate(ids):
+            yield TokenEvent(t, k == len(ids) - 1, "length" if k == len(ids) - 1 else None,
+                             Usage(4, len(ids), 0, 4) if k == len(ids) - 1 else None)
+
+    async def collect():
+        h = _Handler(Engine(), "cpu", RuntimeMetrics("m"), 16)
+        return [x async for x in h.events(stream(), 0.0, 4, None)]
+
+    out = asyncio.run(collect())
+    assert [d for d, *_ in out[:3]] == ["", "é", "a"]           # one item per token, the first one empty
+    assert all(f is None for _, f, _, _ in out[:3])
+    assert out[-1][1] == "length" and out[-1][2].completion_tokens == 3
