@@ -178,7 +178,10 @@ def judge(row: dict) -> dict:
     # trace's peak) reaches the SLO line, and the cheapest of them against the reference: where none comes within
     # TARGET_RATIO, the case asks a causal policy for what no simulated one does (the price of not knowing the
     # future, or of the model).
-    at_slo = [b for b in ("ours",) + CAUSAL if slo_line(b)]
+    def within_budget(name):    # a baseline that breaks the hard budget is no evidence (the baselines ignore it)
+        return budget is None or (p[name]["peakHourlyCost"] <= budget + 1e-9 and p[name]["budgetViolationSeconds"] == 0)
+
+    at_slo = [b for b in ("ours",) + CAUSAL if slo_line(b) and within_budget(b)]
     cheapest = min(at_slo, key=lambda b: p[b]["totalCost"]) if at_slo else None
     return {
         "ratio": ratio,

@@ -153,9 +153,13 @@ class Server:
         self.port, self.lines = port, []
         self.policy_sha1 = autoscaling_sha1()
         self.log = open(log_path, "w")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if torch_threads > 0:              # 0: torch's own default (all cores per replica)
+            env["MOE_TORCH_THREADS"] = str(torch_threads)
+        else:
+            env.pop("MOE_TORCH_THREADS", None)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(ROOT),
-                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                                                  "MOE_TORCH_THREADS": str(torch_threads)})
+                                     start_new_session=True, env=env)
         self.ready = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -585,7 +589,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cold-start", type=int, default=30, help="pool coldStartSeconds in the derived spec")
     ap.add_argument("--max-in-flight", type=int, default=64)
     ap.add_argument("--torch-threads", type=int, default=1,
-                    help="torch threads per engine replica (MOE_TORCH_THREADS; default 1: one core per replica)")
+                    help="torch threads per engine replica (MOE_TORCH_THREADS; default 1: one core per replica; "
+                         "0: torch's default)")
     ap.add_argument("--timeout", type=float, default=180.0)
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--skip-autoscaled", action="store_true")
@@ -595,6 +600,8 @@ def main(argv=None) -> int:
                     help="no live run: re-analyse the replay JSONs a previous run wrote to this directory")
     ap.add_argument("--out", type=Path, default=Path("/tmp/simulate-validation"))
     args = ap.parse_args(argv)
+    if args.torch_threads < 0:
+        ap.error("--torch-threads must be >= 0 (0: torch's default)")
     if args.quick:
         args.duration = min(args.duration, 120.0)
     args.out.mkdir(parents=True, exist_ok=True)

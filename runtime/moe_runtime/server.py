@@ -103,8 +103,8 @@ class _Handler:
 
     async def events(self, stream: AsyncIterator[TokenEvent], t0: float, prompt_len: int,
                      stops: list[str] | None) -> AsyncIterator[tuple[str, str | None, Usage | None, str | None]]:
-        """(text delta, finish_reason, usage, error) tuples, one per generated token (the delta may be empty) and one
-        at the end; closing this generator cancels the sequence."""
+        """(text delta, finish_reason, usage, error) tuples: one per generated token (the delta may be empty) and one
+        at the end, which carries any text still held back; closing this generator cancels the sequence."""
         pool = getattr(stream, "pool", self.pool)
         detok = _Detokenizer(self.codec, stops)
         last_t: float | None = None
@@ -129,11 +129,12 @@ class _Handler:
                     # the engine's, not the first printable character's.
                     yield delta, None, None, None
                 if ev.finished:
-                    tail = detok.flush()
-                    if tail:
-                        yield tail, None, None, None
+                    tail = detok.flush()       # held-back text rides on the finish chunk, as in vLLM
                     err = (ev.error or "the engine failed") if ev.finish_reason == "error" else None
-                    yield "", oa.openai_finish_reason(ev.finish_reason), \
+                    if tail and err is not None:
+                        yield tail, None, None, None
+                        tail = ""
+                    yield tail, oa.openai_finish_reason(ev.finish_reason), \
                         self._usage(usage, prompt_len, len(detok.ids)), err
                     return
             yield detok.flush(), "stop", self._usage(usage, prompt_len, len(detok.ids)), None

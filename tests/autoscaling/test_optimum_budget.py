@@ -161,3 +161,25 @@ def test_simulate_references_honour_the_cost_per_million_cap():
     assert free["cold_start_optimum"].peak_hourly_cost > 3.9
     assert capped["cold_start_optimum"].peak_hourly_cost <= 10600 * 0.1 * 3600 / 1e6 * 1.05
     assert capped["optimum"].peak_hourly_cost <= 10600 * 0.1 * 3600 / 1e6 * 1.05
+
+
+def test_an_ulp_between_two_sums_of_the_same_prices_does_not_drop_min_replicas():
+    # Quiet intervals sit at the floor (floor_cost_rate, a Python sum); the minimums' cost is a numpy dot product
+    # of the same prices, which can come out one ulp higher. That must not read as "the budget wins over
+    # minReplicas" (found by review: these prices dropped all eight minimum replicas).
+    pools = [PoolModel(n, price_per_hour=pr, capacity=100.0, min_replicas=k, max_replicas=10, cold_start_s=0)
+             for n, pr, k in (("a", 35.26, 3), ("b", 20.48, 2), ("c", 13.84, 3))]
+    arrival = np.arange(300.0)
+    opt = offline_optimum(pools, arrival, np.full(300, 10.0), 30.0, window_s=1.0, horizon_s=299.0,
+                          max_cost_per_million=1.0, tokens=np.ones(300))
+    assert all(step == {"a": 3, "b": 2, "c": 3} for step in opt.plan)
+
+
+def test_cost_per_million_budget_counts_tokens_like_the_demand_and_refuses_bad_tokens():
+    from moe_operator.autoscaling.simulate.optimum import interval_budgets
+    # an arrival past the horizon drops out (as interval_demands drops its work), it does not land in the last interval
+    b = interval_budgets([SMALL], np.array([0.0, 100.0, 1000.0]), np.array([1.0, 1.0, 1e9]), 4, 30.0, None, 1.0,
+                         horizon_s=110.0)
+    assert b.max() == pytest.approx(SMALL.price_per_hour)      # only the floor: two tokens cap at ~$0/h
+    with pytest.raises(ValueError, match="finite"):
+        interval_budgets([SMALL], np.array([0.0, 1.0]), np.array([1.0, np.nan]), 1, 30.0, None, 1.0)

@@ -230,6 +230,8 @@ def test_the_overhead_outside_the_engine_adds_to_every_ttft_and_nothing_else():
     run(slow, 10)
     assert slow.ttft == pytest.approx(plain.ttft + 0.25)
     assert slow.tpot == pytest.approx(plain.tpot)
+    # the runtime's own TTFT metric (what the policy reads) starts at the handler: it does not see the overhead
+    assert slow.observation(10.0, 10.0).ttft_p95_s == pytest.approx(plain.observation(10.0, 10.0).ttft_p95_s)
     lone = PROF.prefill_s(300)                     # 0.3 s alone: attainable at a 0.4 s target without the overhead
     args = (np.array([300.0]), np.zeros(1), np.array([20.0]), [pool()])
     assert attainable_replica(*args, {"gpu": PROF}, lone + 0.1, None)[0]

@@ -173,3 +173,25 @@ def test_every_token_is_a_chunk_even_while_its_text_is_held_back():
     assert [d for d, *_ in out[:3]] == ["", "é", "a"]           # one item per token, the first one empty
     assert all(f is None for _, f, _, _ in out[:3])
     assert out[-1][1] == "length" and out[-1][2].completion_tokens == 3
+
+
+def test_text_still_held_back_at_the_end_rides_on_the_finish_chunk():
+    """No extra chunk after the last token: the flushed tail goes with the finish (a client counting token chunks
+    counts the tokens)."""
+    import asyncio
+
+    from moe_runtime.engine.api import TokenEvent
+    from moe_runtime.server import _Handler
+
+    class Engine:
+        tokenizer = ByteTokenizer()
+
+    async def stream():
+        yield TokenEvent(ord("a"), False, None)
+        yield TokenEvent(0xC3, True, "length", Usage(1, 2, 0, 1))      # ends on half a character
+
+    async def collect():
+        return [x async for x in _Handler(Engine(), "cpu", RuntimeMetrics("m"), 16).events(stream(), 0.0, 1, None)]
+
+    out = asyncio.run(collect())
+    assert [(d, f) for d, f, _, _ in out] == [("a", None), ("", None), ("\ufffd", "length")]

@@ -206,7 +206,7 @@ async def _send(client, model: str, p: PlannedRequest, rec: dict[str, Any], cloc
             async for chunk in stream:
                 now = clock()
                 for c in chunk.choices or ():
-                    if c.text or not c.finish_reason:
+                    if not c.finish_reason:
                         chunks += 1                  # a token chunk (its text may be held back: empty)
                     if rec["first_token_s"] is None:
                         rec["first_token_s"] = now   # the first chunk of a completion stream is its first token
@@ -238,7 +238,7 @@ async def _send(client, model: str, p: PlannedRequest, rec: dict[str, Any], cloc
             if details is not None and getattr(details, "cached_tokens", None) is not None:
                 rec["cached_prompt_tokens"] = int(details.cached_tokens)
         else:
-            rec["completion_tokens"] = chunks  # no usage chunk: one token chunk per generated token
+            rec["completion_tokens"] = chunks  # no usage chunk: token chunks (about one per generated token)
         if rec["outcome"] == "ok" and rec["first_token_s"] is None:
             rec["outcome"], rec["error"] = "error", "the stream ended without a completion chunk"
         f = rec["first_token_s"]

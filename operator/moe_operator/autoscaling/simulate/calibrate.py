@@ -207,4 +207,5 @@ def fit_profile(records: Sequence[dict[str, Any]], max_batch: int, kv_tokens: in
     profile = ServingProfile(max_batch=int(max_batch), kv_tokens=int(kv_tokens), prefill_tps=float(prefill_tps),
                              cached_prefill_tps=float(cached_rate), step_base_s=base, step_per_seq_s=per_seq,
                              ttft_overhead_s=max(0.0, float(report["prefill"]["intercept_s"])))
+    report["prefill"]["ttft_overhead_s"] = profile.ttft_overhead_s   # 0 where the intercept came out negative
     return profile, report

@@ -28,6 +28,7 @@ reference, like the policy, meets a burst only with what the cap of the interval
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import sparse
@@ -68,7 +69,8 @@ def widest_within(pools: list[PoolModel], budget: float, lower: np.ndarray) -> f
     (0 when even ``lower`` costs more)."""
     price = np.array([p.price_per_hour for p in pools], dtype=float)
     cap = np.array([p.capacity for p in pools], dtype=float)
-    if float(lower @ price) > budget * (1 + 1e-12):
+    budget = budget * (1 + 1e-9) + 1e-12      # a sum of the same prices in another order may differ by an ulp
+    if float(lower @ price) > budget:
         return 0.0
     res = milp(-cap, constraints=LinearConstraint(price.reshape(1, -1), lb=-np.inf, ub=budget),
                integrality=np.ones(len(pools)), bounds=Bounds(lower, [p.max_replicas for p in pools]))
@@ -77,19 +79,34 @@ def widest_within(pools: list[PoolModel], budget: float, lower: np.ndarray) -> f
 
 def interval_budgets(pools: list[PoolModel], arrival_s: np.ndarray, tokens: np.ndarray | None, intervals: int,
                      interval_s: float, max_hourly_cost: float | None, max_cost_per_million: float | None,
-                     keep_one: bool = True) -> np.ndarray | None:
-    """$/h cap per interval from the two budgets (module docstring), None without either."""
+                     keep_one: bool = True, horizon_s: float | None = None) -> np.ndarray | None:
+    """$/h cap per interval from the two budgets (module docstring), None without either. Tokens are counted per
+    second of arrival and per interval as ``interval_demands`` counts work (arrivals past the horizon drop out).
+    The $/1M cap is rounded down to the cent per hour: never above the cap, and few distinct budgets to size."""
     if max_hourly_cost is None and max_cost_per_million is None:
         return None
     budget = np.full(intervals, np.inf if max_hourly_cost is None else float(max_hourly_cost))
     if max_cost_per_million is not None:
         if tokens is None:
             raise ValueError("max_cost_per_million needs the requests' tokens")
-        k = np.minimum((np.asarray(arrival_s, dtype=float) // interval_s).astype(int), intervals - 1)
-        tps = np.bincount(k, weights=np.asarray(tokens, dtype=float), minlength=intervals)[:intervals] / interval_s
-        cpm = np.maximum(max_cost_per_million * tps * 3600.0 / 1e6, floor_cost_rate(pools, keep_one))
-        budget = np.minimum(budget, cpm)
+        tokens = np.asarray(tokens, dtype=float)
+        if len(tokens) != len(arrival_s) or not np.isfinite(tokens).all() or (tokens < 0).any():
+            raise ValueError("tokens must be one finite, non-negative count per request")
+        arrival_s = np.asarray(arrival_s, dtype=float)
+        horizon = float(horizon_s if horizon_s is not None else (arrival_s.max() if len(arrival_s) else 0.0))
+        seconds = int(np.ceil(horizon)) + 1
+        keep = arrival_s < seconds
+        per_s = np.bincount(np.floor(arrival_s[keep]).astype(int), weights=tokens[keep], minlength=seconds)[:seconds]
+        tps = np.array([per_s[int(j * interval_s):int(min(seconds, (j + 1) * interval_s))].sum() / interval_s
+                        for j in range(intervals)])
+        cpm = np.floor(max_cost_per_million * tps * 3600.0 / 1e6 * 100.0) / 100.0
+        budget = np.minimum(budget, np.maximum(cpm, floor_cost_rate(pools, keep_one)))
     return budget
+
+
+@lru_cache(maxsize=4096)
+def _widest_cached(pools: tuple, budget: float, lower: tuple) -> float:
+    return widest_within(list(pools), budget, np.array(lower, dtype=float))
 
 
 def _solve(pools: list[PoolModel], demand: np.ndarray, interval_s: float, integral: bool, keep_one: bool = True,
@@ -114,9 +131,12 @@ def _solve(pools: list[PoolModel], demand: np.ndarray, interval_s: float, integr
         need = np.maximum(need, cap.min())
     budget = None if max_hourly_cost is None else np.broadcast_to(np.asarray(max_hourly_cost, dtype=float), (k,))
     if budget is not None:
-        if float(mins @ price_h) > float(budget.min()):   # the budget wins over minReplicas
+        # the budget wins over minReplicas (a relative tolerance: the $/1M cap's floor is the same sum, added up
+        # in another order)
+        if float(mins @ price_h) > float(budget.min()) * (1 + 1e-9) + 1e-12:
             mins = np.zeros(m)
-        widest = {b: widest_within(pools, b, mins) if np.isfinite(b) else np.inf for b in np.unique(budget)}
+        widest = {b: _widest_cached(tuple(pools), float(b), tuple(mins)) if np.isfinite(b) else np.inf
+                  for b in np.unique(budget)}
         need = np.minimum(need, np.array([widest[b] for b in budget]))
     # A cap that changes from interval to interval (maxCostPerMillionTokens) can make the capped demand unreachable:
     # a replica serving in interval j was paid since j - L, under those intervals' lower caps. Then each interval
@@ -199,7 +219,7 @@ def offline_optimum(pools: list[PoolModel], arrival_s: np.ndarray, work: np.ndar
     horizon = float(horizon_s if horizon_s is not None else (arrival_s[-1] if len(arrival_s) else 0.0))
     peak, mean = interval_demands(arrival_s, work, interval_s, window_s, horizon)
     budget = interval_budgets(pools, arrival_s, tokens, len(peak), interval_s, max_hourly_cost, max_cost_per_million,
-                              keep_one)
+                              keep_one, horizon)
     x, cost, status, covered = _solve(pools, peak, interval_s, integral=True, keep_one=keep_one, cold_start=cold_start,
                                       max_hourly_cost=budget)
     _, bound, _, _ = _solve(pools, mean, interval_s, integral=False, keep_one=keep_one, max_hourly_cost=budget)

@@ -390,8 +390,9 @@ class ReplicaReplay(ReplayResults):
                 break
             if kind == 1:                               # prefill done: first token
                 i = prefill.popleft()
-                ttft[i] = v = t - arr[i] + over
-                win_ttft.append(v)
+                v = t - arr[i]
+                ttft[i] = v + over       # the client's TTFT; the runtime's own metric (what the policy
+                win_ttft.append(v)       # reads) starts at the handler, after the path outside the engine
                 p_tok += self._prompt[i]
                 c_tok += self._cached[i]
                 o = out[i]

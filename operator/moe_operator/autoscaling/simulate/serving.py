@@ -12,7 +12,9 @@ Units: tokens, seconds, tokens/s. One replica runs a continuous-batching engine:
     ``prefill_chunk_tokens`` of them (vLLM ``max_num_batched_tokens``) beside the decode batch, so a step takes
     ``step_s(b) + chunk / prefill_tps`` seconds (time-additive: the work-unit model's capacity is kept);
   * ``ttft_overhead_s``: latency every first token pays outside the engine (HTTP, proxy, routing, tokenization):
-    added to each TTFT, it takes no engine time and changes no TPOT (the calibration's intercept; 0 by default).
+    added to each request's TTFT (the client's view, which the SLO figures use), not to the TTFT the runtime's
+    metrics report to the policy; it takes no engine time and changes no TPOT (the calibration's intercept; 0 by
+    default).
 
 Defaults come from the planner's (or the capacity annotation's) tokens/s; a calibration fitted on a replay of
 the real endpoint replaces them.
