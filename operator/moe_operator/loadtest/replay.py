@@ -206,8 +206,8 @@ async def _send(client, model: str, p: PlannedRequest, rec: dict[str, Any], cloc
             async for chunk in stream:
                 now = clock()
                 for c in chunk.choices or ():
-                    if not c.finish_reason:
-                        chunks += 1                  # a token chunk (its text may be held back: empty)
+                    if c.text or not c.finish_reason:
+                        chunks += 1   # a token chunk: its text may be held back (empty), or end the stream
                     if rec["first_token_s"] is None:
                         rec["first_token_s"] = now   # the first chunk of a completion stream is its first token
                     if c.finish_reason:
