@@ -84,6 +84,12 @@ def runtime():
         yield url
 
 
+# The waits below end on events (a status field, a count of answered requests); their bound only guards against a
+# hang. On 2 cores with two busy loops this test took 406 s; with more load on top it failed once (2026-12-07,
+# assertion not captured), so the bounds no longer guess the machine's speed (90/60/60 s before).
+HANG_S = 300
+
+
 class Traffic:
     """Clients streaming skewed completions; records (start, end, ok) of each request."""
 
@@ -130,18 +136,18 @@ def test_skewed_traffic_is_rebalanced_live(cluster, namespace, operator, runtime
     try:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("live", runtime))
         posted = wait_for("a rebalance posted", lambda: (lambda s: s if s.get("lastRebalanceTime") else None)(
-            rebalance_status(cluster, namespace, "live")), timeout=90, interval=1, on_fail=operator.log_tail)
+            rebalance_status(cluster, namespace, "live")), timeout=HANG_S, interval=1, on_fail=operator.log_tail)
         assert posted["imbalanceBefore"] > posted["imbalanceAfter"] >= 1.0, posted
         assert posted["gain"] >= 0.05 and posted["placementId"].startswith("p-"), posted
         done = wait_for("every replica on the new placement", lambda: (lambda s: s if s.get("reason") == "Rebalanced"
-                        else None)(rebalance_status(cluster, namespace, "live")), timeout=60, interval=1,
+                        else None)(rebalance_status(cluster, namespace, "live")), timeout=HANG_S, interval=1,
                         on_fail=operator.log_tail)
         assert done["replicasApplied"] == done["replicasTotal"] == REPLICAS, done
         moved_at = time.time()
         applied_s = moved_at - calendar.timegm(time.strptime(posted["lastRebalanceTime"], "%Y-%m-%dT%H:%M:%SZ"))
         # the runtime keeps serving on the new placement: requests sent after the move come back (asserted below)
         wait_for("requests sent after the move done", lambda: len([d for d in traffic.done if d[0] > moved_at]) >= 3,
-                 timeout=60, interval=0.5, on_fail=lambda: f"errors: {traffic.errors[-5:]}")
+                 timeout=HANG_S, interval=0.5, on_fail=lambda: f"errors: {traffic.errors[-5:]}")
     finally:
         traffic.close()
     pool = httpx.get(runtime + "/admin/v1/experts", headers=auth, timeout=30).json()["pools"]["cpu"]
