@@ -85,8 +85,8 @@ def runtime():
 
 
 # The waits below end on events (a status field, a count of answered requests); their bound only guards against a
-# hang. On 2 cores with two busy loops this test took 406 s; with more load on top it failed once (2026-12-07,
-# assertion not captured), so the bounds no longer guess the machine's speed (90/60/60 s before).
+# hang. On 2 cores with two busy loops this test takes ~400 s, so the bounds no longer guess the machine's speed
+# (90/60/60 s before).
 HANG_S = 300
 
 
@@ -134,6 +134,11 @@ def test_skewed_traffic_is_rebalanced_live(cluster, namespace, operator, runtime
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=secret("live", TOKEN))
     traffic = Traffic(runtime)
     try:
+        # Requests must be answered before any move, deterministically: the rebalancer only exists once the
+        # MoEDeployment does, so apply it after three have come back. (Applied at once, a loaded machine let the
+        # operator post and apply the move before the first 32-token answer: 0 of 3 done before it, 2026-12-07.)
+        wait_for("three requests answered before the rebalancer starts", lambda: len(traffic.done) >= 3,
+                 timeout=HANG_S, interval=0.5, on_fail=lambda: f"errors: {traffic.errors[-5:]}")
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("live", runtime))
         posted = wait_for("a rebalance posted", lambda: (lambda s: s if s.get("lastRebalanceTime") else None)(
             rebalance_status(cluster, namespace, "live")), timeout=HANG_S, interval=1, on_fail=operator.log_tail)
