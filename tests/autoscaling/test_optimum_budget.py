@@ -60,13 +60,19 @@ def test_met_demand_first_then_cost():
     assert all(step == {"small": 0, "big": 1} for step in opt.plan)
 
 
-def test_cold_start_reference_pays_its_lead_time_within_the_budget():
-    # the burst of test_simulate's clairvoyant test: 1 replica, 3 needed in interval 5, a 60 s (2 interval) lead
+def burst():
+    """One pool at 50 w/s, plus 750 w/s for 30 s from second 150: 3 replicas needed in interval 5, 60 s lead."""
     pool = PoolModel("gpu", price_per_hour=3.6, capacity=100.0, min_replicas=0, max_replicas=5, cold_start_s=60)
     arrival = np.concatenate([np.arange(0, 300, 1.0), 150 + np.arange(0, 30, 0.1)])
     order = np.argsort(arrival, kind="stable")
     arrival = arrival[order]
     work = np.concatenate([np.full(300, 50.0), np.full(300, 25.0)])[order]
+    return pool, arrival, work
+
+
+def test_cold_start_reference_pays_its_lead_time_within_the_budget():
+    # the burst of test_simulate's clairvoyant test: 1 replica, 3 needed in interval 5, a 60 s (2 interval) lead
+    pool, arrival, work = burst()
     free = clairvoyant_cold_start([pool], arrival, work, 30.0, window_s=1.0, horizon_s=299.0)
     assert [p["gpu"] for p in free.plan] == [1, 1, 1, 3, 3, 3, 1, 1, 1, 1]
     capped = clairvoyant_cold_start([pool], arrival, work, 30.0, window_s=1.0, horizon_s=299.0, max_hourly_cost=7.2)
@@ -133,11 +139,7 @@ def test_clairvoyance_does_not_lift_the_cap_ahead_of_a_burst():
     # The burst of the cold-start test (3 replicas needed in interval 5, 60 s lead). Tokens arrive with the work, so
     # before the burst the $/1M cap pays for one replica only: the reference cannot buy the burst's replicas ahead
     # of it, and serves the burst with what the burst's own intervals allow once they are ready.
-    pool = PoolModel("gpu", price_per_hour=3.6, capacity=100.0, min_replicas=0, max_replicas=5, cold_start_s=60)
-    arrival = np.concatenate([np.arange(0, 300, 1.0), 150 + np.arange(0, 30, 0.1)])
-    order = np.argsort(arrival, kind="stable")
-    arrival = arrival[order]
-    work = np.concatenate([np.full(300, 50.0), np.full(300, 25.0)])[order]
+    pool, arrival, work = burst()
     tokens = work * 20.0    # 1000 tokens/s at the base load: $1/1M allows $3.6/h = one replica
     free = clairvoyant_cold_start([pool], arrival, work, 30.0, window_s=1.0, horizon_s=299.0)
     capped = clairvoyant_cold_start([pool], arrival, work, 30.0, window_s=1.0, horizon_s=299.0,

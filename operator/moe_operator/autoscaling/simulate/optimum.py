@@ -38,19 +38,26 @@ from ..model import PoolModel
 from .metrics import floor_cost_rate
 
 
+def _per_second(arrival_s: np.ndarray, weights: np.ndarray, horizon_s: float) -> np.ndarray:
+    """``weights`` summed per second of arrival over [0, horizon]; arrivals past the horizon drop out."""
+    seconds = int(np.ceil(horizon_s)) + 1
+    return np.bincount(np.floor(arrival_s).astype(int), weights=weights, minlength=seconds)[:seconds]
+
+
+def _spans(intervals: int, interval_s: float, seconds: int):
+    """(first, end) second of each interval, as both the demands and the budgets count them."""
+    return [(int(j * interval_s), int(min(seconds, (j + 1) * interval_s))) for j in range(intervals)]
+
+
 def interval_demands(arrival_s: np.ndarray, work: np.ndarray, interval_s: float, window_s: float,
                      horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
     """(peak, mean) arrival work rates per interval, work units/s."""
-    seconds = int(np.ceil(horizon_s)) + 1
-    per_s = np.bincount(np.floor(arrival_s).astype(int), weights=work, minlength=seconds)[:seconds]
+    per_s = _per_second(arrival_s, work, horizon_s)
     w = max(1, int(window_s))
     rolling = np.convolve(per_s, np.ones(w) / w, mode="full")[: len(per_s)]
-    k = int(np.ceil(seconds / interval_s))
-    peak, mean = np.zeros(k), np.zeros(k)
-    for j in range(k):
-        a, b = int(j * interval_s), int(min(seconds, (j + 1) * interval_s))
-        peak[j] = rolling[a:b].max() if b > a else 0.0
-        mean[j] = per_s[a:b].sum() / interval_s
+    spans = _spans(int(np.ceil(len(per_s) / interval_s)), interval_s, len(per_s))
+    peak = np.array([rolling[a:b].max() if b > a else 0.0 for a, b in spans])
+    mean = np.array([per_s[a:b].sum() / interval_s for a, b in spans])
     return peak, mean
 
 
@@ -94,11 +101,8 @@ def interval_budgets(pools: list[PoolModel], arrival_s: np.ndarray, tokens: np.n
             raise ValueError("tokens must be one finite, non-negative count per request")
         arrival_s = np.asarray(arrival_s, dtype=float)
         horizon = float(horizon_s if horizon_s is not None else (arrival_s.max() if len(arrival_s) else 0.0))
-        seconds = int(np.ceil(horizon)) + 1
-        keep = arrival_s < seconds
-        per_s = np.bincount(np.floor(arrival_s[keep]).astype(int), weights=tokens[keep], minlength=seconds)[:seconds]
-        tps = np.array([per_s[int(j * interval_s):int(min(seconds, (j + 1) * interval_s))].sum() / interval_s
-                        for j in range(intervals)])
+        per_s = _per_second(arrival_s, tokens, horizon)
+        tps = np.array([per_s[a:b].sum() / interval_s for a, b in _spans(intervals, interval_s, len(per_s))])
         cpm = np.floor(max_cost_per_million * tps * 3600.0 / 1e6 * 100.0) / 100.0
         budget = np.minimum(budget, np.maximum(cpm, floor_cost_rate(pools, keep_one)))
     return budget
