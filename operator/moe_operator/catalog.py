@@ -1,19 +1,20 @@
 """Accelerator catalog: what each device type is, costs, and how Kubernetes and Ray name it.
 
 The defaults ship in ``data/accelerators.yaml`` (documented in docs/catalog.md). A cluster admin overrides them with a
-ConfigMap (``Catalog.with_overrides``): prices, the Ascend resource-naming scheme of the cluster, extra accelerators.
+ConfigMap (``Catalog.with_overrides``): prices, the Ascend resource-naming scheme of the cluster, extra accelerators,
+and models (``model_catalog``: the planning facts of well-known MoE models, carried here as ``Catalog.models``).
 A pool overrides its price with ``pricePerDeviceHour``.
 """
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import resources
 from typing import Any, Literal, Mapping, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from moe_operator.catalog_data import configmap_data, packaged_yaml, parse_entries
 from moe_operator.errors import SpecInvalid, UserError
+from moe_operator.model_catalog import ModelCatalog
 
 Vendor = Literal["nvidia", "huawei", "cpu"]
 AscendScheme = Literal["mindcluster", "hami"]
@@ -86,11 +87,13 @@ class Accelerator(BaseModel):
 
 
 class Catalog:
-    """The accelerators a cluster offers, keyed as in a pool's ``accelerator`` field."""
+    """The accelerators a cluster offers, keyed as in a pool's ``accelerator`` field, and the models it knows."""
 
-    def __init__(self, accelerators: Mapping[str, Accelerator], ascend_scheme: AscendScheme = "mindcluster"):
+    def __init__(self, accelerators: Mapping[str, Accelerator], ascend_scheme: AscendScheme = "mindcluster",
+                 models: ModelCatalog | None = None):
         self.accelerators = dict(accelerators)
         self.ascend_scheme: AscendScheme = ascend_scheme
+        self.models = models if models is not None else ModelCatalog.default()
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -101,35 +104,30 @@ class Catalog:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], ascend_scheme: AscendScheme = "mindcluster") -> "Catalog":
         """Build from ``{accelerators: {key: {camelCase fields}}}``."""
-        return cls(_parse_accelerators(data.get("accelerators") or {}, base={}), ascend_scheme)
+        return cls(parse_entries(data.get("accelerators") or {}, {}, Accelerator, "accelerator"), ascend_scheme)
 
     def with_overrides(self, config: Mapping[str, Any] | None) -> "Catalog":
         """A new catalog with a cluster admin's overrides applied.
 
         ``config`` is a ConfigMap (``{"data": {...}}``) or its data: keys ``prices`` (``{key: $/device-hour}``),
-        ``ascendResourceScheme`` (``mindcluster`` | ``hami``) and ``accelerators`` (``{key: {fields}}``: new types,
-        or fields replacing those of a known type). ConfigMap values are strings, so each may be YAML text.
-        Unknown keys or bad values raise UserError naming the key.
+        ``ascendResourceScheme`` (``mindcluster`` | ``hami``), ``accelerators`` (``{key: {fields}}``: new types,
+        or fields replacing those of a known type) and ``models`` (the same for the model catalog).
+        ConfigMap values are strings, so each may be YAML text. Unknown keys or bad values raise UserError naming the key.
         """
         if not config:
-            return Catalog(self.accelerators, self.ascend_scheme)
-        if not isinstance(config, Mapping):
-            raise UserError("catalog config must be a mapping (a ConfigMap or its data)")
-        is_configmap = config.get("kind") == "ConfigMap" or "apiVersion" in config or "data" in config
-        data = (config.get("data") or {}) if is_configmap else config
-        if not isinstance(data, Mapping):
-            raise UserError("catalog config must be a mapping (a ConfigMap or its data)")
-        data = {key: _maybe_yaml(key, value) for key, value in data.items()}
-        unknown = set(data) - {"prices", "ascendResourceScheme", "accelerators"}
+            return Catalog(self.accelerators, self.ascend_scheme, self.models)
+        data = configmap_data(config)
+        unknown = set(data) - {"prices", "ascendResourceScheme", "accelerators", "models"}
         if unknown:
             raise UserError(
-                f"catalog config has unknown key(s) {sorted(unknown)}; use prices, ascendResourceScheme, accelerators"
+                f"catalog config has unknown key(s) {sorted(unknown)}; "
+                "use prices, ascendResourceScheme, accelerators, models"
             )
         scheme = data.get("ascendResourceScheme") or self.ascend_scheme
         if scheme not in ASCEND_SCHEMES:
             raise UserError(f"catalog config ascendResourceScheme is {scheme!r}; use one of {list(ASCEND_SCHEMES)}")
         accelerators = dict(self.accelerators)
-        accelerators.update(_parse_accelerators(data.get("accelerators") or {}, base=accelerators))
+        accelerators.update(parse_entries(data.get("accelerators") or {}, accelerators, Accelerator, "accelerator"))
         prices = data.get("prices") or {}
         if not isinstance(prices, Mapping):
             raise UserError("catalog config prices must map accelerator keys to US$ per device-hour")
@@ -145,7 +143,7 @@ class Catalog:
             accelerators[key] = accelerators[key].model_copy(
                 update={"price_per_device_hour": value, "price_source": "cluster catalog ConfigMap", "price_date": None}
             )
-        return Catalog(accelerators, scheme)  # type: ignore[arg-type]
+        return Catalog(accelerators, scheme, self.models.with_overrides(data.get("models")))  # type: ignore[arg-type]
 
     # -- lookups ------------------------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -184,37 +182,6 @@ class Catalog:
         return acc.price_per_device_hour
 
 
-def _maybe_yaml(key: str, value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError as exc:
-        raise UserError(f"catalog config {key} is not valid YAML: {exc}") from None
-
-
-def _parse_accelerators(raw: Any, base: Mapping[str, Accelerator]) -> dict[str, Accelerator]:
-    """Parse ``{key: {camelCase fields}}``; for a key already in ``base`` the fields given replace its own."""
-    if not isinstance(raw, Mapping):
-        raise UserError("catalog accelerators must map accelerator keys to their fields")
-    out: dict[str, Accelerator] = {}
-    for key, fields in raw.items():
-        if not isinstance(fields, Mapping):
-            raise UserError(f"catalog accelerator {key!r} must be a mapping of fields")
-        merged: dict[str, Any] = base[key].model_dump(by_alias=True) if key in base else {}
-        merged.update(fields)
-        merged["key"] = key
-        try:
-            out[key] = Accelerator.model_validate(merged)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-            )
-            raise UserError(f"catalog accelerator {key!r} is invalid: {problems}") from None
-    return out
-
-
 @lru_cache(maxsize=1)
 def _default_accelerators() -> dict[str, Accelerator]:
-    text = resources.files("moe_operator").joinpath("data/accelerators.yaml").read_text(encoding="utf-8")
-    return _parse_accelerators(yaml.safe_load(text)["accelerators"], base={})
+    return parse_entries(packaged_yaml("accelerators.yaml")["accelerators"], {}, Accelerator, "accelerator")

@@ -30,7 +30,10 @@ def test_defaults_fill_in():
         ({"pools": [{"name": "A_b", "accelerator": "cpu"}]}, "should match pattern"),
         ({"pools": []}, "at least 1 item"),
         ({"model": {"source": "ftp://x"}}, "should match pattern"),
-        ({"model": {"source": "s3://b/m"}}, "model needs architecture or config"),
+        ({"model": {"source": "s3://b/m"}}, "model needs its planning facts"),
+        ({"model": {"source": "pvc://m/x", "architecture": "deepseek_v3"}}, "set spec.model.catalogName"),
+        ({"model": {"source": "hf://a/b", "catalogName": "x", "config": {"model_type": "mixtral"}}}, "not both"),
+        ({"model": {"source": "hf://a/b", "catalogName": "DeepSeek V3"}}, "should match pattern"),
         ({"autoscaling": {"scaleToZero": {"enabled": True}}}, "scaleToZero needs at least one pool with minReplicas 0"),
         ({"autoscaling": {"metrics": {"prometheus": {"url": "http://p:9090"}, "scrape": {"url": "http://r/metrics"}}}}, "choose one metrics source"),
         ({"autoscaling": {"targetUtilization": 0}}, "greater than 0"),
@@ -46,6 +49,16 @@ def test_bad_specs_are_rejected_with_a_sentence(changes, message):
     with pytest.raises(Exception) as info:
         spec(**changes)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("model", [
+    {"source": "hf://deepseek-ai/DeepSeek-V3"},                  # the catalog knows it (or planning says so)
+    {"source": "s3://b/m", "catalogName": "deepseek-v3"},
+    {"source": "pvc://m/x", "config": {"model_type": "mixtral"}},
+    {"source": "/models/tiny", "architecture": "tiny"},
+])
+def test_a_model_named_any_plannable_way_passes_the_schema(model):
+    assert spec(model=model).model.source == model["source"]
 
 
 def test_load_manifest_errors_name_the_file_and_field(tmp_path):

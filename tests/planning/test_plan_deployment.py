@@ -115,10 +115,11 @@ def _with(raw, path, value):
         (_with(MIXED, ["quantization"], "fp8"), "QuantizationUnsupported", ["pool 'ascend'", "int8"]),
         (_with(MIXED, ["model", "architecture"], "mixtral"), "ArchitectureMismatch", ["qwen3_moe"]),
         (_with(MIXED, ["model", "config"], {"model_type": "gpt2"}), "UnsupportedModel", ["gpt2"]),
-        ({**MIXED, "model": {"source": "hf://x/y", "architecture": "mixtral"}}, "ModelConfigMissing", ["spec.model.config"]),
+        ({**MIXED, "model": {"source": "hf://x/y", "architecture": "mixtral"}}, "UnknownModel",
+         ["hf://x/y", "nearest: ", "catalogName", "spec.model.config"]),
     ],
     ids=["unknown-accelerator", "no-price", "does-not-fit", "devices-do-not-divide", "vllm-on-cpu", "fp8-on-ascend",
-         "architecture-mismatch", "unsupported-model", "no-config"],
+         "architecture-mismatch", "unsupported-model", "unknown-hf-model"],
 )
 def test_unservable_specs_raise_spec_invalid_with_reason(raw, reason, words):
     with pytest.raises(SpecInvalid) as err:

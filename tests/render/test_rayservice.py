@@ -111,7 +111,7 @@ def test_live_replicas_are_kept_within_bounds():
 
 
 def test_pvc_model_and_disk_tier_are_mounted():
-    s = spec(model={"source": "pvc://weights/mixtral", "architecture": "mixtral"},
+    s = spec(model={"source": "pvc://weights/mixtral", "catalogName": "mixtral-8x7b"},
              cache={"diskTier": {"enabled": True, "size": "100Gi", "storageClassName": "nvme", "path": "/cache"}})
     pod = groups(render(s))["h800"]["template"]["spec"]
     vols = {v["name"]: v for v in pod["volumes"]}

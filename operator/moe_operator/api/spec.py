@@ -33,12 +33,21 @@ class ModelSpec(ApiModel):
     )
     architecture: Optional[Architecture] = Field(
         default=None,
-        description="Model family. Optional when config carries model_type; decides expert/weight layout.",
+        description="Model family. Optional: config's model_type or the catalog entry gives it; when set, it must agree.",
+    )
+    catalog_name: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="A model of the operator's model catalog (e.g. deepseek-v3; `moectl models` lists them) whose "
+        "planning facts to use. Not needed when source is an hf:// id the catalog knows; not with config.",
     )
     config: Optional[dict[str, Any]] = Field(
         default=None,
-        description="The model's Hugging Face config.json (or the subset planning needs), inline. "
-        "The operator cannot read weights from the cluster, so it plans from this.",
+        description="The model's Hugging Face config.json (or the subset planning needs), inline, for a model the "
+        "catalog does not hold. The operator cannot read weights from the cluster, so it plans from this, "
+        "else from the catalog.",
     )
     served_model_name: Optional[str] = Field(
         default=None,
@@ -51,10 +60,18 @@ class ModelSpec(ApiModel):
 
     RULES = (
         Rule(
-            cel="has(self.architecture) || has(self.config) || self.source.startsWith('builtin://')",
-            message="model needs architecture or config: set spec.model.architecture (e.g. deepseek_v3) or paste "
-            "the model's config.json under spec.model.config",
-            check=lambda m: m.architecture is not None or m.config is not None or m.source.startswith("builtin://"),
+            cel="has(self.config) || has(self.catalogName) || self.source.startsWith('hf://') "
+            "|| self.source.startsWith('builtin://') || (has(self.architecture) && self.architecture == 'tiny')",
+            message="model needs its planning facts: set spec.model.catalogName (moectl models lists the catalog), "
+            "use an hf:// source the catalog knows, or paste the model's config.json under spec.model.config",
+            check=lambda m: m.config is not None or m.catalog_name is not None or m.source.startswith("hf://")
+            or m.source.startswith("builtin://") or m.architecture == "tiny",
+        ),
+        Rule(
+            cel="!(has(self.config) && has(self.catalogName))",
+            message="set spec.model.catalogName or spec.model.config, not both: config is the model's own "
+            "config.json, catalogName takes the catalog's",
+            check=lambda m: m.config is None or m.catalog_name is None,
         ),
     )
 

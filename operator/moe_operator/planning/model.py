@@ -108,8 +108,10 @@ def model_facts(config: Mapping[str, Any] | None, architecture: str | None = Non
             config = TINY_MOE_CONFIG
         else:
             raise SpecInvalid(
-                f"planning needs the model's config.json for architecture {architecture or 'unknown'}: "
-                "paste it (or the keys docs/capacity-model.md lists) under spec.model.config",
+                f"planning needs the model's config.json for architecture {architecture or 'unknown'}: set "
+                "spec.model.catalogName to a catalog model (moectl models lists them), use its hf:// id as "
+                "spec.model.source, or paste its config.json (or the keys docs/capacity-model.md lists) under "
+                "spec.model.config",
                 reason="ModelConfigMissing",
             )
     model_type = str(config.get("model_type") or "")

@@ -112,17 +112,28 @@ class DeploymentPlan(BaseModel):
         raise KeyError(name)
 
 
-def facts_for(spec: Any) -> ModelFacts:
-    """Model facts of a spec: its inline config, or the tiny model's for builtin://tiny-moe."""
-    config = spec.model.config
-    architecture = spec.model.architecture
-    if config is None and spec.model.source.startswith("builtin://tiny-moe"):
-        architecture = architecture or "tiny"
+def facts_for(spec: Any, catalog: Catalog | None = None) -> ModelFacts:
+    """Model facts of a spec: the one place ``spec.model`` is resolved to a config (docs/catalog.md "Model catalog").
+
+    In order: ``spec.model.config`` if given; else the catalog entry named by ``catalogName``; else the entry whose
+    Hugging Face ids hold an ``hf://`` source (SpecInvalid(UnknownModel) naming the nearest entries when none does);
+    else the tiny model for builtin://tiny-moe; else SpecInvalid(ModelConfigMissing).
+    """
+    model = spec.model
+    config, architecture, where = model.config, model.architecture, "spec.model.config"
+    if config is None:
+        models = (catalog or Catalog.default()).models
+        catalog_name = getattr(model, "catalog_name", None)
+        entry = models.get(catalog_name) if catalog_name else models.for_source(model.source)
+        if entry is not None:
+            config, where = entry.config, f"catalog model {entry.key}"
+        elif model.source.startswith("builtin://tiny-moe"):
+            architecture = architecture or "tiny"
     if config is not None and architecture and architecture != "tiny":
         model_type = config.get("model_type")
         if model_type and model_type != architecture:
             raise SpecInvalid(
-                f"spec.model.architecture is {architecture} but spec.model.config has model_type {model_type}; "
+                f"spec.model.architecture is {architecture} but {where} has model_type {model_type}; "
                 "make them agree (or drop architecture)",
                 reason="ArchitectureMismatch",
             )
@@ -131,7 +142,7 @@ def facts_for(spec: Any) -> ModelFacts:
 
 def plan_deployment(spec: Any, catalog: Catalog, name: str) -> DeploymentPlan:
     """Plan every pool of ``spec`` (a MoEDeploymentSpec); SpecInvalid naming the pool when one cannot be served."""
-    facts = facts_for(spec)
+    facts = facts_for(spec, catalog)
     pools = [_plan_pool(spec, pool, facts, catalog) for pool in spec.pools]
     return DeploymentPlan(
         name=name,
@@ -155,7 +166,7 @@ def pool_capacity(spec: Any, pool: Any, catalog: Catalog) -> PoolCapacity:
         if not matches:
             raise KeyError(pool)
         pool = matches[0]
-    facts = facts_for(spec)
+    facts = facts_for(spec, catalog)
     try:
         acc = catalog.get(pool.accelerator)
         par = choose_parallelism(pool.devices_per_replica, facts)
