@@ -280,14 +280,60 @@ class TorchEngine:
         if not self._accept(seq, sample(logits, seq.params, seq.gen)):
             self._running.append(seq)
 
+    def _fail(self, seq: _Seq, exc: BaseException) -> None:
+        """Finish one sequence with an error: the batch around it goes on."""
+        log.error("request %s failed: %s: %s", seq.request_id, type(exc).__name__, exc, exc_info=exc)
+        if not seq.done:
+            self._finish(seq, "error", None, f"{type(exc).__name__}: {exc}")
+
+    def _prefill_each(self, admit: list[_Seq]) -> None:
+        """Prefill the admitted sequences one by one; one that fails (a bad cache block, its prompt's OOM) is
+        finished with an error and the others are admitted."""
+        for s in admit:
+            try:
+                self._prefill(s)
+            except Exception as e:  # noqa: BLE001 (the sequence's own failure)
+                self._fail(s, e)
+
+    def _forward_each(self, batch: list[_Seq], lengths: list[int]) -> list[torch.Tensor | None]:
+        """After a failed batched decode: undo its partial KV appends, then decode each sequence alone so that the
+        one that breaks the forward fails alone (None in its row)."""
+        rows: list[torch.Tensor | None] = []
+        for s, n in zip(batch, lengths):
+            s.kv.truncate(n)
+        for s, n in zip(batch, lengths):
+            try:
+                rows.append(self.model([[s.out[-1]]], [s.kv])[0])
+            except Exception as e:  # noqa: BLE001
+                s.kv.truncate(n)
+                self._fail(s, e)
+                rows.append(None)
+        return rows
+
     def _decode(self) -> None:
         batch = self._running
         t0 = time.monotonic()
-        logits = self.model([[s.out[-1]] for s in batch], [s.kv for s in batch])
+        lengths = [s.kv.length for s in batch]
+        try:
+            rows = list(self.model([[s.out[-1]] for s in batch], [s.kv for s in batch]))
+        except Exception:  # noqa: BLE001 (find the sequence that causes it)
+            log.warning("batched decode of %d sequences failed; decoding them one by one", len(batch), exc_info=True)
+            rows = self._forward_each(batch, lengths)
         dt = time.monotonic() - t0
         self._step_s = dt if self._step_s == 0 else 0.8 * self._step_s + 0.2 * dt
         self._step_batch = 0.8 * self._step_batch + 0.2 * len(batch)
-        self._running = [s for s, row in zip(batch, logits) if not self._accept(s, sample(row, s.params, s.gen))]
+        keep = []
+        for s, row in zip(batch, rows):
+            if row is None:
+                continue
+            try:
+                token = sample(row, s.params, s.gen)
+            except Exception as e:  # noqa: BLE001 (this request's sampling, e.g. bad probabilities)
+                self._fail(s, e)
+                continue
+            if not self._accept(s, token):
+                keep.append(s)
+        self._running = keep
 
     def _warmup(self) -> None:
         """One short prefill + decode so the first request does not pay one-time kernel set-up, and the capacity
@@ -337,13 +383,12 @@ class TorchEngine:
                         admit.append(s)
                 self._prefilling = admit
             try:
-                for s in admit:
-                    self._prefill(s)
+                self._prefill_each(admit)
                 with self._cond:
                     self._prefilling = []
                 if self._running:
                     self._decode()
-            except Exception as e:  # a failed step fails the sequences in it, not the engine
+            except Exception as e:  # not one sequence's failure (those are handled above): fail the step's
                 log.exception("engine step failed")
                 for s in admit + self._running:
                     if not s.done:

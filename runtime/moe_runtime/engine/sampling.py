@@ -1,13 +1,23 @@
-"""Next-token choice: greedy (temperature 0) or temperature + nucleus (top-p) sampling with a per-request seed."""
+"""Next-token choice: greedy (temperature 0) or temperature + nucleus (top-p) sampling with a per-request seed.
+
+Numerically safe for every legal temperature: below ``GREEDY_BELOW`` sampling is greedy (as in vLLM), and the
+logits are shifted by their maximum in float64 before the division, so huge logits or a tiny temperature never
+overflow into inf/NaN probabilities (which ``torch.multinomial`` refuses)."""
 from __future__ import annotations
 
 import torch
 
 from .api import SamplingParams
 
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy: the distribution is one-hot to float precision anyway
+
+
+def is_greedy(params: SamplingParams) -> bool:
+    return params.temperature < GREEDY_BELOW
+
 
 def make_generator(params: SamplingParams) -> torch.Generator | None:
-    if params.temperature <= 0:
+    if is_greedy(params):
         return None
     g = torch.Generator()
     g.manual_seed(params.seed if params.seed is not None else torch.seed() % (2**63))
@@ -16,9 +26,11 @@ def make_generator(params: SamplingParams) -> torch.Generator | None:
 
 def sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
     """logits: [vocab] float32 (cpu or device)."""
-    if params.temperature <= 0 or gen is None:
+    if is_greedy(params) or gen is None:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
+    # +inf logits become the largest float (a tie among them), NaN ones are never chosen
+    x = torch.nan_to_num(logits.detach().cpu().double(), nan=float("-inf"), posinf=torch.finfo(torch.float64).max)
+    probs = torch.softmax((x - x.max()) / params.temperature, dim=-1)
     if params.top_p < 1.0:
         p, idx = torch.sort(probs, descending=True)
         keep = torch.cumsum(p, 0) - p < params.top_p  # always keeps the most likely token

@@ -43,6 +43,10 @@ class SeqKV:
         for i, (k, v) in enumerate(block):
             self.append(i, k, v)
 
+    def truncate(self, length: int) -> None:
+        """Forget the tokens from ``length`` on in every layer (undoes a forward that failed part-way)."""
+        self.lens = [min(n, length) for n in self.lens]
+
     def nbytes(self) -> int:
         """Bytes of the tokens held (not of the spare capacity)."""
         total = 0
