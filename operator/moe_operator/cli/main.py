@@ -12,7 +12,7 @@ import sys
 from moe_operator.errors import UserError
 
 # Subcommand modules, in the order `moectl --help` lists them.
-COMMANDS = ("plan", "render", "up", "simulate", "replay", "cost", "rebalance")
+COMMANDS = ("plan", "render", "models", "up", "simulate", "replay", "cost", "rebalance")
 
 
 def build_parser() -> argparse.ArgumentParser:
