@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -18,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from moe_runtime.engine.api import SamplingParams, Usage
 
 MAX_BODY_BYTES = 1 << 20  # larger request bodies get 413
+MAX_JSON_DEPTH = 32  # arrays/objects nested deeper get 400 (a real request needs 4)
+# The only way a lone surrogate (a string UTF-8 cannot encode) gets into a parsed body is a \uD800-\uDFFF escape:
+# the raw bytes must be UTF-8, which cannot carry surrogates. Bodies without such an escape skip the string walk.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 MAX_STOP_SEQUENCES = 4
 
 # Used when the tokenizer has no chat template of its own (docs/http-api.md, "Chat template").
@@ -162,17 +167,57 @@ class ChatRequest(_Common):
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """Decode a JSON object body or raise a 400/413 APIError."""
+    """Decode a JSON object body or raise a 400/413 APIError: not JSON, not an object, nested deeper than
+    MAX_JSON_DEPTH, or holding a string that is not valid Unicode (a lone surrogate, anywhere, keys included)."""
     if len(raw) > MAX_BODY_BYTES:
         raise APIError(413, f"request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES} bytes",
                        code="request_too_large")
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    _check_tree(body, strings=_SURROGATE_ESCAPE.search(raw) is not None)
     return body
+
+
+def _too_deep() -> APIError:
+    return APIError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} arrays/objects", code="invalid_json")
+
+
+def _check_text(s: str, param: str | None) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, f"invalid value for '{param or 'body'}': a string is not valid Unicode (a lone "
+                       "surrogate escape such as \\ud800); send UTF-8 text", param=param,
+                       code="invalid_value") from None
+
+
+def _check_tree(body: Any, strings: bool) -> None:
+    """Bound the nesting depth (always) and check every key and string (when ``strings``), iteratively."""
+    stack: list[tuple[Any, int, str]] = [(body, 1, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep()
+        if isinstance(node, dict):
+            items = node.items()
+        elif isinstance(node, list):
+            items = enumerate(node)
+        else:
+            continue
+        for key, value in items:
+            if strings and isinstance(key, str):
+                _check_text(key, path or None)
+            child = f"{path}.{key}" if path else str(key)
+            if isinstance(value, (dict, list)):
+                stack.append((value, depth + 1, child))
+            elif strings and isinstance(value, str):
+                _check_text(value, child)
 
 
 def validate(model_cls: type[_Common], body: dict[str, Any]) -> Any:
@@ -217,12 +262,17 @@ def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_context: i
 
 def render_chat(messages: list[ChatMessage], template: str | None, bos: str = "", eos: str = "") -> str:
     """Apply the tokenizer's Jinja chat template (or DEFAULT_CHAT_TEMPLATE) with a generation prompt."""
+    from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False)
     msgs = [{"role": m.role, "content": m.text()} for m in messages]
-    return env.from_string(template or DEFAULT_CHAT_TEMPLATE).render(
-        messages=msgs, add_generation_prompt=True, bos_token=bos, eos_token=eos)
+    try:
+        return env.from_string(template or DEFAULT_CHAT_TEMPLATE).render(
+            messages=msgs, add_generation_prompt=True, bos_token=bos, eos_token=eos)
+    except TemplateError as exc:  # the template refuses these messages (raise_exception: roles must alternate, ...)
+        raise APIError(400, f"the model's chat template refuses these messages: {exc}", param="messages",
+                       code="invalid_value") from None
 
 
 def usage_json(u: Usage) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -21,6 +23,21 @@ from moe_runtime.engine.api import AsyncEngine, PromptTooLong, QueueFull, TokenE
 from moe_runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 
 DISCONNECT_POLL_S = 0.2  # how often a non-streaming request checks that its client is still there
+
+log = logging.getLogger(__name__)
+
+
+def server_error(code: str, what: str, detail: str, exc: BaseException | None = None) -> oa.APIError:
+    """A 500 whose message is generic: the detail (exception text, engine internals) goes to the log only, under
+    an error id that the client's message carries."""
+    eid = uuid.uuid4().hex[:12]
+    log.error("%s (error id %s): %s", what, eid, detail, exc_info=exc)
+    return oa.APIError(500, f"{what}; the server log has the details (error id {eid})", type="server_error",
+                       code=code)
+
+
+def engine_error(rid: str, detail: str) -> oa.APIError:
+    return server_error("engine_error", "the engine failed to generate this request", f"request {rid}: {detail}")
 
 
 class TextCodec:
@@ -189,9 +206,9 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
     app.add_exception_handler(oa.APIError, oa.handle_api_error)
 
     @app.exception_handler(Exception)
-    async def _internal(_req: Request, exc: Exception):  # e.g. an engine replica died mid-request
-        return oa.APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error",
-                           code="internal_error").response()
+    async def _internal(req: Request, exc: Exception):  # e.g. an engine replica died mid-request
+        return server_error("internal_error", "internal server error", f"{req.method} {req.url.path}: "
+                            f"{type(exc).__name__}: {exc}", exc).response()
 
     @app.exception_handler(404)
     async def _not_found(req: Request, _exc):
@@ -294,7 +311,7 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
         finally:
             watcher.cancel()
         if err is not None:
-            return oa.APIError(500, err, type="server_error", code="engine_error").response()
+            return engine_error(rid, err).response()
         build = oa.chat_json if chat else oa.completion_json
         return JSONResponse(build(rid, engine.model_name, text, finish, usage), headers={"X-Request-Id": rid})
 
@@ -317,7 +334,7 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
                 yield _sse(oa.chat_chunk(rid, model_name, {"role": "assistant", "content": ""}, None))
             async for delta, finish, usage, err in events:
                 if err is not None:
-                    yield _sse(oa.APIError(500, err, type="server_error", code="engine_error").body())
+                    yield _sse(engine_error(rid, err).body())
                     break
                 if chat:
                     yield _sse(oa.chat_chunk(rid, model_name, {"content": delta} if delta or not finish else {},
