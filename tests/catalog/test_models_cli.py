@@ -53,3 +53,24 @@ def test_bad_catalog_is_one_line_exit_2(tmp_path, capsys):
     assert main(["models", "--catalog", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "catalog model 'x'" in err and err.count("\n") == 1
+
+
+def _spec_file(tmp_path, source: str):
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment", "metadata": {"name": "ds"},
+        "spec": {"model": {"source": source}, "engine": "vllm", "quantization": "fp8",
+                 "pools": [{"name": "h800", "accelerator": "nvidia-h800", "devicesPerReplica": 16}]}}))
+    return str(path)
+
+
+def test_plan_from_the_hf_id_alone(tmp_path, capsys):
+    assert main(["plan", "--json", "-f", _spec_file(tmp_path, "hf://deepseek-ai/DeepSeek-V3")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["architecture"] == "deepseek_v3" and out["pools"][0]["fit"]["fits"]
+
+
+def test_plan_of_a_typo_names_the_nearest_models(tmp_path, capsys):
+    assert main(["plan", "-f", _spec_file(tmp_path, "hf://deepseek-ai/DeepSeek-V4-typo")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "deepseek-v3 (deepseek-ai/DeepSeek-V3)" in err and err.count("\n") == 1
