@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from moe_runtime import openai_api as oa
 from moe_runtime.placement_board import PlacementSuperseded, canonical_placement
+from moe_runtime.server import read_body
 
 TOKEN_ENV = "MOE_ADMIN_TOKEN"
 PREFIX = "/admin/v1"
@@ -105,7 +106,7 @@ def mount_admin_routes(app: FastAPI, backend: AdminBackend, token: str | None = 
     @app.post(PREFIX + "/placement")
     async def placement(request: Request):
         auth(request)
-        pool, doc = parse_placement_request(oa.parse_body(await request.body()), backend.pools, backend.shape,
+        pool, doc = parse_placement_request(oa.parse_body(await read_body(request)), backend.pools, backend.shape,
                                             backend.initial)
         pid = await board(backend.post(pool, doc))
         return JSONResponse({"pool": pool, "placementId": pid}, status_code=202)

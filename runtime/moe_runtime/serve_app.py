@@ -122,6 +122,9 @@ class RemoteTokenizer:
     def get_vocab_size(self) -> int:
         return self._tok.get_vocab_size()
 
+    def get_vocab(self, with_added_tokens: bool = True) -> dict[str, int]:
+        return self._tok.get_vocab(with_added_tokens=with_added_tokens)
+
     def to_str(self) -> str:
         return self._tok.to_str()
 

@@ -61,17 +61,35 @@ class TextCodec:
 
 
 class _Detokenizer:
-    """Turns generated ids into text deltas, holding back partial UTF-8 and anything that may start a stop string."""
+    """Turns generated ids into text deltas, holding back partial UTF-8 and anything that may start a stop string.
+
+    Incremental (as vLLM's): each push decodes only the window of ids since the last released text (plus the ids of
+    that text, as context for tokenizers whose decoding depends on the previous token), so n tokens cost O(n)
+    decoding instead of re-decoding the whole output on every token."""
 
     def __init__(self, codec: TextCodec, stops: list[str] | None):
         self.codec, self.stops = codec, stops or []
         self.ids: list[int] = []
+        self.text = ""  # text of ids[:read]
+        self.prefix = 0  # ids[prefix:read] decode to the end of ``text``: the context of the next window
+        self.read = 0
         self.sent = 0  # characters of the text already emitted
         self.stopped = False
 
+    def _advance(self, final: bool) -> None:
+        """Append the text of ids[read:] once it is whole (not ending in a partial character), or anyway if final."""
+        if self.read == len(self.ids):
+            return
+        before = self.codec.decode(self.ids[self.prefix:self.read])
+        window = self.codec.decode(self.ids[self.prefix:])
+        if len(window) > len(before) and (final or not window.endswith("\ufffd")):
+            self.text += window[len(before):]
+            self.prefix, self.read = self.read, len(self.ids)
+
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.codec.decode(self.ids)
+        self._advance(final=False)
+        text = self.text
         for s in self.stops:
             at = text.find(s, max(0, self.sent - len(s) + 1))
             if at >= 0:
@@ -79,11 +97,9 @@ class _Detokenizer:
                 delta, self.sent = text[self.sent:at], at
                 return delta
         safe = len(text)
-        if text.endswith("\ufffd"):
-            safe = len(text.rstrip("\ufffd"))
         for s in self.stops:  # hold back a suffix that is a prefix of a stop string
             for k in range(min(len(s) - 1, safe - self.sent), 0, -1):
-                if text[:safe].endswith(s[:k]):
+                if text.endswith(s[:k], 0, safe):
                     safe -= k
                     break
         delta = text[self.sent:safe] if safe > self.sent else ""
@@ -93,9 +109,40 @@ class _Detokenizer:
     def flush(self) -> str:
         if self.stopped:
             return ""
-        text = self.codec.decode(self.ids)
-        delta, self.sent = text[self.sent:], len(text)
+        self._advance(final=True)
+        delta, self.sent = self.text[self.sent:], len(self.text)
         return delta
+
+
+async def read_body(request: Request, limit: int = oa.MAX_BODY_BYTES) -> bytes:
+    """The request body, or a 413 as soon as it is larger than ``limit``: a declared Content-Length is checked
+    before reading, and a body without one (chunked) is read chunk by chunk and never buffered past the limit."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise oa.APIError(413, f"request body is {length} bytes; the limit is {limit} bytes", code="request_too_large")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise oa.APIError(413, f"request body is over the limit of {limit} bytes", code="request_too_large")
+    return bytes(buf)
+
+
+# A tokenizer normalizer may shrink text (Unicode composition: up to 3 characters into 1); the pre-check allows for
+# more than that so that it never refuses a prompt that fits.
+NORMALIZER_SLACK = 4
+
+
+def max_token_chars(tokenizer: Any) -> int | None:
+    """The most characters any one token's text can stand for (its longest vocabulary entry: byte-level and
+    metaspace entries are at least as long as the text they cover); None when the tokenizer has no vocabulary."""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    try:
+        vocab = get_vocab(with_added_tokens=True) if get_vocab else None
+    except Exception:  # noqa: BLE001 (no usable vocabulary: no pre-check)
+        return None
+    longest = max(map(len, vocab), default=0) if vocab else 0
+    return longest or None
 
 
 class _Handler:
@@ -105,6 +152,18 @@ class _Handler:
         self.engine, self.pool, self.metrics = engine, pool, metrics
         self.codec = TextCodec(engine.tokenizer)
         self.default_max_tokens = default_max_tokens
+        self._token_chars = max_token_chars(engine.tokenizer)
+
+    def precheck_chars(self, chars: int, param: str) -> None:
+        """Refuse, before tokenizing it, a prompt of ``chars`` characters that cannot fit the context whatever its
+        tokens: tokenizing a megabyte takes a while, and an answer that is known should not wait for it."""
+        if not self._token_chars:
+            return
+        at_least = chars // (self._token_chars * NORMALIZER_SLACK)
+        if at_least >= self.engine.max_context_tokens:
+            raise oa.APIError(400, f"This model's maximum context length is {self.engine.max_context_tokens} "
+                              f"tokens; the prompt's {chars} characters are at least {at_least} tokens",
+                              param=param, code="context_length_exceeded")
 
     async def start(self, prompt_ids: list[int], params, rid: str):
         """Admit a request to the engine or raise the APIError the client should see."""
@@ -252,11 +311,7 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
         return model_card()
 
     async def read(request: Request, cls):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > oa.MAX_BODY_BYTES:
-            raise oa.APIError(413, f"request body is {length} bytes; the limit is {oa.MAX_BODY_BYTES} bytes",
-                              code="request_too_large")
-        req = oa.validate(cls, oa.parse_body(await request.body()))
+        req = oa.validate(cls, oa.parse_body(await read_body(request)))
         oa.check_model(req.model, engine.model_name)
         return req
 
@@ -268,7 +323,8 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             prompt = prompt[0]
         if isinstance(prompt, str):
-            ids = handler.codec.encode(prompt, add_special_tokens=True)
+            handler.precheck_chars(len(prompt), "prompt")
+            ids = await asyncio.to_thread(handler.codec.encode, prompt, True)  # off the event loop
         else:
             ids = list(prompt)
             vocab = getattr(engine.tokenizer, "get_vocab_size", lambda: None)()
@@ -284,9 +340,12 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
     async def chat(request: Request):
         t0 = time.perf_counter()
         req: oa.ChatRequest = await read(request, oa.ChatRequest)
-        text = oa.render_chat(req.messages, handler.codec.chat_template, handler.codec.bos_token,
-                              handler.codec.eos_token)
-        ids = handler.codec.encode(text)
+        handler.precheck_chars(sum(len(m.text()) for m in req.messages), "messages")
+
+        def tokenize() -> list[int]:  # template and tokenizer run off the event loop
+            return handler.codec.encode(oa.render_chat(req.messages, handler.codec.chat_template,
+                                                       handler.codec.bos_token, handler.codec.eos_token))
+        ids = await asyncio.to_thread(tokenize)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         max_tokens = oa.resolve_max_tokens(requested, len(ids), engine.max_context_tokens,
                                            default_max_tokens, prompt_param="messages")
