@@ -88,7 +88,7 @@ def _new_problem(old: dict, exc: Exception) -> bool:
     """Emit the Warning once per distinct message, not on every retry/timer tick."""
     for c in old.get("conditions") or []:
         if c.get("type") == "SpecInvalid":
-            return not (c.get("status") == "True" and c.get("message") == str(exc))
+            return not (c.get("status") == "True" and c.get("message") == status.bounded(str(exc)))
     return True
 
 

@@ -8,8 +8,18 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable
 
+from moe_operator.api.status import Condition
 from moe_operator.autoscaling.report import rfc3339
 from moe_operator.render.inputs import RenderInput
+
+# the schema's bound on a condition message (api/status.py owns it); a longer one fails the whole status patch
+MESSAGE_MAX = next(m.max_length for m in Condition.model_fields["message"].metadata if hasattr(m, "max_length"))
+CUT = " ... (cut)"
+
+
+def bounded(message: str, limit: int = MESSAGE_MAX) -> str:
+    """``message`` cut to ``limit`` characters, saying so: a message quoting a huge value must still be written."""
+    return message if len(message) <= limit else message[:limit - len(CUT)] + CUT
 
 
 def now() -> str:
@@ -24,7 +34,7 @@ def condition(old: Iterable[dict], type_: str, status: str, reason: str, message
         "type": type_,
         "status": status,
         "reason": reason,
-        "message": message,
+        "message": bounded(message),
         "lastTransitionTime": prev.get("lastTransitionTime") if same and prev.get("lastTransitionTime") else now(),
         "observedGeneration": generation,
     }
