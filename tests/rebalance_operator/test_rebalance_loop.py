@@ -174,6 +174,14 @@ def test_runtime_url_defaults_to_kuberays_serve_service(monkeypatch):
     assert rb.runtime_url(body) == "http://127.0.0.1:9"
 
 
+@pytest.mark.parametrize("forged", ["attacker.example.com:80/x#", "other-tenant", "127.0.0.1:9/#"])
+def test_the_token_never_follows_a_forged_status_ray_service_name(forged):
+    """Status is writable by anyone with status-patch rights: the URL (and so the Bearer token) must not follow
+    it (issue 14 item 12). The RayService is always named after the MoEDeployment."""
+    body = {"metadata": {"name": "m", "namespace": "team"}, "status": {"rayServiceName": forged}}
+    assert rb.runtime_url(body) == "http://m-serve-svc.team.svc:8000"
+
+
 def test_annotation_without_opt_in_gets_no_token_and_the_status_says_why(world, monkeypatch):
     fake, body, rec, _ = world
     monkeypatch.setattr(rb, "ALLOW_URL_ANNOTATION", False)

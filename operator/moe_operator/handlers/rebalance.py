@@ -89,13 +89,13 @@ class AdminError(Exception):
 
 def runtime_url(body: dict[str, Any]) -> str:
     """The runtime's base URL: the annotation when ALLOW_URL_ANNOTATION, else KubeRay v1.5.0's serve Service of the
-    RayService (``utils.GenerateServeServiceName``: ``<rayservice>-serve-svc``), port 8000."""
+    RayService (``utils.GenerateServeServiceName``: ``<rayservice>-serve-svc``), port 8000. The RayService is named
+    after the MoEDeployment; never read from the status, which anyone with status-patch rights can point elsewhere."""
     meta = body["metadata"]
     url = (meta.get("annotations") or {}).get(URL_ANNOTATION)
     if url and ALLOW_URL_ANNOTATION:
         return url.rstrip("/")
-    rs = (body.get("status") or {}).get("rayServiceName") or meta["name"]
-    return f"http://{rs}-serve-svc.{meta['namespace']}.svc:{SERVE_PORT}"
+    return f"http://{meta['name']}-serve-svc.{meta['namespace']}.svc:{SERVE_PORT}"
 
 
 def ignored_annotation_note(body: dict[str, Any]) -> str:
