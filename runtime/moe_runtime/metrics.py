@@ -32,6 +32,7 @@ def merge_stats(parts: list[EngineStats]) -> EngineStats:
         out.running += s.running
         out.kv_cache_bytes += s.kv_cache_bytes
         out.capacity_tokens_per_second += s.capacity_tokens_per_second
+        out.prefix_cache_disk_write_failures += s.prefix_cache_disk_write_failures
         for d_out, d_in in ((out.prefix_cache_bytes, s.prefix_cache_bytes), (out.tokens, s.tokens),
                             (out.requests, s.requests)):
             for k, v in d_in.items():
@@ -114,6 +115,9 @@ class RuntimeMetrics:
         kv = GaugeMetricFamily("moe_kv_cache_bytes", "KV cache held by running sequences, bytes.", labels=names)
         prefix = GaugeMetricFamily("moe_prefix_cache_bytes", "Prefix cache size by tier, bytes.",
                                    labels=[*names, "tier"])
+        disk_fail = CounterMetricFamily("moe_prefix_cache_disk_write_failures",
+                                        "Prefix-cache blocks the disk tier failed to write (e.g. ENOSPC); best "
+                                        "effort, requests are unaffected.", labels=names)
         cap = GaugeMetricFamily("moe_capacity_tokens_per_second",
                                 "The replicas' own capacity estimate, generated-token equivalents per second.",
                                 labels=names)
@@ -134,8 +138,9 @@ class RuntimeMetrics:
             kv.add_metric(lv, float(s.kv_cache_bytes))
             for tier in ("memory", "disk"):
                 prefix.add_metric([*lv, tier], float(s.prefix_cache_bytes.get(tier, 0)))
+            disk_fail.add_metric(lv, float(s.prefix_cache_disk_write_failures))
             cap.add_metric(lv, float(s.capacity_tokens_per_second))
-        families = [tokens, reqs, queue, running, experts, kv, prefix, cap]
+        families = [tokens, reqs, queue, running, experts, kv, prefix, disk_fail, cap]
         if self._ready:
             ready = GaugeMetricFamily("moe_ready_replicas", "Replicas of the pool that reported to the placement "
                                       "board within the last 10 s.", labels=names)

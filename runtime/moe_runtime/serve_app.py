@@ -226,7 +226,8 @@ class RemoteEngine:
             for stats, seen in snaps.values():
                 if now - seen > STALE_SNAPSHOT_S:  # gone: keep its counters, drop its gauges
                     stats = EngineStats(tokens=stats.tokens, requests=stats.requests,
-                                        expert_tokens=stats.expert_tokens)
+                                        expert_tokens=stats.expert_tokens, prefix_cache_disk_write_failures=
+                                        stats.prefix_cache_disk_write_failures)
                 parts.append(stats)
             merged = merge_stats(parts)
             merged.requests["rejected"] = merged.requests.get("rejected", 0) + self.front_rejections[pool]

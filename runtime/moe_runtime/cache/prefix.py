@@ -52,7 +52,11 @@ class PrefixCache:
             self.disk.put(key, block)
 
     def has(self, key: str) -> bool:
-        return key in self.memory or (self.disk is not None and self.disk.path(key).exists())
+        return key in self.memory or (self.disk is not None and self.disk.has(key))
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait for the disk tier's queued writes (a clean shutdown keeps what it computed)."""
+        return self.disk.drain(timeout_s) if self.disk is not None else True
 
     def bytes(self) -> dict[str, int]:
         return {"memory": self.memory.bytes, "disk": self.disk.bytes if self.disk else 0}

@@ -96,6 +96,8 @@ class TorchEngine:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30)
             self._thread = None
+        if self.cache is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.cache.drain, 30)
         close = getattr(self.model.backend, "close", None)
         if close:
             close()
@@ -143,6 +145,7 @@ class TorchEngine:
         return EngineStats(
             queue_depth=queue, running=running, kv_cache_bytes=self._kv_bytes,
             prefix_cache_bytes=self.cache.bytes() if self.cache else {"memory": 0, "disk": 0},
+            prefix_cache_disk_write_failures=self.cache.disk.write_failures if self.cache and self.cache.disk else 0,
             tokens=dict(self._tokens), requests=dict(self._requests),
             expert_tokens=self._expert_counts().tolist(),
             capacity_tokens_per_second=self.capacity_tokens_per_second(),
