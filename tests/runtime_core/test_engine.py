@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from runtime_core.rc_helpers import greedy
+from runtime_core.rc_helpers import greedy, settled_stats
 from moe_runtime.cache import PrefixCache
 from moe_runtime.engine import PromptTooLong, QueueFull, SamplingParams
 from moe_runtime.engine.core import TorchEngine
@@ -86,11 +86,7 @@ def test_cancel_queue_full_context_limit_and_bad_input(tiny):
             await e.generate([1], SamplingParams(top_p=0), "bad-top-p")
         await agen.aclose()  # the client goes away: the sequence is cancelled and the batch slot freed
         results = [await collect_stream(w) for w in waiting]
-        for _ in range(100):  # the worker updates its books right after emitting the final event
-            if e.stats().running == 0:
-                break
-            await asyncio.sleep(0.02)
-        stats = e.stats()
+        stats = await settled_stats(e)
         await e.stop()
         return first, qf.value, results, stats
 

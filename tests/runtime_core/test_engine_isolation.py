@@ -9,7 +9,7 @@ import asyncio
 import pytest
 import torch
 
-from runtime_core.rc_helpers import greedy
+from runtime_core.rc_helpers import greedy, settled_stats
 from moe_runtime.engine import SamplingParams
 from moe_runtime.engine import core as core_mod
 from moe_runtime.engine.core import TorchEngine
@@ -63,11 +63,7 @@ def _victim_beside(tiny, bad_params, n=10, patch=None, monkeypatch=None):
                    await e.generate(bad, bad_params, "bad")]
         await e.start()
         r = await asyncio.gather(*map(_drain, streams))
-        for _ in range(250):  # the worker updates its books right after emitting the final events
-            if e.stats().running == 0:
-                break
-            await asyncio.sleep(0.02)
-        stats = e.stats()
+        stats = await settled_stats(e)
         await e.stop()
         return r, stats
 
