@@ -91,6 +91,8 @@ CORPUS: list[tuple[str, Callable[[dict], None], str, str]] = [
     ("vllm-on-cpu", _set("engine", "vllm"), "EngineUnsupported", "engine torch"),
     ("fp8-on-ascend", _seq(_mixtral_on("ascend-910b", 4, pricePerDeviceHour=1.0), _set("quantization", "fp8")),
      "QuantizationUnsupported", "int8"),
+    ("config-with-1e15-layers", _seq(_mixtral_on("nvidia-h800", 4), _set("model.config", {**MIXTRAL, "num_hidden_layers": 10**15})),
+     "ModelConfigInvalid", "num_hidden_layers"),
     ("architecture-mismatch", _seq(_mixtral_on("nvidia-h800", 4), _set("model.architecture", "qwen3_moe")),
      "ArchitectureMismatch", "model_type"),
 ]

@@ -16,10 +16,14 @@ Counting rule (matches the published figures: Mixtral-8x7B 46.7B/12.9B, DeepSeek
 14.3B/2.7B, Qwen3-30B-A3B 30.5B/3.3B): every weight matrix, bias, norm and router; the input embedding and the output
 head both count (once when tied); active = everything except the routed experts a token does not pick. DeepSeek's
 multi-token-prediction module (``num_nextn_predict_layers``) is not counted: serving does not load it by default.
+
+Bounds (issue 14): a config comes from a spec, so every integer planning reads has a ceiling (``LIMITS``), the whole
+config has a size and depth ceiling, and MoE layers are counted arithmetically, never by a list over layers. Out of
+bounds is SpecInvalid(ModelConfigInvalid) naming the key, before any arithmetic runs.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Iterable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -27,6 +31,44 @@ from moe_operator.errors import SpecInvalid
 
 Architecture = Literal["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "tiny"]
 ARCHITECTURES: tuple[str, ...] = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "tiny")
+
+# Ceilings on the config.json integers planning reads. Each sits one to three orders of magnitude above the largest
+# published model (figures in the comments), and together they keep planning's own work small: counts are arithmetic,
+# the placement is one list of at most LIMITS["num_experts"] expert ids shared by all layers, and a model at every
+# ceiling at once is ~1e21 parameters, a float planning handles (it just does not fit).
+_LAYERS = 1024          # 126 (Llama-3.1-405B), 61 (DeepSeek-V3), 94 (Qwen3-235B)
+_WIDTH = 1 << 20        # hidden 7168 (DeepSeek-V3), 18432 (PaLM); FFN widths 53248 (Llama-3.1-405B)
+_HEADS = 1 << 16        # 128 attention heads (DeepSeek-V3, Llama-3.1-405B)
+_EXPERTS = 1 << 16      # 256 (DeepSeek-V3), 384 (Kimi K2), 512 (Qwen3-Next)
+LIMITS: dict[str, int] = {
+    "num_hidden_layers": _LAYERS,
+    "first_k_dense_replace": _LAYERS,
+    "moe_layer_freq": _LAYERS,
+    "decoder_sparse_step": _LAYERS,
+    "hidden_size": _WIDTH,
+    "intermediate_size": _WIDTH,
+    "moe_intermediate_size": _WIDTH,
+    "shared_expert_intermediate_size": _WIDTH,
+    "q_lora_rank": _WIDTH,
+    "kv_lora_rank": _WIDTH,
+    "num_attention_heads": _HEADS,
+    "num_key_value_heads": _HEADS,
+    "head_dim": _HEADS,
+    "qk_nope_head_dim": _HEADS,
+    "qk_rope_head_dim": _HEADS,
+    "v_head_dim": _HEADS,
+    "num_local_experts": _EXPERTS,
+    "num_experts": _EXPERTS,
+    "n_routed_experts": _EXPERTS,
+    "num_experts_per_tok": _EXPERTS,
+    "n_shared_experts": 1024,   # 2 (DeepSeek-V2)
+    "n_group": _EXPERTS,
+    "topk_group": _EXPERTS,
+    "vocab_size": 1 << 24,      # 262144 (Gemma 3), 151936 (Qwen)
+}
+# A whole config.json: real ones are 1-5 KiB (DeepSeek-V3's, quantization_config included, is ~1.7 KiB).
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_CONFIG_DEPTH = 32
 
 # builtin://tiny-moe for planning when the spec carries no config: the shape of the checkpoint the runtime generates
 # (moe_runtime/checkpoint/tiny.py CONFIG; copied, not imported: the operator image has no torch). vocab_size is the
@@ -114,7 +156,8 @@ def model_facts(config: Mapping[str, Any] | None, architecture: str | None = Non
                 "spec.model.config",
                 reason="ModelConfigMissing",
             )
-    model_type = str(config.get("model_type") or "")
+    _check_size(config)
+    model_type = str(config.get("model_type") or "")[:64]
     arch = architecture or model_type
     if arch not in ARCHITECTURES:
         raise SpecInvalid(
@@ -132,8 +175,44 @@ def model_facts(config: Mapping[str, Any] | None, architecture: str | None = Non
     return _gqa_moe(reader, arch, layout)
 
 
+def _check_size(config: Any) -> None:
+    """SpecInvalid when the config's JSON text would exceed MAX_CONFIG_BYTES or nest deeper than MAX_CONFIG_DEPTH.
+
+    Walks iteratively and stops at the first byte over, so a huge or deep config costs at most ~MAX_CONFIG_BYTES steps.
+    """
+    size, stack = 0, [(config, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise SpecInvalid(
+                f"spec.model.config is nested deeper than {MAX_CONFIG_DEPTH} levels; paste the model's config.json, "
+                "or only the keys docs/capacity-model.md lists",
+                reason="ModelConfigInvalid",
+            )
+        if isinstance(node, Mapping):
+            size += 2
+            children: Iterable[Any] = node.items()
+        elif isinstance(node, (list, tuple)):
+            size += 2
+            children = ((None, item) for item in node)
+        else:
+            children = ()
+            size += len(node) + 2 if isinstance(node, str) else 8 + (node.bit_length() // 3 if isinstance(node, int) else 16)
+        for key, value in children:
+            size += 2 + (len(key) + 4 if isinstance(key, str) else 0)
+            if size > MAX_CONFIG_BYTES:
+                break
+            stack.append((value, depth + 1))
+        if size > MAX_CONFIG_BYTES:
+            raise SpecInvalid(
+                f"spec.model.config is over {MAX_CONFIG_BYTES} bytes (a model's config.json is a few KiB); paste "
+                "the model's config.json, or only the keys docs/capacity-model.md lists",
+                reason="ModelConfigInvalid",
+            )
+
+
 class _Reader:
-    """Typed access to config keys with a SpecInvalid naming the key when it is missing or wrong."""
+    """Typed access to config keys with a SpecInvalid naming the key when it is missing, wrong or out of bounds."""
 
     def __init__(self, config: Mapping[str, Any], arch: str):
         self.config, self.arch = config, arch
@@ -147,15 +226,40 @@ class _Reader:
             )
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        maximum = LIMITS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            shown = repr(value) if isinstance(value, (int, float)) and abs(value) < 10**30 else _short(value)
             raise SpecInvalid(
-                f"{self.arch} config.json {key!r} is {value!r}; expected an integer >= {minimum}",
+                f"{self.arch} config.json {key!r} is {shown}; expected an integer from {minimum} to {maximum} "
+                "(planning's bound, far above any published model)",
                 reason="ModelConfigInvalid",
             )
         return value
 
+    def layer_set(self, key: str, layers: int) -> set[int]:
+        """A list of layer indices (``mlp_only_layers``) as a set; SpecInvalid unless each is in [0, layers)."""
+        value = self.config.get(key) or []
+        bad = (value,) if not isinstance(value, list) else [
+            i for i in value if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < layers]
+        if bad:
+            raise SpecInvalid(
+                f"{self.arch} config.json {key!r} has {_short(bad[0])}; expected a list of layer indices "
+                f"from 0 to {layers - 1}",
+                reason="ModelConfigInvalid",
+            )
+        return set(value)
+
     def get(self, key: str, default: Any = None) -> Any:
         return self.config.get(key, default)
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for messages (a config value may be megabytes)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"an integer of {len(hex(value)) - 2} hex digits" if abs(value) >= 10**30 else repr(value)
+    text = repr(value) if not isinstance(value, (str, list, dict, tuple)) or len(value) < 40 else (
+        f"a {type(value).__name__} of length {len(value)}")
+    return text[:60]
 
 
 def _embedding_params(r: _Reader, hidden: int) -> tuple[int, int]:
@@ -170,19 +274,22 @@ def _gqa_moe(r: _Reader, arch: str, layout: str) -> ModelFacts:
     layers = r.int("num_hidden_layers")
     heads = r.int("num_attention_heads")
     kv_heads = r.int("num_key_value_heads", heads)
-    head_dim = r.int("head_dim", None) or hidden // heads
+    kv_heads = _check_kv_heads(r, kv_heads, heads)
+    head_dim = r.int("head_dim", None) or _derived_head_dim(r, hidden, heads)
     if layout == "mixtral":
         experts = r.int("num_local_experts")
         expert_width = r.int("intermediate_size")
         shared_width = 0
-        moe_layer = [True] * layers
+        moe_layers = layers
     else:
         experts = r.int("num_experts")
         expert_width = r.int("moe_intermediate_size")
         shared_width = r.int("shared_expert_intermediate_size", 0, minimum=0) if layout == "qwen2_moe" else 0
         step = r.int("decoder_sparse_step", 1)
-        mlp_only = set(r.get("mlp_only_layers") or [])
-        moe_layer = [i not in mlp_only and (i + 1) % step == 0 for i in range(layers)]
+        mlp_only = r.layer_set("mlp_only_layers", layers)
+        # layer i is MoE when (i + 1) % step == 0 and i is not in mlp_only_layers
+        moe_layers = layers // step - sum(1 for i in mlp_only if (i + 1) % step == 0)
+    _check_moe_layers(r, moe_layers)
     top_k = r.int("num_experts_per_tok")
     _check_top_k(arch, top_k, experts)
     dense_width = r.int("intermediate_size")
@@ -197,7 +304,6 @@ def _gqa_moe(r: _Reader, arch: str, layout: str) -> ModelFacts:
     per_expert = 3 * hidden * expert_width
     shared = (3 * hidden * shared_width + hidden) if shared_width else 0  # shared expert + its sigmoid gate
     router = hidden * experts
-    moe_layers = sum(moe_layer)
     dense_layers = layers - moe_layers
     vocab, embedding = _embedding_params(r, hidden)
 
@@ -252,7 +358,9 @@ def _deepseek(r: _Reader, arch: str) -> ModelFacts:
     dense_width = r.int("intermediate_size")
     first_dense = r.int("first_k_dense_replace", 0, minimum=0)
     freq = r.int("moe_layer_freq", 1)
-    moe_layers = sum(1 for i in range(layers) if i >= first_dense and i % freq == 0)
+    # layer i is MoE when i >= first_dense and i % freq == 0: the multiples of freq in [first_dense, layers)
+    moe_layers = max(0, (layers - 1) // freq - (first_dense - 1) // freq)
+    _check_moe_layers(r, moe_layers)
     dense_layers = layers - moe_layers
 
     qk_dim = nope + rope
@@ -296,6 +404,34 @@ def _deepseek(r: _Reader, arch: str) -> ModelFacts:
         active_params=active,
         kv_elements_per_token=layers * (kv_lora + rope),
     )
+
+
+def _check_kv_heads(r: _Reader, kv_heads: int, heads: int) -> int:
+    if kv_heads > heads:
+        raise SpecInvalid(
+            f"{r.arch} config.json 'num_key_value_heads' is {kv_heads}, more than 'num_attention_heads' ({heads})",
+            reason="ModelConfigInvalid",
+        )
+    return kv_heads
+
+
+def _derived_head_dim(r: _Reader, hidden: int, heads: int) -> int:
+    if hidden < heads:
+        raise SpecInvalid(
+            f"{r.arch} config.json has no 'head_dim' and hidden_size {hidden} / num_attention_heads {heads} is below 1; "
+            "set head_dim",
+            reason="ModelConfigInvalid",
+        )
+    return hidden // heads
+
+
+def _check_moe_layers(r: _Reader, moe_layers: int) -> None:
+    if moe_layers < 1:
+        raise SpecInvalid(
+            f"{r.arch} config.json leaves no MoE layer (first_k_dense_replace / moe_layer_freq, or "
+            "decoder_sparse_step / mlp_only_layers, make every layer dense); this operator serves MoE models",
+            reason="ModelConfigInvalid",
+        )
 
 
 def _check_top_k(arch: str, top_k: int, experts: int) -> None:

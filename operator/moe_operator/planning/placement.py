@@ -66,6 +66,13 @@ class LayerPlacement:
         """Expert ids held by ``device`` (ascending)."""
         return [e for e, d in zip(self.slot_expert, self.slot_device) if d == device]
 
+    def experts_by_device(self, num_devices: int) -> list[list[int]]:
+        """``experts_on(d)`` for every device ``d < num_devices``, in one pass over the slots."""
+        out: list[list[int]] = [[] for _ in range(num_devices)]
+        for e, d in zip(self.slot_expert, self.slot_device):
+            out[d].append(e)
+        return out
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -225,8 +232,12 @@ def to_placement_json(placement: Placement) -> dict:
 
     ``layers`` collapses to a single entry when every layer is placed the same way.
     """
-    per_layer = [[layer.experts_on(d) for d in range(len(placement.devices))] for layer in placement.layers]
-    if per_layer and all(entry == per_layer[0] for entry in per_layer):
+    # static placements repeat one LayerPlacement object for every layer: compute each distinct one once
+    # (at 1024 layers x 65536 experts x 64 devices a per-layer, per-device scan took minutes)
+    done: dict[int, list[list[int]]] = {}
+    per_layer = [done.get(id(layer)) or done.setdefault(id(layer), layer.experts_by_device(len(placement.devices)))
+                 for layer in placement.layers]
+    if per_layer and all(entry is per_layer[0] or entry == per_layer[0] for entry in per_layer):
         per_layer = per_layer[:1]
     return {
         "numLayers": placement.num_layers,
