@@ -92,3 +92,41 @@ def test_queued_events_go_out_in_order_and_a_failure_does_not_stop_the_poster(mo
         kube.post_event_soon(BODY, "Normal", reason, "m")
     kube._events.join()
     assert sent == ["Created", "Updated", "ScaledUp"]
+
+
+def _strangers(owner_uid: str | None) -> dict:
+    """A RayService of the same name that someone else made (owned by another object, or by nothing)."""
+    refs = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": owner_uid}] if owner_uid else []
+    return {"apiVersion": "ray.io/v1", "kind": "RayService",
+            "metadata": {"name": "m1", "namespace": "ns", "uid": "rs-9", "ownerReferences": refs},
+            "spec": {"serveConfigV2": "applications: []", "rayClusterConfig": {"workerGroupSpecs": []}}}
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+@pytest.mark.parametrize("owner", [None, "someone-else"])
+def test_a_rayservice_it_does_not_own_is_never_overwritten_and_the_status_says_so(rec, fresh, owner):
+    """Overwriting a stranger's RayService and adding our ownerReference would let deleting the MoEDeployment
+    delete it (issue 14 item 11): it is left alone, Ready is False with a reason a person can act on."""
+    r = rec(_strangers(owner))
+    out = reconcile.reconcile(copy.deepcopy(BODY), fresh=fresh)
+    assert "REPLACE" not in r.calls and r.calls.count("POST") <= 1
+    ready = next(c for c in out.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "RayServiceNotOwned")
+    assert "not owned by this MoEDeployment" in ready["message"]
+    assert [e[1] for e in out.events] == ["RayServiceNotOwned"]
+    again = reconcile.reconcile({**copy.deepcopy(BODY), "status": out.status}, fresh=fresh)
+    assert again.events == []                   # said once, not on every timer tick
+
+
+@pytest.mark.parametrize("secret", ["created", "foreign"])
+def test_a_strangers_admin_secret_is_never_injected_into_the_pods(rec, monkeypatch, secret):
+    """Whoever pre-created <name>-runtime-admin knows its token (issue 14 item 11): the pods must not read it."""
+    from moe_operator.handlers import admin_secret
+
+    monkeypatch.setattr(admin_secret, "ensure", lambda body, spec: secret)
+    r = rec(None)
+    body = copy.deepcopy(BODY)
+    body["spec"]["rebalance"] = {"enabled": True}
+    reconcile.reconcile(body, fresh=True)
+    text = str(r.posted)
+    assert ("runtime-admin" in text) == (secret == "created"), text[:300]

@@ -74,7 +74,10 @@ def test_peering_flag_parses():
 class _Cluster:
     """The few kube calls ``autoscale.tick`` makes, on one in-memory RayService and MoEDeployment status."""
 
-    def __init__(self, rayservice: dict):
+    def __init__(self, rayservice: dict, owner_uid: str | None = "u-1"):
+        """``owner_uid``: the MoEDeployment that owns the RayService (None: nobody, as a stranger's would be)."""
+        refs = [{"kind": "MoEDeployment", "name": "x", "uid": owner_uid}] if owner_uid else []
+        rayservice.setdefault("metadata", {})["ownerReferences"] = refs
         self.rs, self.status, self.events = rayservice, {}, []
 
     def install(self, monkeypatch):
@@ -126,7 +129,7 @@ def test_vllm_deployment_scaled_by_tick_and_a_restart_inside_the_window_keeps_re
     monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch": source)
     monkeypatch.setattr(autoscale, "STATES", {})
     body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
-            "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1, "annotations": {
+            "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1, "uid": "u-1", "annotations": {
                 "autoscaling.moe-operator.io/capacity": json.dumps(
                     {"ascend": {"prefillTps": 10000, "decodeTps": 1000, "cachedPrefillTps": 100000}})}},
             "spec": {**m.spec.model_dump(by_alias=True, exclude_none=True),
@@ -153,6 +156,7 @@ def test_vllm_deployment_scaled_by_tick_and_a_restart_inside_the_window_keeps_re
 
     # status lost too (e.g. the MoEDeployment re-created by a GitOps tool): the deployed replicas seed the window
     cluster.rs, cluster.status = copy.deepcopy(rs), {}
+    assert cluster.rs["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     autoscale.STATES.clear()
     assert tick(2000, 1800) == 3
     autoscale.STATES.clear()
@@ -182,7 +186,7 @@ def test_ready_replicas_from_the_runtime_gauge_else_the_raycluster(monkeypatch):
     seen, real_decide = [], autoscale.decide
     monkeypatch.setattr(autoscale, "decide", lambda obs, *a: (seen.append(dict(obs.ready)), real_decide(obs, *a))[1])
     body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
-            "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1},
+            "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1, "uid": "u-1"},
             "spec": {**m.spec.model_dump(by_alias=True, exclude_none=True),
                      "autoscaling": {"enabled": True, "intervalSeconds": 10}}}
 
@@ -195,3 +199,28 @@ def test_ready_replicas_from_the_runtime_gauge_else_the_raycluster(monkeypatch):
     assert ready_seen_by_policy(1000, {}) == {"h100": 1, "ascend": 1}
     # the runtime reports h100 (none serving yet, e.g. still loading): that wins; ascend keeps the fallback
     assert ready_seen_by_policy(1010, {"h100": 0, "other": 5}) == {"h100": 0, "ascend": 1}
+
+
+def test_a_rayservice_it_does_not_own_is_never_scaled(monkeypatch):
+    """A stranger's RayService of the same name (issue 14 item 11): the autoscaler writes nothing to it."""
+    from moe_operator.api import load_manifest
+    from moe_operator.catalog import Catalog
+    from moe_operator.render import Images
+    from moe_operator.render.pipeline import plan_and_render
+
+    m = load_manifest(Path(__file__).resolve().parents[2] / "examples" / "mixtral-8x7b-ascend.yaml")
+    rs = plan_and_render(m.metadata.name, "default", m.spec, Catalog.default(), Images()).rayservice
+    cluster, source = _Cluster(rs, owner_uid="someone-else"), _Source()
+    cluster.install(monkeypatch)
+    writes = []
+    monkeypatch.setattr("moe_operator.handlers.kube.replace_with_retry", lambda *a: writes.append(a))
+    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch": source)
+    monkeypatch.setattr(autoscale, "STATES", {})
+    body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+            "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1, "uid": "u-1"},
+            "spec": {**m.spec.model_dump(by_alias=True, exclude_none=True),
+                     "autoscaling": {"enabled": True, "intervalSeconds": 10, "targetUtilization": 0.7}}}
+    for t, generated in ((1000, 500), (1010, 5000), (1020, 5000)):
+        source.now, source.generated = t, generated
+        autoscale.tick(dict(body), t)
+    assert writes == [] and cluster.events == [] and cluster.status == {}

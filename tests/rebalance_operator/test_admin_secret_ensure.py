@@ -26,8 +26,8 @@ def spec(enabled: bool = True) -> MoEDeploymentSpec:
 class Core:
     """Records calls; ``create`` / ``read`` are the status codes to fail with (None: succeed)."""
 
-    def __init__(self, create: int | None = None, read: int | None = None, token: str = "t0k"):
-        self.calls, self.create, self.read, self.token = [], create, read, token
+    def __init__(self, create: int | None = None, read: int | None = None, token: str = "t0k", owner: str | None = "u-1"):
+        self.calls, self.create, self.read, self.token, self.owner = [], create, read, token, owner
 
     def create_namespaced_secret(self, ns, body):
         self.calls.append(("create", ns, body["metadata"]["name"]))
@@ -38,7 +38,9 @@ class Core:
         self.calls.append(("read", ns, name))
         if self.read:
             raise ApiException(status=self.read, reason="nope")
-        return {"data": {"token": base64.b64encode(self.token.encode()).decode()}}
+        refs = [{"kind": "MoEDeployment", "name": "m", "uid": self.owner}] if self.owner else []
+        return {"metadata": {"name": name, "ownerReferences": refs},
+                "data": {"token": base64.b64encode(self.token.encode()).decode()}}
 
 
 @pytest.fixture
@@ -60,6 +62,25 @@ def test_posts_first_then_never_again_for_the_same_object(core):
         assert admin_secret.ensure(BODY, spec()) == "known"
     assert len(c.calls) == 1
     assert admin_secret.ensure(BODY, spec(False)) is None and len(c.calls) == 1
+
+
+@pytest.mark.parametrize("owner", [None, "u-other"])
+def test_a_secret_this_deployment_does_not_own_is_refused_and_its_token_never_used(core, caplog, owner):
+    """Whoever pre-creates <name>-runtime-admin knows its token: adopting it would hand them the runtime's admin API
+    (issue 14 item 11). Refused, said once, and read_token (the rebalancer's) does not return it either."""
+    core["core"] = Core(create=409, owner=owner)
+    with caplog.at_level(logging.WARNING, logger=admin_secret.__name__):
+        assert admin_secret.ensure(BODY, spec()) == "foreign"
+        assert admin_secret.ensure(BODY, spec()) == "foreign"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "not owned" in warnings[0], warnings
+    assert admin_secret.read_token("ns", "m", "u-1") is None
+
+
+def test_read_token_returns_the_token_of_our_own_secret_only(core):
+    core["core"] = Core()
+    assert admin_secret.read_token("ns", "m", "u-1") == "t0k"
+    assert admin_secret.read_token("ns", "m", "u-2") is None
 
 
 def test_existing_secret_is_read_only_on_409(core):

@@ -42,7 +42,7 @@ def world(monkeypatch):
                      "rebalance": {"enabled": True, "intervalSeconds": 10, "minGain": 0.05, "cooldownSeconds": 0}}}
     rec = Recorder(body)
     token = {"value": TOKEN}
-    monkeypatch.setattr(admin_secret, "read_token", lambda ns, name: token["value"])
+    monkeypatch.setattr(admin_secret, "read_token", lambda ns, name, uid: token["value"])
     monkeypatch.setattr(kube, "post_event", rec.post_event)
     monkeypatch.setattr(kube, "patch_moed_status", rec.patch_status)
     monkeypatch.setattr(rb, "ALLOW_URL_ANNOTATION", True)   # the operator's --allow-runtime-url-annotation

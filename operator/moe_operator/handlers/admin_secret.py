@@ -2,8 +2,10 @@
 
 With ``spec.rebalance.enabled`` the render injects env ``MOE_ADMIN_TOKEN`` from Secret ``<name>-runtime-admin``
 (key ``token``, ``optional: true``) into every Ray container, and the rebalancer sends it as a Bearer token.
-The Secret is owned by the MoEDeployment (garbage-collected with it); an existing one with a non-empty token is
-adopted unchanged, so an admin may bring their own. The operator only gets and creates Secrets (no list, watch,
+The Secret is owned by the MoEDeployment (garbage-collected with it). An existing one is used only when this
+MoEDeployment owns it (an earlier life of the operator made it, or an admin who brings their own token set the
+ownerReference): whoever pre-creates it knows its token, so one owned by nobody or by another object is refused,
+reported, and neither injected into the pods nor sent by the rebalancer. The operator only gets and creates Secrets (no list, watch,
 update or delete), so a Secret with an empty token is reported, not repaired.
 """
 from __future__ import annotations
@@ -65,10 +67,12 @@ def _core() -> client.CoreV1Api:
     return kube.core()
 
 
-def read_token(namespace: str, name: str) -> str | None:
-    """The admin token of MoEDeployment ``name`` (None: no Secret, or no right to read it; "" when empty)."""
+def read_token(namespace: str, name: str, uid: str | None) -> str | None:
+    """The admin token of MoEDeployment ``name`` with ``uid`` (None: no Secret it owns, or no right to read it;
+    "" when empty)."""
     try:
-        return token_of(_core().read_namespaced_secret(admin_secret_name(name), namespace))
+        secret = _core().read_namespaced_secret(admin_secret_name(name), namespace)
+        return token_of(secret) if kube.owned_by(secret, uid) else None
     except ApiException as exc:
         if exc.status in (403, 404):
             return None
@@ -80,7 +84,8 @@ def ensure(body: dict[str, Any], spec: Any) -> str | None:
 
     POST first (the usual case on create), GET only on 409 AlreadyExists to see whether the existing one has a
     token. Once the Secret is known to hold a token, later reconciles of the same object (uid) skip the API entirely.
-    Returns "created", "adopted" (a Secret with a token was there), "known" (seen before), or None (rebalance off,
+    Returns "created", "adopted" (a Secret of ours with a token was there), "known" (seen before), "foreign" (one
+    this MoEDeployment does not own is there: refused, the render must not inject it), or None (rebalance off,
     or a problem logged once: an empty token, no RBAC for Secrets, any other API error). Never raises: serving does
     not depend on the Secret (the rebalancer waits for it), so it must not fail the reconcile that creates the
     RayService.
@@ -99,8 +104,15 @@ def ensure(body: dict[str, Any], spec: Any) -> str | None:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            # there already (our earlier life, a person's own token): adopt it when it holds a token
-            if not token_of(_core().read_namespaced_secret(secret_name, ns)):
+            # there already: ours (an earlier life, or an admin's own token with our ownerReference), or a stranger's
+            existing = _core().read_namespaced_secret(secret_name, ns)
+            if not kube.owned_by(existing, meta.get("uid")):
+                _warn_once(ns, name, "foreign", f"Secret {secret_name} exists and is not owned by this "
+                           "MoEDeployment: refused (whoever made it knows its token), so the runtime admin API stays "
+                           "off and rebalancing cannot work; delete it (the operator then creates one) or, to bring "
+                           "your own token, set this MoEDeployment as its owner")
+                return "foreign"
+            if not token_of(existing):
                 _warn_once(ns, name, "empty", f"Secret {secret_name} has no '{TOKEN_KEY}': the runtime admin API "
                            "stays off and rebalancing cannot work; put a token in it or delete it so the operator "
                            "creates one")

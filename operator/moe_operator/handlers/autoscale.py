@@ -140,8 +140,8 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         return None
     settings = settings_from_spec(a, weights)
     rs = kube.get_rayservice(ns, name)
-    if rs is None:
-        return None   # the reconcile creates it first
+    if rs is None or not kube.owned_by(rs, body["metadata"].get("uid")):
+        return None   # the reconcile creates it first; one this object does not own is never scaled (Ready says why)
     try:
         rc = kube.active_raycluster(ns, rs)
     except ApiException as exc:   # 403 without rayclusters RBAC: scale the RayService's record only, say so

@@ -72,6 +72,21 @@ def core() -> client.CoreV1Api:
 RAYCLUSTERS = "rayclusters"
 
 
+def owned_by(obj: Any, uid: str | None) -> bool:
+    """True when ``obj`` (a dict or a kubernetes client model) names ``uid`` among its ownerReferences.
+
+    The operator writes to, deletes with, or hands out the contents of only what its MoEDeployment owns: an object
+    of the same name that someone else made is never adopted (its owner would lose it when ours is deleted, and a
+    Secret's token would be one its maker knows).
+    """
+    if not uid:
+        return False
+    if isinstance(obj, dict):
+        refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+        return any(r.get("uid") == uid for r in refs)
+    return any(r.uid == uid for r in (getattr(obj.metadata, "owner_references", None) or []))
+
+
 def _get_ray_object(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     try:
         return api().get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, plural, name)

@@ -226,10 +226,11 @@ def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
     words: dict[str, Word] = {}
     url = runtime_url(body)
     try:
-        token = admin_secret.read_token(ns, name)
-        if token is None:   # not created yet (the reconcile makes it before the RayService), or no RBAC to read it
-            raise AdminError("Waiting", f"waiting for Secret {name}-runtime-admin (the operator creates it when "
-                             "rebalance is enabled; it needs get/create on secrets)")
+        token = admin_secret.read_token(ns, name, body["metadata"].get("uid"))
+        if token is None:   # not created yet (the reconcile makes it before the RayService), a stranger's, or no RBAC
+            raise AdminError("Waiting", f"waiting for Secret {name}-runtime-admin owned by this MoEDeployment (the "
+                             "operator creates it when rebalance is enabled; it needs get/create on secrets; one "
+                             "made by anyone else is refused: delete it)")
         if not token:
             raise AdminError("Unauthorized", f"Secret {name}-runtime-admin has an empty 'token': put one in it "
                              "(and restart the pods) or delete it so the operator creates one")

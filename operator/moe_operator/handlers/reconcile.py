@@ -5,6 +5,7 @@ handlers of the MoEDeployment (create/update/resume/timer) and of its RayService
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -48,15 +49,17 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
         live = None if fresh else kube.get_rayservice(namespace, name)
         r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
     except SpecInvalid as exc:
-        return Outcome(status.invalid_status(old, generation, exc.reason, str(exc)),
-                       [("Warning", exc.reason, str(exc))] if _new_problem(old, exc) else [])
+        return _stopped(old, generation, exc.reason, str(exc))
     except UserError as exc:   # e.g. a broken catalog ConfigMap: the spec is fine, the cluster config is not
-        return Outcome(status.invalid_status(old, generation, "CatalogInvalid", str(exc)),
-                       [("Warning", "CatalogInvalid", str(exc))] if _new_problem(old, exc) else [])
-    admin_secret.ensure(body, spec)   # spec.rebalance: the admin token Secret exists before pods that read it
+        return _stopped(old, generation, "CatalogInvalid", str(exc))
+    # spec.rebalance: the admin token Secret exists before pods that read it; a stranger's is never injected
+    if admin_secret.ensure(body, spec) == "foreign":
+        r = dataclasses.replace(r, admin_token_secret=None)
     desired = _adopted(r, body)
     events: list[tuple[str, str, str]] = []
     created = False
+    if live is not None and not kube.owned_by(live, meta.get("uid")):
+        return _not_owned(old, generation, namespace, name)
     if live is None:
         live = kube.create_rayservice_object(namespace, desired)   # the stored object: no GET after it
         created = live is not None
@@ -66,6 +69,8 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
             kube.post_event_soon(body, "Normal", "Created", f"created RayService {name} ({_pools_word(r)})")
         else:
             live = kube.get_rayservice(namespace, name)
+            if live is not None and not kube.owned_by(live, meta.get("uid")):
+                return _not_owned(old, generation, namespace, name)
             if fresh and live is not None:   # keep the sizes the autoscaler set on the existing one
                 r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
                 desired = _adopted(r, body)
@@ -84,11 +89,27 @@ def _adopted(r, body: dict[str, Any]) -> dict[str, Any]:
     return desired
 
 
-def _new_problem(old: dict, exc: Exception) -> bool:
-    """Emit the Warning once per distinct message, not on every retry/timer tick."""
+def _stopped(old: dict, generation: int | None, reason: str, message: str, spec_invalid: bool = True) -> Outcome:
+    """Nothing was applied: Ready is False with ``reason``; the Warning goes out once per distinct message."""
+    return Outcome(status.invalid_status(old, generation, reason, message, spec_invalid),
+                   [("Warning", reason, message)] if _new_problem(old, reason, message) else [])
+
+
+def _not_owned(old: dict, generation: int | None, namespace: str, name: str) -> Outcome:
+    """A RayService of our name that this MoEDeployment does not own: never adopted (our ownerReference on it would
+    have it deleted with this MoEDeployment) and never overwritten."""
+    return _stopped(old, generation, "RayServiceNotOwned",
+                    f"RayService {namespace}/{name} exists and is not owned by this MoEDeployment: the operator "
+                    "leaves it alone; delete or rename that RayService, or give this MoEDeployment another name",
+                    spec_invalid=False)
+
+
+def _new_problem(old: dict, reason: str, message: str) -> bool:
+    """Emit the Warning once per distinct problem, not on every retry/timer tick."""
     for c in old.get("conditions") or []:
-        if c.get("type") == "SpecInvalid":
-            return not (c.get("status") == "True" and c.get("message") == status.bounded(str(exc)))
+        if c.get("type") == "Ready":
+            return not (c.get("status") == "False" and c.get("reason") == reason
+                        and c.get("message") == status.bounded(message))
     return True
 
 

@@ -102,16 +102,20 @@ def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live
     return status
 
 
-def invalid_status(old: dict, generation: int | None, reason: str, message: str) -> dict[str, Any]:
+def invalid_status(old: dict, generation: int | None, reason: str, message: str,
+                   spec_invalid: bool = True) -> dict[str, Any]:
+    """Nothing applied for this generation: the spec is invalid, or (``spec_invalid`` False) the cluster refuses it."""
     conds = old.get("conditions") or []
+    fix = "fix the spec" if spec_invalid else "see Ready"
     return {
         "observedGeneration": generation,
         "ready": "False",
         "conditions": [
             condition(conds, "Ready", "False", reason, message, generation),
-            condition(conds, "Progressing", "False", reason, "fix the spec; nothing was created for this generation", generation),
+            condition(conds, "Progressing", "False", reason, f"{fix}; nothing was applied for this generation", generation),
             condition(conds, "Degraded", "False", "AsPlanned", "", generation),
-            condition(conds, "SpecInvalid", "True", reason, message, generation),
+            condition(conds, "SpecInvalid", "True" if spec_invalid else "False", reason if spec_invalid else "SpecValid",
+                      message if spec_invalid else "", generation),
         ],
     }
 
