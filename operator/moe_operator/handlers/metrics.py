@@ -24,6 +24,22 @@ IMBALANCE = Gauge("moe_operator_expert_imbalance",
                   "the pool runs or, after a move, the one posted", [*_L, "pool"])
 
 
+PER_DEPLOYMENT = (DESIRED, READY, COST, COST_PER_M, HEADROOM, LIMITED, STALE, DECISIONS, ERRORS, REBALANCES, IMBALANCE)
+
+
+def forget(namespace: str, name: str) -> None:
+    """Remove every series of MoEDeployment ``namespace/name`` (it was deleted): a stale gauge keeps alerts firing."""
+    for metric in PER_DEPLOYMENT:
+        labelnames = metric._labelnames          # noqa: SLF001 - prometheus_client has no public label-set listing
+        keys = {tuple(s.labels[k] for k in labelnames) for fam in metric.collect() for s in fam.samples
+                if s.labels.get("namespace") == namespace and s.labels.get("name") == name}
+        for key in keys:
+            try:
+                metric.remove(*key)
+            except KeyError:
+                pass
+
+
 def record(namespace: str, name: str, status: dict) -> None:
     for p in status.get("pools") or []:
         DESIRED.labels(namespace, name, p["name"]).set(p.get("desiredReplicas", 0))

@@ -5,7 +5,7 @@ import kopf
 
 from moe_operator.api import GROUP, PLURAL, VERSION
 
-from . import admin_secret, trace
+from . import admin_secret, metrics, trace
 from .reconcile import apply_outcome, reconcile
 
 
@@ -35,3 +35,4 @@ def on_delete(name, namespace, logger, **_):
     """The RayService goes with its owner (Kubernetes garbage collection via ownerReferences)."""
     logger.info("MoEDeployment %s/%s deleted; its RayService is garbage-collected", namespace, name)
     admin_secret.forget(namespace, name)
+    metrics.forget(namespace, name)
