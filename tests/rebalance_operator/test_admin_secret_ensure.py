@@ -109,3 +109,16 @@ def test_a_deleted_deployment_is_forgotten(core):
     admin_secret.forget("ns", "m")
     assert not admin_secret._present
     assert admin_secret.ensure(BODY, spec()) != "known" and len(c.calls) == 2   # a same-named new object: asked again
+
+
+def test_a_secret_deleted_by_hand_is_created_again_within_the_recheck_interval(core, monkeypatch):
+    """"known" is not forever (issue 14 item 16): after RECHECK_S the next reconcile (the drift sweep runs one per
+    interval) asks the API again, and a Secret someone deleted is created anew."""
+    clock = [1000.0]
+    monkeypatch.setattr(admin_secret.time, "monotonic", lambda: clock[0])
+    core["core"] = c = Core()
+    assert admin_secret.ensure(BODY, spec()) == "created"
+    clock[0] += admin_secret.RECHECK_S - 1
+    assert admin_secret.ensure(BODY, spec()) == "known" and len(c.calls) == 1
+    clock[0] += 2                                          # the Secret was deleted meanwhile: the POST succeeds
+    assert admin_secret.ensure(BODY, spec()) == "created" and len(c.calls) == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import secrets as pysecrets
+import time
 from typing import Any
 
 import kopf
@@ -27,13 +28,15 @@ from . import kube
 log = logging.getLogger(__name__)
 TOKEN_KEY = ADMIN_TOKEN_KEY
 _warned: set[tuple[str, str, str]] = set()   # (namespace, name, problem) already logged
-_present: set[tuple[str, str, str]] = set()  # (namespace, name, uid) whose Secret holds a token: no more API calls
+# (namespace, name, uid) -> monotonic time its Secret was last seen holding a token: no API calls until RECHECK_S
+_present: dict[tuple[str, str, str], float] = {}
+RECHECK_S = 300.0   # then ask again (one POST, 409, GET): a Secret deleted by hand comes back at the next sweep
 
 
 def forget(namespace: str, name: str) -> None:
     """The MoEDeployment is gone (its Secret goes with it by garbage collection): drop what we remembered."""
     for key in [k for k in _present if k[:2] == (namespace, name)]:
-        _present.discard(key)
+        _present.pop(key, None)
 
 
 def new_token() -> str:
@@ -83,7 +86,8 @@ def ensure(body: dict[str, Any], spec: Any) -> str | None:
     """Create the admin Secret of MoEDeployment ``body`` when ``spec.rebalance.enabled`` and none exists.
 
     POST first (the usual case on create), GET only on 409 AlreadyExists to see whether the existing one has a
-    token. Once the Secret is known to hold a token, later reconciles of the same object (uid) skip the API entirely.
+    token. Once the Secret is known to hold a token, later reconciles of the same object (uid) skip the API for
+    ``RECHECK_S``; then the next one asks again, so a Secret deleted by hand is created anew.
     Returns "created", "adopted" (a Secret of ours with a token was there), "known" (seen before), "foreign" (one
     this MoEDeployment does not own is there: refused, the render must not inject it), or None (rebalance off,
     or a problem logged once: an empty token, no RBAC for Secrets, any other API error). Never raises: serving does
@@ -95,7 +99,7 @@ def ensure(body: dict[str, Any], spec: Any) -> str | None:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     key = (ns, name, meta.get("uid") or "")
-    if key in _present:
+    if key in _present and time.monotonic() - _present[key] < RECHECK_S:
         return "known"
     secret_name = admin_secret_name(name)
     try:
@@ -117,11 +121,11 @@ def ensure(body: dict[str, Any], spec: Any) -> str | None:
                            "stays off and rebalancing cannot work; put a token in it or delete it so the operator "
                            "creates one")
                 return None
-            _present.add(key)
+            _present[key] = time.monotonic()
             return "adopted"
         kube.Writes.add("secret")
         log.info("created Secret %s/%s (runtime admin token)", ns, secret_name)
-        _present.add(key)
+        _present[key] = time.monotonic()
         return "created"
     except ApiException as exc:
         if exc.status == 403:
