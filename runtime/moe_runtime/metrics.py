@@ -21,12 +21,14 @@ TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 
 TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 TOKEN_KINDS = ("prompt", "cached_prompt", "generated")
 OUTCOMES = ("ok", "error", "rejected", "cancelled")
+BAD_BLOCK_REASONS = ("corrupt", "foreign")
 
 
 def merge_stats(parts: list[EngineStats]) -> EngineStats:
     """Sum replica snapshots of one pool: counters and gauges add (queue depth and capacity are pool totals)."""
     out = EngineStats(prefix_cache_bytes={"memory": 0, "disk": 0}, tokens={k: 0 for k in TOKEN_KINDS},
-                      requests={k: 0 for k in OUTCOMES})
+                      requests={k: 0 for k in OUTCOMES},
+                      prefix_cache_disk_bad_blocks={k: 0 for k in BAD_BLOCK_REASONS})
     for s in parts:
         out.queue_depth += s.queue_depth
         out.running += s.running
@@ -34,7 +36,8 @@ def merge_stats(parts: list[EngineStats]) -> EngineStats:
         out.capacity_tokens_per_second += s.capacity_tokens_per_second
         out.prefix_cache_disk_write_failures += s.prefix_cache_disk_write_failures
         for d_out, d_in in ((out.prefix_cache_bytes, s.prefix_cache_bytes), (out.tokens, s.tokens),
-                            (out.requests, s.requests)):
+                            (out.requests, s.requests),
+                            (out.prefix_cache_disk_bad_blocks, s.prefix_cache_disk_bad_blocks)):
             for k, v in d_in.items():
                 d_out[k] = d_out.get(k, 0) + v
         for li, row in enumerate(s.expert_tokens):
@@ -118,6 +121,11 @@ class RuntimeMetrics:
         disk_fail = CounterMetricFamily("moe_prefix_cache_disk_write_failures",
                                         "Prefix-cache blocks the disk tier failed to write (e.g. ENOSPC); best "
                                         "effort, requests are unaffected.", labels=names)
+        bad = CounterMetricFamily("moe_prefix_cache_disk_bad_blocks",
+                                  "Disk-tier block files rejected on read and removed, by reason: corrupt (unreadable, "
+                                  "truncated, checksum or header invalid) or foreign (another model, runtime version "
+                                  "or block shape); each is a cache miss, requests are unaffected.",
+                                  labels=[*names, "reason"])
         cap = GaugeMetricFamily("moe_capacity_tokens_per_second",
                                 "The replicas' own capacity estimate, generated-token equivalents per second.",
                                 labels=names)
@@ -139,8 +147,10 @@ class RuntimeMetrics:
             for tier in ("memory", "disk"):
                 prefix.add_metric([*lv, tier], float(s.prefix_cache_bytes.get(tier, 0)))
             disk_fail.add_metric(lv, float(s.prefix_cache_disk_write_failures))
+            for reason in BAD_BLOCK_REASONS:
+                bad.add_metric([*lv, reason], float(s.prefix_cache_disk_bad_blocks.get(reason, 0)))
             cap.add_metric(lv, float(s.capacity_tokens_per_second))
-        families = [tokens, reqs, queue, running, experts, kv, prefix, disk_fail, cap]
+        families = [tokens, reqs, queue, running, experts, kv, prefix, disk_fail, bad, cap]
         if self._ready:
             ready = GaugeMetricFamily("moe_ready_replicas", "Replicas of the pool that reported to the placement "
                                       "board within the last 10 s.", labels=names)

@@ -227,7 +227,8 @@ class RemoteEngine:
                 if now - seen > STALE_SNAPSHOT_S:  # gone: keep its counters, drop its gauges
                     stats = EngineStats(tokens=stats.tokens, requests=stats.requests,
                                         expert_tokens=stats.expert_tokens, prefix_cache_disk_write_failures=
-                                        stats.prefix_cache_disk_write_failures)
+                                        stats.prefix_cache_disk_write_failures,
+                                        prefix_cache_disk_bad_blocks=stats.prefix_cache_disk_bad_blocks)
                 parts.append(stats)
             merged = merge_stats(parts)
             merged.requests["rejected"] = merged.requests.get("rejected", 0) + self.front_rejections[pool]

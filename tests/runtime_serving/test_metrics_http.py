@@ -17,7 +17,8 @@ CONTRACT = {
     "moe_capacity_tokens_per_second": "gauge",
 }
 # runtime metrics beyond the contract (the operator does not read them)
-BEYOND_CONTRACT = {"moe_prefix_cache_disk_write_failures_total": "counter"}
+BEYOND_CONTRACT = {"moe_prefix_cache_disk_write_failures_total": "counter",
+                   "moe_prefix_cache_disk_bad_blocks_total": "counter"}
 
 
 def scrape(base_url: str) -> tuple[str, dict[tuple[str, tuple], float]]:

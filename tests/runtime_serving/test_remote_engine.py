@@ -135,3 +135,17 @@ def test_stats_sum_every_replica_of_a_pool(info):
     assert by_pool["a"].tokens["generated"] == 5 + 6 + 7 and by_pool["a"].queue_depth == 3
     assert by_pool["b"].tokens["generated"] == 5 and by_pool["b"].queue_depth == 1
     assert eng.stats().queue_depth == 4
+
+
+def test_a_gone_replica_keeps_its_counters_and_drops_its_gauges(info):
+    """A replica silent past STALE_SNAPSHOT_S: its gauges stop adding, its counters (cache rejections included)
+    stay, so a counter never goes down in /metrics."""
+    eng = RemoteEngine({}, info)
+    eng._snaps = {"a": {"r0": (EngineStats(queue_depth=4, running=2, prefix_cache_disk_write_failures=3,
+                                           prefix_cache_disk_bad_blocks={"corrupt": 2, "foreign": 1},
+                                           tokens={"prompt": 1, "cached_prompt": 0, "generated": 9}), 0.0)}}
+    eng.front_rejections = {"a": 0}
+    a = asyncio.run(eng.stats_by_pool())["a"]
+    assert (a.queue_depth, a.running) == (0, 0)
+    assert a.tokens["generated"] == 9 and a.prefix_cache_disk_write_failures == 3
+    assert a.prefix_cache_disk_bad_blocks == {"corrupt": 2, "foreign": 1}

@@ -1,6 +1,8 @@
-"""Disk tier: one file per block in a directory that survives restarts. A file is served only if its magic,
-model fingerprint, key and payload checksum all match; anything else is counted and ignored (and a corrupt
-file is removed). Oldest files (by mtime) are evicted beyond the byte budget.
+"""Disk tier: one file per block in a directory that survives restarts. A file is served only if its checksum
+(over header and payload), model fingerprint, key, runtime version and tensor shapes/dtypes (``spec``, the
+model's, set by the engine) all match. Anything else is a miss, never an error: the file is removed (a bad file
+must not fail the same prefix forever; the request rewrites it) and counted in ``corrupt`` or ``foreign``.
+Oldest files (by mtime) are evicted beyond the byte budget.
 
 Best effort, never in the way: blocks are encoded and written by the tier's own writer thread (the engine's step
 only queues them; a full queue drops the block), a failed write (ENOSPC, EIO, ...) is counted in
@@ -16,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .blocks import BadBlock, Block, decode_block, encode_block
+from .blocks import BadBlock, Block, Spec, decode_block, encode_block
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,11 @@ class DiskTier:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
+        self.spec: Spec | None = None  # the shapes/dtypes of this model's blocks (None: any well-formed ones)
         cap = int(shutil.disk_usage(self.dir).total * (1 - HEADROOM_FRACTION))
         self.budget = min(budget_bytes, cap) if budget_bytes else cap
-        self.corrupt = 0
-        self.foreign = 0
+        self.corrupt = 0  # files rejected as unreadable, truncated, failing the checksum or malformed
+        self.foreign = 0  # intact files for another model, prefix, runtime version or block shape
         self.write_failures = 0  # writes that failed (counted, never raised)
         self.dropped = 0  # blocks not written because the writer was behind
         for tmp in self.dir.glob("*.tmp"):  # a crash between mkstemp and rename
@@ -53,32 +56,38 @@ class DiskTier:
             return key in self._keys or key in self._pending
 
     def get(self, key: str) -> Block | None:
+        """The block, or None (absent or rejected). Never raises: the engine's step calls this."""
         p = self.path(key)
         try:
             data = p.read_bytes()
         except FileNotFoundError:
             return None
-        except OSError:
-            self.corrupt += 1
-            return None
+        except OSError as e:
+            return self._reject(key, "corrupt", f"unreadable: {e}")
         try:
-            block = decode_block(data, self.fingerprint, key)
+            block = decode_block(data, self.fingerprint, key, self.spec)
         except BadBlock as e:
-            if e.kind == "foreign":
-                self.foreign += 1
-            else:
-                self.corrupt += 1
-                try:
-                    p.unlink()
-                    self._forget(key)
-                except OSError:
-                    pass
-            return None
+            return self._reject(key, e.kind, str(e))
+        except Exception as e:  # noqa: BLE001 (whatever else goes wrong decoding is this file's problem too)
+            return self._reject(key, "corrupt", f"{type(e).__name__}: {e}")
         try:
             os.utime(p)  # recently used: evicted last
         except OSError:
             pass
         return block
+
+    def _reject(self, key: str, kind: str, why: str) -> None:
+        if kind == "foreign":
+            self.foreign += 1
+        else:
+            self.corrupt += 1
+        log.warning("prefix cache: disk block %s rejected (%s: %s); removed", key[:12], kind, why)
+        try:
+            self.path(key).unlink(missing_ok=True)
+        except OSError:
+            pass
+        self._forget(key)
+        return None
 
     def put(self, key: str, block: Block) -> None:
         """Queue ``block`` for the writer thread; returns at once. Tensors must not change afterwards (the engine

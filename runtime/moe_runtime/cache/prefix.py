@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .blocks import Block
+from .blocks import Block, Spec
 from .disk import DiskTier
 from .memory import MemoryTier
 
@@ -27,6 +27,12 @@ class PrefixCache:
         self.memory = MemoryTier(memory_bytes)
         self.disk = DiskTier(disk_dir, fingerprint, disk_bytes) if disk_dir else None
         self.hits = {"memory": 0, "disk": 0}  # blocks served per tier
+
+    def set_block_spec(self, spec: Spec) -> None:
+        """The dtypes and shapes of this model's blocks (``MoEForCausalLM.kv_block_spec``): a disk block that has
+        others is rejected instead of reaching the model's KV cache."""
+        if self.disk is not None:
+            self.disk.spec = spec
 
     def lookup(self, tokens: list[int]) -> tuple[list[str], list[Block]]:
         """Keys of all full blocks of ``tokens`` and the cached blocks of the longest cached prefix; at least the

@@ -75,6 +75,8 @@ class EngineStats:
     kv_cache_bytes: int = 0
     prefix_cache_bytes: dict[str, int] = field(default_factory=lambda: {"memory": 0, "disk": 0})
     prefix_cache_disk_write_failures: int = 0  # disk-tier writes that failed (ENOSPC, ...): best effort, counted
+    # disk-tier block files rejected on read (each a miss, the file removed), by reason: "corrupt" | "foreign"
+    prefix_cache_disk_bad_blocks: dict[str, int] = field(default_factory=lambda: {"corrupt": 0, "foreign": 0})
     # kind -> tokens: "prompt" (computed prompt tokens, i.e. cache misses), "cached_prompt", "generated"
     tokens: dict[str, int] = field(default_factory=lambda: {"prompt": 0, "cached_prompt": 0, "generated": 0})
     # outcome -> finished requests: "ok", "error", "rejected", "cancelled"

@@ -58,6 +58,8 @@ class TorchEngine:
         self.max_queue = max_queue
         self.max_context_tokens = min(max_context_tokens, loaded.cfg.max_position_embeddings)
         self.cache = prefix_cache
+        if prefix_cache is not None:  # a disk block of other shapes is then a miss, not a failed prefill
+            prefix_cache.set_block_spec(self.model.kv_block_spec(prefix_cache.block_tokens))
         self.vocab = loaded.cfg.vocab_size
         self.eos = {loaded.tokenizer.eos_token_id} if loaded.tokenizer and loaded.tokenizer.eos_token_id is not None else set()
         self._waiting: deque[_Seq] = deque()
@@ -142,10 +144,12 @@ class TorchEngine:
     def stats(self) -> EngineStats:
         with self._cond:
             queue, running = len(self._waiting), len(self._running) + len(self._prefilling)
+        disk = self.cache.disk if self.cache else None
         return EngineStats(
             queue_depth=queue, running=running, kv_cache_bytes=self._kv_bytes,
             prefix_cache_bytes=self.cache.bytes() if self.cache else {"memory": 0, "disk": 0},
-            prefix_cache_disk_write_failures=self.cache.disk.write_failures if self.cache and self.cache.disk else 0,
+            prefix_cache_disk_write_failures=disk.write_failures if disk else 0,
+            prefix_cache_disk_bad_blocks={"corrupt": disk.corrupt, "foreign": disk.foreign} if disk else {},
             tokens=dict(self._tokens), requests=dict(self._requests),
             expert_tokens=self._expert_counts().tolist(),
             capacity_tokens_per_second=self.capacity_tokens_per_second(),

@@ -58,6 +58,14 @@ class MoEForCausalLM(nn.Module):
     def new_kv(self) -> SeqKV:
         return SeqKV(self.cfg.num_layers)
 
+    def kv_block_spec(self, tokens: int) -> list[tuple[str, tuple[int, ...]]]:
+        """(dtype, shape) of each tensor ``SeqKV.export`` gives for ``tokens`` tokens: k [kv_heads, tokens,
+        head_dim] then v [kv_heads, tokens, v_dim] per layer (MLA caches per-head K/V, v of v_head_dim)."""
+        c, d = self.cfg, str(self.dtype)
+        v_dim = c.v_head_dim if c.mla else c.head_dim
+        kv = [(d, (c.num_kv_heads, tokens, c.head_dim)), (d, (c.num_kv_heads, tokens, v_dim))]
+        return kv * c.num_layers
+
     @torch.inference_mode()
     def forward(self, tokens: list[list[int]], kvs: list[SeqKV], all_logits: bool = False) -> torch.Tensor:
         counts = [len(t) for t in tokens]
