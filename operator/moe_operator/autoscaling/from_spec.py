@@ -9,6 +9,7 @@ Prices are $/device-hour (pool override, else catalog) x devicesPerReplica.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -63,11 +64,20 @@ def _annotation_capacities(deployment) -> dict[str, Capacity]:
         return {}
     try:
         data = json.loads(raw) if isinstance(raw, str) else raw
-        return {name: Capacity(float(v["prefillTps"]), float(v["decodeTps"]), float(v["cachedPrefillTps"]))
+        return {name: Capacity(*(_rate(name, v, k) for k in ("prefillTps", "decodeTps", "cachedPrefillTps")))
                 for name, v in data.items()}
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise UserError(f"annotation {CAPACITY_ANNOTATION} must be JSON {{pool: {{prefillTps, decodeTps, "
                         f"cachedPrefillTps}}}} in tokens/s per replica ({exc})") from None
+
+
+def _rate(pool: str, entry: Mapping[str, Any], key: str) -> float:
+    """One tokens/s figure of the annotation: a positive finite JSON number (0 divides by zero in the policy,
+    NaN and infinity size fleets from nothing)."""
+    value = entry[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{pool}.{key} is {json.dumps(value)}: it must be a positive finite number")
+    return float(value)
 
 
 def _planner_capacity() -> Callable | None:
