@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from moe_operator import boundedhttp
 from moe_operator.autoscaling.report import parse_rfc3339, rfc3339
 from moe_operator.errors import UserError
 from moe_operator.planning.expert_window import (
@@ -106,36 +105,41 @@ def ignored_annotation_note(body: dict[str, Any]) -> str:
             "so the admin token goes only to KubeRay's serve Service)")
 
 
-_CLIENT = httpx.Client(timeout=HTTP_TIMEOUT_S)   # one connection pool for every runtime (keep-alive across ticks)
+MAX_ANSWER_BYTES = 64 * 1024 * 1024   # GET /admin/v1/experts: counts per replica x layer x expert (~2 MB at 256x60x16)
+# one connection pool for every runtime (keep-alive across ticks); each call ends within HTTP_TIMEOUT_S in all
+# and reads at most MAX_ANSWER_BYTES (boundedhttp: a runtime that drips or floods costs its own tick only that)
+_CLIENT = boundedhttp.client()
 
 
-def _error_of(resp: httpx.Response) -> tuple[str, str | None]:
+def _error_of(resp: boundedhttp.Answer) -> tuple[str, str | None]:
     """The contract's error ``(message, code)``; a non-contract body gives its start and no code."""
     try:
         err = resp.json()["error"]
         return str(err["message"]), err.get("code")
     except Exception:  # noqa: BLE001 - any non-contract body: show its start
-        return resp.text[:200].strip() or resp.reason_phrase, None
+        return resp.text()[:200].strip() or f"HTTP {resp.status}", None
 
 
 def _admin(method: str, url: str, path: str, token: str, **kwargs: Any) -> Any:
     """One admin API call -> the answer's JSON; AdminError (the status reason as kind) on any failure."""
     what = f"{method} {url}{path}"
     try:
-        resp = _CLIENT.request(method, f"{url}{path}", headers={"Authorization": f"Bearer {token}"}, **kwargs)
-    except httpx.HTTPError as exc:
-        raise AdminError("Unreachable", f"runtime admin API at {url} unreachable: {type(exc).__name__}: {exc}") from None
-    if resp.status_code >= 300:
+        resp = boundedhttp.request(_CLIENT, method, f"{url}{path}", headers={"Authorization": f"Bearer {token}"},
+                                   deadline_s=HTTP_TIMEOUT_S, max_bytes=MAX_ANSWER_BYTES, **kwargs)
+    except boundedhttp.HttpError as exc:
+        raise AdminError("Unreachable", f"runtime admin API at {url} unreachable: {exc}") from None
+    status = resp.status
+    if status >= 300:
         message, code = _error_of(resp)
-        if resp.status_code == 404 and code != "unknown_pool":
+        if status == 404 and code != "unknown_pool":
             raise AdminError("AdminDisabled", f"{what}: 404 ({message}): the runtime's admin API is off (env "
                              "MOE_ADMIN_TOKEN empty in the runtime) or the Serve app is not deployed yet")
-        if resp.status_code == 409 and code == "placement_superseded":   # someone posted after us: look again
+        if status == 409 and code == "placement_superseded":   # someone posted after us: look again
             raise AdminError("Waiting", f"{what}: 409: {message}; the next look decides on the newer placement")
-        if resp.status_code == 401:
+        if status == 401:
             raise AdminError("Unauthorized", f"{what}: 401: the runtime refused the token of Secret "
                              "<name>-runtime-admin; the pods read it at start (restart them after changing it)")
-        raise AdminError("Failed", f"{what}: HTTP {resp.status_code}: {message}")
+        raise AdminError("Failed", f"{what}: HTTP {status}: {message}")
     try:
         return resp.json()
     except ValueError:

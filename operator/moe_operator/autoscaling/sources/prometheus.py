@@ -84,29 +84,57 @@ def _num(v) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
+def _words(exc: Exception) -> str:
+    """An error's message when it is ours (boundedhttp's never quote the answer), else only its type: a number
+    parse of a hostile answer would quote it (``could not convert string to float: '<body>'``)."""
+    from moe_operator.boundedhttp import HttpError
+
+    return str(exc) if isinstance(exc, HttpError) else f"unexpected answer ({type(exc).__name__})"
+
+
 class _NoSeries(Exception):
     """Prometheus answered but holds no series for the model (the message says which)."""
 
 
+class _Client:
+    """``GET <url>/api/v1/query`` through boundedhttp (a deadline and a body cap per call, TLS verified); only
+    the status code of a failed query is reported, never the answer's body (it could be any page the URL names)."""
+
+    def __init__(self, url: str, timeout_s: float, max_bytes: int):
+        from moe_operator import boundedhttp
+
+        self.url, self.timeout_s, self.max_bytes = url.rstrip("/"), timeout_s, max_bytes
+        self.http = boundedhttp.client(max_connections=2)
+
+    def custom_query(self, query: str) -> list[dict]:
+        from moe_operator.boundedhttp import HttpError, request
+
+        a = request(self.http, "GET", f"{self.url}/api/v1/query", params={"query": query},
+                    deadline_s=self.timeout_s, max_bytes=self.max_bytes)
+        if a.status != 200:
+            raise HttpError(f"query answered HTTP {a.status}")
+        try:
+            doc = a.json()
+            result = doc["data"]["result"] if doc.get("status") == "success" else None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            result = None
+        if not isinstance(result, list):
+            raise HttpError("the answer is not a Prometheus query result")
+        return result
+
+
 class PrometheusSource:
-    """Observation for one model from a Prometheus server (prometheus-api-client)."""
+    """Observation for one model from a Prometheus server (HTTP API ``/api/v1/query``).
+
+    One observation (all its queries) ends within ``timeout_s`` in all, each answer read up to ``max_bytes``."""
 
     def __init__(self, url: str, model: str, window: str = "1m", clock: Callable[[], float] = time.time,
-                 client=None, timeout_s: float = 10.0, engine: str = "torch"):
+                 client=None, timeout_s: float = 10.0, engine: str = "torch", max_bytes: int = 4 * 1024 * 1024):
         self.url, self.model, self.window, self.clock, self.engine = url, model, window, clock, engine
-        self.client = client or self._connect(url, timeout_s)
+        self.timeout_s = timeout_s
+        self.client = client or _Client(url, timeout_s, max_bytes)
         self.q = vllm_queries(model, window) if engine == "vllm" else queries(model, window)
         self.last_error: str | None = None
-
-    @staticmethod
-    def _connect(url: str, timeout_s: float):
-        """A client that fails fast: the library's default (3 retries, backoff 1 s, no timeout) would block a
-        tick ~7 s on a refused connection and forever on a hung server; one quick retry, ``timeout_s`` per query."""
-        from prometheus_api_client import PrometheusConnect
-        from urllib3.util.retry import Retry
-
-        retry = Retry(total=1, backoff_factor=0.1, status_forcelist=[429, 502, 503, 504])
-        return PrometheusConnect(url=url, disable_ssl=True, retry=retry, timeout=timeout_s)
 
     def _vector(self, key: str) -> list[dict]:
         return self.client.custom_query(query=self.q[key])
@@ -118,14 +146,17 @@ class PrometheusSource:
     def observe(self) -> Observation | None:
         """The current observation, or None when Prometheus is unreachable or has no series for the model
         (``last_error`` says which)."""
+        from moe_operator.boundedhttp import deadline
+
         build = self._vllm_observation if self.engine == "vllm" else self._torch_observation
         try:
-            obs = build()
+            with deadline(self.timeout_s):   # every query of this observation together
+                obs = build()
         except _NoSeries as exc:
             self.last_error = str(exc)
             return None
         except Exception as exc:  # unreachable or erroring server = missing metrics: the policy holds
-            self.last_error = f"prometheus {self.url}: {exc}"
+            self.last_error = f"prometheus {self.url}: {_words(exc)}"
             return None
         self.last_error = None
         return obs

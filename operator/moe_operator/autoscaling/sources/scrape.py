@@ -116,30 +116,41 @@ def observation_between(prev: Snapshot, cur: Snapshot) -> Observation | None:
 
 
 class ScrapeSource:
-    """Scrapes ``url`` each ``observe()``; ``fetch`` (url -> text) and ``clock`` are injectable for tests."""
+    """Scrapes ``url`` each ``observe()``; ``fetch`` (url -> text) and ``clock`` are injectable for tests.
+
+    A scrape ends within ``timeout_s`` in all (not per read) and reads at most ``max_bytes`` (moe_operator/boundedhttp.py):
+    a URL that drips its answer or sends an endless one costs one tick its deadline, nothing more."""
 
     def __init__(self, url: str, model: str | None = None, fetch: Callable[[str], str] | None = None,
-                 clock: Callable[[], float] = time.time, timeout_s: float = 5.0):
-        self.url, self.model, self.clock, self.timeout_s = url, model, clock, timeout_s
+                 clock: Callable[[], float] = time.time, timeout_s: float = 5.0, max_bytes: int = 16 * 1024 * 1024):
+        self.url, self.model, self.clock, self.timeout_s, self.max_bytes = url, model, clock, timeout_s, max_bytes
         self.fetch = fetch or self._http_get
+        self._client = None
         self.prev: Snapshot | None = None
         self.last_error: str | None = None
 
     def _http_get(self, url: str) -> str:
-        import httpx
+        from moe_operator import boundedhttp
 
-        r = httpx.get(url, timeout=self.timeout_s)
-        r.raise_for_status()
-        return r.text
+        if self._client is None:   # its own keep-alive connection; TLS verified (SSL_CERT_FILE read now)
+            self._client = boundedhttp.client(max_connections=2)
+        a = boundedhttp.request(self._client, "GET", url, deadline_s=self.timeout_s, max_bytes=self.max_bytes)
+        if a.status != 200:   # the status only: the body of whatever the URL points at is not ours to show
+            raise boundedhttp.HttpError(f"GET {url}: HTTP {a.status}")
+        return a.text()
 
     def observe(self) -> Observation | None:
         """The observation since the previous scrape, or None (first scrape, or the scrape failed)."""
         try:
             text = self.fetch(self.url)
+            cur = parse_metrics(text, self.clock(), self.model)
+        except ValueError:   # the parser quotes the offending line: say only that it is not the format
+            self.last_error = f"scrape {self.url}: the answer is not Prometheus text format"
+            return None
         except Exception as exc:  # any transport failure is "missing metrics": the policy holds
             self.last_error = f"scrape {self.url} failed: {exc}"
             return None
-        cur = parse_metrics(text, self.clock(), self.model)
         prev, self.prev = self.prev, cur
         self.last_error = None
         return observation_between(prev, cur) if prev is not None else None
+
