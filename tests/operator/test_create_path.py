@@ -130,3 +130,30 @@ def test_a_strangers_admin_secret_is_never_injected_into_the_pods(rec, monkeypat
     reconcile.reconcile(body, fresh=True)
     text = str(r.posted)
     assert ("runtime-admin" in text) == (secret == "created"), text[:300]
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_rayservice_the_api_server_rejects_is_spec_invalid_once_not_a_retry_loop(rec, monkeypatch, fresh):
+    """A value our schema lets through but Kubernetes refuses in the pods (a nodeSelector key that is no label key)
+    failed every reconcile with an exception, retried forever (issue 14 item 13): now SpecInvalid, one Warning."""
+    import json
+
+    from kubernetes.client.rest import ApiException
+
+    r = rec(None)
+
+    def reject(namespace, body):
+        r.calls.append("POST")
+        exc = ApiException(status=422, reason="Unprocessable Entity")
+        exc.body = json.dumps({"kind": "Status", "message": 'RayService.ray.io "m1" is invalid: spec.rayClusterConfig'
+                               '.workerGroupSpecs[0].template.spec.nodeSelector: Invalid value: "bad key": name part '
+                               "must consist of alphanumeric characters" + "x" * 50_000})
+        raise exc
+    monkeypatch.setattr(kube, "create_rayservice_object", reject)
+    out = reconcile.reconcile(copy.deepcopy(BODY), fresh=fresh)
+    spec_invalid = next(c for c in out.status["conditions"] if c["type"] == "SpecInvalid")
+    assert (spec_invalid["status"], spec_invalid["reason"]) == ("True", "RayServiceRejected")
+    assert "nodeSelector: Invalid value" in spec_invalid["message"] and len(spec_invalid["message"]) <= 32768
+    assert [e[1] for e in out.events] == ["RayServiceRejected"]
+    again = reconcile.reconcile({**copy.deepcopy(BODY), "status": out.status}, fresh=fresh)
+    assert again.events == []

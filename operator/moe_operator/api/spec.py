@@ -6,14 +6,22 @@ become OpenAPI constraints the API server enforces; cross-field rules are CEL (s
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from .rules import ApiModel, Rule
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
+# Kubernetes label syntax (apimachinery validation.IsQualifiedName / IsValidLabelValue): what the API server would
+# refuse in the rendered pods is refused here, at admission, instead of failing every reconcile of the RayService.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# (nodeSelector keys are not checked here: a CEL regex over map keys has no length bound for the API server's cost
+# estimate; a key the API server refuses in the RayService is reported as SpecInvalid RayServiceRejected.)
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+IMAGE = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"   # an OCI reference's alphabet: ASCII, no spaces
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]
 
 Architecture = Literal["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "tiny"]
 Engine = Literal["torch", "vllm"]
@@ -112,9 +120,11 @@ class CacheSpec(ApiModel):
 class Toleration(ApiModel):
     """A Kubernetes toleration (core/v1 Toleration), for tainted accelerator nodes."""
 
-    key: Optional[str] = Field(default=None, max_length=253, description="Taint key; empty with Exists matches all.")
+    key: Optional[str] = Field(default=None, max_length=317, pattern=LABEL_KEY,
+                               description="Taint key (label-key syntax); empty with Exists matches all.")
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: Optional[str] = Field(default=None, max_length=63, description="Taint value for Equal.")
+    value: Optional[str] = Field(default=None, max_length=63, pattern=LABEL_VALUE,
+                                 description="Taint value for Equal (label-value syntax).")
     effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(
         default=None, description="Taint effect to tolerate; empty tolerates all effects."
     )
@@ -143,11 +153,13 @@ class PoolSpec(ApiModel):
     price_per_device_hour: Optional[float] = Field(
         default=None, ge=0, le=1000, description="US$ per device-hour; overrides the catalog (required where it has no price)."
     )
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Extra node labels the pool's pods require (added to the catalog's)."
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=32,
+        description="Extra node labels the pool's pods require (added to the catalog's); Kubernetes label syntax.",
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=16, description="Tolerations for the pool's pods.")
-    image: Optional[str] = Field(default=None, max_length=512, description="Runtime image; defaults per vendor and engine.")
+    image: Optional[str] = Field(default=None, max_length=512, pattern=IMAGE,
+                                 description="Runtime image; defaults per vendor and engine.")
     cold_start_seconds: int = Field(
         default=120, ge=0, le=7200, description="Seconds from scale-up to serving; the autoscaler weighs it."
     )

@@ -6,12 +6,14 @@ handlers of the MoEDeployment (create/update/resume/timer) and of its RayService
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 
 from moe_operator.errors import SpecInvalid, UserError
 from moe_operator.render.context import build_render_input
@@ -60,26 +62,42 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
     created = False
     if live is not None and not kube.owned_by(live, meta.get("uid")):
         return _not_owned(old, generation, namespace, name)
-    if live is None:
-        live = kube.create_rayservice_object(namespace, desired)   # the stored object: no GET after it
-        created = live is not None
-        if created:
-            trace.mark(namespace, name, "posted")
-            # queued at once, not with the outcome: whoever sees the new RayService should find its Event too
-            kube.post_event_soon(body, "Normal", "Created", f"created RayService {name} ({_pools_word(r)})")
-        else:
-            live = kube.get_rayservice(namespace, name)
-            if live is not None and not kube.owned_by(live, meta.get("uid")):
-                return _not_owned(old, generation, namespace, name)
-            if fresh and live is not None:   # keep the sizes the autoscaler set on the existing one
-                r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
-                desired = _adopted(r, body)
-    # just created from ``desired``: nothing to compare (two YAML parses of serveConfigV2 saved); the sweep checks it
-    if live is not None and not created and drift.drifted(live, desired, strict):
-        if kube.replace_with_retry(namespace, name, lambda cur: drift.repair(cur, desired, strict)):
-            events.append(("Normal", "Updated", f"updated RayService {name} to match the spec (generation {generation})"))
-            live = kube.get_rayservice(namespace, name)
+    try:
+        if live is None:
+            live = kube.create_rayservice_object(namespace, desired)   # the stored object: no GET after it
+            created = live is not None
+            if created:
+                trace.mark(namespace, name, "posted")
+                # queued at once, not with the outcome: whoever sees the new RayService should find its Event too
+                kube.post_event_soon(body, "Normal", "Created", f"created RayService {name} ({_pools_word(r)})")
+            else:
+                live = kube.get_rayservice(namespace, name)
+                if live is not None and not kube.owned_by(live, meta.get("uid")):
+                    return _not_owned(old, generation, namespace, name)
+                if fresh and live is not None:   # keep the sizes the autoscaler set on the existing one
+                    r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
+                    desired = _adopted(r, body)
+        # just created from ``desired``: nothing to compare (two YAML parses of serveConfigV2 saved); the sweep checks it
+        if live is not None and not created and drift.drifted(live, desired, strict):
+            if kube.replace_with_retry(namespace, name, lambda cur: drift.repair(cur, desired, strict)):
+                events.append(("Normal", "Updated",
+                               f"updated RayService {name} to match the spec (generation {generation})"))
+                live = kube.get_rayservice(namespace, name)
+    except ApiException as exc:
+        if exc.status not in (400, 422):
+            raise
+        # a value our schema lets through but Kubernetes refuses in the rendered object: the spec's to fix, said once
+        return _stopped(old, generation, "RayServiceRejected", "the API server refused the RayService rendered from "
+                        f"this spec ({exc.status}): {_api_message(exc)}; change the spec field it names")
     return Outcome(status.ok_status(old, generation, r, p, live), events)
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own sentence from a Status body (its field path and value), else the HTTP reason."""
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(exc.reason)
 
 
 def _adopted(r, body: dict[str, Any]) -> dict[str, Any]:
