@@ -2,7 +2,8 @@
 
 Usage: ``moe-operator [--namespace NS ...| --all-namespaces] [--liveness URL] [--catalog-configmap NS/NAME]
 [--images FILE] [--metrics-port 8080] [--drift-interval 30] [--peering NAME]
-[--allow-runtime-url-annotation]``.
+[--allow-runtime-url-annotation] [--no-network-policy] [--kuberay-namespace NS]
+[--kuberay-pod-labels K=V,...] [--metrics-namespace NS]``.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import sys
 
 from moe_operator.errors import UserError
+from moe_operator.render.networkpolicy import PolicySettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +39,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let annotation serving.moe-operator.io/runtime-url choose where the rebalancer sends the "
                         "runtime admin token (tests, out-of-cluster runtimes); off: KubeRay's serve Service only. "
                         "Anyone who may annotate a MoEDeployment could then receive the token")
+    net = p.add_argument_group("NetworkPolicy of the Ray pods (docs/security.md; needs a CNI that enforces it)")
+    net.add_argument("--network-policy", action=argparse.BooleanOptionalAction, default=True,
+                     help="write a NetworkPolicy per MoEDeployment: Ray's ports only from its own pods and KubeRay, "
+                          "Serve (8000) and Ray metrics (8080) from clients (default: on)")
+    net.add_argument("--kuberay-namespace", metavar="NS", default=PolicySettings.kuberay_namespace,
+                     help="namespace of KubeRay's operator pods, the only ones admitted to the dashboard (8265)")
+    net.add_argument("--kuberay-pod-labels", metavar="K=V,...", default=None,
+                     help="labels of KubeRay's operator pods (with --kuberay-namespace: both must match); "
+                          "default app.kubernetes.io/name=kuberay-operator")
+    net.add_argument("--metrics-namespace", metavar="NS", default="",
+                     help="only pods of this namespace (Prometheus) may scrape Ray's metrics port; default: anyone")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
+
+
+def policy_settings(args: argparse.Namespace) -> PolicySettings | None:
+    """The NetworkPolicy settings the flags ask for; None with --no-network-policy. ValueError for bad labels."""
+    if not args.network_policy:
+        return None
+    labels = (PolicySettings.parse_labels(args.kuberay_pod_labels) if args.kuberay_pod_labels is not None
+              else PolicySettings().kuberay_pod_labels)
+    return PolicySettings(args.kuberay_namespace, labels, args.metrics_namespace)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --catalog-configmap must be NAMESPACE/NAME", file=sys.stderr)
         return 2
     try:
+        network_policy = policy_settings(args)
+    except ValueError as exc:
+        print(f"error: --kuberay-pod-labels: {exc}", file=sys.stderr)
+        return 2
+    try:
         from moe_operator.handlers.config import CONFIG
         from moe_operator.render.images import Images
 
@@ -64,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     CONFIG.namespaces = list(args.namespace)
     CONFIG.drift_interval_seconds = args.drift_interval
     CONFIG.peering = args.peering
+    CONFIG.network_policy = network_policy
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from moe_operator.catalog import Catalog
 from moe_operator.render.images import Images
+from moe_operator.render.networkpolicy import PolicySettings
 
 from . import kube
 
@@ -19,6 +20,9 @@ class OperatorConfig:
     drift_interval_seconds: float = 30.0           # how often each MoEDeployment re-checks its RayService
     peering: str | None = None                     # kopf peering object name (active/standby replicas); None: standalone
     catalog_ttl_seconds: float = 30.0              # how long a read of the catalog ConfigMap is reused
+    # the NetworkPolicy in front of each MoEDeployment's Ray pods (handlers/netpol.py); None: none is written.
+    # Off in-process by default (library use, offline tests); ``moe-operator`` turns it on unless --no-network-policy
+    network_policy: PolicySettings | None = None
     _catalog: Catalog | None = None
     _catalog_at: float = 0.0
 

@@ -20,7 +20,7 @@ from moe_operator.render.context import build_render_input
 from moe_operator.render.pipeline import parse_spec, plan
 from moe_operator.render.rayservice import render_rayservice
 
-from . import admin_secret, drift, kube, metrics, status, trace
+from . import admin_secret, drift, kube, metrics, netpol, status, trace
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,12 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
     created = False
     if live is not None and not kube.owned_by(live, meta.get("uid")):
         return _not_owned(old, generation, namespace, name)
+    # Ray's dashboard and GCS take no credential: their NetworkPolicy exists before any Ray pod (docs/security.md)
+    if CONFIG.network_policy is not None and netpol.ensure(body, CONFIG.network_policy, fresh, r.labels) == "foreign":
+        return _stopped(old, generation, "NetworkPolicyNotOwned",
+                        f"NetworkPolicy {namespace}/{name} exists and is not owned by this MoEDeployment: the operator "
+                        "neither adopts nor overwrites it, and starts no Ray pods without its own policy; delete or "
+                        "rename that NetworkPolicy, or give this MoEDeployment another name", spec_invalid=False)
     try:
         if live is None:
             live = kube.create_rayservice_object(namespace, desired)   # the stored object: no GET after it

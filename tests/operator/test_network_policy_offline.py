@@ -1,0 +1,142 @@
+"""The reconcile puts a NetworkPolicy in front of the Ray pods before they exist, repairs it, never adopts a stranger's.
+
+Issue 14 item 14: Ray's dashboard (job submission) and GCS were reachable from any pod. The NetworkPolicy API calls
+(``handlers/netpol.py``) are replaced by a recorder next to the RayService ones, so the order is visible.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from moe_operator.handlers import kube, netpol, reconcile
+from moe_operator.handlers.config import CONFIG
+from moe_operator.render.networkpolicy import PolicySettings
+
+BODY = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+        "metadata": {"name": "m1", "namespace": "ns", "uid": "u-1", "generation": 1},
+        "spec": {"model": {"source": "builtin://tiny-moe", "architecture": "tiny"}, "engine": "torch",
+                 "pools": [{"name": "cpu", "accelerator": "cpu", "devicesPerReplica": 1, "minReplicas": 0,
+                            "maxReplicas": 3, "replicas": 1}]}}
+
+
+class Cluster:
+    """What the API server holds: one RayService and one NetworkPolicy at most, and the calls made."""
+
+    def __init__(self, policy: dict | None = None):
+        self.calls: list[str] = []
+        self.rayservice: dict | None = None
+        self.policy = copy.deepcopy(policy)
+
+    # RayService
+    def get_rayservice(self, namespace, name):
+        self.calls.append("GET rs")
+        return copy.deepcopy(self.rayservice)
+
+    def create_rayservice_object(self, namespace, body):
+        self.calls.append("POST rs")
+        if self.rayservice is not None:
+            return None
+        self.rayservice = {**copy.deepcopy(body), "metadata": {**body["metadata"], "uid": "rs-1"}}
+        return copy.deepcopy(self.rayservice)
+
+    def replace_with_retry(self, namespace, name, mutate):
+        return False
+
+    # NetworkPolicy
+    def get(self, namespace, name):
+        self.calls.append("GET np")
+        return copy.deepcopy(self.policy)
+
+    def create(self, namespace, body):
+        self.calls.append("POST np")
+        if self.policy is not None:
+            return None
+        self.policy = {**copy.deepcopy(body), "metadata": {**body["metadata"], "resourceVersion": "1"}}
+        return copy.deepcopy(self.policy)
+
+    def replace(self, namespace, name, body):
+        self.calls.append("PUT np")
+        assert body["metadata"].get("resourceVersion") == self.policy["metadata"]["resourceVersion"]
+        self.policy = copy.deepcopy(body)
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    monkeypatch.setattr(CONFIG, "network_policy", PolicySettings(kuberay_namespace="ray-system"))
+
+    def install(policy: dict | None = None) -> Cluster:
+        c = Cluster(policy)
+        for fn in ("get_rayservice", "create_rayservice_object", "replace_with_retry"):
+            monkeypatch.setattr(kube, fn, getattr(c, fn))
+        monkeypatch.setattr(kube, "post_event_soon", lambda *a: None)
+        monkeypatch.setattr(netpol, "_get", c.get)
+        monkeypatch.setattr(netpol, "_create", c.create)
+        monkeypatch.setattr(netpol, "_replace", c.replace)
+        return c
+    return install
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_the_policy_is_written_before_the_rayservice_and_owned_by_the_moedeployment(cluster, fresh):
+    c = cluster()
+    reconcile.reconcile(copy.deepcopy(BODY), fresh=fresh)
+    assert c.calls.index("POST np") < c.calls.index("POST rs")   # no Ray pod exists unguarded
+    assert c.policy["kind"] == "NetworkPolicy" and c.policy["metadata"]["name"] == "m1"
+    refs = c.policy["metadata"]["ownerReferences"]
+    assert [(r["kind"], r["uid"], r.get("controller")) for r in refs] == [("MoEDeployment", "u-1", True)]
+    ports = {p["port"] for r in c.policy["spec"]["ingress"] for p in r.get("ports") or []}
+    assert 8265 in ports and 6379 not in ports
+    if fresh:
+        assert "GET np" not in c.calls   # the create path stays POST-first
+
+
+def test_a_hand_edited_or_deleted_policy_is_repaired_by_the_next_reconcile(cluster):
+    c = cluster()
+    reconcile.reconcile(copy.deepcopy(BODY), fresh=True)
+    good = copy.deepcopy(c.policy)
+    # someone opens the dashboard to every namespace: an extra key the subset comparison of drift.py would miss
+    c.policy["spec"]["ingress"][1]["from"][0]["namespaceSelector"] = {}
+    c.calls.clear()
+    reconcile.reconcile(copy.deepcopy(BODY))
+    assert "PUT np" in c.calls and c.policy["spec"] == good["spec"]
+    c.calls.clear()
+    reconcile.reconcile(copy.deepcopy(BODY))
+    assert c.calls.count("PUT np") == 0 and "POST np" not in c.calls   # in line: no write
+    c.policy = None
+    reconcile.reconcile(copy.deepcopy(BODY))
+    assert c.policy is not None and c.policy["spec"] == good["spec"]
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_policy_it_does_not_own_is_never_adopted_and_no_ray_pods_start(cluster, fresh):
+    stranger = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "m1", "namespace": "ns", "resourceVersion": "5"},
+                "spec": {"podSelector": {}, "ingress": [{}], "policyTypes": ["Ingress"]}}
+    c = cluster(stranger)
+    out = reconcile.reconcile(copy.deepcopy(BODY), fresh=fresh)
+    assert c.policy == stranger and "PUT np" not in c.calls
+    assert "POST rs" not in c.calls and c.rayservice is None
+    ready = next(x for x in out.status["conditions"] if x["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "NetworkPolicyNotOwned")
+    assert [e[1] for e in out.events] == ["NetworkPolicyNotOwned"]
+
+
+def test_off_means_no_policy_calls(cluster, monkeypatch):
+    c = cluster()
+    monkeypatch.setattr(CONFIG, "network_policy", None)
+    reconcile.reconcile(copy.deepcopy(BODY), fresh=True)
+    assert c.calls == ["POST rs"]
+
+
+def test_the_operator_flags_switch_it_and_name_kuberay():
+    from moe_operator.operator_main import build_parser, policy_settings
+
+    default = policy_settings(build_parser().parse_args(["-A"]))
+    assert default == PolicySettings()
+    assert default.kuberay_pod_labels == {"app.kubernetes.io/name": "kuberay-operator"}
+    assert policy_settings(build_parser().parse_args(["-A", "--no-network-policy"])) is None
+    custom = policy_settings(build_parser().parse_args(
+        ["-A", "--kuberay-namespace", "kuberay", "--kuberay-pod-labels", "app=kuberay,tier=ctl",
+         "--metrics-namespace", "monitoring"]))
+    assert custom == PolicySettings("kuberay", {"app": "kuberay", "tier": "ctl"}, "monitoring")
