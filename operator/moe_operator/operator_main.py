@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         from moe_operator.handlers.metrics import serve_metrics
         serve_metrics(args.metrics_port)
 
-    kube.POOL_SIZE = max(kube.POOL_SIZE, args.workers + 4)   # + the drift sweep and autoscaler threads
+    from moe_operator.handlers import loops
+
+    # + the drift sweep and the step loop, + each periodic consumer's object threads (handlers/loops.py)
+    kube.POOL_SIZE = max(kube.POOL_SIZE, args.workers + 4 + loops.TICK_WORKERS * 2)
 
     @kopf.on.startup()
     def _configure(settings: kopf.OperatorSettings, logger, **_):

@@ -35,13 +35,26 @@ _core: client.CoreV1Api | None = None      # one shared client: a new one per ca
 
 
 POOL_SIZE = 32   # HTTP keep-alive connections; the client's default (5 x CPUs: 10 here) is below kopf's thread count
+# (connect, read) seconds for every API call that names no ``_request_timeout``: the client's default is none, so a
+# half-open connection (a dropped NAT entry, an API server gone mid-answer) blocked a loop's thread for ever while
+# the liveness probe stayed green. urllib3 retries a GET up to 3 times: at most ~4 x 40 s per call.
+REQUEST_TIMEOUT: tuple[float, float] = (10.0, 30.0)
+
+
+class _ApiClient(client.ApiClient):
+    """An ApiClient whose calls default to ``REQUEST_TIMEOUT`` (a call's own ``_request_timeout`` wins)."""
+
+    def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
+        return super().call_api(method, url, header_params, body, post_params,
+                                _request_timeout if _request_timeout is not None else REQUEST_TIMEOUT)
 
 
 def login() -> None:
     """Configure the client from the pod's service account, else KUBECONFIG.
 
     The connection pool holds ``POOL_SIZE`` connections: with more handler threads than pooled connections,
-    urllib3 opens extra ones and discards them ("Connection pool is full"), a TLS handshake each time.
+    urllib3 opens extra ones and discards them ("Connection pool is full"), a TLS handshake each time. Every call
+    times out after ``REQUEST_TIMEOUT`` unless it names its own.
     """
     global _api, _core
     try:
@@ -50,7 +63,7 @@ def login() -> None:
         config.load_kube_config()
     cfg = client.Configuration.get_default_copy()
     cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, POOL_SIZE)
-    _api = client.CustomObjectsApi(client.ApiClient(cfg))
+    _api = client.CustomObjectsApi(_ApiClient(cfg))
     _core = client.CoreV1Api(_api.api_client)
 
 
