@@ -12,50 +12,41 @@ import pytest
 from moe_operator.handlers import kube, netpol, reconcile
 from moe_operator.handlers.config import CONFIG
 from moe_operator.render.networkpolicy import PolicySettings
-
-BODY = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
-        "metadata": {"name": "m1", "namespace": "ns", "uid": "u-1", "generation": 1},
-        "spec": {"model": {"source": "builtin://tiny-moe", "architecture": "tiny"}, "engine": "torch",
-                 "pools": [{"name": "cpu", "accelerator": "cpu", "devicesPerReplica": 1, "minReplicas": 0,
-                            "maxReplicas": 3, "replicas": 1}]}}
-
+from test_create_path import BODY
 
 class Cluster:
-    """What the API server holds: one RayService and one NetworkPolicy at most, and the calls made."""
+    """What the API server holds: one RayService ("rs") and one NetworkPolicy ("np") at most, and the calls made."""
 
     def __init__(self, policy: dict | None = None):
         self.calls: list[str] = []
-        self.rayservice: dict | None = None
-        self.policy = copy.deepcopy(policy)
+        self.objects: dict[str, dict | None] = {"rs": None, "np": copy.deepcopy(policy)}
 
-    # RayService
-    def get_rayservice(self, namespace, name):
-        self.calls.append("GET rs")
-        return copy.deepcopy(self.rayservice)
+    @property
+    def policy(self) -> dict | None:
+        return self.objects["np"]
 
-    def create_rayservice_object(self, namespace, body):
-        self.calls.append("POST rs")
-        if self.rayservice is not None:
+    @policy.setter
+    def policy(self, value: dict | None) -> None:
+        self.objects["np"] = value
+
+    @property
+    def rayservice(self) -> dict | None:
+        return self.objects["rs"]
+
+    def get(self, kind: str) -> dict | None:
+        self.calls.append(f"GET {kind}")
+        return copy.deepcopy(self.objects[kind])
+
+    def create(self, kind: str, body: dict) -> dict | None:
+        """None when one exists (409), else the stored object."""
+        self.calls.append(f"POST {kind}")
+        if self.objects[kind] is not None:
             return None
-        self.rayservice = {**copy.deepcopy(body), "metadata": {**body["metadata"], "uid": "rs-1"}}
-        return copy.deepcopy(self.rayservice)
+        self.objects[kind] = {**copy.deepcopy(body), "metadata": {**body["metadata"], "uid": f"{kind}-1",
+                                                                    "resourceVersion": "1"}}
+        return copy.deepcopy(self.objects[kind])
 
-    def replace_with_retry(self, namespace, name, mutate):
-        return False
-
-    # NetworkPolicy
-    def get(self, namespace, name):
-        self.calls.append("GET np")
-        return copy.deepcopy(self.policy)
-
-    def create(self, namespace, body):
-        self.calls.append("POST np")
-        if self.policy is not None:
-            return None
-        self.policy = {**copy.deepcopy(body), "metadata": {**body["metadata"], "resourceVersion": "1"}}
-        return copy.deepcopy(self.policy)
-
-    def replace(self, namespace, name, body):
+    def replace_policy(self, namespace, name, body):
         self.calls.append("PUT np")
         assert body["metadata"].get("resourceVersion") == self.policy["metadata"]["resourceVersion"]
         self.policy = copy.deepcopy(body)
@@ -67,12 +58,13 @@ def cluster(monkeypatch):
 
     def install(policy: dict | None = None) -> Cluster:
         c = Cluster(policy)
-        for fn in ("get_rayservice", "create_rayservice_object", "replace_with_retry"):
-            monkeypatch.setattr(kube, fn, getattr(c, fn))
+        monkeypatch.setattr(kube, "get_rayservice", lambda ns, name: c.get("rs"))
+        monkeypatch.setattr(kube, "create_rayservice_object", lambda ns, body: c.create("rs", body))
+        monkeypatch.setattr(kube, "replace_with_retry", lambda ns, name, mutate: False)
         monkeypatch.setattr(kube, "post_event_soon", lambda *a: None)
-        monkeypatch.setattr(netpol, "_get", c.get)
-        monkeypatch.setattr(netpol, "_create", c.create)
-        monkeypatch.setattr(netpol, "_replace", c.replace)
+        monkeypatch.setattr(netpol, "_get", lambda ns, name: c.get("np"))
+        monkeypatch.setattr(netpol, "_create", lambda ns, body: c.create("np", body))
+        monkeypatch.setattr(netpol, "_replace", c.replace_policy)
         return c
     return install
 
@@ -96,7 +88,8 @@ def test_a_hand_edited_or_deleted_policy_is_repaired_by_the_next_reconcile(clust
     reconcile.reconcile(copy.deepcopy(BODY), fresh=True)
     good = copy.deepcopy(c.policy)
     # someone opens the dashboard to every namespace: an extra key the subset comparison of drift.py would miss
-    c.policy["spec"]["ingress"][1]["from"][0]["namespaceSelector"] = {}
+    # (the own-pods peer then admits those labels from every namespace)
+    c.policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"] = {}
     c.calls.clear()
     reconcile.reconcile(copy.deepcopy(BODY))
     assert "PUT np" in c.calls and c.policy["spec"] == good["spec"]
