@@ -3,7 +3,7 @@
 Usage: ``moe-operator [--namespace NS ...| --all-namespaces] [--liveness URL] [--catalog-configmap NS/NAME]
 [--images FILE] [--metrics-port 8080] [--drift-interval 30] [--peering NAME]
 [--allow-runtime-url-annotation] [--no-network-policy] [--kuberay-namespace NS]
-[--kuberay-pod-labels K=V,...] [--metrics-namespace NS]``.
+[--kuberay-pod-labels K=V,...] [--metrics-namespace NS] [--metrics-hosts PATTERNS]``.
 """
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "default app.kubernetes.io/name=kuberay-operator")
     net.add_argument("--metrics-namespace", metavar="NS", default="",
                      help="only pods of this namespace (Prometheus) may scrape Ray's metrics port; default: anyone")
+    p.add_argument("--metrics-hosts", metavar="PATTERNS", default=os.environ.get("MOE_METRICS_HOSTS", ""),
+                   help="comma-separated host patterns (fnmatch, e.g. '*.svc,prometheus.example.com') that a "
+                        "MoEDeployment's spec.autoscaling.metrics URL may name; others are refused without a "
+                        "request. Empty (default): any host")
     p.add_argument("--verbose", "-v", action="store_true")
     return p
 
@@ -101,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     from moe_operator.handlers import kube, leader, rebalance
 
     rebalance.ALLOW_URL_ANNOTATION = args.allow_runtime_url_annotation
+    from moe_operator.handlers import autoscale
+
+    autoscale.METRICS_HOSTS = autoscale.parse_hosts(args.metrics_hosts)
 
     if args.metrics_port:
         from moe_operator.handlers.metrics import serve_metrics

@@ -50,13 +50,52 @@ class State:
 STATES: dict[tuple[str, str], State] = {}
 
 
+def parse_hosts(text: str | None) -> list[str]:
+    """``--metrics-hosts`` / env ``MOE_METRICS_HOSTS``: comma-separated host patterns (fnmatch: ``*.svc``)."""
+    return [h.strip().lower() for h in (text or "").split(",") if h.strip()]
+
+
+# Hosts a MoEDeployment's metrics URL (spec.autoscaling.metrics) may name; empty: any host (the default, as before
+# the list: an in-cluster Prometheus or runtime Service can be in any namespace). The operator's own
+# MOE_PROMETHEUS_URL is the admin's choice and is not checked.
+METRICS_HOSTS: list[str] = parse_hosts(os.environ.get("MOE_METRICS_HOSTS"))
+
+
+class Refused:
+    """The source of a metrics URL the allow-list refuses: never asked, always "missing metrics" with the reason."""
+
+    def __init__(self, url: str, host: str):
+        self.last_error = (f"metrics URL {url} refused: host {host!r} is not in the operator's allow-list "
+                           f"(--metrics-hosts {','.join(METRICS_HOSTS)})")
+
+    def observe(self):
+        return None
+
+
+def _refusal(metrics_spec) -> Refused | None:
+    """A Refused source when the spec's metrics URL names a host outside METRICS_HOSTS (None: allowed)."""
+    from fnmatch import fnmatchcase
+    from urllib.parse import urlsplit
+
+    if not METRICS_HOSTS or metrics_spec is None:
+        return None
+    for src in (metrics_spec.prometheus, metrics_spec.scrape):
+        if src is None:
+            continue
+        host = (urlsplit(src.url).hostname or "").lower()
+        if not any(fnmatchcase(host, pattern) for pattern in METRICS_HOSTS):
+            return Refused(src.url, host)
+    return None
+
+
 def _source(state: State, metrics_spec, model: str, engine: str = "torch"):
     url = os.environ.get("MOE_PROMETHEUS_URL") or None
-    key = (metrics_spec.model_dump_json() if metrics_spec is not None else None, model, url, engine)
+    key = (metrics_spec.model_dump_json() if metrics_spec is not None else None, model, url, engine,
+           tuple(METRICS_HOSTS))
     if state.source_key != key:
         from moe_operator.autoscaling.sources import source_for
 
-        src = source_for(metrics_spec, model, engine=engine)
+        src = _refusal(metrics_spec) or source_for(metrics_spec, model, engine=engine)
         if src is None and url:
             from moe_operator.autoscaling.sources.prometheus import PrometheusSource
 
