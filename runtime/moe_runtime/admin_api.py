@@ -66,14 +66,10 @@ def parse_placement_request(body: dict[str, Any], pools: list[str], shape: tuple
         raise oa.APIError(400, "this application runs its experts in-process (placement: null): there are no "
                           "expert shards to move; deploy it with a placement", param="placement",
                           code="no_placement")
-    try:
-        canon = canonical_placement(doc)
+    try:  # the served model's shape first, by counting: nothing is built from a placement for another model
+        canon = canonical_placement(doc, model=shape)
     except ValueError as exc:
         raise oa.APIError(400, f"invalid placement: {exc}", param="placement", code="invalid_placement") from None
-    layers, experts = shape
-    if (canon["numLayers"], canon["numExperts"]) != (layers, experts):
-        raise oa.APIError(400, f"placement is for {canon['numLayers']} MoE layers x {canon['numExperts']} experts "
-                          f"but the model has {layers} x {experts}", param="placement", code="invalid_placement")
     return pool, canon
 
 

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from moe_runtime.experts.placement import missing_experts
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -47,7 +49,7 @@ class Placement(_Strict):
                     if not 0 <= e < self.num_experts:
                         raise ValueError(f"placement.layers[{li}] names expert {e}; numExperts={self.num_experts}")
                     seen.add(e)
-            missing = sorted(set(range(self.num_experts)) - seen)
+            missing = missing_experts(seen, self.num_experts)  # never set(range(numExperts)): 1e9 is gigabytes
             if missing:
                 raise ValueError(f"placement.layers[{li}] places no copy of experts {missing}")
         return self

@@ -46,12 +46,18 @@ def board_name(app: str) -> str:
     return BOARD_PREFIX + app
 
 
-def canonical_placement(doc: Any) -> dict[str, Any]:
-    """The placement JSON normalised (defaults filled, validated): raises ValueError when it is malformed."""
+def canonical_placement(doc: Any, model: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The placement JSON normalised (defaults filled, validated): raises ValueError when it is malformed.
+
+    With ``model`` = (MoE layers, experts) of the served model, every dimension is first checked against it by
+    counting (``experts.placement.check_shape``), before anything is built from the document."""
     from pydantic import ValidationError
 
     from moe_runtime.config import Placement
+    from moe_runtime.experts.placement import check_shape
 
+    if model is not None:
+        check_shape(doc, *model)
     try:
         return Placement.model_validate(doc).to_json()
     except ValidationError as exc:

@@ -394,3 +394,116 @@ def test_the_board_actor_class_serves_calls_and_exits_when_idle(monkeypatch):
 
     b = asyncio.run(main())
     assert exits and b._watchdog.done()
+
+
+def _peak_bytes(fn) -> int:
+    """Peak bytes Python allocated while ``fn()`` ran (every thread: the test client's app runs in its own)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+PEAK_BOUND = 64 * 2**20  # a refused post parses at most its own (<= 1 MiB) body; a 1e9-entry set is gigabytes
+
+
+def _huge_posts():
+    """Bodies that name far more than the served model (2 MoE layers x 4 experts) has, or nonsense ids."""
+    many_shards = [{"name": f"s{i}"} for i in range(50_000)]  # about 640 KiB: under the 1 MiB body cap
+    return {
+        "numExperts 1e9": {**P1, "numExperts": 10**9},
+        "numExperts 1e9 as a float": {**P1, "numExperts": 1e9},
+        "numLayers 1e9 with one layers entry": {**P1, "numLayers": 10**9},
+        "50k shards": {**P1, "shards": many_shards, "layers": [[[0, 1, 2, 3]] + [[]] * (len(many_shards) - 1)]},
+        "3 layers entries for 2 MoE layers": {**P1, "layers": P1["layers"] * 3},
+        "a negative expert id": {**P1, "layers": [[[-1, 0, 1, 2], [3]]]},
+        "a negative numLayers": {**P1, "numLayers": -2},
+        "an expert id beyond numExperts": {**P1, "layers": [[[0, 1, 2, 10**9], [3]]]},
+        "one expert 100k times on one shard": {**P1, "layers": [[[0] * 100_000 + [1, 2], [3]]]},
+        "a shard name used twice": {**P1, "shards": [SHARDS[0], SHARDS[0]]},
+        "numExperts true": {**P1, "numExperts": True},
+    }
+
+
+def test_a_placement_beyond_the_served_model_is_a_400_before_anything_is_allocated():
+    """Issue 14 item 16: every dimension is checked against the served model before the placement is built (the
+    old check ran after pydantic had built set(range(numExperts)) and after ``layers * numLayers``); a bad post
+    changes nothing on the board."""
+    board = LocalBoard()
+    client = BoardClient("k", lambda: board, ["cpu"], P0, (2, 4))
+    app = FastAPI()
+    assert mount_admin_routes(app, client, token="s3cret")
+    http = TestClient(app)
+    assert http.post("/admin/v1/placement", headers=AUTH, json={"pool": "cpu", "placement": P1}).status_code == 202
+    before = copy.deepcopy(board.state.view("k", 0.0)), copy.deepcopy(client.posted)
+    for what, doc in _huge_posts().items():
+        got = []
+        peak = _peak_bytes(lambda: got.append(http.post("/admin/v1/placement", headers=AUTH,
+                                                        json={"pool": "cpu", "placement": doc})))
+        r = got[0]
+        assert r.status_code == 400, (what, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "invalid_placement" and err["param"] == "placement" and err["message"], (what, err)
+        assert peak < PEAK_BOUND, (what, peak)
+        assert (board.state.view("k", 0.0), client.posted) == before, what
+    assert "model has 2 x 4" in http.post("/admin/v1/placement", headers=AUTH, json={
+        "pool": "cpu", "placement": {**P1, "numExperts": 10**9}}).json()["error"]["message"]
+
+
+def test_shard_and_copy_counts_are_capped_before_the_placement_is_built():
+    """A million shards (no HTTP body carries them; the parser is called directly) and a layer with more copies than
+    the cap are refused by counting, before a shard object is built."""
+    from moe_runtime import openai_api as oa
+    from moe_runtime.admin_api import parse_placement_request
+    from moe_runtime.experts.placement import MAX_REDUNDANT_COPIES, MAX_SHARDS
+
+    shards = [{"name": f"s{i}"} for i in range(10**6)]
+    doc = {**P1, "shards": shards, "layers": [[[0, 1, 2, 3]] + [[]] * (len(shards) - 1)]}
+    errors = []
+
+    def parse():
+        try:
+            parse_placement_request({"pool": "cpu", "placement": doc}, ["cpu"], (2, 4), P0)
+        except oa.APIError as exc:
+            errors.append(exc)
+    assert _peak_bytes(parse) < 16 * 2**20
+    assert errors and errors[0].status == 400 and f"at most {MAX_SHARDS} shards" in str(errors[0].message)
+    wide = [{"name": f"s{i}"} for i in range(MAX_SHARDS)]
+    every = list(range(8))  # each of 1024 shards holds all 8 experts of an (2 x 8) model: 8192 copies a layer
+    copies = {**P1, "numExperts": 8, "shards": wide, "layers": [[every] * MAX_SHARDS]}
+    assert 8 * MAX_SHARDS > 8 + MAX_REDUNDANT_COPIES
+    with pytest.raises(oa.APIError, match="copies"):
+        parse_placement_request({"pool": "cpu", "placement": copies}, ["cpu"], (2, 8), P0)
+
+
+def test_the_engine_checks_a_placement_against_its_model_before_expanding_it():
+    """``engine.apply_placement`` parses with the model's shape: one ``layers`` entry for 1e9 layers is refused,
+    not expanded into a 1e9-entry list; the pydantic model refuses 1e9 experts without building range sets."""
+    from moe_runtime.experts.placement import ExpertPlacement
+    from moe_runtime.placement_board import canonical_placement
+
+    errors = []
+
+    def parse(doc, **kw):
+        try:
+            ExpertPlacement.parse(doc, **kw)
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    assert _peak_bytes(lambda: parse({**P1, "numLayers": 10**9}, model=(2, 4))) < 16 * 2**20
+    assert "model has 2 x 4" in errors[-1]
+    assert _peak_bytes(lambda: parse({**P1, "numExperts": 10**9}, model=(2, 4))) < 16 * 2**20
+    assert "model has 2 x 4" in errors[-1]
+    assert ExpertPlacement.parse(P1, model=(2, 4)).layers == [[[0, 1, 2], [3, 0]]] * 2
+
+    def canon():
+        try:
+            canonical_placement({**P1, "numExperts": 10**9})
+        except ValueError as exc:
+            errors.append(str(exc))
+    assert _peak_bytes(canon) < 16 * 2**20
+    assert "places no copy of experts [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, ...]" in errors[-1]

@@ -181,8 +181,9 @@ class TorchEngine:
         if not hasattr(backend, "prepare"):
             raise ValueError("this engine runs its experts in-process (placement null); a live placement needs "
                              "expert shards: start it with a placement")
-        new = ExpertPlacement.parse(placement)
-        new.check_model(max(1, self.loaded.cfg.num_moe_layers), self.loaded.cfg.num_experts)
+        # the model's shape is checked before the placement is expanded or built (issue 14 item 16)
+        new = ExpertPlacement.parse(placement, model=(max(1, self.loaded.cfg.num_moe_layers),
+                                                      self.loaded.cfg.num_experts))
         if self._placement_lock is None:
             self._placement_lock = asyncio.Lock()
         # shielded: once started, a move finishes (load, swap, free) even if the caller goes away
