@@ -46,7 +46,8 @@ def check_shape(obj: Any, num_layers: int, num_experts: int) -> None:
                          f"{len(layers) if isinstance(layers, list) else type(layers).__name__}")
     for li, layer in enumerate(layers):
         if not isinstance(layer, list) or len(layer) != len(shards):
-            raise ValueError(f"placement.layers[{li}] must list one expert-id list per shard ({len(shards)})")
+            raise ValueError(f"placement.layers[{li}] has {len(layer) if isinstance(layer, list) else 'no'} shards; "
+                             f"expected {len(shards)} (one expert-id list per shard)")
         copies = 0
         for si, ids in enumerate(layer):
             if not isinstance(ids, list):
