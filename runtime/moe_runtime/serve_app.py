@@ -24,7 +24,9 @@ from moe_runtime.engine.api import EngineStats, PromptTooLong, QueueFull, Sampli
 from moe_runtime.metrics import RuntimeMetrics, merge_stats
 from moe_runtime.placement_board import BoardClient, BoardReporter, config_key, get_board
 
-STALE_SNAPSHOT_S = 60.0  # a replica silent this long no longer adds to gauges (its counters stay)
+STALE_SNAPSHOT_S = 60.0  # a replica silent this long is retired: its gauges stop adding, its counters stay
+METRICS_TTL_S = 1.0  # a /metrics scrape within this long of the last collection is answered from it, seconds
+MAX_RETIRED = 64  # retired replicas whose counters are kept by id (one that answers again is not counted twice)
 HANDLE_QUEUE = 16  # requests Serve may queue per engine deployment when every replica is at max_ongoing (-> 429)
 INGRESS_MAX_ONGOING = 1024  # concurrent HTTP requests per ingress replica; the proxy answers 503 beyond
 
@@ -167,8 +169,12 @@ class RemoteEngine:
         self.max_context_tokens: int = info["max_context_tokens"]
         self.tokenizer = RemoteTokenizer(info)
         self.inflight = {p: 0 for p in handles}
-        self._snaps: dict[str, dict[str, tuple[EngineStats, float]]] = {p: {} for p in handles}
+        self._snaps: dict[str, dict[str, tuple[EngineStats, float]]] = {p: {} for p in handles}  # live replicas
+        # pool -> replica id -> counters of a retired replica ("" = the oldest ones, summed): bounded by MAX_RETIRED
+        self._retired: dict[str, dict[str, EngineStats]] = {}
         self.front_rejections: dict[str, int] = {p: 0 for p in handles}
+        self._collection: asyncio.Future | None = None  # the last (or in-flight) stats collection
+        self._collected_at = float("-inf")  # monotonic time the last collection started
 
     async def start(self) -> None:  # the engines start in their own replicas
         return None
@@ -218,25 +224,48 @@ class RemoteEngine:
             if isinstance(r, dict):
                 self._snaps[pool][r["replica"]] = (EngineStats(**r["stats"]), time.time())
 
-    async def stats_by_pool(self) -> dict[str, EngineStats]:
-        await asyncio.gather(*(self._refresh_pool(p) for p in self.handles))
-        now, out = time.time(), {}
+    def _retire(self, now: float) -> None:
+        """Drop replicas silent past STALE_SNAPSHOT_S from ``_snaps`` (bounded by live replicas); their counters
+        move to ``_retired`` so that no counter goes down in /metrics. Beyond MAX_RETIRED ids the oldest are
+        summed into one entry."""
         for pool, snaps in self._snaps.items():
-            parts = []
-            for stats, seen in snaps.values():
-                if now - seen > STALE_SNAPSHOT_S:  # gone: keep its counters, drop its gauges
-                    stats = EngineStats(tokens=stats.tokens, requests=stats.requests,
-                                        expert_tokens=stats.expert_tokens, prefix_cache_disk_write_failures=
-                                        stats.prefix_cache_disk_write_failures,
-                                        prefix_cache_disk_bad_blocks=stats.prefix_cache_disk_bad_blocks)
-                parts.append(stats)
-            merged = merge_stats(parts)
-            merged.requests["rejected"] = merged.requests.get("rejected", 0) + self.front_rejections[pool]
+            retired = self._retired.setdefault(pool, {})
+            for replica in snaps:  # answered again: its own snapshot holds its counters
+                retired.pop(replica, None)
+            for replica in [r for r, (_, seen) in snaps.items() if now - seen > STALE_SNAPSHOT_S]:
+                stats, _ = snaps.pop(replica)
+                retired[replica] = EngineStats(  # counters only: a gone replica's gauges stop adding
+                    tokens=stats.tokens, requests=stats.requests, expert_tokens=stats.expert_tokens,
+                    prefix_cache_disk_write_failures=stats.prefix_cache_disk_write_failures,
+                    prefix_cache_disk_bad_blocks=stats.prefix_cache_disk_bad_blocks)
+            while len(retired) > MAX_RETIRED + ("" in retired):
+                oldest = next(r for r in retired if r != "")
+                retired[""] = merge_stats([retired.pop(oldest)] + ([retired.pop("")] if "" in retired else []))
+
+    async def _collect(self) -> dict[str, EngineStats]:
+        await asyncio.gather(*(self._refresh_pool(p) for p in self.handles))
+        self._retire(time.time())
+        out = {}
+        for pool, snaps in self._snaps.items():
+            merged = merge_stats([s for s, _ in snaps.values()] + list(self._retired.get(pool, {}).values()))
+            merged.requests["rejected"] = merged.requests.get("rejected", 0) + self.front_rejections.get(pool, 0)
             out[pool] = merged
         return out
 
+    async def stats_by_pool(self) -> dict[str, EngineStats]:
+        """Per-pool sums for /metrics. One collection (2n+2 snapshot calls per pool of n replicas: a handle call
+        reaches a random replica) serves every scrape that arrives while it runs and within METRICS_TTL_S after
+        it started, so actor calls are bounded by the TTL, not by how often or how many scrapers ask."""
+        now = time.monotonic()
+        c = self._collection
+        if c is None or (c.done() and (c.cancelled() or c.exception() is not None
+                                       or now - self._collected_at >= METRICS_TTL_S)):
+            self._collection, self._collected_at = asyncio.ensure_future(self._collect()), now
+        return await asyncio.shield(self._collection)  # a scraper that leaves does not cancel the others' wait
+
     def stats(self) -> EngineStats:
-        return merge_stats([s for snaps in self._snaps.values() for s, _ in snaps.values()])
+        return merge_stats([s for snaps in self._snaps.values() for s, _ in snaps.values()]
+                           + [s for retired in self._retired.values() for s in retired.values()])
 
 
 @serve.deployment(name="OpenAIIngress", ray_actor_options={"num_cpus": 0},

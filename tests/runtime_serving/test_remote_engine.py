@@ -149,3 +149,58 @@ def test_a_gone_replica_keeps_its_counters_and_drops_its_gauges(info):
     assert (a.queue_depth, a.running) == (0, 0)
     assert a.tokens["generated"] == 9 and a.prefix_cache_disk_write_failures == 3
     assert a.prefix_cache_disk_bad_blocks == {"corrupt": 2, "foreign": 1}
+
+
+def test_concurrent_and_repeated_scrapes_share_one_collection(info, monkeypatch):
+    """Issue 14 item 16: /metrics used to cost 2n+2 snapshot calls per pool on EVERY scrape. Scrapes now share
+    one in-flight collection, and one within METRICS_TTL_S of the last is answered from it: actor calls are bounded
+    by the TTL, not by the scrape rate. (The TTL is set to an hour here so no clock decides the outcome.)"""
+    import moe_runtime.serve_app as sa
+
+    monkeypatch.setattr(sa, "METRICS_TTL_S", 3600.0, raising=False)
+    n = 8
+    a, b = FakeHandle(ACCEPT, replicas=n), FakeHandle(ACCEPT, replicas=1)
+    counted = {"a": 0, "b": 0}
+    for name, h in (("a", a), ("b", b)):
+        orig = h.snapshot.remote
+
+        def counting(*args, _name=name, _orig=orig):
+            counted[_name] += 1
+            return _orig(*args)
+        h.snapshot.remote = counting
+    eng = RemoteEngine({"a": a, "b": b}, info)
+
+    async def scrapes(k):
+        return await asyncio.gather(*(eng.stats_by_pool() for _ in range(k)))
+
+    first = asyncio.run(scrapes(20))
+    one_round = dict(counted)
+    assert one_round == {"a": 2 * 1 + 2, "b": 2 * 1 + 2}  # one collection for 20 concurrent scrapes
+    assert all(r["a"].tokens == first[0]["a"].tokens for r in first)
+    for _ in range(50):
+        asyncio.run(eng.stats_by_pool())
+    assert counted == one_round  # 50 more scrapes within the TTL: no actor call
+    monkeypatch.setattr(sa, "METRICS_TTL_S", 0.0)
+    asyncio.run(eng.stats_by_pool())
+    assert counted["a"] > one_round["a"]  # past the TTL the next scrape collects again
+
+
+def test_gone_replicas_leave_the_snapshot_table_but_not_the_counters(info, monkeypatch):
+    """``_snaps`` holds live replicas only: a replica silent past STALE_SNAPSHOT_S is retired (its counters
+    folded into the pool's retired sum, kept at most MAX_RETIRED by id) and its entry dropped; one that answers
+    again is not counted twice."""
+    import moe_runtime.serve_app as sa
+
+    monkeypatch.setattr(sa, "METRICS_TTL_S", 0.0, raising=False)  # every call collects
+    eng = RemoteEngine({}, info)
+    eng.front_rejections = {"a": 0}
+    stats = lambda g: EngineStats(queue_depth=1, tokens={"prompt": 0, "cached_prompt": 0, "generated": g})  # noqa: E731
+    eng._snaps = {"a": {f"r{i}": (stats(10), 0.0) for i in range(sa.MAX_RETIRED + 5)}}
+    eng._snaps["a"]["live"] = (stats(1), float("inf"))  # seen "now" whatever the clock says
+    a = asyncio.run(eng.stats_by_pool())["a"]
+    assert list(eng._snaps["a"]) == ["live"]
+    assert a.tokens["generated"] == 10 * (sa.MAX_RETIRED + 5) + 1 and a.queue_depth == 1
+    assert len(eng._retired["a"]) <= sa.MAX_RETIRED + 1  # by id, the oldest folded into one sum
+    back = f"r{sa.MAX_RETIRED + 4}"  # retired (kept by id) at 10 tokens; answers again with 12
+    eng._snaps["a"][back] = (stats(12), float("inf"))
+    assert asyncio.run(eng.stats_by_pool())["a"].tokens["generated"] == 10 * (sa.MAX_RETIRED + 4) + 12 + 1
