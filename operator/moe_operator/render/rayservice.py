@@ -63,6 +63,22 @@ def with_admin_token(env: list[dict], r: RenderInput) -> list[dict]:
     return sorted([*env, token], key=lambda e: e["name"])
 
 
+RAY_UID = 1000  # user "ray" of Ray's images, which the torch runtime images build on (runtime-cann creates it)
+
+
+def container_security(r: RenderInput) -> dict[str, Any]:
+    """securityContext of every Ray container (issue 14 item 16): no privilege escalation, no capabilities, the
+    runtime's default seccomp profile. Only the torch engine's images (images/runtime-*.Dockerfile) are known to
+    run as uid 1000, so only they get runAsNonRoot (with runAsUser, since a named USER cannot be verified by the
+    kubelet). The vLLM images are left to their own user: quay.io/ascend/vllm-ascend, under our vllm-ascend image,
+    runs as root, and runAsNonRoot would keep such a pod from starting."""
+    sc: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                          "seccompProfile": {"type": "RuntimeDefault"}}
+    if r.engine == "torch":
+        sc.update(runAsNonRoot=True, runAsUser=RAY_UID)
+    return sc
+
+
 def render_rayservice(r: RenderInput) -> dict[str, Any]:
     """The RayService object; the same input always gives the same object (golden-tested)."""
     labels = {**MANAGED_BY, **r.labels, LABEL_DEPLOYMENT: r.name}
@@ -72,5 +88,6 @@ def render_rayservice(r: RenderInput) -> dict[str, Any]:
         serve_config=serve_config(r),
         head_env=with_admin_token([{"name": "MOE_DEPLOYMENT", "value": r.name}], r),
         workers=[_worker(r, p, labels) for p in r.pools],
+        security=container_security(r),
     )
     return load(text)
