@@ -123,11 +123,23 @@ def _check_plannable(entry: CatalogModel) -> None:
     from moe_operator.planning.model import model_facts  # planning depends on the catalog, not the other way
 
     try:
-        model_facts(entry.config)
+        facts = model_facts(entry.config)
     except SpecInvalid as exc:
         raise UserError(f"catalog model {entry.key!r} config is not plannable: {exc}") from None
+    stored = STORED_AS.get(entry.weights_dtype)
+    if facts.checkpoint_quantization != stored:
+        raise UserError(f"catalog model {entry.key!r}: weightsDtype {entry.weights_dtype} disagrees with its config's "
+                        f"quantization_config ({facts.checkpoint_quantization}); planning sizes the weights from "
+                        "the config, so make them agree")
+
+
+# weightsDtype -> how planning sees the checkpoint (planning.model.checkpoint_quantization)
+STORED_AS = {"bf16": "none", "fp16": "none", "fp8": "fp8", "int8": "int8", "int4": "int4"}
 
 
 @lru_cache(maxsize=1)
 def _default_models() -> dict[str, CatalogModel]:
-    return parse_entries(packaged_yaml("models.yaml")["models"], base={}, cls=CatalogModel, what="model")
+    models = parse_entries(packaged_yaml("models.yaml")["models"], base={}, cls=CatalogModel, what="model")
+    for entry in models.values():
+        _check_plannable(entry)
+    return models

@@ -297,7 +297,7 @@ class MoEDeploymentSpec(ApiModel):
         description="vllm: vLLM / vllm-ascend through Ray Serve LLM (production GPUs/NPUs). "
         "torch: the built-in engine (CPU, tests, small models).",
     )
-    quantization: Quantization = Field(default="none", description="Weight quantization: none (bf16), fp8, int8 or int4.")
+    quantization: Quantization = Field(default="none", description="Weight quantization: none (the checkpoint as published: 16-bit, or FP8 where its config.json says so, as DeepSeek-V3/R1), fp8, int8 or int4.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Batching and admission limits.")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Prefix (context) caching.")
     pools: list[PoolSpec] = Field(min_length=1, max_length=8, description="Accelerator pools; each gets its own worker group.")

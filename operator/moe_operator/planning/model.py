@@ -120,6 +120,7 @@ class ModelFacts(BaseModel):
     total_params: int
     active_params: int                 # per token
     kv_elements_per_token: int         # KV-cache elements per token over all layers
+    checkpoint_quantization: str = "none"   # how the published weights are stored: none (16-bit), fp8, int8, int4
 
     @property
     def routed_expert_params(self) -> int:
@@ -170,9 +171,30 @@ def model_facts(config: Mapping[str, Any] | None, architecture: str | None = Non
     else:
         layout = arch
     reader = _Reader(config, arch)
-    if layout.startswith("deepseek"):
-        return _deepseek(reader, arch)
-    return _gqa_moe(reader, arch, layout)
+    facts = _deepseek(reader, arch) if layout.startswith("deepseek") else _gqa_moe(reader, arch, layout)
+    stored = checkpoint_quantization(config)
+    return facts if stored == "none" else facts.model_copy(update={"checkpoint_quantization": stored})
+
+
+def checkpoint_quantization(config: Mapping[str, Any]) -> str:
+    """How a checkpoint stores its weights, from config.json ``quantization_config`` (what vLLM reads to load it):
+    ``none`` (16-bit), ``fp8`` (DeepSeek-V3/R1), or ``int8``/``int4`` for GPTQ/AWQ at 8/4 bits. Another method is
+    SpecInvalid: planning would size it wrongly."""
+    qc = config.get("quantization_config")
+    if qc is None:
+        return "none"
+    method = str(qc.get("quant_method") or "")[:64] if isinstance(qc, Mapping) else ""
+    bits = qc.get("bits") if isinstance(qc, Mapping) else None
+    if method == "fp8":
+        return "fp8"
+    if method in ("gptq", "awq") and bits in (4, 8):
+        return "int4" if bits == 4 else "int8"
+    raise SpecInvalid(
+        f"spec.model.config quantization_config (quant_method {method or 'missing'!r}, bits {bits!r}) is not a "
+        "checkpoint format planning can size: it knows fp8, and gptq/awq at 4 or 8 bits; use such a checkpoint or "
+        "drop quantization_config and set spec.quantization",
+        reason="ModelConfigInvalid",
+    )
 
 
 def _check_size(config: Any) -> None:

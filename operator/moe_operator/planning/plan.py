@@ -140,14 +140,32 @@ def facts_for(spec: Any, catalog: Catalog | None = None) -> ModelFacts:
     return model_facts(config, architecture)
 
 
+def served_quantization(spec: Any, facts: ModelFacts) -> str:
+    """The weights' format as served: ``spec.quantization``, or with ``none`` the checkpoint's own (an FP8
+    checkpoint such as DeepSeek-V3's is loaded as FP8 by vLLM). Asking to re-quantize a pre-quantized checkpoint
+    into another format is SpecInvalid: the engines load it as stored."""
+    stored = facts.checkpoint_quantization
+    if spec.quantization == "none" or spec.quantization == stored:
+        return stored if spec.quantization == "none" else spec.quantization
+    if stored != "none":
+        raise SpecInvalid(
+            f"the checkpoint is already quantized ({stored}, its config.json quantization_config); the engine loads "
+            f"it as stored and cannot re-quantize it to {spec.quantization}: set quantization none (or {stored}), "
+            "or use a 16-bit checkpoint",
+            reason="QuantizationUnsupported",
+        )
+    return spec.quantization
+
+
 def plan_deployment(spec: Any, catalog: Catalog, name: str) -> DeploymentPlan:
     """Plan every pool of ``spec`` (a MoEDeploymentSpec); SpecInvalid naming the pool when one cannot be served."""
     facts = facts_for(spec, catalog)
-    pools = [_plan_pool(spec, pool, facts, catalog) for pool in spec.pools]
+    quant = served_quantization(spec, facts)
+    pools = [_plan_pool(spec, pool, facts, catalog, quant) for pool in spec.pools]
     return DeploymentPlan(
         name=name,
         engine=spec.engine,
-        quantization=spec.quantization,
+        quantization=quant,
         max_context_tokens=spec.model.max_context_tokens,
         max_batch_size=spec.serving.max_batch_size,
         model=ModelSummary.of(facts),
@@ -176,7 +194,7 @@ def pool_capacity(spec: Any, pool: Any, catalog: Catalog) -> PoolCapacity:
         raise SpecInvalid(message if message.startswith("pool ") else f"pool {pool.name!r}: {message}",
                           reason=exc.reason) from None
     return replica_capacity(
-        facts, acc, pool.devices_per_replica, spec.quantization, spec.serving.max_batch_size,
+        facts, acc, pool.devices_per_replica, served_quantization(spec, facts), spec.serving.max_batch_size,
         spec.model.max_context_tokens, price, par,
     )
 
@@ -186,27 +204,27 @@ def capacity_for_pool(spec: Any, pool_name: str, catalog: Catalog) -> PoolCapaci
     return pool_capacity(spec, pool_name, catalog)
 
 
-def _plan_pool(spec: Any, pool: Any, facts: ModelFacts, catalog: Catalog) -> PoolPlan:
+def _plan_pool(spec: Any, pool: Any, facts: ModelFacts, catalog: Catalog, quant: str) -> PoolPlan:
     where = f"pool {pool.name!r}: "
     try:
         acc = catalog.get(pool.accelerator)
-        _check_engine(spec, pool, acc)
+        _check_engine(spec, pool, acc, quant)
         devices = pool.devices_per_replica
         par = choose_parallelism(devices, facts)
         ctx, batch = spec.model.max_context_tokens, spec.serving.max_batch_size
-        fit = memory_fit(facts, spec.quantization, ctx, batch, devices, acc.memory_gib, dense_bytes(acc.vendor))
+        fit = memory_fit(facts, quant, ctx, batch, devices, acc.memory_gib, dense_bytes(acc.vendor))
         if not fit.fits:
             raise SpecInvalid(
                 not_fit_message(
                     facts, fit, pool=pool.name, accelerator=pool.accelerator, devices=devices,
-                    quantization=spec.quantization, context_tokens=ctx, batch_size=batch, catalog=catalog,
+                    quantization=quant, context_tokens=ctx, batch_size=batch, catalog=catalog,
                     valid_device_counts=valid_device_counts(facts),
                 ),
                 reason="ModelDoesNotFit",
             )
         price = catalog.price(pool.accelerator, pool.price_per_device_hour, pool=pool.name)
-        t = replica_throughput(facts, acc, devices, spec.quantization, batch, ctx, par)
-        cap = replica_capacity(facts, acc, devices, spec.quantization, batch, ctx, price, par)
+        t = replica_throughput(facts, acc, devices, quant, batch, ctx, par)
+        cap = replica_capacity(facts, acc, devices, quant, batch, ctx, price, par)
         placement = initial_placement(facts, par, acc)
     except SpecInvalid as exc:
         message = str(exc)
@@ -232,18 +250,21 @@ def _plan_pool(spec: Any, pool: Any, facts: ModelFacts, catalog: Catalog) -> Poo
     )
 
 
-def _check_engine(spec: Any, pool: Any, acc: Any) -> None:
-    """Engine/quantization/hardware combinations that cannot run, with what to change."""
+def _check_engine(spec: Any, pool: Any, acc: Any, quant: str) -> None:
+    """Engine/quantization/hardware combinations that cannot run, with what to change (``quant``: as served)."""
     if acc.vendor == "cpu" and spec.engine == "vllm":
         raise SpecInvalid(
             f"engine vllm does not run on cpu pools; use engine torch for accelerator {pool.accelerator}",
             reason="EngineUnsupported",
         )
-    if spec.quantization == "fp8" and acc.vendor == "huawei":
-        raise SpecInvalid(
-            f"{pool.accelerator} has no fp8 support; use quantization int8 (W8A8, as vllm-ascend serves it) or int4",
-            reason="QuantizationUnsupported",
-        )
+    stored = " (the checkpoint's own format, from its config.json quantization_config)" \
+        if spec.quantization == "none" and quant != "none" else ""
+    if quant == "fp8" and acc.vendor == "huawei":
+        alt = "a 16-bit or W8A8 checkpoint" if stored else "quantization int8 (W8A8, as vllm-ascend serves it) or int4"
+        raise SpecInvalid(f"{pool.accelerator} has no fp8 support and the weights are fp8{stored}; use {alt}",
+                          reason="QuantizationUnsupported")
+    if quant == "fp8" and spec.engine == "torch":
+        raise SpecInvalid(f"engine torch cannot run fp8 weights{stored}; use engine vllm", reason="QuantizationUnsupported")
 
 
 def _summary(placement: Optional[dict[str, Any]]) -> PlacementSummary:
