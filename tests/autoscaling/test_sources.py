@@ -1,5 +1,7 @@
 """Metrics sources against real servers: a real Prometheus scraping an exporter of the contract metrics,
 and the direct /metrics scrape; decisions follow the load up and down."""
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -36,17 +38,18 @@ def exporter():
     e.close()
 
 
-@pytest.fixture
-def prometheus(exporter):
+@contextlib.contextmanager
+def running_prometheus(targets):
+    """A real Prometheus scraping ``targets`` ([(port, target labels)]) every second; yields its URL."""
     binary = shutil.which("prometheus") or (PROMETHEUS if os.path.exists(PROMETHEUS) else None)
     if binary is None:
         need("prometheus", "Debian's prometheus server (/usr/bin/prometheus) is not installed")
     tmp = Path(tempfile.mkdtemp(prefix="moe-prom-"))
     port = free_port()
+    statics = "".join(f"  - targets: ['127.0.0.1:{p}']\n    labels: {json.dumps(labels)}\n" for p, labels in targets)
     (tmp / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n- job_name: runtime\n  static_configs:\n"
-        f"  - targets: ['127.0.0.1:{exporter.server.server_port}']\n")
+        "scrape_configs:\n- job_name: runtime\n  static_configs:\n" + statics)
     proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -70,6 +73,12 @@ def prometheus(exporter):
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def prometheus(exporter):
+    with running_prometheus([(exporter.server.server_port, {})]) as url:
+        yield url
 
 
 def wait_for(fn, timeout=25.0):
@@ -113,6 +122,43 @@ def test_prometheus_source_and_decisions_follow_load(exporter, prometheus):
     down = decide(o2, pools, s, up.history, time.time())
     assert capacity_of(pools, down.replicas) < capacity_of(pools, up.replicas)
     assert not down.held
+
+
+@pytest.mark.prometheus
+@pytest.mark.timeout(120)
+def test_two_tenants_with_the_same_model_name_do_not_share_demand():
+    """Two namespaces each run a deployment serving model "m" (issue 14 item 9): each autoscaler reads its own
+    load only, by the target labels Prometheus attaches (the chart's PodMonitor: namespace and moe_deployment, which
+    a scraped series cannot override: honorLabels false)."""
+    mine, theirs = Exporter(free_port()), Exporter(free_port())
+    try:
+        mine.load.update(generated=1000.0, prompt=0.0)
+        theirs.load.update(generated=9000.0, prompt=0.0)
+        with running_prometheus([(mine.server.server_port, {"namespace": "team-a", "moe_deployment": "chat"}),
+                                 (theirs.server.server_port, {"namespace": "team-b", "moe_deployment": "chat"})]) as url:
+            scoped = PrometheusSource(url, model="m", window="5s", scope={"namespace": "team-a", "moe_deployment": "chat"})
+            def settled():
+                o = scoped.observe()
+                return o if o is not None and 700 <= o.tokens_per_s["generated"] <= 1300 else None
+            o = wait_for(settled)                                     # both tenants summed would read ~10000
+            assert o is not None, (scoped.last_error, scoped.observe())
+            other = PrometheusSource(url, model="m", window="5s", scope={"namespace": "team-c", "moe_deployment": "chat"})
+            assert other.observe() is None                                           # nothing of its own: holds
+    finally:
+        mine.close()
+        theirs.close()
+
+
+@pytest.mark.parametrize("model", ['m"} or vector(1) or {x="', "back\\slash", "new\nline", "q\"uote", "\u00e9\u4e2d"])
+def test_label_values_are_escaped_into_promql_string_literals(model):
+    """A served model name is user input: it can only ever be a label value, never PromQL (issue 14 item 9)."""
+    from moe_operator.autoscaling.sources.prometheus import promql_string, queries, vllm_queries
+
+    lit = promql_string(model)
+    assert lit.startswith('"') and lit.endswith('"') and json.loads(lit) == model
+    for q in (*queries(model, scope={"namespace": model}).values(), *vllm_queries(model).values()):
+        assert f"model={lit}" in q or f"model_name={lit}" in q
+        assert 'or vector(1)' not in q.replace(lit, "")
 
 
 class VllmLoad:

@@ -126,7 +126,7 @@ def test_vllm_deployment_scaled_by_tick_and_a_restart_inside_the_window_keeps_re
     rs = plan_and_render(m.metadata.name, "default", m.spec, Catalog.default(), Images()).rayservice
     cluster, source = _Cluster(rs), _Source()
     cluster.install(monkeypatch)
-    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch": source)
+    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch", scope=None: source)
     monkeypatch.setattr(autoscale, "STATES", {})
     body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
             "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1, "uid": "u-1", "annotations": {
@@ -181,7 +181,7 @@ def test_ready_replicas_from_the_runtime_gauge_else_the_raycluster(monkeypatch):
           "status": {"readyWorkerReplicas": 2}}
     monkeypatch.setattr(kube, "active_raycluster", lambda ns, r: rc)
     monkeypatch.setattr(kube, "replace_raycluster_with_retry", lambda ns, name, mutate: mutate(rc))
-    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch": source)
+    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch", scope=None: source)
     monkeypatch.setattr(autoscale, "STATES", {})
     seen, real_decide = [], autoscale.decide
     monkeypatch.setattr(autoscale, "decide", lambda obs, *a: (seen.append(dict(obs.ready)), real_decide(obs, *a))[1])
@@ -214,7 +214,7 @@ def test_a_rayservice_it_does_not_own_is_never_scaled(monkeypatch):
     cluster.install(monkeypatch)
     writes = []
     monkeypatch.setattr("moe_operator.handlers.kube.replace_with_retry", lambda *a: writes.append(a))
-    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch": source)
+    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch", scope=None: source)
     monkeypatch.setattr(autoscale, "STATES", {})
     body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
             "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1, "uid": "u-1"},
@@ -224,3 +224,16 @@ def test_a_rayservice_it_does_not_own_is_never_scaled(monkeypatch):
         source.now, source.generated = t, generated
         autoscale.tick(dict(body), t)
     assert writes == [] and cluster.events == [] and cluster.status == {}
+
+
+def test_the_tick_scopes_prometheus_to_its_own_namespace_and_deployment(monkeypatch):
+    """Two namespaces may both serve model "chat" (issue 14 item 9): the operator's queries carry namespace and
+    moe_deployment, the target labels the chart's PodMonitor attaches."""
+    from moe_operator.api.spec import MetricsSpec
+    from moe_operator.autoscaling.sources.prometheus import promql_string
+
+    state = autoscale.State()
+    spec = MetricsSpec.model_validate({"prometheus": {"url": "http://prometheus.monitoring:9090"}})
+    src = autoscale._source(state, spec, "chat", "torch", {"namespace": "team-a", "moe_deployment": "web"})
+    for q in src.q.values():
+        assert f"namespace={promql_string('team-a')}" in q and f"moe_deployment={promql_string('web')}" in q, q

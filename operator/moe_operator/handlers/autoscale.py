@@ -88,18 +88,20 @@ def _refusal(metrics_spec) -> Refused | None:
     return None
 
 
-def _source(state: State, metrics_spec, model: str, engine: str = "torch"):
+def _source(state: State, metrics_spec, model: str, engine: str = "torch", scope: dict[str, str] | None = None):
+    """The metrics source of one MoEDeployment; Prometheus queries are scoped to ``scope`` (its namespace and name as
+    the PodMonitor's target labels), so another namespace's deployment of the same model is never its demand."""
     url = os.environ.get("MOE_PROMETHEUS_URL") or None
     key = (metrics_spec.model_dump_json() if metrics_spec is not None else None, model, url, engine,
-           tuple(METRICS_HOSTS))
+           tuple(METRICS_HOSTS), tuple(sorted((scope or {}).items())))
     if state.source_key != key:
         from moe_operator.autoscaling.sources import source_for
 
-        src = _refusal(metrics_spec) or source_for(metrics_spec, model, engine=engine)
+        src = _refusal(metrics_spec) or source_for(metrics_spec, model, engine=engine, scope=scope)
         if src is None and url:
             from moe_operator.autoscaling.sources.prometheus import PrometheusSource
 
-            src = PrometheusSource(url, model=model, engine=engine)
+            src = PrometheusSource(url, model=model, engine=engine, scope=scope)
         state.source, state.source_key = src, key
     return state.source
 
@@ -196,7 +198,8 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         state.history, origin = restore_history(body.get("status"), pools, settings, current, now)
         log.info("autoscaler: %s/%s: history restored, desired %s (from %s)", ns, name, _fmt(state.history.desired),
                  origin)
-    source = _source(state, a.metrics, dep.spec.model.served_model_name or name, dep.spec.engine)
+    source = _source(state, a.metrics, dep.spec.model.served_model_name or name, dep.spec.engine,
+                     {"namespace": ns, "moe_deployment": name})
     obs = source.observe() if source is not None else None
     if obs is not None:   # the runtime's moe_ready_replicas where it reports a pool, else the RayCluster's count
         from dataclasses import replace

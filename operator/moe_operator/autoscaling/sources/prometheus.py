@@ -1,6 +1,7 @@
 """Prometheus source: PromQL over the runtime's contract metrics (docs/contracts.md section 4).
 
-Queries (``{sel}`` = ``model="<name>"``, ``[w]`` = the rate window, default 1m):
+Queries (``{sel}`` = ``namespace="<ns>", moe_deployment="<name>", model="<served name>"``, values escaped; the
+operator scopes by namespace and MoEDeployment, ``moectl up`` by model only; ``[w]`` = the rate window, default 1m):
   tokens/s by kind   sum by (kind) (rate(moe_tokens_total{sel}[w]))
   by pool and kind   sum by (pool, kind) (rate(moe_tokens_total{sel}[w]))
   requests/s         sum(rate(moe_requests_total{sel}[w]))
@@ -32,18 +33,33 @@ vLLM has no ready-replica gauge: ``ready`` is empty (the operator counts the Ray
 """
 from __future__ import annotations
 
+import json
 import math
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..observation import Observation
 
 KINDS = ("prompt", "cached_prompt", "generated")
 
 
-def queries(model: str, window: str = "1m") -> dict[str, str]:
-    """The PromQL this source runs, by purpose (documented above and in docs/autoscaling.md)."""
-    sel = f'{{model="{model}"}}'
+def promql_string(value: str) -> str:
+    """``value`` as a PromQL string literal: PromQL strings take Go's escapes, and JSON's escapes of a quote, a
+    backslash and control characters are among them (non-ASCII stays raw: Go has no surrogate-pair escape)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _matchers(labels: Mapping[str, str]) -> str:
+    """``name="value",...`` with every value escaped: label values come from the spec, never PromQL."""
+    return ", ".join(f"{k}={promql_string(v)}" for k, v in labels.items())
+
+
+def queries(model: str, window: str = "1m", scope: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The PromQL this source runs, by purpose (documented above and in docs/autoscaling.md).
+
+    ``scope``: target labels that name one MoEDeployment (the operator passes namespace and moe_deployment, which
+    the chart's PodMonitor attaches): two namespaces serving the same model name never share demand."""
+    sel = "{" + _matchers({**(scope or {}), "model": model}) + "}"
     return {
         "tokens": f"sum by (kind) (rate(moe_tokens_total{sel}[{window}]))",
         "tokens_by_pool": f"sum by (pool, kind) (rate(moe_tokens_total{sel}[{window}]))",
@@ -57,14 +73,14 @@ def queries(model: str, window: str = "1m") -> dict[str, str]:
     }
 
 
-def _vllm(name: str, model: str) -> str:
-    """Selector of vLLM metric ``name`` (a regex fragment) in any of its spellings, for one served model."""
-    return f'{{__name__=~"(ray_)?vllm[:_]{name}", model_name="{model}"}}'
+def _vllm(name: str, model: str, scope: Mapping[str, str] | None = None) -> str:
+    """Selector of vLLM metric ``name`` (a regex fragment of ours) in any of its spellings, for one served model."""
+    return "{" + f'__name__=~"(ray_)?vllm[:_]{name}", ' + _matchers({**(scope or {}), "model_name": model}) + "}"
 
 
-def vllm_queries(model: str, window: str = "1m") -> dict[str, str]:
+def vllm_queries(model: str, window: str = "1m", scope: Mapping[str, str] | None = None) -> dict[str, str]:
     """The PromQL for a Ray Serve LLM (vLLM) deployment, by purpose (documented above and in docs/autoscaling.md)."""
-    v = lambda name: _vllm(name, model)  # noqa: E731
+    v = lambda name: _vllm(name, model, scope)  # noqa: E731
     return {
         "generated": f"sum(rate({v('generation_tokens(_total)?')}[{window}]))",
         "cached": f"sum(rate({v('prefix_cache_hits(_total)?')}[{window}]))",
@@ -129,11 +145,12 @@ class PrometheusSource:
     One observation (all its queries) ends within ``timeout_s`` in all, each answer read up to ``max_bytes``."""
 
     def __init__(self, url: str, model: str, window: str = "1m", clock: Callable[[], float] = time.time,
-                 client=None, timeout_s: float = 10.0, engine: str = "torch", max_bytes: int = 4 * 1024 * 1024):
+                 client=None, timeout_s: float = 10.0, engine: str = "torch", max_bytes: int = 4 * 1024 * 1024,
+                 scope: Mapping[str, str] | None = None):
         self.url, self.model, self.window, self.clock, self.engine = url, model, window, clock, engine
         self.timeout_s = timeout_s
         self.client = client or _Client(url, timeout_s, max_bytes)
-        self.q = vllm_queries(model, window) if engine == "vllm" else queries(model, window)
+        self.q = (vllm_queries if engine == "vllm" else queries)(model, window, scope)
         self.last_error: str | None = None
 
     def _vector(self, key: str) -> list[dict]:
