@@ -31,8 +31,12 @@ ALLOWED_IN_WATCHED = [
     ("create", "rayservices.ray.io", ""), ("update", "rayservices.ray.io", ""), ("patch", "rayservices.ray.io", ""),
     ("get", "rayclusters.ray.io", ""), ("list", "rayclusters.ray.io", ""), ("update", "rayclusters.ray.io", ""),
     ("create", "events", ""), ("get", "secrets", ""), ("create", "secrets", ""),
+    ("get", "networkpolicies.networking.k8s.io", ""), ("create", "networkpolicies.networking.k8s.io", ""),
+    ("update", "networkpolicies.networking.k8s.io", ""),
     ("list", "kopfpeerings.kopf.dev", ""), ("watch", "kopfpeerings.kopf.dev", ""),
 ]
+#: Secrets are granted by Roles only (issue 14 item 15): never in cluster mode's ClusterRole.
+SECRETS = {("get", "secrets", ""), ("create", "secrets", "")}
 #: What it must never be able to do, anywhere.
 DENIED_EVERYWHERE = [
     ("list", "secrets", ""), ("watch", "secrets", ""), ("update", "secrets", ""), ("delete", "secrets", ""),
@@ -190,6 +194,10 @@ def test_cluster_mode_rbac_is_exactly_what_the_operator_uses(cluster, release):
         for verb, resource, sub in ALLOWED_IN_WATCHED:
             if resource.startswith("kopfpeerings"):
                 continue  # cluster mode peers through ClusterKopfPeering
+            if (verb, resource, sub) in SECRETS:   # no rebalance.namespaces: no Secret anywhere
+                for ns in (other, r.namespace, None):
+                    assert not r.can(verb, resource, ns, sub), f"can {verb} {resource} in {ns or 'all namespaces'}"
+                continue
             assert r.can(verb, resource, other, sub), f"cannot {verb} {resource} {sub} in {other}"
         for verb, resource, sub in DENIED_EVERYWHERE:
             for ns in (other, r.namespace, None):
@@ -209,7 +217,7 @@ def test_cluster_mode_rbac_is_exactly_what_the_operator_uses(cluster, release):
             ("rayservices.ray.io", ""): {"get", "list", "watch", "create", "update", "patch"},
             ("rayclusters.ray.io", ""): {"get", "list", "update"},
             ("events", ""): {"create"},
-            ("secrets", ""): {"get", "create"},
+            ("networkpolicies.networking.k8s.io", ""): {"get", "create", "update"},
             ("clusterkopfpeerings.kopf.dev", ""): {"list", "watch"},
             ("clusterkopfpeerings.kopf.dev", "moe-operator"): {"get", "patch"},
             ("customresourcedefinitions.apiextensions.k8s.io", ""): {"list", "watch"},
@@ -252,6 +260,7 @@ def test_namespaced_mode_rbac_stays_in_the_watched_namespaces(cluster, release):
             ("rayclusters.ray.io", ""): {"get", "list", "update"},
             ("events", ""): {"create"},
             ("secrets", ""): {"get", "create"},
+            ("networkpolicies.networking.k8s.io", ""): {"get", "create", "update"},
             ("kopfpeerings.kopf.dev", ""): {"list", "watch"},
             ("kopfpeerings.kopf.dev", "moe-operator"): {"get", "patch"},
         }

@@ -82,13 +82,37 @@ watched namespace's Role (namespaced mode). Each rule names the code that needs 
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-{{- if .Values.rebalance.enabled }}
-# The runtime admin token Secret <name>-runtime-admin of MoEDeployments with spec.rebalance.enabled
-# (handlers/admin_secret.py creates it, owned by the MoEDeployment; the rebalancer reads its token). No list, watch,
-# update or delete: names are per MoEDeployment, so resourceNames cannot narrow get, and create cannot be narrowed.
-# Off with rebalance.enabled=false (values.yaml): the operator then reads and creates no Secrets at all.
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [get, create]
+{{- if .Values.networkPolicy.enabled }}
+# The NetworkPolicy of each MoEDeployment (handlers/netpol.py: created owned by it, read and replaced on drift), in
+# front of its Ray pods' dashboard and GCS. No list, watch or delete (garbage collection removes it with its owner).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, update]
 {{- end }}
+{{- end -}}
+
+
+{{- /* Namespaces where the operator may get/create Secrets (the runtime admin token, rebalance.enabled): the
+listed rebalance.namespaces, else in namespaced mode every watched namespace; never cluster-wide. */ -}}
+{{- define "moe-operator.secretNamespaces" -}}
+{{- if .Values.rebalance.enabled -}}
+{{- $nss := .Values.rebalance.namespaces | default .Values.watchNamespaces -}}
+{{- if not (include "moe-operator.clusterMode" .) -}}
+{{- range .Values.rebalance.namespaces -}}
+{{- if not (has . $.Values.watchNamespaces) -}}
+{{- fail (printf "rebalance.namespaces: %s is not in watchNamespaces" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $nss -}}
+{{- else -}}
+[]
+{{- end -}}
+{{- end -}}
+
+{{- /* A label map as k=v,k2=v2 (sorted by key), the form of --kuberay-pod-labels. */ -}}
+{{- define "moe-operator.labelList" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}{{- end -}}
+{{- join "," $pairs -}}
 {{- end -}}
