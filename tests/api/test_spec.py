@@ -24,8 +24,14 @@ def test_defaults_fill_in():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"pools": [{"name": "a", "accelerator": "cpu", "minReplicas": 3, "maxReplicas": 2}]}, "minReplicas must not exceed maxReplicas"),
-        ({"pools": [{"name": "a", "accelerator": "cpu"}, {"name": "a", "accelerator": "cpu"}]}, "pool names must be unique"),
+        (
+            {"pools": [{"name": "a", "accelerator": "cpu", "minReplicas": 3, "maxReplicas": 2}]},
+            "minReplicas must not exceed maxReplicas",
+        ),
+        (
+            {"pools": [{"name": "a", "accelerator": "cpu"}, {"name": "a", "accelerator": "cpu"}]},
+            "pool names must be unique",
+        ),
         ({"quantization": "fp8"}, "use engine vllm for fp8"),
         ({"pools": [{"name": "A_b", "accelerator": "cpu"}]}, "should match pattern"),
         ({"pools": []}, "at least 1 item"),
@@ -35,10 +41,20 @@ def test_defaults_fill_in():
         ({"model": {"source": "hf://a/b", "catalogName": "x", "config": {"model_type": "mixtral"}}}, "not both"),
         ({"model": {"source": "hf://a/b", "catalogName": "DeepSeek V3"}}, "should match pattern"),
         ({"autoscaling": {"scaleToZero": {"enabled": True}}}, "scaleToZero needs at least one pool with minReplicas 0"),
-        ({"autoscaling": {"metrics": {"prometheus": {"url": "http://p:9090"}, "scrape": {"url": "http://r/metrics"}}}}, "choose one metrics source"),
+        (
+            {
+                "autoscaling": {
+                    "metrics": {"prometheus": {"url": "http://p:9090"}, "scrape": {"url": "http://r/metrics"}}
+                }
+            },
+            "choose one metrics source",
+        ),
         ({"autoscaling": {"targetUtilization": 0}}, "greater than 0"),
         ({"engine": "tensorrt"}, "Input should be 'torch' or 'vllm'"),
-        ({"pools": [{"name": "a", "accelerator": "cpu", "replicas": 5, "maxReplicas": 2}]}, "replicas must lie between"),
+        (
+            {"pools": [{"name": "a", "accelerator": "cpu", "replicas": 5, "maxReplicas": 2}]},
+            "replicas must lie between",
+        ),
         ({"pools": [{"name": "a", "accelerator": "cpu", "devicesPerReplcia": 2}]}, "Extra inputs are not permitted"),
         ({"autoscaling": {"burstReserveSeconds": -1}}, "greater than or equal to 0"),
         ({"autoscaling": {"burstReserveSeconds": "long"}}, "valid integer"),
@@ -88,3 +104,13 @@ def test_load_manifest_rejects_garbage(tmp_path, content, message):
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
         load_manifest(tmp_path / "nope.yaml")
+
+
+def test_an_empty_toleration_key_with_exists_still_tolerates_everything():
+    """Kubernetes' own meaning of key "" + Exists (match every taint): the label-key syntax added for issue 14 item 13
+    must not turn stored specs that use it into SpecInvalid."""
+    from moe_operator.api.spec import Toleration
+
+    assert Toleration.model_validate({"key": "", "operator": "Exists"}).key == ""
+    with pytest.raises(Exception):
+        Toleration.model_validate({"key": "k\u00e9y", "operator": "Exists"})

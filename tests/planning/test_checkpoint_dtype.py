@@ -39,8 +39,11 @@ def test_an_inline_fp8_config_plans_as_the_catalog_entry():
 def test_a_bf16_checkpoint_still_plans_at_bf16():
     h200 = {"name": "h200", "accelerator": "nvidia-h200", "devicesPerReplica": 16}
     bf16 = plan_deployment(_spec({"source": "hf://o/m", "config": hf_configs.DEEPSEEK_V3}, h200), CATALOG, "ds")
-    fp8 = plan_deployment(_spec({"source": "hf://o/m", "config": {**hf_configs.DEEPSEEK_V3, "quantization_config": FP8}}, h200),
-                          CATALOG, "ds")
+    fp8 = plan_deployment(
+        _spec({"source": "hf://o/m", "config": {**hf_configs.DEEPSEEK_V3, "quantization_config": FP8}}, h200),
+        CATALOG,
+        "ds",
+    )
     assert bf16.pools[0].fit.weights_gib > 1.9 * fp8.pools[0].fit.weights_gib
 
 
@@ -55,6 +58,22 @@ def test_an_fp8_checkpoint_on_the_torch_engine_is_refused():
     with pytest.raises(SpecInvalid) as exc:
         plan_deployment(_spec({"source": "hf://deepseek-ai/DeepSeek-V3"}, engine="torch"), CATALOG, "ds")
     assert exc.value.reason == "QuantizationUnsupported" and "engine vllm" in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize("qc", [{"quant_method": "compressed-tensors"}, {"quant_method": "bitsandbytes"}, "junk"])
+def test_a_checkpoint_format_planning_does_not_know_is_sized_at_16_bits_as_before(qc):
+    """Specs the API server stored before checkpoints were read must keep planning (reviewer: no silent breakage)."""
+    h200 = {"name": "h200", "accelerator": "nvidia-h200", "devicesPerReplica": 16}
+    plain = plan_deployment(_spec({"source": "hf://o/m", "config": hf_configs.DEEPSEEK_V3}, h200), CATALOG, "ds")
+    other = plan_deployment(_spec({"source": "hf://o/m", "config": {**hf_configs.DEEPSEEK_V3, "quantization_config": qc}},
+                                  h200), CATALOG, "ds")
+    assert other.pools[0].fit == plain.pools[0].fit
+
+
+def test_an_explicit_quantization_wins_over_the_checkpoints_as_before():
+    a = plan_deployment(_spec({"source": "hf://deepseek-ai/DeepSeek-V3"}, quantization="int4"), CATALOG, "ds")
+    b = plan_deployment(_spec({"source": "hf://o/m", "config": hf_configs.DEEPSEEK_V3}, quantization="int4"), CATALOG, "ds")
+    assert a.pools[0].fit == b.pools[0].fit and a.quantization == "int4"
 
 
 def test_the_catalogs_weights_dtype_agrees_with_its_config():

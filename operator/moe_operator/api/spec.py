@@ -19,7 +19,11 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 # (nodeSelector keys are not checked here: a CEL regex over map keys has no length bound for the API server's cost
 # estimate; a key the API server refuses in the RayService is reported as SpecInvalid RayServiceRejected.)
-LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"  # optional DNS-subdomain prefix and /
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"  # the name: at most 63 characters
+)
+LABEL_KEY_OR_EMPTY = "^(" + LABEL_KEY[1:-1] + ")?$"   # a toleration's empty key with Exists matches every taint
 IMAGE = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"   # an OCI reference's alphabet: ASCII, no spaces
 LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]
 
@@ -41,7 +45,8 @@ class ModelSpec(ApiModel):
     )
     architecture: Optional[Architecture] = Field(
         default=None,
-        description="Model family. Optional: config's model_type or the catalog entry gives it; when set, it must agree.",
+        description="Model family. Optional: config's model_type or the catalog entry gives it; when set, it must "
+        "agree.",
     )
     catalog_name: Optional[str] = Field(
         default=None,
@@ -120,7 +125,7 @@ class CacheSpec(ApiModel):
 class Toleration(ApiModel):
     """A Kubernetes toleration (core/v1 Toleration), for tainted accelerator nodes."""
 
-    key: Optional[str] = Field(default=None, max_length=317, pattern=LABEL_KEY,
+    key: Optional[str] = Field(default=None, max_length=317, pattern=LABEL_KEY_OR_EMPTY,
                                description="Taint key (label-key syntax); empty with Exists matches all.")
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
     value: Optional[str] = Field(default=None, max_length=63, pattern=LABEL_VALUE,
@@ -145,19 +150,29 @@ class PoolSpec(ApiModel):
         "nvidia-l4, ascend-910b, ascend-910c, ascend-310p, or one the cluster's catalog ConfigMap adds.",
     )
     devices_per_replica: int = Field(default=1, ge=1, le=128, description="Accelerators per model replica.")
-    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas the autoscaler keeps (0 allows scale to zero).")
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Fewest replicas the autoscaler keeps (0 allows scale to zero)."
+    )
     max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas the autoscaler may run.")
     replicas: Optional[int] = Field(
-        default=None, ge=0, le=1000, description="Starting replicas (and fixed count without autoscaling). Defaults to minReplicas."
+        default=None,
+        ge=0,
+        le=1000,
+        description="Starting replicas (and fixed count without autoscaling). Defaults to minReplicas.",
     )
     price_per_device_hour: Optional[float] = Field(
-        default=None, ge=0, le=1000, description="US$ per device-hour; overrides the catalog (required where it has no price)."
+        default=None,
+        ge=0,
+        le=1000,
+        description="US$ per device-hour; overrides the catalog (required where it has no price).",
     )
     node_selector: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=32,
         description="Extra node labels the pool's pods require (added to the catalog's); Kubernetes label syntax.",
     )
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=16, description="Tolerations for the pool's pods.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=16, description="Tolerations for the pool's pods."
+    )
     image: Optional[str] = Field(default=None, max_length=512, pattern=IMAGE,
                                  description="Runtime image; defaults per vendor and engine.")
     cold_start_seconds: int = Field(
@@ -215,8 +230,12 @@ class MetricsSpec(ApiModel):
 class SloSpec(ApiModel):
     """Latency targets; above them the autoscaler adds capacity even if the token model says enough."""
 
-    ttft_p95_seconds: float = Field(default=2.0, gt=0, le=600, description="95th percentile time to first token, seconds.")
-    tpot_p95_seconds: float = Field(default=0.1, gt=0, le=60, description="95th percentile time per output token, seconds.")
+    ttft_p95_seconds: float = Field(
+        default=2.0, gt=0, le=600, description="95th percentile time to first token, seconds."
+    )
+    tpot_p95_seconds: float = Field(
+        default=0.1, gt=0, le=60, description="95th percentile time per output token, seconds."
+    )
 
 
 class BudgetSpec(ApiModel):
@@ -234,7 +253,9 @@ class ScaleToZeroSpec(ApiModel):
     """Release every replica after a quiet spell (pools with minReplicas 0 only)."""
 
     enabled: bool = Field(default=False, description="Allow scaling to zero.")
-    idle_seconds: int = Field(default=900, ge=60, le=604800, description="Seconds without demand before scaling to zero.")
+    idle_seconds: int = Field(
+        default=900, ge=60, le=604800, description="Seconds without demand before scaling to zero."
+    )
 
 
 class AutoscalingSpec(ApiModel):
@@ -272,7 +293,10 @@ class RebalanceSpec(ApiModel):
         "apply it to the running replicas. Engine torch only (vLLM balances experts itself with its EPLB).",
     )
     interval_seconds: int = Field(
-        default=300, ge=10, le=86400, description="Seconds between looks at the runtime's expert loads (the load window)."
+        default=300,
+        ge=10,
+        le=86400,
+        description="Seconds between looks at the runtime's expert loads (the load window).",
     )
     min_gain: float = Field(
         default=0.05, ge=0, lt=1,
@@ -297,12 +321,20 @@ class MoEDeploymentSpec(ApiModel):
         description="vllm: vLLM / vllm-ascend through Ray Serve LLM (production GPUs/NPUs). "
         "torch: the built-in engine (CPU, tests, small models).",
     )
-    quantization: Quantization = Field(default="none", description="Weight quantization: none (the checkpoint as published: 16-bit, or FP8 where its config.json says so, as DeepSeek-V3/R1), fp8, int8 or int4.")
+    quantization: Quantization = Field(
+        default="none",
+        description="Weight quantization: none (the checkpoint as published: 16-bit, or FP8 where its config.json "
+        "says so, as DeepSeek-V3/R1), fp8, int8 or int4.",
+    )
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Batching and admission limits.")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Prefix (context) caching.")
-    pools: list[PoolSpec] = Field(min_length=1, max_length=8, description="Accelerator pools; each gets its own worker group.")
+    pools: list[PoolSpec] = Field(
+        min_length=1, max_length=8, description="Accelerator pools; each gets its own worker group."
+    )
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Autoscaling policy.")
-    rebalance: RebalanceSpec = Field(default_factory=RebalanceSpec, description="Live expert rebalancing (engine torch).")
+    rebalance: RebalanceSpec = Field(
+        default_factory=RebalanceSpec, description="Live expert rebalancing (engine torch)."
+    )
 
     RULES = (
         Rule(

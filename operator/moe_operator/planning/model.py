@@ -2,10 +2,12 @@
 
 Supported layouts (``model_type`` in config.json, or ``spec.model.architecture``):
 
-- ``mixtral``: every layer MoE; ``num_local_experts`` routed experts, ``num_experts_per_tok`` per token, no shared expert.
+- ``mixtral``: every layer MoE; ``num_local_experts`` routed experts, ``num_experts_per_tok`` per token, no shared
+  expert.
 - ``qwen2_moe``: ``num_experts`` routed experts of width ``moe_intermediate_size`` plus one gated shared expert of width
   ``shared_expert_intermediate_size``; q/k/v biases; ``decoder_sparse_step`` / ``mlp_only_layers`` pick the MoE layers.
-- ``qwen3_moe``: like qwen2_moe without the shared expert and biases, with per-head q/k norms and an explicit ``head_dim``.
+- ``qwen3_moe``: like qwen2_moe without the shared expert and biases, with per-head q/k norms and an explicit
+  ``head_dim``.
 - ``deepseek_v2`` / ``deepseek_v3``: MLA attention (``q_lora_rank``, ``kv_lora_rank``, ``qk_nope_head_dim``,
   ``qk_rope_head_dim``, ``v_head_dim``), ``n_routed_experts`` + ``n_shared_experts``, the first
   ``first_k_dense_replace`` layers dense, then every ``moe_layer_freq``-th layer MoE; V3 adds a per-expert router bias.
@@ -178,23 +180,17 @@ def model_facts(config: Mapping[str, Any] | None, architecture: str | None = Non
 
 def checkpoint_quantization(config: Mapping[str, Any]) -> str:
     """How a checkpoint stores its weights, from config.json ``quantization_config`` (what vLLM reads to load it):
-    ``none`` (16-bit), ``fp8`` (DeepSeek-V3/R1), or ``int8``/``int4`` for GPTQ/AWQ at 8/4 bits. Another method is
-    SpecInvalid: planning would size it wrongly."""
+    ``fp8`` (DeepSeek-V3/R1), ``int8``/``int4`` for GPTQ/AWQ at 8/4 bits, else ``none``: sized at 16 bits, an upper
+    bound for any other method (compressed-tensors, bitsandbytes, ...), as before this was read."""
     qc = config.get("quantization_config")
-    if qc is None:
+    if not isinstance(qc, Mapping):
         return "none"
-    method = str(qc.get("quant_method") or "")[:64] if isinstance(qc, Mapping) else ""
-    bits = qc.get("bits") if isinstance(qc, Mapping) else None
+    method, bits = str(qc.get("quant_method") or "")[:64], qc.get("bits")
     if method == "fp8":
         return "fp8"
     if method in ("gptq", "awq") and bits in (4, 8):
         return "int4" if bits == 4 else "int8"
-    raise SpecInvalid(
-        f"spec.model.config quantization_config (quant_method {method or 'missing'!r}, bits {bits!r}) is not a "
-        "checkpoint format planning can size: it knows fp8, and gptq/awq at 4 or 8 bits; use such a checkpoint or "
-        "drop quantization_config and set spec.quantization",
-        reason="ModelConfigInvalid",
-    )
+    return "none"
 
 
 def _check_size(config: Any) -> None:
@@ -219,7 +215,11 @@ def _check_size(config: Any) -> None:
             children = ((None, item) for item in node)
         else:
             children = ()
-            size += len(node) + 2 if isinstance(node, str) else 8 + (node.bit_length() // 3 if isinstance(node, int) else 16)
+            size += (
+                len(node) + 2
+                if isinstance(node, str)
+                else 8 + (node.bit_length() // 3 if isinstance(node, int) else 16)
+            )
         for key, value in children:
             size += 2 + (len(key) + 4 if isinstance(key, str) else 0)
             if size > MAX_CONFIG_BYTES:
@@ -243,7 +243,8 @@ class _Reader:
         value = self.config.get(key, default)
         if value is ...:
             raise SpecInvalid(
-                f"{self.arch} config.json is missing {key!r}; paste the model's full config.json under spec.model.config",
+                f"{self.arch} config.json is missing {key!r}; paste the model's full config.json under "
+                "spec.model.config",
                 reason="ModelConfigInvalid",
             )
         if value is None:
@@ -440,7 +441,8 @@ def _check_kv_heads(r: _Reader, kv_heads: int, heads: int) -> int:
 def _derived_head_dim(r: _Reader, hidden: int, heads: int) -> int:
     if hidden < heads:
         raise SpecInvalid(
-            f"{r.arch} config.json has no 'head_dim' and hidden_size {hidden} / num_attention_heads {heads} is below 1; "
+            f"{r.arch} config.json has no 'head_dim' and hidden_size {hidden} / num_attention_heads {heads} is below "
+            "1; "
             "set head_dim",
             reason="ModelConfigInvalid",
         )

@@ -141,20 +141,9 @@ def facts_for(spec: Any, catalog: Catalog | None = None) -> ModelFacts:
 
 
 def served_quantization(spec: Any, facts: ModelFacts) -> str:
-    """The weights' format as served: ``spec.quantization``, or with ``none`` the checkpoint's own (an FP8
-    checkpoint such as DeepSeek-V3's is loaded as FP8 by vLLM). Asking to re-quantize a pre-quantized checkpoint
-    into another format is SpecInvalid: the engines load it as stored."""
-    stored = facts.checkpoint_quantization
-    if spec.quantization == "none" or spec.quantization == stored:
-        return stored if spec.quantization == "none" else spec.quantization
-    if stored != "none":
-        raise SpecInvalid(
-            f"the checkpoint is already quantized ({stored}, its config.json quantization_config); the engine loads "
-            f"it as stored and cannot re-quantize it to {spec.quantization}: set quantization none (or {stored}), "
-            "or use a 16-bit checkpoint",
-            reason="QuantizationUnsupported",
-        )
-    return spec.quantization
+    """The weights' format as served: ``spec.quantization`` when set, else (``none``) the checkpoint's own: an FP8
+    checkpoint such as DeepSeek-V3's is loaded as FP8 by vLLM, so it plans at one byte a weight."""
+    return facts.checkpoint_quantization if spec.quantization == "none" else spec.quantization
 
 
 def plan_deployment(spec: Any, catalog: Catalog, name: str) -> DeploymentPlan:
@@ -264,7 +253,9 @@ def _check_engine(spec: Any, pool: Any, acc: Any, quant: str) -> None:
         raise SpecInvalid(f"{pool.accelerator} has no fp8 support and the weights are fp8{stored}; use {alt}",
                           reason="QuantizationUnsupported")
     if quant == "fp8" and spec.engine == "torch":
-        raise SpecInvalid(f"engine torch cannot run fp8 weights{stored}; use engine vllm", reason="QuantizationUnsupported")
+        raise SpecInvalid(
+            f"engine torch cannot run fp8 weights{stored}; use engine vllm", reason="QuantizationUnsupported"
+        )
 
 
 def _summary(placement: Optional[dict[str, Any]]) -> PlacementSummary:
