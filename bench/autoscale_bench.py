@@ -47,9 +47,12 @@ def main(argv=None) -> int:
     dep = load_manifest(args.spec)
     pools, weights = pool_models_from_spec(dep)
     base = settings_from_spec(dep.spec.autoscaling, weights)
-    print(f"spec {args.spec}: " + ", ".join(f"{p.name} ${p.price_per_hour:.2f}/h {p.capacity:g} work/s max {p.max_replicas}"
-                                             for p in pools)
-          + f"; weights prompt {weights.prompt:.4f} cached {weights.cached_prompt:.4f}; targetUtilization {base.target_utilization}")
+    print(
+        f"spec {args.spec}: "
+        + ", ".join(f"{p.name} ${p.price_per_hour:.2f}/h {p.capacity:g} work/s max {p.max_replicas}" for p in pools)
+        + f"; weights prompt {weights.prompt:.4f} cached {weights.cached_prompt:.4f}; targetUtilization "
+          f"{base.target_utilization}"
+    )
     ok_all = True
     panels = []
     for name, speedup, ttft in CASES:
@@ -62,24 +65,38 @@ def main(argv=None) -> int:
               f"({len(trace)} requests, {trace.duration_s / 60:.0f} min, cache hit {trace.cache_hit_ratio:.1%}; "
               f"{time.time() - t0:.0f} s to simulate)\n")
         late = trace.arrival_s >= WARMUP_S
-        print(f"| policy | cost $ | $/1M tokens | SLO attainment | SLO after {WARMUP_S / 60:g} min | scale actions | unmet tokens | cost / optimum |")
+        print(
+            f"| policy | cost $ | $/1M tokens | SLO attainment | SLO after {WARMUP_S / 60:g} min | scale actions | "
+            "unmet tokens | cost / optimum |"
+        )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for pname, r in res.items():
-            print(f"| {pname} | {r.total_cost:.2f} | {r.cost_per_million:.4f} | {r.slo_attainment:.2%} | {r.met[late].mean():.2%} | "
-                  f"{r.scale_actions} | {r.unmet_tokens:.0f} | {r.total_cost / opt.cost:.3f} |")
-        print(f"\noffline optimum (MILP, HiGHS): ${opt.cost:.2f}; LP lower bound (mean demand, fractional): ${opt.lp_bound:.2f}; "
-              f"clairvoyant paying cold starts (MILP with start lead time): ${out['cold_start_optimum'].cost:.2f} "
-              f"({out['cold_start_optimum'].cost / opt.cost:.3f}x the optimum)")
+            print(
+                f"| {pname} | {r.total_cost:.2f} | {r.cost_per_million:.4f} | {r.slo_attainment:.2%} | "
+                f"{r.met[late].mean():.2%} | "
+                f"{r.scale_actions} | {r.unmet_tokens:.0f} | {r.total_cost / opt.cost:.3f} |"
+            )
+        print(
+            f"\noffline optimum (MILP, HiGHS): ${opt.cost:.2f}; LP lower bound (mean demand, fractional): "
+            f"${opt.lp_bound:.2f}; "
+            f"clairvoyant paying cold starts (MILP with start lead time): ${out['cold_start_optimum'].cost:.2f} "
+            f"({out['cold_start_optimum'].cost / opt.cost:.3f}x the optimum)"
+        )
         ours = res["ours"]
         within = ours.total_cost <= 1.15 * opt.cost and ours.slo_attainment >= 0.99
         beaten = [p for p, r in res.items() if p != "ours" and p not in REFERENCES
                   and r.slo_attainment >= ours.slo_attainment and r.total_cost <= ours.total_cost]
         print(f"check: ours within 15% of optimum at >= 99% SLO: {'PASS' if within else 'FAIL'} "
               f"(ratio {ours.total_cost / opt.cost:.3f}, SLO {ours.slo_attainment:.2%})")
-        print(f"check: no baseline as cheap with equal or better SLO: {'PASS' if not beaten else 'FAIL ' + ', '.join(beaten)}")
+        print(
+            "check: no baseline as cheap with equal or better SLO: "
+            f"{'PASS' if not beaten else 'FAIL ' + ', '.join(beaten)}"
+        )
         ok_all &= within and not beaten
         png = Path(args.img) / f"autoscaling-{Path(name).stem}.png"
-        plot_results(res, [p.name for p in pools], png, f"{name} x{speedup:g} (TTFT <= {ttft:g} s) on {dep.metadata.name}")
+        plot_results(
+            res, [p.name for p in pools], png, f"{name} x{speedup:g} (TTFT <= {ttft:g} s) on {dep.metadata.name}"
+        )
         print(f"plot: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}")
         if not args.no_frontier:
             panels.append(frontier(name, trace, pools, settings, opt.cost, res))
@@ -93,7 +110,7 @@ def frontier(name, trace, pools, settings, opt_cost, res) -> dict:
     """Sweep our knobs and static fleet sizes on one trace; print a table; return one plot panel."""
     from moe_operator.autoscaling.mix import cheapest_mix
     from moe_operator.autoscaling.simulate.policies import Ours
-    from moe_operator.autoscaling.simulate.run import REFERENCES, replay
+    from moe_operator.autoscaling.simulate.run import replay
 
     class Static:
         name = "static"
@@ -116,8 +133,11 @@ def frontier(name, trace, pools, settings, opt_cost, res) -> dict:
             r = replay(trace, pools, s, Ours(pools, s))
             ratio = r.total_cost / opt_cost
             sweeps.setdefault(label, []).append((ratio, r.slo_attainment, f"{window}s" if util == UTILS[0] else ""))
-            print(f"| ours | burstReserveSeconds {window}, targetUtilization {util:g} | {r.total_cost:.2f} | {ratio:.3f} | "
-                  f"{r.slo_attainment:.2%} | {r.met[late].mean():.2%} |")
+            print(
+                f"| ours | burstReserveSeconds {window}, targetUtilization {util:g} | {r.total_cost:.2f} | "
+                f"{ratio:.3f} | "
+                f"{r.slo_attainment:.2%} | {r.met[late].mean():.2%} |"
+            )
     max_cap = sum(p.capacity * p.max_replicas for p in pools)
     for frac in STATIC_FRACTIONS:
         mix = cheapest_mix(pools, frac * max_cap, {p.name: p.min_replicas for p in pools},

@@ -213,14 +213,18 @@ def table(rows: list[dict]) -> list[str]:
             b = p[j["dominated_by"]]
             dom = f"{j['dominated_by']} (${b['totalCost']:.2f}, {b['attainableSloAttainment']:.2%})"
         budget = row["maxHourlyCost"]
-        peak = f"{ours['peakHourlyCost']:.2f} / {budget:g}" if budget is not None else f"{ours['peakHourlyCost']:.2f} / -"
+        peak = (
+            f"{ours['peakHourlyCost']:.2f} / {budget:g}" if budget is not None else f"{ours['peakHourlyCost']:.2f} / -"
+        )
         viol = f"{ours['budgetViolationSeconds']:.0f} s" if budget is not None else "-"
         if ours.get("costPerMillionViolationSeconds") is not None:
             viol += f" ($/1M: {ours['costPerMillionViolationSeconds']:.0f} s)"
         flag = "" if j["cost_ok"] and j["slo_ok"] and not j["dominated_by"] and j["budget_ok"] is not False else " !"
-        lines.append(f"| {row['case']}{flag} | {row['load']:.2f} | {ours['totalCost']:.2f} | {ref['totalCost']:.2f} | "
-                     f"{j['ratio']:.3f} | {ours['attainableSloAttainment']:.2%} | {ref['attainableSloAttainment']:.2%} | "
-                     f"{dom} | {peak} | {viol} |")
+        lines.append(
+            f"| {row['case']}{flag} | {row['load']:.2f} | {ours['totalCost']:.2f} | {ref['totalCost']:.2f} | "
+            f"{j['ratio']:.3f} | {ours['attainableSloAttainment']:.2%} | {ref['attainableSloAttainment']:.2%} | "
+            f"{dom} | {peak} | {viol} |"
+        )
     return lines
 
 
@@ -231,9 +235,11 @@ def acceptance(rows: list[dict]) -> tuple[list[str], dict]:
     def line(title, bad, total, detail=""):
         verdict = "PASS" if not bad and total else "FAIL"
         heavy = sum(1 for r in bad if r["load"] is not None and r["load"] > 1)
-        return (f"{verdict}: {title}: {total - len(bad)}/{total} cases"
-                + (f" ({heavy} of the {len(bad)} failing at load > 1, beyond any fleet the spec allows)" if heavy else "")
-                + (f"; failing: {detail}" if bad else ""))
+        return (
+            f"{verdict}: {title}: {total - len(bad)}/{total} cases"
+            + (f" ({heavy} of the {len(bad)} failing at load > 1, beyond any fleet the spec allows)" if heavy else "")
+            + (f"; failing: {detail}" if bad else "")
+        )
 
     over = [r for r in ok if not r["judge"]["cost_ok"]]
     low = [r for r in ok if not r["judge"]["slo_ok"]]
@@ -245,16 +251,44 @@ def acceptance(rows: list[dict]) -> tuple[list[str], dict]:
         return "; ".join(fmt(r) for r in rs[:8]) + (f"; ... {len(rs) - 8} more" if len(rs) > 8 else "")
 
     lines = [
-        line(f"ours <= {TARGET_RATIO:g}x {REF} on every case", over, n,
-             names(sorted(over, key=lambda r: -r["judge"]["ratio"]), lambda r: f"{r['case']} ({r['judge']['ratio']:.3f}x)")),
-        line(f"attainableSloAttainment >= {TARGET_SLO:.0%} or >= the reference's", low, n,
-             names(low, lambda r: f"{r['case']} ({r['policies']['ours']['attainableSloAttainment']:.2%} vs "
-                               f"{r['policies'][REF]['attainableSloAttainment']:.2%})")),
-        line("no baseline both cheaper and at >= attainable SLO", dom, n,
-             names(dom, lambda r: f"{r['case']} ({r['judge']['dominated_by']})")),
-        line("peakHourlyCost <= maxHourlyCost with 0 violation seconds (budgeted cases)", broke, len(budgeted),
-             names(broke, lambda r: f"{r['case']} (peak {r['policies']['ours']['peakHourlyCost']:.2f}, "
-                                 f"{r['policies']['ours']['budgetViolationSeconds']:.0f} s over)")),
+        line(
+            f"ours <= {TARGET_RATIO:g}x {REF} on every case",
+            over,
+            n,
+            names(
+                sorted(over, key=lambda r: -r["judge"]["ratio"]), lambda r: f"{r['case']} ({r['judge']['ratio']:.3f}x)"
+            ),
+        ),
+        line(
+            f"attainableSloAttainment >= {TARGET_SLO:.0%} or >= the reference's",
+            low,
+            n,
+            names(
+                low,
+                lambda r: (
+                    f"{r['case']} ({r['policies']['ours']['attainableSloAttainment']:.2%} vs "
+                    f"{r['policies'][REF]['attainableSloAttainment']:.2%})"
+                ),
+            ),
+        ),
+        line(
+            "no baseline both cheaper and at >= attainable SLO",
+            dom,
+            n,
+            names(dom, lambda r: f"{r['case']} ({r['judge']['dominated_by']})"),
+        ),
+        line(
+            "peakHourlyCost <= maxHourlyCost with 0 violation seconds (budgeted cases)",
+            broke,
+            len(budgeted),
+            names(
+                broke,
+                lambda r: (
+                    f"{r['case']} (peak {r['policies']['ours']['peakHourlyCost']:.2f}, "
+                    f"{r['policies']['ours']['budgetViolationSeconds']:.0f} s over)"
+                ),
+            ),
+        ),
     ]
     missed = [r for r in ok if not (r["judge"]["cost_ok"] and r["judge"]["slo_ok"])]
     beyond = [r for r in missed if r["judge"]["causal_ratio"] is None or r["judge"]["causal_ratio"] > TARGET_RATIO]
@@ -266,7 +300,9 @@ def acceptance(rows: list[dict]) -> tuple[list[str], dict]:
             if r["judge"]["causal_at_slo"] else "none reaches the SLO line") + ")"))
     errors = [r for r in rows if "error" in r]
     if errors:
-        lines.append(f"FAIL: {len(errors)} case(s) did not run: " + names(errors, lambda r: f"{r['case']} ({r['error']})"))
+        lines.append(
+            f"FAIL: {len(errors)} case(s) did not run: " + names(errors, lambda r: f"{r['case']} ({r['error']})")
+        )
     worst = worst_slo = None
 
     def describe(r):
@@ -345,9 +381,22 @@ def main(argv=None) -> int:
           f"average {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"version": 1, "quick": args.quick, "jobs": args.jobs, "model": args.model,
-                                               "wallSeconds": round(wall, 1), "acceptance": lines, "summary": summary,
-                                               "cases": ordered}, indent=1, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "quick": args.quick,
+                    "jobs": args.jobs,
+                    "model": args.model,
+                    "wallSeconds": round(wall, 1),
+                    "acceptance": lines,
+                    "summary": summary,
+                    "cases": ordered,
+                },
+                indent=1,
+                default=str,
+            )
+        )
         print(f"json: {args.json}")
     if args.plot_worst and summary["worst"]:
         from moe_operator.autoscaling.simulate.plots import plot_results

@@ -106,12 +106,17 @@ async def run(args) -> dict:
         "ttft_median_with_cache_s": med_on,
         "ttft_median_without_cache_s": med_off,
         "ttft_ratio_off_over_on": med_off / med_on if hits else float("nan"),
-        "ttft_median_no_hit_requests_s": statistics.median([r["ttft_on_s"] for r in rows if not r["hit_tokens"]] or [0]),
+        "ttft_median_no_hit_requests_s": statistics.median(
+            [r["ttft_on_s"] for r in rows if not r["hit_tokens"]] or [0]
+        ),
         "same_first_token": sum(r["same_first_token"] for r in rows),
         # later turns: at least half the prompt read from the cache
         "later_turns": len(later := [r for r in rows if r["hit_tokens"] * 2 >= r["prompt_tokens"]]),
-        "ttft_ratio_later_turns": (statistics.median(r["ttft_off_s"] for r in later)
-                                   / statistics.median(r["ttft_on_s"] for r in later)) if later else float("nan"),
+        "ttft_ratio_later_turns": (
+            statistics.median(r["ttft_off_s"] for r in later) / statistics.median(r["ttft_on_s"] for r in later)
+        )
+        if later
+        else float("nan"),
     }
 
 

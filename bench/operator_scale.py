@@ -1,7 +1,7 @@
 """Scale benchmark of the operator: N MoEDeployments applied at once against the real control plane.
 
-Prints p50/p95/max seconds from each MoEDeployment's create call (16 client threads) to its RayService's creation (seen by a watch), the
-operator's peak RSS (VmHWM, MB), and API writes per resource counted two ways: by the operator
+Prints p50/p95/max seconds from each MoEDeployment's create call (16 client threads) to its RayService's creation (seen
+by a watch), the operator's peak RSS (VmHWM, MB), and API writes per resource counted two ways: by the operator
 (``moe_operator_api_writes_total``: RayService create/replace, status patches, Events) and by the API server
 (``apiserver_request_total`` for moedeployments PATCH/PUT incl. kopf's own annotation patches, and rayservices
 POST/PUT/PATCH). Then it waits ``--idle`` seconds and reports the writes made in that window (the first drift
@@ -209,7 +209,9 @@ def main() -> int:
     paused = None
     try:
         kubectl(kc, "apply", "--server-side", "-f", str(CRD))
-        kubectl(kc, "wait", "--for=condition=Established", "--timeout=60s", "crd/moedeployments.serving.moe-operator.io")
+        kubectl(
+            kc, "wait", "--for=condition=Established", "--timeout=60s", "crd/moedeployments.serving.moe-operator.io"
+        )
         kubectl(kc, "create", "namespace", ns)
         port = free_port()
         log = open(Path(tempfile.gettempdir()) / f"{ns}-operator.log", "wb")
@@ -254,7 +256,8 @@ def main() -> int:
         moed_seen: dict[str, float] = {}
 
         def moed_watcher():
-            """When the API server's watch fan-out delivers each MoEDeployment (what kopf's own watch also waits for)."""
+            """When the API server's watch fan-out delivers each MoEDeployment (what kopf's own watch also waits
+            for)."""
             watch_added(("serving.moe-operator.io", "v1alpha1", "moedeployments"), moed_seen)
 
         t = threading.Thread(target=watcher, daemon=True)
@@ -352,14 +355,20 @@ def main() -> int:
             s0, c0 = lat0.get(k, (0.0, 0.0))
             if c1 - c0 >= 1:
                 print(f"  {k:36s} {1000 * (s1 - s0) / (c1 - c0):7.1f}  ({c1 - c0:.0f})")
-        print("writes per resource until converged (operator's count): "
-              + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(op_conv.items())) + f"; total {sum(op_conv.values()) / n:.2f}")
+        print(
+            "writes per resource until converged (operator's count): "
+            + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(op_conv.items()))
+            + f"; total {sum(op_conv.values()) / n:.2f}"
+        )
         print("writes per resource until converged (API server's count, moedeployments+rayservices, excl. Events): "
               + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(api_conv.items())))
         idle_api, idle_op = diff(api1, api2), diff(op1, op2)
-        print(f"writes in the {args.idle:.0f} s after convergence: operator {sum(idle_op.values()):.0f} {idle_op or ''}; "
-              f"API server (moedeployments, rayservices spec) "
-              f"{sum(v for k, v in idle_api.items() if '/status/' not in k or k.startswith('moedeployments')):.0f} {idle_api or ''}")
+        print(
+            f"writes in the {args.idle:.0f} s after convergence: operator {sum(idle_op.values()):.0f} {idle_op or ''}; "
+            f"API server (moedeployments, rayservices spec) "
+            f"{sum(v for k, v in idle_api.items() if '/status/' not in k or k.startswith('moedeployments')):.0f} "
+            f"{idle_api or ''}"
+        )
         why = status_writes(read_trace(trace_file, ns), t_idle0, t_idle1)
         if why:
             print("  status writes in that window by changed keys | Ready message (what KubeRay reported):")
@@ -367,10 +376,13 @@ def main() -> int:
                 print(f"    {v:4d}  {k}")
         if args.settled > 0:
             set_api, set_op = diff(api2b, api3), diff(op2b, op3)
-            print(f"writes in {args.settled:.0f} s once every object reported KubeRay's first status (a full drift "
-                  f"sweep{'' if reported_all else '; NOT all reported after 120 s'}): operator {sum(set_op.values()):.0f} {set_op or ''}; API server "
-                  f"{sum(v for k, v in set_api.items() if '/status/' not in k or k.startswith('moedeployments')):.0f} "
-                  f"{set_api or ''}")
+            print(
+                f"writes in {args.settled:.0f} s once every object reported KubeRay's first status (a full drift "
+                f"sweep{'' if reported_all else '; NOT all reported after 120 s'}): operator "
+                f"{sum(set_op.values()):.0f} {set_op or ''}; API server "
+                f"{sum(v for k, v in set_api.items() if '/status/' not in k or k.startswith('moedeployments')):.0f} "
+                f"{set_api or ''}"
+            )
         return 0
     finally:
         if paused:

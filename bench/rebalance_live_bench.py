@@ -7,8 +7,9 @@ experts, as a placement planned for other traffic would be) the
 engine's per-expert token counts feed ``should_rebalance`` (2 shards x 6 slots, 4 redundant copies); the decision's
 placement is applied live, then a window of the same traffic runs on it. Printed: the imbalance (step time over the
 ideal step, under the measured loads) before/after, the tokens each shard carried per window (the measured
-per-expert counts split over copies as the runtime splits them), the seconds spent loading and waiting for the step boundary,
-the inter-token gap (ms) before, during and after the move, and whether every request matched the in-process model.
+per-expert counts split over copies as the runtime splits them), the seconds spent loading and waiting for the step
+boundary, the inter-token gap (ms) before, during and after the move, and whether every request matched the in-process
+model.
 """
 from __future__ import annotations
 
@@ -100,7 +101,12 @@ async def run(args) -> None:
 
     def gap_ms(a, b):
         xs = [g for t, g in gaps if a <= t < b]
-        return f"median {1000 * statistics.median(xs):.1f} ms, p95 {1000 * sorted(xs)[int(0.95 * (len(xs) - 1))]:.1f} ms, n={len(xs)}" if xs else "n=0"
+        return (
+            f"median {1000 * statistics.median(xs):.1f} ms, p95 {1000 * sorted(xs)[int(0.95 * (len(xs) - 1))]:.1f} "
+            f"ms, n={len(xs)}"
+            if xs
+            else "n=0"
+        )
 
     def shard_tokens(doc, window_loads):
         rows = device_loads(placement_from_json(doc, devices), window_loads)
@@ -112,11 +118,17 @@ async def run(args) -> None:
     print(f"same loads from the contiguous 4 + 4 split instead: imbalance {d_even.imbalance_before:.3f} -> "
           f"{d_even.imbalance_after:.3f} (gain {d_even.gain:.1%})")
     print(f"decision: apply={d.apply} reason: {d.reason}")
-    print(f"imbalance (step time / ideal) before {d.imbalance_before:.3f}  after {d.imbalance_after:.3f}  gain {d.gain:.1%}")
+    print(
+        f"imbalance (step time / ideal) before {d.imbalance_before:.3f}  after {d.imbalance_after:.3f}  gain "
+        f"{d.gain:.1%}"
+    )
     after_stats = placement_stats(placement_from_json(d.placement, devices), loads_after).step_time
     ideal_after = sum(map(sum, loads_after)) / 2
     print(f"next window's loads on the new placement: imbalance {after_stats / ideal_after:.3f}")
-    print(f"tokens per shard, window 1 on P0: {shard_tokens(P0, loads)}; window 2 on new: {shard_tokens(d.placement, loads_after)}")
+    print(
+        f"tokens per shard, window 1 on P0: {shard_tokens(P0, loads)}; window 2 on new: "
+        f"{shard_tokens(d.placement, loads_after)}"
+    )
     print(f"apply_placement: loaded {info['loaded']} copies, freed {info['freed']}, load {info['load_s']:.2f} s, "
           f"swap wait {1000 * info['swap_wait_s']:.1f} ms, total {t2 - t1:.2f} s")
     print(f"inter-token gap before: {gap_ms(t0, t1)}")

@@ -5,8 +5,9 @@
   d) experts in 4 ExpertShard Ray actors vs all in one process: decode tokens/s
   e) achieved FLOP/s of the expert FFN vs torch's own large-matmul FLOP/s on this machine
 
-Usage: python bench/runtime_bench.py [--device cpu|cuda|npu] [--threads N] [--batch 8] [--steps 32] [--rounds 3] [--skip-ray]\nMeasurements are interleaved and the best of --rounds is kept (a shared machine's load hits both sides alike).
-Models are the generated tiny checkpoint (hidden 256, 4 MoE layers, 8 experts of 256, top-2) and variants of it.
+Usage: python bench/runtime_bench.py [--device cpu|cuda|npu] [--threads N] [--batch 8] [--steps 32] [--rounds 3]
+[--skip-ray]\nMeasurements are interleaved and the best of --rounds is kept (a shared machine's load hits both sides
+alike). Models are the generated tiny checkpoint (hidden 256, 4 MoE layers, 8 experts of 256, top-2) and variants of it.
 """
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ def first_logits(model, prompt: list[int]) -> torch.Tensor:
 
 def bench_a(tiny: Path, work: Path, args) -> None:
     dense_dir = work / "dense"
-    write_tiny_checkpoint(dense_dir, overrides={"num_experts": 1, "num_experts_per_tok": 1, "moe_intermediate_size": 8 * 256})
+    write_tiny_checkpoint(
+        dense_dir, overrides={"num_experts": 1, "num_experts_per_tok": 1, "moe_intermediate_size": 8 * 256}
+    )
     moe = load_model(tiny, device=args.device, tokenizer=False).model
     dense = load_model(dense_dir, device=args.device, tokenizer=False).model
     p_moe = sum(p.numel() for p in moe.parameters())
@@ -64,11 +67,16 @@ def bench_a(tiny: Path, work: Path, args) -> None:
     expert_total = sum(p.numel() for p in moe.backend.parameters())
     active_moe = p_moe - expert_total * 6 // 8 - moe.embed.numel()  # top-2 of 8 experts run; embedding is a lookup
     active_dense = p_dense - dense.embed.numel()
-    print(f"(a) params: MoE {p_moe/1e6:.2f} M, dense {p_dense/1e6:.2f} M; active per token: MoE {active_moe/1e6:.2f} M, "
-          f"dense {active_dense/1e6:.2f} M (theory {active_dense/active_moe:.2f}x)")
+    print(
+        f"(a) params: MoE {p_moe / 1e6:.2f} M, dense {p_dense / 1e6:.2f} M; active per token: MoE "
+        f"{active_moe / 1e6:.2f} M, "
+        f"dense {active_dense / 1e6:.2f} M (theory {active_dense / active_moe:.2f}x)"
+    )
     for batch in sorted({1, args.batch}):
-        r = best_of({"moe": lambda: decode_tps(moe, batch, args.steps), "dense": lambda: decode_tps(dense, batch, args.steps)},
-                    args.rounds)
+        r = best_of(
+            {"moe": lambda: decode_tps(moe, batch, args.steps), "dense": lambda: decode_tps(dense, batch, args.steps)},
+            args.rounds,
+        )
         r_moe, r_dense = r["moe"], r["dense"]
         active = 8 * (1 - (6 / 8) ** batch)
         print(f"    decode tok/s (batch {batch}, ~{active:.1f} of 8 experts read per step): MoE {r_moe:.1f}  "
@@ -85,14 +93,23 @@ def bench_c(tiny: Path, args) -> None:
     for mode in ("int8", "int4"):
         models[mode] = load_model(tiny, device=args.device, dtype="bfloat16", quant=mode, tokenizer=False).model
     tps = best_of({k: (lambda m=m: decode_tps(m, args.batch, args.steps)) for k, m in models.items()}, args.rounds)
-    rows = [(k, weight_bytes(m.backend), tps[k], (first_logits(m, prompt) - base).abs().max().item()) for k, m in models.items()]
+    rows = [
+        (k, weight_bytes(m.backend), tps[k], (first_logits(m, prompt) - base).abs().max().item())
+        for k, m in models.items()
+    ]
     errs32 = {}
     for mode in ("int8", "int4"):
         m = load_model(tiny, device=args.device, dtype="float32", quant=mode, tokenizer=False).model
         errs32[mode] = (first_logits(m, prompt) - base).abs().max().item()
-    print(f"(c) all linear layers quantized; memory = routed-expert weights; logit error = max over all 128 positions of a "
-          f"128-token prompt vs the float32 model (max |logit| {base.abs().max():.1f})")
-    print(f"    quantization alone (float32 compute): max |logit error| int8 {errs32['int8']:.4f}, int4 {errs32['int4']:.4f}")
+    print(
+        "(c) all linear layers quantized; memory = routed-expert weights; logit error = max over all 128 positions "
+        "of a "
+        f"128-token prompt vs the float32 model (max |logit| {base.abs().max():.1f})"
+    )
+    print(
+        f"    quantization alone (float32 compute): max |logit error| int8 {errs32['int8']:.4f}, int4 "
+        f"{errs32['int4']:.4f}"
+    )
     print("    with bf16 compute (memory, decode tok/s, logit error):")
     for name, b, tps, err in rows:
         print(f"    {name:5s} memory {b/2**20:7.2f} MiB ({b/bf16_bytes:.3f}x bf16)  decode {tps:7.1f} tok/s "
@@ -104,16 +121,23 @@ def bench_d(tiny: Path, args) -> None:
 
     ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
-        pl = {"numLayers": 4, "numExperts": 8, "layers": [[[0, 1], [2, 3], [4, 5], [6, 7]]],
-              "shards": [{"name": f"shard-{i}", "device": args.device, "rayResources": {"CPU": 0.25}} for i in range(4)]}
+        pl = {
+            "numLayers": 4,
+            "numExperts": 8,
+            "layers": [[[0, 1], [2, 3], [4, 5], [6, 7]]],
+            "shards": [{"name": f"shard-{i}", "device": args.device, "rayResources": {"CPU": 0.25}} for i in range(4)],
+        }
         one = load_model(tiny, device=args.device, tokenizer=False).model
         four = load_model(tiny, device=args.device, placement=pl, tokenizer=False).model
         r = best_of({"one": lambda: decode_tps(one, args.batch, args.steps),
                      "four": lambda: decode_tps(four, args.batch, args.steps)}, args.rounds)
         r1, r4 = r["one"], r["four"]
         calls = four.backend.calls
-        print(f"(d) decode tok/s (batch {args.batch}): 1 process {r1:.1f}  4 shards {r4:.1f}  ratio 4-shard/1 {r4/r1:.2f}x "
-              f"({calls} shard calls so far, 4 MoE layers x <= 4 shards per step)")
+        print(
+            f"(d) decode tok/s (batch {args.batch}): 1 process {r1:.1f}  4 shards {r4:.1f}  ratio 4-shard/1 "
+            f"{r4 / r1:.2f}x "
+            f"({calls} shard calls so far, 4 MoE layers x <= 4 shards per step)"
+        )
         four.backend.close()
     finally:
         ray.shutdown()
@@ -122,7 +146,9 @@ def bench_d(tiny: Path, args) -> None:
 def bench_e(tiny: Path, args) -> None:
     dev = torch.device(args.device)
     dtype = torch.bfloat16 if dev.type != "cpu" else torch.float32
-    m = load_model(tiny, device=args.device, dtype="bfloat16" if dev.type != "cpu" else "float32", tokenizer=False).model
+    m = load_model(
+        tiny, device=args.device, dtype="bfloat16" if dev.type != "cpu" else "float32", tokenizer=False
+    ).model
     bank = m.backend.banks[0]
     cfg = m.cfg
     n = args.tokens
@@ -147,8 +173,11 @@ def bench_e(tiny: Path, args) -> None:
         t_ffn = min(t_ffn, timed(lambda: bank.run_topk(x, ids, w), 5))
         t_mm = min(t_mm, timed(lambda: a @ b, 10))
     ffn, mm = flops / t_ffn, 2 * s**3 / t_mm
-    print(f"(e) expert FFN ({n} tokens x top-{cfg.top_k}, {cfg.num_experts} experts {cfg.hidden_size}x{cfg.moe_intermediate_size}, "
-          f"{dtype}): {ffn/1e9:.1f} GFLOP/s;  torch {s}x{s} matmul: {mm/1e9:.1f} GFLOP/s;  ratio {ffn/mm:.2f}x")
+    print(
+        f"(e) expert FFN ({n} tokens x top-{cfg.top_k}, {cfg.num_experts} experts "
+        f"{cfg.hidden_size}x{cfg.moe_intermediate_size}, "
+        f"{dtype}): {ffn / 1e9:.1f} GFLOP/s;  torch {s}x{s} matmul: {mm / 1e9:.1f} GFLOP/s;  ratio {ffn / mm:.2f}x"
+    )
 
 
 def main() -> None:

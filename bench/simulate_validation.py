@@ -379,7 +379,12 @@ def overall(meas_sum, pred_sum):
             round((pred_sum - meas_sum) / meas_sum, 3)}
 
 
-KEYS = {"throughput": "output_tokens_per_s", "ttft_p95": "ttft_p95_s", "ttft_p50": "ttft_p50_s", "tpot_p50": "tpot_p50_s"}
+KEYS = {
+    "throughput": "output_tokens_per_s",
+    "ttft_p95": "ttft_p95_s",
+    "ttft_p50": "ttft_p50_s",
+    "tpot_p50": "tpot_p50_s",
+}
 
 
 def f(x, d=2):
@@ -395,9 +400,12 @@ def print_table(title, rows, reps=None):
     print(hdr)
     for k, r in enumerate(rows):
         tag = "" if r["in_replay"] else " drain"
-        line = (f"{r['start_s']:>7.0f}s | {f(r['meas_output_tokens_per_s'], 1):>14} {f(r['pred_output_tokens_per_s'], 1):>7} | "
-                f"{f(r['meas_ttft_p50_s']):>13} {f(r['pred_ttft_p50_s']):>6} | {f(r['meas_ttft_p95_s']):>13} "
-                f"{f(r['pred_ttft_p95_s']):>6} | {f(r['meas_tpot_p50_s'], 3):>13} {f(r['pred_tpot_p50_s'], 3):>6}")
+        line = (
+            f"{r['start_s']:>7.0f}s | {f(r['meas_output_tokens_per_s'], 1):>14} "
+            f"{f(r['pred_output_tokens_per_s'], 1):>7} | "
+            f"{f(r['meas_ttft_p50_s']):>13} {f(r['pred_ttft_p50_s']):>6} | {f(r['meas_ttft_p95_s']):>13} "
+            f"{f(r['pred_ttft_p95_s']):>6} | {f(r['meas_tpot_p50_s'], 3):>13} {f(r['pred_tpot_p50_s'], 3):>6}"
+        )
         if reps and k < len(reps):
             lv, rd, sv = reps[k]
             line += f" | {lv:>14} ({'?' if rd is None else rd}) {sv:>9}"
@@ -417,9 +425,11 @@ def acceptance(label, agg, ov, rep_match=None):
         if a.get("windows"):
             ok = a["median_abs_error"] <= tol
             o = ov.get(name, {}).get("error")
-            lines.append(f"[{label}] {label2} (median |error| over {a['windows']} windows): {a['median_abs_error']:.1%} "
-                         f"(signed mean {a['mean_signed_error']:+.1%}), {a['fraction_within']:.0%} of windows within; "
-                         f"whole run {'-' if o is None else f'{o:+.1%}'} -> {'PASS' if ok else 'FAIL'}")
+            lines.append(
+                f"[{label}] {label2} (median |error| over {a['windows']} windows): {a['median_abs_error']:.1%} "
+                f"(signed mean {a['mean_signed_error']:+.1%}), {a['fraction_within']:.0%} of windows within; "
+                f"whole run {'-' if o is None else f'{o:+.1%}'} -> {'PASS' if ok else 'FAIL'}"
+            )
     if rep_match is not None:
         lines.append(f"[{label}] replica counts match in >= 80% of windows: {rep_match:.0%} -> "
                      f"{'PASS' if rep_match >= REPLICA_MATCH else 'FAIL'}")
@@ -438,8 +448,13 @@ def autoscaling_sha1() -> dict:
 def git_state() -> dict:
     def run(*a):
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.rstrip()
-    return {"commit": run("rev-parse", "--short", "HEAD").strip(), "policy_files_sha1": autoscaling_sha1(),
-            "dirty_policy_files": [l[3:] for l in run("status", "--porcelain", "operator/moe_operator/autoscaling").splitlines()]}
+    return {
+        "commit": run("rev-parse", "--short", "HEAD").strip(),
+        "policy_files_sha1": autoscaling_sha1(),
+        "dirty_policy_files": [
+            line[3:] for line in run("status", "--porcelain", "operator/moe_operator/autoscaling").splitlines()
+        ],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -459,7 +474,7 @@ def live_run(label, srv, planned, args, fixed_n, out_dir) -> dict:
                        max_in_flight=args.max_in_flight, timeout_s=args.timeout, window_s=args.window,
                        replicas=fixed_n or 1, ignore_eos=False)
     doc["machine"] = sampler.summary(t0, t1)
-    doc["machine_samples"] = [(round(t - t0, 1), round(l, 2), round(c, 2)) for t, l, c in sampler.samples]
+    doc["machine_samples"] = [(round(t - t0, 1), round(load, 2), round(c, 2)) for t, load, c in sampler.samples]
     doc["live_decisions"] = live_replicas(srv.lines, t0) if fixed_n is None else []
     doc["fixed_replicas"] = fixed_n
     doc["policy_files_at_server_start"] = srv.policy_sha1
@@ -507,12 +522,14 @@ def analyse(label, doc, args, profile, pools, settings, initial, fixed_n, quiet=
         rep_match = float(np.mean([a == c for a, _, c in inside])) if inside else None
     samples = doc.get("machine_samples") or []
     for r in rows:   # the machine's 1-min load average sampled inside the window (another program's load included)
-        ls = [l for t, l, _ in samples if r["start_s"] <= t < r["start_s"] + args.window]
+        ls = [load for t, load, _ in samples if r["start_s"] <= t < r["start_s"] + args.window]
         r["load1"] = round(float(np.mean(ls)), 1) if ls else None
     outcomes = {o: meas_s[o] for o in lt.OUTCOMES}
     acc = acceptance(label, agg, ov, rep_match)
     if not quiet:
-        print_table(f"{label}: predicted (replica model, calibrated) vs measured, {args.window:g} s windows", rows, reps)
+        print_table(
+            f"{label}: predicted (replica model, calibrated) vs measured, {args.window:g} s windows", rows, reps
+        )
         print(f"measured outcomes {outcomes}; send lag p95 {meas_s['send_lag_p95_s']} s; machine {machine}")
         for line in acc:
             print(line)
@@ -548,7 +565,9 @@ def plot(results, png):
             ax = axes[-1][c]
             if res["replicas"]:
                 ax.step(x, [a for a, _, _ in res["replicas"]], where="mid", label="live (asked)")
-                ax.step(x, [np.nan if b is None else b for _, b, _ in res["replicas"]], where="mid", label="live (ready)")
+                ax.step(
+                    x, [np.nan if b is None else b for _, b, _ in res["replicas"]], where="mid", label="live (ready)"
+                )
                 ax.step(x, [s for _, _, s in res["replicas"]], "--", where="mid", label="simulated")
                 ax.legend(fontsize=8)
             ax.set_ylabel("replicas")
@@ -563,12 +582,17 @@ def calibrate(records, args, max_batch, max_ctx):
     profile = replace(profile, prefill_chunk_tokens=max_ctx)   # prefill-first engine: a chunk = a whole prompt
     cap = {POOL: {"prefillTps": round(profile.prefill_tps, 1), "decodeTps": round(profile.decode_tps(max_batch), 1),
                   "cachedPrefillTps": round(profile.cached_prefill_tps, 1)}}
-    print(f"calibrated at {args.replicas} replicas: prefill {profile.prefill_tps:.0f} tok/s (intercept "
-          f"{cal['prefill']['intercept_s']:.3f} s, {cal['prefill']['points']} points, r2 {cal['prefill']['r2']}), cached "
-          f"{profile.cached_prefill_tps:.0f} tok/s ({cal['prefill']['cached_source']}), step {profile.step_base_s * 1e3:.1f} ms "
-          f"+ {profile.step_per_seq_s * 1e3:.2f} ms/seq ({cal['decode']['points']} points, b {cal['decode']['concurrency_min']}"
-          f"..{cal['decode']['concurrency_max']}, r2 {cal['decode']['r2']}); chunk = {max_ctx} tokens (prefill-first); "
-          f"capacity annotation {json.dumps(cap)}", flush=True)
+    print(
+        f"calibrated at {args.replicas} replicas: prefill {profile.prefill_tps:.0f} tok/s (intercept "
+        f"{cal['prefill']['intercept_s']:.3f} s, {cal['prefill']['points']} points, r2 {cal['prefill']['r2']}), cached "
+        f"{profile.cached_prefill_tps:.0f} tok/s ({cal['prefill']['cached_source']}), step "
+        f"{profile.step_base_s * 1e3:.1f} ms "
+        f"+ {profile.step_per_seq_s * 1e3:.2f} ms/seq ({cal['decode']['points']} points, b "
+        f"{cal['decode']['concurrency_min']}"
+        f"..{cal['decode']['concurrency_max']}, r2 {cal['decode']['r2']}); chunk = {max_ctx} tokens (prefill-first); "
+        f"capacity annotation {json.dumps(cap)}",
+        flush=True,
+    )
     info = {"report": cal, "profile": {k: getattr(profile, k) for k in (
         "max_batch", "kv_tokens", "prefill_tps", "cached_prefill_tps", "step_base_s", "step_per_seq_s",
         "prefill_chunk_tokens", "ttft_overhead_s")}, "capacity_annotation": cap, "replicas": args.replicas}
@@ -635,7 +659,9 @@ def main(argv=None) -> int:
                 docs[label] = json.loads(f_.read_text())
         p_auto = auto_spec(cap)
     else:
-        _, planned = lt.plan_requests(args.trace, args.speedup, args.scale_tokens, args.duration, args.max_prompt_tokens)
+        _, planned = lt.plan_requests(
+            args.trace, args.speedup, args.scale_tokens, args.duration, args.max_prompt_tokens
+        )
         servers = []
         try:
             # ---- fixed fleet: profile, calibrate, replay
@@ -650,7 +676,10 @@ def main(argv=None) -> int:
             srv.wait(900)
             print(f"fixed fleet of {args.replicas} up in {time.time() - t_up:.0f} s at {srv.url}", flush=True)
             prof_plan = profiling_plan(args.quick)
-            print(f"profiling: {len(prof_plan)} requests over {prof_plan[-1].arrival_s:.0f} s (load {loadavg()})", flush=True)
+            print(
+                f"profiling: {len(prof_plan)} requests over {prof_plan[-1].arrival_s:.0f} s (load {loadavg()})",
+                flush=True,
+            )
             prun, _ = run_replay(prof_plan, srv.url, 64, args.timeout)
             (args.out / "profile-replay.json").write_text(json.dumps({"requests": prun.records}, indent=1))
             profile, cap, report["calibration"] = calibrate(prun.records, args, max_batch, max_ctx)
@@ -670,7 +699,7 @@ def main(argv=None) -> int:
                 print(f"autoscaled fleet (1..{args.autoscale_max}) up in {time.time() - t_up:.0f} s; interval "
                       f"{args.interval} s, scale-down stabilization {args.scale_down_stabilization} s", flush=True)
                 docs["autoscaled"] = live_run("autoscaled", srv, planned, args, None, args.out)
-                lines = [l for _, l in srv.lines if l.startswith("autoscale")]
+                lines = [line for _, line in srv.lines if line.startswith("autoscale")]
                 (args.out / "autoscaler-decisions.txt").write_text("\n".join(lines) + "\n")
                 left = srv.stop()
                 servers.remove(srv)
@@ -701,8 +730,13 @@ def main(argv=None) -> int:
         grid = np.round(np.arange(1.0, 4.01, 0.25), 2)
         for kp in grid:
             for kd in grid:
-                pk = replace(profile, prefill_tps=profile.prefill_tps / kp, cached_prefill_tps=profile.cached_prefill_tps / kp,
-                             step_base_s=profile.step_base_s * kd, step_per_seq_s=profile.step_per_seq_s * kd)
+                pk = replace(
+                    profile,
+                    prefill_tps=profile.prefill_tps / kp,
+                    cached_prefill_tps=profile.cached_prefill_tps / kp,
+                    step_base_s=profile.step_base_s * kd,
+                    step_per_seq_s=profile.step_per_seq_s * kd,
+                )
                 res = analyse(f"{fixed_label} prefill /{kp:g} decode x{kd:g}", docs[fixed_label], args, pk, fixed_pools,
                               settings, {POOL: args.replicas}, args.replicas, quiet=True)
                 a = res["aggregates"]
@@ -728,7 +762,10 @@ def main(argv=None) -> int:
             continue
         for line in res["acceptance"]:
             print(line)
-    print(f"\nwrote {args.out}/simulate-validation.json, .png, replay-*.json; {report['wall_s']:.0f} s; load now {loadavg()}")
+    print(
+        f"\nwrote {args.out}/simulate-validation.json, .png, replay-*.json; {report['wall_s']:.0f} s; load now "
+        f"{loadavg()}"
+    )
     return 0
 
 

@@ -140,9 +140,13 @@ def write_pki(d: Path) -> None:
              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                  (issuer_key or key).public_key()), critical=False))
         if ca:
-            b = b.add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+            b = b.add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+            )
         else:
-            b = b.add_extension(x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True)
+            b = b.add_extension(
+                x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True
+            )
             b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
