@@ -59,14 +59,17 @@ class Accelerator(BaseModel):
     description: str = ""
     resources: dict[str, str] = Field(
         default_factory=dict,
-        description="Kubernetes extended resource per naming scheme: 'default' (NVIDIA), or 'mindcluster'/'hami' (Ascend).",
+        description="Kubernetes extended resource per naming scheme: 'default' (NVIDIA), or 'mindcluster'/'hami' "
+        "(Ascend).",
     )
     node_selector: dict[str, str] = Field(default_factory=dict)
     memory_gib: float = Field(gt=0)
     tflops: Throughput
     memory_bandwidth_gbps: float = Field(gt=0)
     interconnect_gbps: float = Field(gt=0)
-    step_overhead_seconds: float = Field(default=0.00002, ge=0, description="Framework/launch time per layer per forward step.")
+    step_overhead_seconds: float = Field(
+        default=0.00002, ge=0, description="Framework/launch time per layer per forward step."
+    )
     sequence_overhead_seconds: float = Field(
         default=0.0, ge=0, description="Extra time per layer per sequence in a step (engines that loop over sequences)."
     )
@@ -112,7 +115,8 @@ class Catalog:
         ``config`` is a ConfigMap (``{"data": {...}}``) or its data: keys ``prices`` (``{key: $/device-hour}``),
         ``ascendResourceScheme`` (``mindcluster`` | ``hami``), ``accelerators`` (``{key: {fields}}``: new types,
         or fields replacing those of a known type) and ``models`` (the same for the model catalog).
-        ConfigMap values are strings, so each may be YAML text. Unknown keys or bad values raise UserError naming the key.
+        ConfigMap values are strings, so each may be YAML text. Unknown keys or bad values raise UserError naming the
+        key.
         """
         if not config:
             return Catalog(self.accelerators, self.ascend_scheme, self.models)
@@ -133,11 +137,15 @@ class Catalog:
             raise UserError("catalog config prices must map accelerator keys to US$ per device-hour")
         for key, price in prices.items():
             if key not in accelerators:
-                raise UserError(f"catalog config prices names unknown accelerator {key!r}; known: {sorted(accelerators)}")
+                raise UserError(
+                    f"catalog config prices names unknown accelerator {key!r}; known: {sorted(accelerators)}"
+                )
             try:
                 value = float(price)
             except (TypeError, ValueError):
-                raise UserError(f"catalog config price for {key!r} is {price!r}, not a number of US$ per device-hour") from None
+                raise UserError(
+                    f"catalog config price for {key!r} is {price!r}, not a number of US$ per device-hour"
+                ) from None
             if value < 0:
                 raise UserError(f"catalog config price for {key!r} is negative ({value})")
             accelerators[key] = accelerators[key].model_copy(
@@ -176,7 +184,8 @@ class Catalog:
             where = f"pool {pool!r}" if pool else "the pool"
             raise SpecInvalid(
                 f"accelerator {key} has no catalog price ({acc.price_source or 'none recorded'}); "
-                f"set pricePerDeviceHour on {where} (US$ per device-hour) or a price in the cluster's catalog ConfigMap",
+                f"set pricePerDeviceHour on {where} (US$ per device-hour) or a price in the cluster's catalog "
+                "ConfigMap",
                 reason="NoPrice",
             )
         return acc.price_per_device_hour

@@ -2,9 +2,10 @@
 
 The defaults ship in ``data/models.yaml`` (documented in docs/catalog.md "Model catalog"). A cluster admin adds
 models or replaces fields of a shipped one under the ``models`` key of the catalog ConfigMap (``Catalog.with_overrides``
-passes it to ``ModelCatalog.with_overrides``). Planning resolves ``spec.model`` against it (``planning.plan.facts_for``):
-``spec.model.config`` if given, else the entry named by ``spec.model.catalogName``, else the entry whose Hugging Face
-ids contain the ``hf://`` source, else SpecInvalid(UnknownModel) naming the nearest entries.
+passes it to ``ModelCatalog.with_overrides``). Planning resolves ``spec.model`` against it
+(``planning.plan.facts_for``): ``spec.model.config`` if given, else the entry named by ``spec.model.catalogName``, else
+the entry whose Hugging Face ids contain the ``hf://`` source, else SpecInvalid(UnknownModel) naming the nearest
+entries.
 """
 from __future__ import annotations
 
@@ -105,8 +106,14 @@ class ModelCatalog:
         tail = text.rsplit("/", 1)[-1]
         scores: dict[str, float] = {}
         for key, entry in self.models.items():
-            names = [key] + [i.lower() for i in entry.hugging_face] + [i.lower().rsplit("/", 1)[-1] for i in entry.hugging_face]
-            scores[key] = max(difflib.SequenceMatcher(None, probe, name).ratio() for name in names for probe in (text, tail))
+            names = (
+                [key]
+                + [i.lower() for i in entry.hugging_face]
+                + [i.lower().rsplit("/", 1)[-1] for i in entry.hugging_face]
+            )
+            scores[key] = max(
+                difflib.SequenceMatcher(None, probe, name).ratio() for name in names for probe in (text, tail)
+            )
         ranked = sorted(scores, key=lambda k: (-scores[k], k))
         return ranked[:n]
 

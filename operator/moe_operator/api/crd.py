@@ -16,10 +16,31 @@ _DROP = {"title", "additionalProperties"}
 
 PRINTER_COLUMNS = [
     {"name": "Ready", "type": "string", "jsonPath": ".status.ready", "description": "Ready condition status."},
-    {"name": "Replicas", "type": "string", "jsonPath": ".status.replicas", "description": "Ready/desired replicas per pool."},
-    {"name": "Tokens/s", "type": "number", "jsonPath": ".status.tokensPerSecond", "description": "Observed demand, tokens/s."},
-    {"name": "$/1M", "type": "number", "jsonPath": ".status.costPerMillionTokens", "description": "US$ per 1M tokens at observed demand."},
-    {"name": "$/h", "type": "number", "jsonPath": ".status.costPerHour", "priority": 1, "description": "US$ per hour of the fleet."},
+    {
+        "name": "Replicas",
+        "type": "string",
+        "jsonPath": ".status.replicas",
+        "description": "Ready/desired replicas per pool.",
+    },
+    {
+        "name": "Tokens/s",
+        "type": "number",
+        "jsonPath": ".status.tokensPerSecond",
+        "description": "Observed demand, tokens/s.",
+    },
+    {
+        "name": "$/1M",
+        "type": "number",
+        "jsonPath": ".status.costPerMillionTokens",
+        "description": "US$ per 1M tokens at observed demand.",
+    },
+    {
+        "name": "$/h",
+        "type": "number",
+        "jsonPath": ".status.costPerHour",
+        "priority": 1,
+        "description": "US$ per hour of the fleet.",
+    },
     {"name": "Budget", "type": "string", "jsonPath": ".status.budgetState", "description": "Ok, Limited or NoBudget."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
@@ -143,7 +164,8 @@ def build_crd() -> dict[str, Any]:
                         "openAPIV3Schema": {
                             "type": "object",
                             "description": f"{KIND} ({API_VERSION}) serves a Mixture-of-Experts model on one or more "
-                            "accelerator pools through a KubeRay RayService, autoscaled on tokens/s under a cost budget.",
+                            "accelerator pools through a KubeRay RayService, autoscaled on tokens/s under a cost "
+                            "budget.",
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "API version of this object."},

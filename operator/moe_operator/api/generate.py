@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
             print(f"wrote {rel}")
     if stale:
-        print("stale generated files: " + ", ".join(stale) + " (run: python -m moe_operator.api.generate)", file=sys.stderr)
+        print(
+            "stale generated files: " + ", ".join(stale) + " (run: python -m moe_operator.api.generate)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -70,23 +70,30 @@ class RebalanceStatus(ApiModel):
     time: str = Field(description="RFC 3339 time of this word.")
     placement_id: Optional[str] = Field(default=None, description="Id of the pool's desired placement (runtime's).")
     imbalance_before: Optional[float] = Field(
-        default=None, description="MoE step time over the ideal step under the window's loads, current placement (1.0 = even)."
+        default=None,
+        description="MoE step time over the ideal step under the window's loads, current placement (1.0 = even).",
     )
     imbalance_after: Optional[float] = Field(default=None, description="The same for the balanced placement.")
     gain: Optional[float] = Field(default=None, description="1 - after/before step time, a fraction.")
     last_rebalance_time: Optional[str] = Field(default=None, description="RFC 3339 time the last rebalance was posted.")
     replicas_applied: Optional[int] = Field(default=None, description="Replicas running the desired placement.")
-    replicas_total: Optional[int] = Field(default=None, description="Replicas reporting to the runtime's placement board.")
+    replicas_total: Optional[int] = Field(
+        default=None, description="Replicas reporting to the runtime's placement board."
+    )
 
 
 class MoEDeploymentStatus(ApiModel):
     """Observed state."""
 
     observed_generation: Optional[int] = Field(default=None, description="Last metadata.generation reconciled.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, BudgetLimited, SpecInvalid.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded, BudgetLimited, SpecInvalid."
+    )
     ray_service_name: Optional[str] = Field(default=None, description="The owned KubeRay RayService.")
     pools: list[PoolStatus] = Field(default_factory=list, description="Per-pool replicas and cost.")
-    replicas: Optional[str] = Field(default=None, description="Ready/desired replicas per pool, e.g. 'h800=2/2 ascend=0/1'.")
+    replicas: Optional[str] = Field(
+        default=None, description="Ready/desired replicas per pool, e.g. 'h800=2/2 ascend=0/1'."
+    )
     ready: Optional[str] = Field(default=None, description="Ready condition status, for printer columns.")
     tokens_per_second: Optional[float] = Field(default=None, description="Observed demand, tokens/s (all kinds).")
     cost_per_hour: Optional[float] = Field(default=None, description="US$ per hour of the desired fleet.")

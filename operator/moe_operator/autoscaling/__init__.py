@@ -6,4 +6,14 @@ from .model import PoolModel, Settings, WorkWeights, TOKEN_KINDS
 from .observation import Observation
 from .policy import Condition, Decision, History, decide
 
-__all__ = ["PoolModel", "Settings", "WorkWeights", "TOKEN_KINDS", "Observation", "Condition", "Decision", "History", "decide"]
+__all__ = [
+    "PoolModel",
+    "Settings",
+    "WorkWeights",
+    "TOKEN_KINDS",
+    "Observation",
+    "Condition",
+    "Decision",
+    "History",
+    "decide",
+]

@@ -48,8 +48,9 @@ def rayservice_patch(rayservice: Mapping[str, Any], replicas: Mapping[str, int],
     """Merge patch that sets Serve replicas and worker-group sizes per pool, or None if already there.
 
     replicas: desired replicas per pool (Serve replicas; DP groups for a data-parallel vLLM pool, written to its
-    override as groups x data_parallel_size); workers_per_replica: worker pods one such replica needs (default 1). Worker groups get replicas = minReplicas = replicas x workers (so the Ray autoscaler keeps
-    them) and maxReplicas raised when below. Raises UserError when a pool has no engine deployment or LLMConfig.
+    override as groups x data_parallel_size); workers_per_replica: worker pods one such replica needs (default 1).
+    Worker groups get replicas = minReplicas = replicas x workers (so the Ray autoscaler keeps them) and maxReplicas
+    raised when below. Raises UserError when a pool has no engine deployment or LLMConfig.
     """
     spec = rayservice.get("spec") or {}
     wpr = workers_per_replica or {}
@@ -78,7 +79,11 @@ def rayservice_patch(rayservice: Mapping[str, Any], replicas: Mapping[str, int],
         if g is None:
             continue  # a pool without its own group (e.g. local CPU) scales in Serve only
         workers = int(n) * int(wpr.get(pool, 1))
-        want = {"replicas": workers, "minReplicas": workers, "maxReplicas": max(int(g.get("maxReplicas", workers)), workers)}
+        want = {
+            "replicas": workers,
+            "minReplicas": workers,
+            "maxReplicas": max(int(g.get("maxReplicas", workers)), workers),
+        }
         for k, v in want.items():
             if g.get(k) != v:
                 g[k] = v
@@ -109,7 +114,10 @@ def serve_replicas(rayservice: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _llm_configs(app: Mapping[str, Any]) -> list[dict]:
-    """The inline LLMConfig dicts of a Ray Serve LLM app (build_openai_app: llm_configs; build_dp_openai_app: llm_config)."""
+    """The inline LLMConfig dicts of a Ray Serve LLM app.
+
+    build_openai_app takes llm_configs, build_dp_openai_app llm_config.
+    """
     if not str(app.get("import_path", "")).startswith("ray.serve.llm:"):
         return []
     args = app.get("args") or {}

@@ -16,8 +16,9 @@ Each interval that no earlier queue delayed gives a sample: K = (latency - floor
 caused) x C; so does a burst that overloaded the fleet and ended before capacity ordered at its start could have
 come (the shortest cold start), with the largest K of its intervals. An overload that lasts longer is demand, not a
 burst. The reserve is the capacity that keeps every recurring burst of the window within the target:
-``K_2 / (target - floor)``, K_2 the second largest sample (a level seen at least twice, see ``recurring``). When the floor alone uses the whole target, no capacity meets it
-and the reserve is 0 for that metric: capacity cannot fix a request's own prefill.
+``K_2 / (target - floor)``, K_2 the second largest sample (a level seen at least twice, see ``recurring``). When the
+floor alone uses the whole target, no capacity meets it and the reserve is 0 for that metric: capacity cannot fix a
+request's own prefill.
 
 The check: a scale-up made for latency is judged on the first interval served entirely by its replicas. The two
 hypotheses predict K_after = K_before (queueing: the model is right) or K_after = K_before x C_after / C_before
@@ -34,7 +35,9 @@ from typing import Mapping, Sequence
 from .model import PoolModel, Settings
 
 PREFILL_P95_PER_MEAN = math.log(20.0)   # p95 / mean of an exponential distribution
-RESERVE_COLD_STARTS = 5.0   # default window = this many of the longest cold start (600 s for 120 s): see reserve_window_s
+RESERVE_COLD_STARTS = (
+    5.0  # default window = this many of the longest cold start (600 s for 120 s): see reserve_window_s
+)
 
 # A sample: (time s, capacity that served the interval, TTFT queueing work K (work units) or None,
 #            TTFT floor used (s) or None, TPOT work K_tpot or None)

@@ -45,7 +45,9 @@ def pool_models_from_plan(pools: Sequence[Any], capacities: Mapping[str, Any], p
                           max_batch_size: int = 16) -> tuple[list[PoolModel], WorkWeights]:
     """PoolModels from api PoolSpecs, per-pool capacities (Capacity or planning's PoolCapacity) and $/replica-hour."""
     caps = {p.name: capacities[p.name] for p in pools}
-    weights = weights_from_capacities([Capacity(c.prefill_tps, c.decode_tps, c.cached_prefill_tps) for c in caps.values()])
+    weights = weights_from_capacities(
+        [Capacity(c.prefill_tps, c.decode_tps, c.cached_prefill_tps) for c in caps.values()]
+    )
     out = []
     for p in pools:
         c = caps[p.name]
@@ -105,7 +107,9 @@ def pool_models_from_spec(deployment, catalog=None) -> tuple[list[PoolModel], Wo
                                   "(tokens/s per replica) until the planner's capacity model is available",
                                   reason="NoCapacity")
             c = planner(spec, p, catalog)
-            caps[p.name] = Capacity(c.prefill_tps, c.decode_tps, c.cached_prefill_tps, getattr(c, "price_per_hour", None))
+            caps[p.name] = Capacity(
+                c.prefill_tps, c.decode_tps, c.cached_prefill_tps, getattr(c, "price_per_hour", None)
+            )
     unknown = set(caps) - {p.name for p in spec.pools}
     if unknown:
         raise UserError(f"annotation {CAPACITY_ANNOTATION} names unknown pool(s) {sorted(unknown)}")

@@ -116,9 +116,15 @@ def binding_cap(settings: Settings, demand_tokens_per_s: float | None, demand_sa
         caps.append(Cap(settings.max_hourly_cost, "MaxHourlyCost", f"maxHourlyCost ${settings.max_hourly_cost:g}/h"))
     cpm = cost_per_million_cap(settings, demand_tokens_per_s)
     if cpm is not None:
-        caps.append(Cap(cpm, "MaxCostPerMillionTokens",
-                        f"maxCostPerMillionTokens ${settings.max_cost_per_million:g}/1M at "
-                        + (demand_says or f"the observed {demand_tokens_per_s or 0:.0f} tokens/s") + f" (${cpm:.2f}/h)"))
+        caps.append(
+            Cap(
+                cpm,
+                "MaxCostPerMillionTokens",
+                f"maxCostPerMillionTokens ${settings.max_cost_per_million:g}/1M at "
+                + (demand_says or f"the observed {demand_tokens_per_s or 0:.0f} tokens/s")
+                + f" (${cpm:.2f}/h)",
+            )
+        )
     return min(caps, key=lambda c: c.dollars_per_hour) if caps else None
 
 

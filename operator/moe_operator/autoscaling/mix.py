@@ -14,7 +14,9 @@ from .model import PoolModel
 EPS = 1e-9
 
 
-def capacity_of(pools: Sequence[PoolModel], replicas: Mapping[str, int], factors: Mapping[str, float] | None = None) -> float:
+def capacity_of(
+    pools: Sequence[PoolModel], replicas: Mapping[str, int], factors: Mapping[str, float] | None = None
+) -> float:
     """Work units/s of a mix, each pool's capacity scaled by its correction factor."""
     f = factors or {}
     return sum(replicas.get(p.name, 0) * p.capacity * f.get(p.name, 1.0) for p in pools)

@@ -84,7 +84,9 @@ class Settings:
     scale_down_stabilization_s: float = 300.0
     scale_to_zero: bool = False
     idle_s: float = 900.0
-    burst_reserve_s: float | None = None  # burst reserve memory (s); None = 5 x longest cold start (>= down window), 0 = off
+    burst_reserve_s: float | None = (
+        None  # burst reserve memory (s); None = 5 x longest cold start (>= down window), 0 = off
+    )
     # Policy tuning (not in the spec; documented in docs/autoscaling.md).
     hysteresis: float = 0.15          # scale down only when capacity exceeds need by this fraction
     backlog_drain_s: float = 60.0     # the simulator baselines' drain time for queued work (not the policy's)

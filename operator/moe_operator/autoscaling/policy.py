@@ -174,8 +174,13 @@ class _Mixer:
         only from ``within`` when it can; then maxHourlyCost (which wins over minReplicas)."""
         mix = None
         if within is not None:
-            mix = cheapest_mix(self.pools, self.floor_need, self.lower, {k: max(v, self.lower[k]) for k, v in within.items()},
-                               self.factors)
+            mix = cheapest_mix(
+                self.pools,
+                self.floor_need,
+                self.lower,
+                {k: max(v, self.lower[k]) for k, v in within.items()},
+                self.factors,
+            )
         mix = mix or cheapest_mix(self.pools, self.floor_need, self.lower, self.upper, self.factors) or dict(self.lower)
         return enforce_budget(self.pools, mix, self.hourly, self.factors)
 
@@ -236,7 +241,11 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     # drains within the SLO is not saturation and says nothing about capacity).
     slow = settings.ttft_p95_s is None or (obs.ttft_p95_s is not None and obs.ttft_p95_s > settings.ttft_p95_s)
     saturated = queue >= max(1.0, sum(obs.ready.values())) and slow and all_ready and ready_cap_model > 0
-    factors = _corrections(obs, pools, settings, history, served_work, saturated) if served_work > 0 else dict(history.corrections)
+    factors = (
+        _corrections(obs, pools, settings, history, served_work, saturated)
+        if served_work > 0
+        else dict(history.corrections)
+    )
     for p in pools:
         if abs(factors.get(p.name, 1.0) - history.corrections.get(p.name, 1.0)) > 0.05:
             reasons.append(f"capacity of {p.name} corrected to {factors[p.name]:.2f}x model")
@@ -245,7 +254,9 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     if rps > 0 and served_work > 0:
         per_request = served_work / rps
     else:
-        per_request = history.work_per_request or min((p.capacity for p in pools), default=1.0)  # unknown: a replica-second
+        per_request = history.work_per_request or min(
+            (p.capacity for p in pools), default=1.0
+        )  # unknown: a replica-second
     backlog = queue * per_request
     if history.queue is not None and history.observed_at is not None and now > history.observed_at:
         # the queue's growth in requests, at this interval's work per request (two readings of the queue's work
@@ -337,7 +348,10 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     new = sample(ttft_extra, tpot_floor)
     # A trial's replicas serve a cold start after it; then one interval to see them ready, one served entirely by
     # them, one for the ready count's lag. Past that its capacity was taken back (or never came): nothing to judge.
-    if trial is not None and now - trial[0] > max((p.cold_start_s for p in pools), default=0.0) + 3 * settings.interval_s:
+    if (
+        trial is not None
+        and now - trial[0] > max((p.cold_start_s for p in pools), default=0.0) + 3 * settings.interval_s
+    ):
         trial = None
     if trial is not None and new is not None and new[1] >= trial[1] * (1 - 1e-6):
         _, _, c_ttft, k_ttft_before, c_tpot, k_tpot_before = trial
@@ -382,9 +396,11 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
             reasons.append(f"TTFT p95 {obs.ttft_p95_s:.2f}s > {settings.ttft_p95_s:g}s is the requests' own prefill "
                            f"(~{own_prefill + ttft_extra:.2f}s at p95): capacity cannot shorten it")
         elif draining and new is None:
-            reasons.append(f"TTFT p95 {obs.ttft_p95_s:.2f}s > {settings.ttft_p95_s:g}s while {arrival:.0f} work units/s "
-                           f"arrived (and {history.backlog or 0:.0f} work units queued) for the {served_cap:.0f} that "
-                           f"served it: a queue, sized on demand and backlog, not on latency")
+            reasons.append(
+                f"TTFT p95 {obs.ttft_p95_s:.2f}s > {settings.ttft_p95_s:g}s while {arrival:.0f} work units/s "
+                f"arrived (and {history.backlog or 0:.0f} work units queued) for the {served_cap:.0f} that "
+                f"served it: a queue, sized on demand and backlog, not on latency"
+            )
     if latency_need > 0:
         reasons.append(f"latency reserve {latency_need:.0f} work units/s: the work queued ahead of a p95 request "
                        f"that recurred in the last {window:.0f}s drains within the target (TTFT floor "
@@ -395,12 +411,16 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     if not zero_ok:
         mean_need = max(mean_need, MIN_NEED)
     elif mean_need <= 0:
-        reasons.append(f"idle {now - idle_since:.0f}s >= idleSeconds {settings.idle_s:g}s + cold start {wake:g}s: scale to zero")
+        reasons.append(
+            f"idle {now - idle_since:.0f}s >= idleSeconds {settings.idle_s:g}s + cold start {wake:g}s: scale to zero"
+        )
     lead = max(settings.interval_s, min((p.cold_start_s for p in pools), default=0.0))
     fit_s = max(lead, settings.scale_down_stabilization_s)
     hist_window = max(settings.scale_up_stabilization_s, settings.scale_down_stabilization_s, fit_s)
     needs = tuple(n for n in history.needs if now - n[0] <= hist_window) + ((now, mean_need, latency_need),)
-    need_up, need_down = window_needs(needs, now, settings.scale_up_stabilization_s, settings.scale_down_stabilization_s)
+    need_up, need_down = window_needs(
+        needs, now, settings.scale_up_stabilization_s, settings.scale_down_stabilization_s
+    )
     need_down = max(need_down, latency_need)
     # Capacity asked for now serves a cold start later: when the mean need rises with a significant trend, size for
     # where the trend puts it then (least squares over the longer of a cold start and the scale-down window).
@@ -485,7 +505,9 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
         if settings.max_hourly_cost is not None:
             limits.append(f"of ${settings.max_hourly_cost:g}/h")
         if settings.max_cost_per_million is not None:
-            limits.append("$" + (f"{cpm:.3f}" if cpm is not None else "-") + f"/1M of ${settings.max_cost_per_million:g}/1M")
+            limits.append(
+                "$" + (f"{cpm:.3f}" if cpm is not None else "-") + f"/1M of ${settings.max_cost_per_million:g}/1M"
+            )
         conditions.append(Condition("BudgetLimited", "False", "WithinBudget", f"${cost:.2f}/h " + ", ".join(limits)))
 
     # A scale-up made for latency is checked on the first interval its replicas serve entirely.

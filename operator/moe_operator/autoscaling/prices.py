@@ -27,13 +27,41 @@ class ApiPrice:
 
 
 API_PRICES: tuple[ApiPrice, ...] = (
-    ApiPrice("deepseek-chat", 0.27, 0.07, 1.10,
-             "api-docs.deepseek.com/quick_start/pricing, DeepSeek-V3 standard price from 2025-02-09 (UTC 00:30-16:30)"),
-    ApiPrice("deepseek-reasoner", 0.55, 0.14, 2.19,
-             "api-docs.deepseek.com/quick_start/pricing, DeepSeek-R1 standard price from 2025-02-09 (UTC 00:30-16:30)"),
+    ApiPrice(
+        "deepseek-chat",
+        0.27,
+        0.07,
+        1.10,
+        "api-docs.deepseek.com/quick_start/pricing, DeepSeek-V3 standard price from 2025-02-09 (UTC 00:30-16:30)",
+    ),
+    ApiPrice(
+        "deepseek-reasoner",
+        0.55,
+        0.14,
+        2.19,
+        "api-docs.deepseek.com/quick_start/pricing, DeepSeek-R1 standard price from 2025-02-09 (UTC 00:30-16:30)",
+    ),
     ApiPrice("gpt-4o", 2.50, 1.25, 10.00, "openai.com/api/pricing, gpt-4o-2024-08-06"),
     ApiPrice("gpt-4o-mini", 0.15, 0.075, 0.60, "openai.com/api/pricing, gpt-4o-mini-2024-07-18"),
-    ApiPrice("claude-3.5-sonnet", 3.00, 0.30, 15.00, "anthropic.com/pricing#api, Claude 3.5 Sonnet, prompt caching read = 0.1x input"),
-    ApiPrice("claude-3.5-haiku", 0.80, 0.08, 4.00, "anthropic.com/pricing#api, Claude 3.5 Haiku, prompt caching read = 0.1x input"),
-    ApiPrice("gemini-2.0-flash", 0.10, 0.025, 0.40, "ai.google.dev/gemini-api/docs/pricing, Gemini 2.0 Flash paid tier, text input"),
+    ApiPrice(
+        "claude-3.5-sonnet",
+        3.00,
+        0.30,
+        15.00,
+        "anthropic.com/pricing#api, Claude 3.5 Sonnet, prompt caching read = 0.1x input",
+    ),
+    ApiPrice(
+        "claude-3.5-haiku",
+        0.80,
+        0.08,
+        4.00,
+        "anthropic.com/pricing#api, Claude 3.5 Haiku, prompt caching read = 0.1x input",
+    ),
+    ApiPrice(
+        "gemini-2.0-flash",
+        0.10,
+        0.025,
+        0.40,
+        "ai.google.dev/gemini-api/docs/pricing, Gemini 2.0 Flash paid tier, text input",
+    ),
 )

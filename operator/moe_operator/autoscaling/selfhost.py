@@ -31,7 +31,10 @@ def fleet_for(pools: Sequence[PoolModel], weights: WorkWeights, monthly_tokens: 
 
 def monthly_cost(pools, weights, monthly_tokens, cache_hit_ratio, output_fraction, utilization) -> float:
     """$ per month of the fleet for that volume."""
-    return cost_of(pools, fleet_for(pools, weights, monthly_tokens, cache_hit_ratio, output_fraction, utilization)) * HOURS_PER_MONTH
+    return (
+        cost_of(pools, fleet_for(pools, weights, monthly_tokens, cache_hit_ratio, output_fraction, utilization))
+        * HOURS_PER_MONTH
+    )
 
 
 def marginal_cost_per_million(pools, weights, cache_hit_ratio, output_fraction, utilization) -> float:
@@ -45,7 +48,11 @@ def break_even_tokens(pools, weights, api_per_million: float, cache_hit_ratio, o
     """Smallest monthly volume (tokens) from which self-hosting costs no more than the API; None if never."""
     if marginal_cost_per_million(pools, weights, cache_hit_ratio, output_fraction, utilization) > api_per_million:
         return None
-    cheaper = lambda n: monthly_cost(pools, weights, n, cache_hit_ratio, output_fraction, utilization) <= n * api_per_million / 1e6  # noqa: E731
+    def cheaper(n):
+        return (
+            monthly_cost(pools, weights, n, cache_hit_ratio, output_fraction, utilization) <= n * api_per_million / 1e6
+        )
+
     grid = [lo * 10 ** (k / 20) for k in range(int(20 * math.log10(hi / lo)) + 1)]
     prev = lo
     for n in grid:

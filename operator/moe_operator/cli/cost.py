@@ -8,14 +8,29 @@ from moe_operator.errors import UserError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("cost", help="self-hosting vs API: $/1M tokens and break-even monthly volume",
-                              description="Compare the spec's self-hosted $/1M tokens at a utilisation and cache-hit "
-                                          "ratio with API prices, and find the monthly volume from which self-hosting wins.")
+    p = subparsers.add_parser(
+        "cost",
+        help="self-hosting vs API: $/1M tokens and break-even monthly volume",
+        description="Compare the spec's self-hosted $/1M tokens at a utilisation and cache-hit "
+        "ratio with API prices, and find the monthly volume from which self-hosting wins.",
+    )
     p.add_argument("-f", "--filename", required=True, metavar="FILE", help="MoEDeployment YAML")
-    p.add_argument("--monthly-tokens", required=True, type=float, metavar="N", help="tokens per month (prompt + generated)")
-    p.add_argument("--cache-hit-ratio", type=float, default=0.5, metavar="R", help="prompt tokens served from cache, 0..1 (default 0.5)")
-    p.add_argument("--output-fraction", type=float, default=0.25, metavar="F", help="fraction of tokens generated (default 0.25)")
-    p.add_argument("--utilization", type=float, default=0.6, metavar="U", help="average fleet utilisation, 0..1 (default 0.6)")
+    p.add_argument(
+        "--monthly-tokens", required=True, type=float, metavar="N", help="tokens per month (prompt + generated)"
+    )
+    p.add_argument(
+        "--cache-hit-ratio",
+        type=float,
+        default=0.5,
+        metavar="R",
+        help="prompt tokens served from cache, 0..1 (default 0.5)",
+    )
+    p.add_argument(
+        "--output-fraction", type=float, default=0.25, metavar="F", help="fraction of tokens generated (default 0.25)"
+    )
+    p.add_argument(
+        "--utilization", type=float, default=0.6, metavar="U", help="average fleet utilisation, 0..1 (default 0.6)"
+    )
     p.add_argument("--catalog", metavar="FILE", help="catalog overrides (ConfigMap YAML)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
@@ -55,11 +70,23 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"api": api.name, "pricePerMillion": round(price, 4), "apiMonthlyCost": round(price * n / 1e6, 2),
                      "selfHostedWins": month <= price * n / 1e6,
                      "breakEvenMonthlyTokens": None if be is None else float(f"{be:.3g}"), "source": api.source})
-    doc = {"deployment": dep.metadata.name, "monthlyTokens": n, "cacheHitRatio": r, "outputFraction": f, "utilization": u,
-           "selfHosted": {"fleet": fleet, "monthlyCost": round(month, 2), "costPerMillion": round(self_cpm, 4),
-                          "marginalCostPerMillion": round(marginal, 4), "hoursPerMonth": HOURS_PER_MONTH,
-                          "fitsMaxReplicas": all(fleet.get(p.name, 0) <= p.max_replicas for p in pools)},
-           "pricesDate": PRICES_DATE, "apis": rows}
+    doc = {
+        "deployment": dep.metadata.name,
+        "monthlyTokens": n,
+        "cacheHitRatio": r,
+        "outputFraction": f,
+        "utilization": u,
+        "selfHosted": {
+            "fleet": fleet,
+            "monthlyCost": round(month, 2),
+            "costPerMillion": round(self_cpm, 4),
+            "marginalCostPerMillion": round(marginal, 4),
+            "hoursPerMonth": HOURS_PER_MONTH,
+            "fitsMaxReplicas": all(fleet.get(p.name, 0) <= p.max_replicas for p in pools),
+        },
+        "pricesDate": PRICES_DATE,
+        "apis": rows,
+    }
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -67,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     c = Console()
-    c.print(f"[bold]{dep.metadata.name}[/]: {n:.3g} tokens/month, cache hit {r:.0%}, output {f:.0%}, utilisation {u:.0%}")
+    c.print(
+        f"[bold]{dep.metadata.name}[/]: {n:.3g} tokens/month, cache hit {r:.0%}, output {f:.0%}, utilisation {u:.0%}"
+    )
     c.print(f"self-hosted: {', '.join(f'{k}={v}' for k, v in fleet.items())} -> ${month:,.0f}/month = "
             f"${self_cpm:.4f}/1M tokens (at scale: ${marginal:.4f}/1M)")
     if not doc["selfHosted"]["fitsMaxReplicas"]:
@@ -77,7 +106,12 @@ def run(args: argparse.Namespace) -> int:
         t.add_column(col, justify="left" if col == "API" else "right")
     for row in rows:
         be = row["breakEvenMonthlyTokens"]
-        t.add_row(row["api"], f"{row['pricePerMillion']:.4f}", f"{row['apiMonthlyCost']:,.0f}", "yes" if row["selfHostedWins"] else "no",
-                  "never" if be is None else f"{be:.3g}")
+        t.add_row(
+            row["api"],
+            f"{row['pricePerMillion']:.4f}",
+            f"{row['apiMonthlyCost']:,.0f}",
+            "yes" if row["selfHostedWins"] else "no",
+            "never" if be is None else f"{be:.3g}",
+        )
     c.print(t)
     return 0

@@ -49,8 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False,
-              caption="weights: GiB at each spec.quantization (none = 16-bit here; with none an fp8 checkpoint plans at its fp8 size); dtype: the published checkpoint's")
+    t = Table(
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        pad_edge=False,
+        caption="weights: GiB at each spec.quantization (none = 16-bit here; with none an fp8 checkpoint plans at its "
+        "fp8 size); dtype: the published checkpoint's",
+    )
     t.add_column("name", no_wrap=True)
     for col in ("arch", "total", "active", "experts", "top-k", "layers", "dtype", *BYTES_PER_PARAM):
         t.add_column(col, justify="left" if col in ("arch", "dtype") else "right", no_wrap=True)

@@ -84,7 +84,9 @@ def read_loads(path: str) -> list[list[float]]:
         raise UserError(f"loads file {path} is not JSON: {exc.msg} at line {exc.lineno}") from None
     layers = data.get("layers") if isinstance(data, dict) else None
     if not isinstance(layers, list) or not layers or not all(isinstance(row, list) for row in layers):
-        raise UserError(f'loads file {path} must be {{"layers": [[tokens per expert, ...], ...]}} with one list per layer')
+        raise UserError(
+            f'loads file {path} must be {{"layers": [[tokens per expert, ...], ...]}} with one list per layer'
+        )
     for i, row in enumerate(layers):
         for x in row:
             if isinstance(x, bool) or not isinstance(x, (int, float)):
@@ -100,7 +102,9 @@ def parse_devices(spec: str, slots_needed: int, node_size: int, catalog_path: st
     for raw in spec.split(","):
         m = _TERM.match(raw)
         if not m:
-            raise UserError(f"device term {raw.strip()!r} is not COUNTxNAME[@SPEED][:SLOTS] (e.g. 8xH800 or 8x910B@0.6:40)")
+            raise UserError(
+                f"device term {raw.strip()!r} is not COUNTxNAME[@SPEED][:SLOTS] (e.g. 8xH800 or 8x910B@0.6:40)"
+            )
         count, name, speed, slots = int(m[1]), m[2], m[3], m[4]
         if count < 1:
             raise UserError(f"device term {raw.strip()!r} has no devices")
@@ -206,7 +210,9 @@ def summary(placement: Placement, loads, report: dict) -> str:
     times = [sum(row[d] / devices[d].speed for row in per_device) for d in range(len(devices))]
     total_load = sum(map(sum, per_device)) or 1.0
     slowest = max(times) or 1.0
-    held = [sum(len(layer.experts_on(d)) for layer in placement.layers) / placement.num_layers for d in range(len(devices))]
+    held = [
+        sum(len(layer.experts_on(d)) for layer in placement.layers) / placement.num_layers for d in range(len(devices))
+    ]
     copies = sum(sum(r - 1 for r in layer.replicas) for layer in placement.layers) / placement.num_layers
     lines = [
         f"placement: {placement.num_layers} layers x {placement.num_experts} experts, {placement.num_slots} slots "
@@ -218,7 +224,8 @@ def summary(placement: Placement, loads, report: dict) -> str:
     for d, dev in enumerate(devices):
         lines.append(
             f"{dev.name:<16} {str(dev.node if dev.node is not None else '-'):<10} {dev.speed:>6.2f} {dev.slots:>5} "
-            f"{held[d]:>8.1f} {100 * sum(row[d] for row in per_device) / total_load:>6.1f}% {100 * times[d] / slowest:>5.0f}%"
+            f"{held[d]:>8.1f} {100 * sum(row[d] for row in per_device) / total_load:>6.1f}% "
+            f"{100 * times[d] / slowest:>5.0f}%"
         )
     before, after = report["before"], report["after"]
     lines += [
@@ -228,8 +235,11 @@ def summary(placement: Placement, loads, report: dict) -> str:
         f"{'':<34} {'round-robin':>12} {'balanced':>12}",
         f"{'max/mean device load':<34} {before['maxOverMeanLoad']:>12.3f} {after['maxOverMeanLoad']:>12.3f}",
         f"{'max device time (sum over layers)':<34} {before['maxDeviceTime']:>12.4g} {after['maxDeviceTime']:>12.4g}",
-        f"{'gap to lower bound':<34} {100 * before['gapToLowerBound']:>11.1f}% {100 * after['gapToLowerBound']:>11.1f}%",
+        f"{'gap to lower bound':<34} {100 * before['gapToLowerBound']:>11.1f}% "
+        f"{100 * after['gapToLowerBound']:>11.1f}%",
         f"lower bound (max device time): {report['lowerBound']:.4g}; speedup of the MoE layers: "
-        f"{before['maxDeviceTime'] / after['maxDeviceTime']:.2f}x" if after["maxDeviceTime"] > 0 else "",
+        f"{before['maxDeviceTime'] / after['maxDeviceTime']:.2f}x"
+        if after["maxDeviceTime"] > 0
+        else "",
     ]
     return "\n".join(lines) + "\n"

@@ -17,22 +17,38 @@ from moe_operator.errors import UserError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("replay", help="replay a trace against a live OpenAI endpoint and measure it",
-                              description="Send a trace's requests (Azure CSV or Mooncake JSONL) to an OpenAI-compatible "
-                                          "endpoint at their arrival times, streaming, and record TTFT, TPOT and tokens.")
+    p = subparsers.add_parser(
+        "replay",
+        help="replay a trace against a live OpenAI endpoint and measure it",
+        description="Send a trace's requests (Azure CSV or Mooncake JSONL) to an OpenAI-compatible "
+        "endpoint at their arrival times, streaming, and record TTFT, TPOT and tokens.",
+    )
     p.add_argument("--trace", required=True, metavar="FILE", help="Azure LLM trace .csv or Mooncake .jsonl")
     p.add_argument("--endpoint", required=True, metavar="URL", help="API base URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", metavar="NAME", help="model to ask for (default: the endpoint's first /v1/models entry)")
-    p.add_argument("--speedup", type=float, default=1.0, metavar="N", help="arrivals N times faster than recorded (default 1)")
-    p.add_argument("--scale-tokens", type=float, default=1.0, metavar="F",
-                   help="multiply prompt and output tokens (and Mooncake's 512-token blocks) by F, at least 1 (default 1)")
+    p.add_argument(
+        "--speedup", type=float, default=1.0, metavar="N", help="arrivals N times faster than recorded (default 1)"
+    )
+    p.add_argument(
+        "--scale-tokens",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="multiply prompt and output tokens (and Mooncake's 512-token blocks) by F, at least 1 (default 1)",
+    )
     p.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N",
                    help="cut longer prompts (after --scale-tokens) to N tokens, e.g. to fit a small model's context")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="replay only arrivals in the first S seconds")
+    p.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="replay only arrivals in the first S seconds"
+    )
     p.add_argument("--max-in-flight", type=int, default=64, metavar="K",
                    help="open requests at most; an arrival over K is recorded as rejected_client (default 64)")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds a request may take in all (default 120)")
-    p.add_argument("--window", type=float, default=30.0, metavar="S", help="seconds per window in the report (default 30)")
+    p.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S", help="seconds a request may take in all (default 120)"
+    )
+    p.add_argument(
+        "--window", type=float, default=30.0, metavar="S", help="seconds per window in the report (default 30)"
+    )
     p.add_argument("--replicas", type=int, default=1, metavar="N",
                    help="replicas serving the endpoint during the run (recorded for --calibrate; default 1)")
     p.add_argument("--ignore-eos", action="store_true",
@@ -88,7 +104,9 @@ async def _main(args, base_url: str, planned, console) -> tuple:
                 counts[kind] += 1
                 if kind != "done":
                     progress.advance(task)
-                progress.update(task, status=f"{in_flight} in flight, {counts['done']} done, {counts['rejected']} rejected")
+                progress.update(
+                    task, status=f"{in_flight} in flight, {counts['done']} done, {counts['rejected']} rejected"
+                )
 
             run_ = await replay(planned, base_url, model, max_in_flight=args.max_in_flight, timeout_s=args.timeout,
                                 stop=stop, on_event=on_event, api_key=api_key,
@@ -140,19 +158,30 @@ def _print_summary(doc: dict) -> None:
     def f(x, unit="s"):
         return "-" if x is None else f"{x:.3f} {unit}"
 
-    table = Table(title=f"replay of {doc['trace']['file']} (x{doc['trace']['speedup']:g}, tokens x{doc['trace']['scale_tokens']:g}) "
-                        f"-> {doc['endpoint']['url']} {doc['endpoint']['model']}" + (" [interrupted]" if doc["interrupted"] else ""))
+    table = Table(
+        title=f"replay of {doc['trace']['file']} (x{doc['trace']['speedup']:g}, tokens "
+        f"x{doc['trace']['scale_tokens']:g}) "
+        f"-> {doc['endpoint']['url']} {doc['endpoint']['model']}" + (" [interrupted]" if doc["interrupted"] else "")
+    )
     table.add_column("figure")
     table.add_column("value", justify="right")
-    rows = [("requests (ok / error / timeout / rejected / cancelled)",
-             f"{s['requests']} ({s['ok']} / {s['error']} / {s['timeout']} / {s['rejected_client']} / {s['cancelled']})"),
-            ("wall time", f(s["wall_s"])), ("output tokens/s", f(s["output_tokens_per_s"], "tok/s")),
-            ("completion tokens (asked)", f"{s['completion_tokens']} ({s['completion_tokens_asked']})"),
-            ("prompt tokens (cached by server / trace hint)",
-             f"{s['prompt_tokens']} ({s['cached_prompt_tokens']} / {s['cached_prompt_tokens_hint']})"),
-            ("TTFT p50 / p95 / p99", f"{f(s['ttft_p50_s'])} / {f(s['ttft_p95_s'])} / {f(s['ttft_p99_s'])}"),
-            ("TPOT p50 / p95", f"{f(s['tpot_p50_s'])} / {f(s['tpot_p95_s'])}"),
-            ("send lag p95", f(s["send_lag_p95_s"])), ("peak in flight", str(s["peak_in_flight"]))]
+    rows = [
+        (
+            "requests (ok / error / timeout / rejected / cancelled)",
+            f"{s['requests']} ({s['ok']} / {s['error']} / {s['timeout']} / {s['rejected_client']} / {s['cancelled']})",
+        ),
+        ("wall time", f(s["wall_s"])),
+        ("output tokens/s", f(s["output_tokens_per_s"], "tok/s")),
+        ("completion tokens (asked)", f"{s['completion_tokens']} ({s['completion_tokens_asked']})"),
+        (
+            "prompt tokens (cached by server / trace hint)",
+            f"{s['prompt_tokens']} ({s['cached_prompt_tokens']} / {s['cached_prompt_tokens_hint']})",
+        ),
+        ("TTFT p50 / p95 / p99", f"{f(s['ttft_p50_s'])} / {f(s['ttft_p95_s'])} / {f(s['ttft_p99_s'])}"),
+        ("TPOT p50 / p95", f"{f(s['tpot_p50_s'])} / {f(s['tpot_p95_s'])}"),
+        ("send lag p95", f(s["send_lag_p95_s"])),
+        ("peak in flight", str(s["peak_in_flight"])),
+    ]
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)

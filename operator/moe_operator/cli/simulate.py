@@ -15,14 +15,24 @@ JSON_VERSION = 1
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("simulate", help="replay a trace through the autoscaler and baselines",
-                              description="Replay a request trace (Azure CSV or Mooncake JSONL) through a queueing model "
-                                          "of the spec's pools for our policy, baselines and the offline optimum.")
+    p = subparsers.add_parser(
+        "simulate",
+        help="replay a trace through the autoscaler and baselines",
+        description="Replay a request trace (Azure CSV or Mooncake JSONL) through a queueing model "
+        "of the spec's pools for our policy, baselines and the offline optimum.",
+    )
     p.add_argument("--trace", required=True, metavar="FILE", help="Azure LLM trace .csv or Mooncake .jsonl")
     p.add_argument("--spec", "-f", required=True, metavar="FILE", help="MoEDeployment YAML")
-    p.add_argument("--policy", default="all", metavar="NAME",
-                   help="ours | static-peak | hpa | ray-serve | cheapest-pool | wva-greedy | optimum | all (default), comma-separated")
-    p.add_argument("--speedup", type=float, default=1.0, metavar="N", help="replay N times faster than recorded (default 1)")
+    p.add_argument(
+        "--policy",
+        default="all",
+        metavar="NAME",
+        help="ours | static-peak | hpa | ray-serve | cheapest-pool | wva-greedy | optimum | all (default), "
+        "comma-separated",
+    )
+    p.add_argument(
+        "--speedup", type=float, default=1.0, metavar="N", help="replay N times faster than recorded (default 1)"
+    )
     p.add_argument("--cache-hit-ratio", type=float, default=0.0, metavar="R",
                    help="prompt cache-hit ratio for traces without block ids (Azure), 0..1")
     p.add_argument("--json", action="store_true", help="print results as JSON (stable, documented)")
@@ -31,9 +41,13 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="replica", choices=("replica", "fluid"),
                    help="serving model: replica (per-replica engines: batch slots, KV, chunked prefill; default) or "
                         "fluid (the whole fleet as one FIFO queue)")
-    p.add_argument("--calibrate", action="append", metavar="[POOL=]FILE",
-                   help="fit each pool's replica profile from a `moectl replay --out-json` file (POOL=FILE for one pool; "
-                        "repeatable)")
+    p.add_argument(
+        "--calibrate",
+        action="append",
+        metavar="[POOL=]FILE",
+        help="fit each pool's replica profile from a `moectl replay --out-json` file (POOL=FILE for one pool; "
+        "repeatable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -113,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     trace = load_trace(args.trace, args.speedup, args.cache_hit_ratio)
     if args.calibrate and args.model != "replica":
         raise UserError("--calibrate fits the per-replica model: use it with --model replica")
-    profiles, calibration = _calibrate(args.calibrate, deployment, [p.name for p in pools]) if args.calibrate else ({}, {})
+    profiles, calibration = (
+        _calibrate(args.calibrate, deployment, [p.name for p in pools]) if args.calibrate else ({}, {})
+    )
     extra = {"model": args.model, "max_context_tokens": deployment.spec.model.max_context_tokens}
     if profiles:
         extra["profiles"] = profiles
@@ -138,20 +154,45 @@ def run(args: argparse.Namespace) -> int:
 
     doc = {
         "version": JSON_VERSION,
-        "trace": {"file": args.trace, "requests": len(trace), "durationSeconds": round(trace.duration_s, 1),
-                  "speedup": args.speedup, "cacheHitRatio": round(trace.cache_hit_ratio, 4),
-                  "tokens": round(trace.total_tokens)},
-        "spec": {"name": deployment.metadata.name,
-                 "pools": [{"name": p.name, "pricePerHour": p.price_per_hour, "capacityWorkPerSecond": p.capacity,
-                            "minReplicas": p.min_replicas, "maxReplicas": p.max_replicas, "coldStartSeconds": p.cold_start_s}
-                           for p in pools],
-                 "workWeights": {"prompt": round(weights.prompt, 5), "cachedPrompt": round(weights.cached_prompt, 5), "generated": 1.0},
-                 "slo": {"ttftSeconds": settings.ttft_p95_s, "tpotSeconds": settings.tpot_p95_s},
-                 "targetUtilization": settings.target_utilization,
-                 "budget": {"maxHourlyCost": settings.max_hourly_cost,
-                            "maxCostPerMillionTokens": settings.max_cost_per_million}},
-        "optimum": {"milpCost": round(opt.cost, 4), "lpLowerBound": round(opt.lp_bound, 4),
-                    "peakHourlyCost": round(opt.peak_hourly_cost, 4), "unmetDemandWorkUnits": round(opt.unmet_work, 1)},
+        "trace": {
+            "file": args.trace,
+            "requests": len(trace),
+            "durationSeconds": round(trace.duration_s, 1),
+            "speedup": args.speedup,
+            "cacheHitRatio": round(trace.cache_hit_ratio, 4),
+            "tokens": round(trace.total_tokens),
+        },
+        "spec": {
+            "name": deployment.metadata.name,
+            "pools": [
+                {
+                    "name": p.name,
+                    "pricePerHour": p.price_per_hour,
+                    "capacityWorkPerSecond": p.capacity,
+                    "minReplicas": p.min_replicas,
+                    "maxReplicas": p.max_replicas,
+                    "coldStartSeconds": p.cold_start_s,
+                }
+                for p in pools
+            ],
+            "workWeights": {
+                "prompt": round(weights.prompt, 5),
+                "cachedPrompt": round(weights.cached_prompt, 5),
+                "generated": 1.0,
+            },
+            "slo": {"ttftSeconds": settings.ttft_p95_s, "tpotSeconds": settings.tpot_p95_s},
+            "targetUtilization": settings.target_utilization,
+            "budget": {
+                "maxHourlyCost": settings.max_hourly_cost,
+                "maxCostPerMillionTokens": settings.max_cost_per_million,
+            },
+        },
+        "optimum": {
+            "milpCost": round(opt.cost, 4),
+            "lpLowerBound": round(opt.lp_bound, 4),
+            "peakHourlyCost": round(opt.peak_hourly_cost, 4),
+            "unmetDemandWorkUnits": round(opt.unmet_work, 1),
+        },
         "policies": {name: r.to_json() for name, r in results.items()},
     }
     cold = out.get("cold_start_optimum")
@@ -176,9 +217,18 @@ def run(args: argparse.Namespace) -> int:
         over = f"{r.budget_violation_s:.0f}" if settings.max_hourly_cost is not None else "-"
         if r.cost_per_million_violation_s is not None:
             over += f" ($/1M: {r.cost_per_million_violation_s:.0f})"
-        table.add_row(name, f"{r.total_cost:.2f}", "-" if cpm is None else f"{cpm:.4f}", f"{r.slo_attainment:.2%}",
-                      "-" if r.attainable_slo_attainment is None else f"{r.attainable_slo_attainment:.2%}",
-                      f"{r.peak_hourly_cost:.2f}", over, str(r.scale_actions), f"{r.unmet_tokens:.0f}", " ".join(f"{k}={v:.1f}" for k, v in r.mean_replicas.items()))
+        table.add_row(
+            name,
+            f"{r.total_cost:.2f}",
+            "-" if cpm is None else f"{cpm:.4f}",
+            f"{r.slo_attainment:.2%}",
+            "-" if r.attainable_slo_attainment is None else f"{r.attainable_slo_attainment:.2%}",
+            f"{r.peak_hourly_cost:.2f}",
+            over,
+            str(r.scale_actions),
+            f"{r.unmet_tokens:.0f}",
+            " ".join(f"{k}={v:.1f}" for k, v in r.mean_replicas.items()),
+        )
     console = Console(width=None if sys.stdout.isatty() else 180)   # a pipe gets every column, not 80 wide
     console.print(table)
     console.print(f"offline optimum (MILP, HiGHS): ${opt.cost:.2f}; LP lower bound on mean demand: ${opt.lp_bound:.2f}"
@@ -189,13 +239,15 @@ def run(args: argparse.Namespace) -> int:
                                                           if opt.unmet_work > 0 else ""))
     for pool, c in calibration.items():
         pr, fit = c["profile"], c["fit"]
-        console.print(f"calibrated {pool} from {c['file']}: prefill {pr['prefill_tps']:.1f} tok/s, cached "
-                      f"{pr['cached_prefill_tps']:.1f} tok/s ({fit['prefill']['cached_source']}), decode step "
-                      f"{pr['step_base_s'] * 1000:.2f} ms + {pr['step_per_seq_s'] * 1000:.3f} ms x batch, "
-                      f"{pr['ttft_overhead_s'] * 1000:.0f} ms to every first token outside the engine "
-                      f"({fit['prefill']['points']} + {fit['decode']['points']} points, TPOT rms "
-                      f"{fit['decode']['relative_rms']:.1%})" + ("" if c["appliedToSimulation"] else
-                                                                  "; not applied: this simulator takes no profiles yet"))
+        console.print(
+            f"calibrated {pool} from {c['file']}: prefill {pr['prefill_tps']:.1f} tok/s, cached "
+            f"{pr['cached_prefill_tps']:.1f} tok/s ({fit['prefill']['cached_source']}), decode step "
+            f"{pr['step_base_s'] * 1000:.2f} ms + {pr['step_per_seq_s'] * 1000:.3f} ms x batch, "
+            f"{pr['ttft_overhead_s'] * 1000:.0f} ms to every first token outside the engine "
+            f"({fit['prefill']['points']} + {fit['decode']['points']} points, TPOT rms "
+            f"{fit['decode']['relative_rms']:.1%})"
+            + ("" if c["appliedToSimulation"] else "; not applied: this simulator takes no profiles yet")
+        )
     if args.plot:
         console.print(f"plot: {args.plot}")
     return 0

@@ -37,7 +37,10 @@ def register(subparsers) -> None:
 
 
 def serve_config_for(path: str) -> tuple[str, str, dict]:
-    """(app name, served model name, serveConfigV2 dict) for the MoEDeployment in ``path``, as the operator renders it."""
+    """(app name, served model name, serveConfigV2 dict) for the MoEDeployment in ``path``.
+
+    As the operator renders it.
+    """
     import yaml
 
     from moe_operator.api import load_manifest

@@ -5,8 +5,8 @@ With ``spec.rebalance.enabled`` the render injects env ``MOE_ADMIN_TOKEN`` from 
 The Secret is owned by the MoEDeployment (garbage-collected with it). An existing one is used only when this
 MoEDeployment owns it (an earlier life of the operator made it, or an admin who brings their own token set the
 ownerReference): whoever pre-creates it knows its token, so one owned by nobody or by another object is refused,
-reported, and neither injected into the pods nor sent by the rebalancer. The operator only gets and creates Secrets (no list, watch,
-update or delete), so a Secret with an empty token is reported, not repaired.
+reported, and neither injected into the pods nor sent by the rebalancer. The operator only gets and creates Secrets (no
+list, watch, update or delete), so a Secret with an empty token is reported, not repaired.
 """
 from __future__ import annotations
 

@@ -89,8 +89,9 @@ def _refusal(metrics_spec) -> Refused | None:
 
 
 def _source(state: State, metrics_spec, model: str, engine: str = "torch", scope: dict[str, str] | None = None):
-    """The metrics source of one MoEDeployment; Prometheus queries are scoped to ``scope`` (its namespace and name as
-    the PodMonitor's target labels), so another namespace's deployment of the same model is never its demand."""
+    """The metrics source of one MoEDeployment; Prometheus queries are scoped to ``scope`` (its namespace, the target
+    label Kubernetes service discovery attaches), so another namespace's deployment of the same model is never its
+    demand. The namespace is the trust boundary: not the deployment, whose pod label anyone there could set."""
     url = os.environ.get("MOE_PROMETHEUS_URL") or None
     key = (metrics_spec.model_dump_json() if metrics_spec is not None else None, model, url, engine,
            tuple(METRICS_HOSTS), tuple(sorted((scope or {}).items())))
@@ -113,7 +114,9 @@ def _ready(rc: dict | None, pools: list[str]) -> dict[str, int]:
     if not rc:
         return {}
     st = rc.get("status") or {}
-    groups = {g.get("groupName"): int(g.get("replicas") or 0) for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []}
+    groups = {
+        g.get("groupName"): int(g.get("replicas") or 0) for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []
+    }
     ready_workers = st.get("readyWorkerReplicas", st.get("availableWorkerReplicas"))
     out = {}
     for p in pools:
@@ -198,8 +201,7 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         state.history, origin = restore_history(body.get("status"), pools, settings, current, now)
         log.info("autoscaler: %s/%s: history restored, desired %s (from %s)", ns, name, _fmt(state.history.desired),
                  origin)
-    source = _source(state, a.metrics, dep.spec.model.served_model_name or name, dep.spec.engine,
-                     {"namespace": ns, "moe_deployment": name})
+    source = _source(state, a.metrics, dep.spec.model.served_model_name or name, dep.spec.engine, {"namespace": ns})
     obs = source.observe() if source is not None else None
     if obs is not None:   # the runtime's moe_ready_replicas where it reports a pool, else the RayCluster's count
         from dataclasses import replace
@@ -217,7 +219,9 @@ def tick(body: dict, now: float | None = None) -> dict | None:
     if scaled:
         try:
             patch = actuator.rayservice_patch(rs, desired)
-        except UserError as exc:   # e.g. no engine-<pool> deployment or LLMConfig for a pool, or a Serve autoscaling_config
+        except (
+            UserError
+        ) as exc:  # e.g. no engine-<pool> deployment or LLMConfig for a pool, or a Serve autoscaling_config
             if state.error != str(exc):
                 kube.post_event(body, "Warning", "ScaleFailed", f"cannot apply {_fmt(desired)}: {exc}")
             state.error = str(exc)
@@ -233,8 +237,14 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         metrics.DECISIONS.labels(ns, name, d.reason.split(":")[0].split(" ")[0] or "scale").inc()
 
     old = dict(body.get("status") or {})
-    fields = report.status_fields(d, pools, obs, ready, {p.name: p.accelerator for p in dep.spec.pools},
-                                  a.budget.max_hourly_cost is not None or a.budget.max_cost_per_million_tokens is not None)
+    fields = report.status_fields(
+        d,
+        pools,
+        obs,
+        ready,
+        {p.name: p.accelerator for p in dep.spec.pools},
+        a.budget.max_hourly_cost is not None or a.budget.max_cost_per_million_tokens is not None,
+    )
     by_name = {p["name"]: p for p in old.get("pools") or []}
     new_pools = []
     for p in fields["pools"]:

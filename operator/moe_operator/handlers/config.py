@@ -17,8 +17,8 @@ class OperatorConfig:
     catalog_configmap: str | None = None          # "<namespace>/<name>" of the cluster catalog overrides
     namespaces: list[str] = field(default_factory=list)   # watched namespaces; empty = all
     images: Images = field(default_factory=Images.from_env)
-    drift_interval_seconds: float = 30.0           # how often each MoEDeployment re-checks its RayService
-    peering: str | None = None                     # kopf peering object name (active/standby replicas); None: standalone
+    drift_interval_seconds: float = 30.0  # how often each MoEDeployment re-checks its RayService
+    peering: str | None = None  # kopf peering object name (active/standby replicas); None: standalone
     catalog_ttl_seconds: float = 30.0              # how long a read of the catalog ConfigMap is reused
     # the NetworkPolicy in front of each MoEDeployment's Ray pods (handlers/netpol.py); None: none is written.
     # Off in-process by default (library use, offline tests); ``moe-operator`` turns it on unless --no-network-policy

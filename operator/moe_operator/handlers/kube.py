@@ -180,7 +180,9 @@ def read_configmap(namespace: str, name: str) -> dict[str, Any] | None:
 def list_moeds(namespaces: list[str]) -> list[dict[str, Any]]:
     """Every MoEDeployment in the watched namespaces (all namespaces when the list is empty)."""
     if namespaces:
-        return [i for ns in namespaces for i in api().list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]]
+        return [
+            i for ns in namespaces for i in api().list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+        ]
     return api().list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
 
 

@@ -42,7 +42,9 @@ class Consumer:
 
 
 _POOLS: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
-_INFLIGHT: dict[tuple[str, tuple[str, str]], tuple[concurrent.futures.Future, float]] = {}   # (what, key) -> (tick, start)
+_INFLIGHT: dict[
+    tuple[str, tuple[str, str]], tuple[concurrent.futures.Future, float]
+] = {}  # (what, key) -> (tick, start)
 _LOCK = threading.Lock()
 LAST_STEP: float | None = None    # time.monotonic() of the step loop's last turn (None: not started)
 

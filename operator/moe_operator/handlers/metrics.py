@@ -14,8 +14,9 @@ LIMITED = Gauge("moe_operator_budget_limited", "1 while BudgetLimited=True", _L)
 STALE = Gauge("moe_operator_metrics_stale", "1 while the autoscaler holds for stale/missing metrics", _L)
 DECISIONS = Counter("moe_operator_scaling_decisions", "Decisions that changed replicas, by reason word",
                     [*_L, "reason"])   # exported as moe_operator_scaling_decisions_total
-WRITES = Counter("moe_operator_api_writes_total", "API writes the operator made, by kind (create, replace, status, event)",
-                 ["kind"])
+WRITES = Counter(
+    "moe_operator_api_writes_total", "API writes the operator made, by kind (create, replace, status, event)", ["kind"]
+)
 ERRORS = Counter("moe_operator_reconcile_errors", "Failed reconciles", _L)   # ..._total
 REBALANCES = Counter("moe_operator_rebalances", "Expert placements the rebalancer posted to the runtime",
                      [*_L, "pool"])   # ..._total

@@ -83,7 +83,8 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
                 if fresh and live is not None:   # keep the sizes the autoscaler set on the existing one
                     r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
                     desired = _adopted(r, body)
-        # just created from ``desired``: nothing to compare (two YAML parses of serveConfigV2 saved); the sweep checks it
+        # just created from ``desired``: nothing to compare (two YAML parses of serveConfigV2 saved);
+        # the sweep checks it
         if live is not None and not created and drift.drifted(live, desired, strict):
             if kube.replace_with_retry(namespace, name, lambda cur: drift.repair(cur, desired, strict)):
                 events.append(("Normal", "Updated",

@@ -48,7 +48,9 @@ def rayservice_ready(live: dict | None) -> tuple[bool, str]:
     for c in st.get("conditions") or []:
         if c.get("type") == "Ready":
             # the reason only: KubeRay rewrites its messages often, and our status must not change with them
-            return c.get("status") == "True", f"KubeRay reports Ready={c.get('status')} ({c.get('reason') or 'no reason'})"
+            return c.get(
+                "status"
+            ) == "True", f"KubeRay reports Ready={c.get('status')} ({c.get('reason') or 'no reason'})"
     state = st.get("serviceStatus") or ""
     return state == "Running", f"RayService serviceStatus is {state or 'not reported yet'}"
 
@@ -83,12 +85,24 @@ def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live
         "ready": "True" if ready else "False",
         "costPerHour": round(sum(p["costPerHour"] for p in pools), 4),
         "conditions": [
-            condition(conds, "Ready", "True" if ready else "False", "RayServiceReady" if ready else "WaitingForRayService",
-                      "the RayService serves the model" if ready else
-                      f"waiting for KubeRay to bring up RayService {r.name}: {why}", generation),
-            condition(conds, "Progressing", "False" if ready else "True", "Reconciled" if ready else "RayServiceStarting",
-                      "nothing to do" if ready else f"RayService {r.name} is applied; pods and Serve apps are starting",
-                      generation),
+            condition(
+                conds,
+                "Ready",
+                "True" if ready else "False",
+                "RayServiceReady" if ready else "WaitingForRayService",
+                "the RayService serves the model"
+                if ready
+                else f"waiting for KubeRay to bring up RayService {r.name}: {why}",
+                generation,
+            ),
+            condition(
+                conds,
+                "Progressing",
+                "False" if ready else "True",
+                "Reconciled" if ready else "RayServiceStarting",
+                "nothing to do" if ready else f"RayService {r.name} is applied; pods and Serve apps are starting",
+                generation,
+            ),
             condition(conds, "Degraded", "False", "AsPlanned", "", generation),
             condition(conds, "SpecInvalid", "False", "SpecValid", "", generation),
             # the autoscaler owns BudgetLimited (handlers/autoscale.py): carried over unchanged
@@ -112,10 +126,18 @@ def invalid_status(old: dict, generation: int | None, reason: str, message: str,
         "ready": "False",
         "conditions": [
             condition(conds, "Ready", "False", reason, message, generation),
-            condition(conds, "Progressing", "False", reason, f"{fix}; nothing was applied for this generation", generation),
+            condition(
+                conds, "Progressing", "False", reason, f"{fix}; nothing was applied for this generation", generation
+            ),
             condition(conds, "Degraded", "False", "AsPlanned", "", generation),
-            condition(conds, "SpecInvalid", "True" if spec_invalid else "False", reason if spec_invalid else "SpecValid",
-                      message if spec_invalid else "", generation),
+            condition(
+                conds,
+                "SpecInvalid",
+                "True" if spec_invalid else "False",
+                reason if spec_invalid else "SpecValid",
+                message if spec_invalid else "",
+                generation,
+            ),
         ],
     }
 

@@ -1,7 +1,8 @@
 """Per-object timing marks for the scale benchmark's breakdown (off unless env ``MOE_OPERATOR_TRACE`` names a file).
 
-Each mark is one line ``<time.monotonic() s> <namespace>/<name> <phase>`` (the phase may hold spaces); CLOCK_MONOTONIC is system-wide on
-Linux, so the benchmark lines these up with its own create calls and watch events. Off: one dict lookup.
+Each mark is one line ``<time.monotonic() s> <namespace>/<name> <phase>`` (the phase may hold spaces); CLOCK_MONOTONIC
+is system-wide on Linux, so the benchmark lines these up with its own create calls and watch events. Off: one dict
+lookup.
 """
 from __future__ import annotations
 

@@ -446,9 +446,12 @@ def plot_replay(doc: dict[str, Any], out: str | Path) -> Path:
     ax1b.plot(mid, col("prompt_tokens_per_s"), "s--", color="C1", label="prompt tokens/s")
     ax1b.set_ylabel("prompt tokens/s")
     s = doc["summary"]
-    ax1.set_title(f"{Path(doc['trace']['file']).name} x{doc['trace']['speedup']:g}, tokens x{doc['trace']['scale_tokens']:g} "
-                  f"-> {doc['endpoint']['model']}: {s['ok']} ok, {s['error']} error, {s['timeout']} timeout, "
-                  f"{s['rejected_client']} rejected", fontsize=9)
+    ax1.set_title(
+        f"{Path(doc['trace']['file']).name} x{doc['trace']['speedup']:g}, tokens x{doc['trace']['scale_tokens']:g} "
+        f"-> {doc['endpoint']['model']}: {s['ok']} ok, {s['error']} error, {s['timeout']} timeout, "
+        f"{s['rejected_client']} rejected",
+        fontsize=9,
+    )
     h1, l1 = ax1.get_legend_handles_labels()
     h2, l2 = ax1b.get_legend_handles_labels()
     ax1.legend(h1 + h2, l1 + l2, fontsize=8)

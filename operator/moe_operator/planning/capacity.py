@@ -98,7 +98,15 @@ def comm_seconds(facts: ModelFacts, par: Parallelism, accelerator: Accelerator, 
     if par.devices == 1:
         return 0.0
     h = facts.hidden_size * ACTIVATION_BYTES
-    a2a = tokens * facts.num_moe_layers * 2 * facts.experts_per_token * h * (par.expert_parallel - 1) / par.expert_parallel
+    a2a = (
+        tokens
+        * facts.num_moe_layers
+        * 2
+        * facts.experts_per_token
+        * h
+        * (par.expert_parallel - 1)
+        / par.expert_parallel
+    )
     allreduce = tokens * facts.num_layers * 2 * h * 2 * (par.tensor_parallel - 1) / par.tensor_parallel
     return (a2a + allreduce) / (par.devices * accelerator.interconnect_gbps * 1e9 * INTERCONNECT_EFFICIENCY)
 
@@ -120,7 +128,9 @@ def replica_throughput(
     mean_prompt = max_context_tokens / 2
 
     def overhead(sequences: float) -> float:
-        return facts.num_layers * (accelerator.step_overhead_seconds + sequences * accelerator.sequence_overhead_seconds)
+        return facts.num_layers * (
+            accelerator.step_overhead_seconds + sequences * accelerator.sequence_overhead_seconds
+        )
 
     # prefill
     step_tokens = min(PREFILL_STEP_TOKENS, max_batch_size * mean_prompt)
@@ -137,7 +147,9 @@ def replica_throughput(
     # decode
     b = max_batch_size
     expert_bytes = facts.params_per_expert * param_bytes(quantization, dense)
-    always_bytes = weights_bytes(facts, quantization, dense) - facts.routed_expert_params * param_bytes(quantization, dense)
+    always_bytes = weights_bytes(facts, quantization, dense) - facts.routed_expert_params * param_bytes(
+        quantization, dense
+    )
     kv_bytes = b * facts.kv_bytes_per_token(dense) * max_context_tokens / 2
     decode_memory = (always_bytes + touched_experts(facts, b) * expert_bytes + kv_bytes) / bandwidth
     decode_compute = b * (2 * facts.active_params + facts.attention_flops_per_token(max_context_tokens / 2)) / (

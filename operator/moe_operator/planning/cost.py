@@ -71,11 +71,15 @@ def cost_summary(
         price_per_device_hour=price_per_device_hour,
         price_per_replica_hour=capacity.price_per_hour,
         utilisation=utilisation,
-        per_million_prompt=cost_per_million_tokens(capacity, utilisation, TokenMix(prompt=1, cached_prompt=0, generated=0)),
+        per_million_prompt=cost_per_million_tokens(
+            capacity, utilisation, TokenMix(prompt=1, cached_prompt=0, generated=0)
+        ),
         per_million_cached_prompt=cost_per_million_tokens(
             capacity, utilisation, TokenMix(prompt=0, cached_prompt=1, generated=0)
         ),
-        per_million_generated=cost_per_million_tokens(capacity, utilisation, TokenMix(prompt=0, cached_prompt=0, generated=1)),
+        per_million_generated=cost_per_million_tokens(
+            capacity, utilisation, TokenMix(prompt=0, cached_prompt=0, generated=1)
+        ),
         per_million_blended=cost_per_million_tokens(capacity, utilisation, mix),
         mix=mix,
     )

@@ -88,7 +88,9 @@ def pool_devices(placement: Mapping[str, Any], speed: float, redundant_slots: in
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"placement must be the placement JSON (numExperts, shards, layers): {exc}") from None
     if not shards:
-        raise UserError("placement has no shards: nothing to rebalance (placement null runs every expert in the engine)")
+        raise UserError(
+            "placement has no shards: nothing to rebalance (placement null runs every expert in the engine)"
+        )
     if len(set(names)) != len(names):
         raise UserError(f"placement names a shard twice: {names}")
     slots = max(widest, -(-(n_experts + redundant_slots) // len(shards)))

@@ -4,7 +4,8 @@ Rules (D = devicesPerReplica, E = routed experts):
 
 - experts: expert parallel size ``ep`` = D when D divides E (each device holds E/D whole experts); otherwise the
   largest divisor of D that divides E, with each expert's FFN split by tensor parallelism over the remaining
-  ``etp = D / ep`` devices (``etp`` must divide the expert width). No such split: SpecInvalid(DevicesDoNotDivideExperts).
+  ``etp = D / ep`` devices (``etp`` must divide the expert width). No such split:
+  SpecInvalid(DevicesDoNotDivideExperts).
 - attention: tensor parallel size ``tp`` = the largest divisor of D that is at most ``node_devices`` (tensor
   parallelism across nodes is too slow) and divides the attention heads (and, for grouped KV heads, divides or is a
   multiple of the KV heads); data parallel size ``dp = D / tp`` (DP-attention, as DeepSeek serves V3).

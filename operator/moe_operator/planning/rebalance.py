@@ -83,16 +83,24 @@ def should_rebalance(
     imb_before = before.step_time / ideal
     if last_applied_at is not None and now - last_applied_at < cooldown_s:
         left = cooldown_s - (now - last_applied_at)
-        return RebalanceDecision(False, None, imb_before, imb_before, 0.0,
-                                 f"cooldown: {left:.0f}s left of {cooldown_s:.0f}s since the last rebalance", "cooldown")
+        return RebalanceDecision(
+            False,
+            None,
+            imb_before,
+            imb_before,
+            0.0,
+            f"cooldown: {left:.0f}s left of {cooldown_s:.0f}s since the last rebalance",
+            "cooldown",
+        )
     proposed = balance(matrix, devices, redundant_slots, num_groups=num_groups)
     after = placement_stats(proposed, matrix)
     imb_after = after.step_time / ideal
     gain = 1.0 - after.step_time / before.step_time if before.step_time > 0 else 0.0
     doc = to_placement_json(proposed)
     if _same(doc, current_placement):
-        return RebalanceDecision(False, doc, imb_before, imb_after, gain, "the current placement is already the balanced one",
-                                 "balanced")
+        return RebalanceDecision(
+            False, doc, imb_before, imb_after, gain, "the current placement is already the balanced one", "balanced"
+        )
     if gain < min_gain or gain <= 0:
         return RebalanceDecision(False, doc, imb_before, imb_after, gain,
                                  f"gain {gain:.1%} is below the threshold {min_gain:.1%} "
@@ -108,7 +116,9 @@ def placement_from_json(doc: Mapping[str, Any], devices: Sequence[Device]) -> Pl
         names = [str(s["name"]) for s in doc["shards"]]
         layers = list(doc["layers"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"current placement must be the placement JSON (numLayers, numExperts, shards, layers): {exc}") from None
+        raise UserError(
+            f"current placement must be the placement JSON (numLayers, numExperts, shards, layers): {exc}"
+        ) from None
     index = {d.name: i for i, d in enumerate(devices)}
     missing = [n for n in names if n not in index]
     if missing:
@@ -116,7 +126,9 @@ def placement_from_json(doc: Mapping[str, Any], devices: Sequence[Device]) -> Pl
     if len(layers) == 1:
         layers = layers * n_layers
     if len(layers) != n_layers or any(len(layer) != len(names) for layer in layers):
-        raise UserError(f"current placement layers must be 1 or numLayers={n_layers} entries of {len(names)} shards each")
+        raise UserError(
+            f"current placement layers must be 1 or numLayers={n_layers} entries of {len(names)} shards each"
+        )
     out = []
     for li, layer in enumerate(layers):
         slots = sorted((index[name], int(e)) for name, experts in zip(names, layer) for e in experts)

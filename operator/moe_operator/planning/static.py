@@ -35,7 +35,10 @@ def shard_devices(par: Parallelism, accelerator: Accelerator, redundant_slots: i
 def initial_placement(
     facts: ModelFacts, par: Parallelism, accelerator: Accelerator, redundant_slots: int = 0
 ) -> dict[str, Any]:
-    """Placement JSON: every expert once per shard group, balanced (equal experts per shard), one entry for all layers."""
+    """Placement JSON: every expert once per shard group, balanced (equal experts per shard).
+
+    One entry for all layers.
+    """
     devices = shard_devices(par, accelerator, redundant_slots)
     placement = static_placement(facts.num_moe_layers, facts.num_experts, devices, redundant_slots)
     return to_placement_json(placement)

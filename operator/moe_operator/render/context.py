@@ -41,7 +41,8 @@ def hosts_per_replica(vendor: str, devices_per_replica: int) -> tuple[int, int]:
     if devices_per_replica % per_node:
         raise SpecInvalid(
             f"devicesPerReplica {devices_per_replica} spans nodes of {per_node} devices unevenly; "
-            f"use a multiple of {per_node} (e.g. {per_node * (devices_per_replica // per_node + 1)}) or at most {per_node}",
+            f"use a multiple of {per_node} (e.g. {per_node * (devices_per_replica // per_node + 1)}) or at most "
+            f"{per_node}",
             reason="DevicesDoNotDivide",
         )
     return per_node, devices_per_replica // per_node

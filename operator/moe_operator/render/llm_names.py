@@ -5,8 +5,8 @@ LLMConfig's ``deployment_config.num_replicas`` inside ``args``: Serve hashes ``a
 version, so a changed ``args`` replaces every replica (weights reloaded), while a changed override only adds
 or removes replicas (docs/benchmarks/autoscaling-actuation.md). An override must name a deployment the app
 really builds (Serve fails the whole app with "Deployment '<name>' does not exist" otherwise), so the name
-follows Ray Serve LLM's builder, checked in the source of Ray 2.49.1, 2.58.0 (the vLLM images' pin, ``Images.vllm_ray_version``) and 2.60.0
-(installed):
+follows Ray Serve LLM's builder, checked in the source of Ray 2.49.1, 2.58.0 (the vLLM images' pin,
+``Images.vllm_ray_version``) and 2.60.0 (installed):
 
 * ``build_openai_app``: ``"LLMServer:" + deployment_config.name``, and without a name the model id with ``/``
   -> ``--`` and ``.`` -> ``_`` (2.49.1 ``builders/application_builders.build_llm_deployment`` +
@@ -45,7 +45,10 @@ def llm_deployment_name(import_path: str, cfg: Mapping[str, Any]) -> str | None:
 
 
 def serve_replicas_per_replica(import_path: str, cfg: Mapping[str, Any]) -> int:
-    """Serve replicas per autoscaler replica: ``data_parallel_size`` for a DP app (one replica = one DP group), else 1."""
+    """Serve replicas per autoscaler replica.
+
+    ``data_parallel_size`` for a DP app (one replica = one DP group), else 1.
+    """
     if SERVER_CLASS.get(str(import_path)) != "DPServer":
         return 1
     dp = (cfg.get("engine_kwargs") or {}).get("data_parallel_size", 1)

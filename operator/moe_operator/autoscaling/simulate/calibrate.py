@@ -65,7 +65,9 @@ def _lstsq(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[s
     return coef, se, stats
 
 
-def _robust_lstsq(X: np.ndarray, y: np.ndarray, min_points: int) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray]:
+def _robust_lstsq(
+    X: np.ndarray, y: np.ndarray, min_points: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray]:
     """_lstsq after dropping gross outliers (|residual| > OUTLIER_MADS robust sigmas, refitted until stable):
     one stall of the machine during a profiling run must not decide the fit. Also returns the mask kept."""
     keep = np.ones(len(y), dtype=bool)
@@ -100,7 +102,9 @@ def fit_profile(records: Sequence[dict[str, Any]], max_batch: int, kv_tokens: in
     """(ServingProfile, report) fitted from replay records; ``max_batch`` and ``kv_tokens`` are the serving
     spec's (a replay cannot measure them), ``replicas`` the replicas behind the endpoint during the replay."""
     if max_batch < 1 or kv_tokens < 1 or replicas < 1:
-        raise UserError(f"calibration needs max_batch, kv_tokens and replicas >= 1 (got {max_batch}, {kv_tokens}, {replicas})")
+        raise UserError(
+            f"calibration needs max_batch, kv_tokens and replicas >= 1 (got {max_batch}, {kv_tokens}, {replicas})"
+        )
     recs = [r for r in records if isinstance(r, dict)]
     sent, first, end = _col(recs, "sent_s"), _col(recs, "first_token_s"), _col(recs, "end_s")
     ok = np.array([r.get("outcome") == "ok" for r in recs]) & ~np.isnan(sent) & ~np.isnan(first) & ~np.isnan(end)
@@ -199,11 +203,19 @@ def fit_profile(records: Sequence[dict[str, Any]], max_batch: int, kv_tokens: in
                  "max_abs_residual_s": float(np.max(np.abs(resid))),
                  "r2": 1.0 - float(resid @ resid) / float(((tpot - tpot.mean()) ** 2).sum() or 1.0)}
     if stats["relative_rms"] > MAX_RELATIVE_RMS:
-        raise UserError(f"TPOT is not explained by the concurrency (rms residual {stats['relative_rms']:.0%} of the mean "
-                        f"over {len(tpot)} requests); the run was disturbed")
-    report["decode"] = {"points": int(len(tpot)), "step_base_s": _round(base), "step_per_seq_s": _round(per_seq),
-                        "concurrency_min": _round(float(b.min()), 4), "concurrency_max": _round(float(b.max()), 4),
-                        "clamped_to_zero": clamped, **{k: _round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}}
+        raise UserError(
+            f"TPOT is not explained by the concurrency (rms residual {stats['relative_rms']:.0%} of the mean "
+            f"over {len(tpot)} requests); the run was disturbed"
+        )
+    report["decode"] = {
+        "points": int(len(tpot)),
+        "step_base_s": _round(base),
+        "step_per_seq_s": _round(per_seq),
+        "concurrency_min": _round(float(b.min()), 4),
+        "concurrency_max": _round(float(b.max()), 4),
+        "clamped_to_zero": clamped,
+        **{k: _round(v, 4) if isinstance(v, float) else v for k, v in stats.items()},
+    }
     profile = ServingProfile(max_batch=int(max_batch), kv_tokens=int(kv_tokens), prefill_tps=float(prefill_tps),
                              cached_prefill_tps=float(cached_rate), step_base_s=base, step_per_seq_s=per_seq,
                              ttft_overhead_s=max(0.0, float(report["prefill"]["intercept_s"])))

@@ -83,7 +83,9 @@ class Replay(ReplayResults):
         self.trace, self.pools, self.w = trace, pools, weights
         self.fleet = FleetState(list(pools), weights, cold_start=cold_start)
         self.ttft_target, self.tpot_target = ttft_target, tpot_target
-        self.work = (weights.prompt * trace.prompt + weights.cached_prompt * trace.cached + weights.generated * trace.output)
+        self.work = (
+            weights.prompt * trace.prompt + weights.cached_prompt * trace.cached + weights.generated * trace.output
+        )
         n = len(trace)
         self.ttft = np.full(n, np.inf)
         self.tpot = np.full(n, np.inf)

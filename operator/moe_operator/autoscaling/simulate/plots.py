@@ -39,7 +39,9 @@ def plot_results(results: dict, pool_names: list[str], out: str | Path, title: s
         tt = np.array([s[0] for s in r.series]) / 60.0
         for i, pool in enumerate(pool_names):
             n = np.array([s[3].get(pool, 0) for s in r.series])
-            ax2.step(tt, n, style, where="post", color=f"C{i}", lw=1.8 if name == "ours" else 1.2, label=f"{name}: {pool}")
+            ax2.step(
+                tt, n, style, where="post", color=f"C{i}", lw=1.8 if name == "ours" else 1.2, label=f"{name}: {pool}"
+            )
     ax2.set_ylabel("replicas asked for")
     ax2.set_xlabel("minutes")
     ax2.legend(fontsize=8, loc="upper right")
@@ -62,8 +64,9 @@ def plot_frontier(panels: list[dict], out: str | Path, target_ratio: float = 1.1
     """Cost (x the offline optimum) vs SLO attainment, one panel per trace.
 
     Each panel: {"title": str, "sweeps": {label: [(ratio, attainment, note)]} (lines), "points": {name: (ratio,
-    attainment)} (baselines and references), "ymin": lowest attainment drawn (points below are named in the title)}. The issue's target region (ratio <= target_ratio, attainment >=
-    target_slo) is shaded so an SRE sees where it sits relative to what the policies reach.
+    attainment)} (baselines and references), "ymin": lowest attainment drawn (points below are named in the title)}.
+    The issue's target region (ratio <= target_ratio, attainment >= target_slo) is shaded so an SRE sees where it sits
+    relative to what the policies reach.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -73,8 +76,16 @@ def plot_frontier(panels: list[dict], out: str | Path, target_ratio: float = 1.1
     for ax, panel in zip(axes[0], panels):
         xs = [r for pts in panel["sweeps"].values() for r, _, _ in pts] + [r for r, _ in panel["points"].values()]
         ys = [a for pts in panel["sweeps"].values() for _, a, _ in pts] + [a for _, a in panel["points"].values()]
-        ax.add_patch(plt.Rectangle((0, target_slo), target_ratio, 1.0 - target_slo + 0.01, color="tab:green", alpha=0.15,
-                                   label=f"target: <= {target_ratio:g}x optimum at >= {target_slo:.0%}"))
+        ax.add_patch(
+            plt.Rectangle(
+                (0, target_slo),
+                target_ratio,
+                1.0 - target_slo + 0.01,
+                color="tab:green",
+                alpha=0.15,
+                label=f"target: <= {target_ratio:g}x optimum at >= {target_slo:.0%}",
+            )
+        )
         for i, (label, pts) in enumerate(panel["sweeps"].items()):
             pts = sorted(pts)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}", ms=4, lw=1.2, label=label)

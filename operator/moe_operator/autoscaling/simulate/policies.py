@@ -145,7 +145,10 @@ class WvaCostGreedy:
 
     def __call__(self, obs, replay, now):
         need = demand_work(obs, self.s) / self.s.target_utilization
-        cur = {p.name: min(p.max_replicas, max(p.min_replicas, (replay.last_asked or {}).get(p.name, 0))) for p in self.pools}
+        cur = {
+            p.name: min(p.max_replicas, max(p.min_replicas, (replay.last_asked or {}).get(p.name, 0)))
+            for p in self.pools
+        }
         cheap_first = sorted(self.pools, key=lambda p: p.price_per_work)
         while capacity_of(self.pools, cur) < need:
             p = next((p for p in cheap_first if cur[p.name] < p.max_replicas), None)

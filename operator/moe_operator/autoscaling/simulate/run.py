@@ -73,9 +73,17 @@ class PolicyResult:
 def first_observation(trace: Trace, interval: float, pools: Sequence[PoolModel]) -> Observation:
     """The true demand of the first interval, as if measured (used to start every policy warm)."""
     m = trace.arrival_s < interval
-    return Observation(0.0, {"prompt": float(trace.prompt[m].sum() / interval), "cached_prompt": float(trace.cached[m].sum() / interval),
-                             "generated": float(trace.output[m].sum() / interval)},
-                       requests_per_s=float(m.sum() / interval), queue_depth=0.0, ready={p.name: 0 for p in pools})
+    return Observation(
+        0.0,
+        {
+            "prompt": float(trace.prompt[m].sum() / interval),
+            "cached_prompt": float(trace.cached[m].sum() / interval),
+            "generated": float(trace.output[m].sum() / interval),
+        },
+        requests_per_s=float(m.sum() / interval),
+        queue_depth=0.0,
+        ready={p.name: 0 for p in pools},
+    )
 
 
 def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy: Callable, cold_start: bool = True,
@@ -117,17 +125,30 @@ def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy:
     else:
         ok = attainable_fluid(trace.prompt, trace.cached, pools, settings.ttft_p95_s, settings.tpot_p95_s)
     return PolicyResult(
-        name=getattr(policy, "name", "policy"), total_cost=r.cost, served_tokens=served * tokens_per_work,
-        slo_attainment=float(met.mean()) if len(met) else 1.0, scale_actions=r.actions, unmet_tokens=r.unmet_tokens(),
+        name=getattr(policy, "name", "policy"),
+        total_cost=r.cost,
+        served_tokens=served * tokens_per_work,
+        slo_attainment=float(met.mean()) if len(met) else 1.0,
+        scale_actions=r.actions,
+        unmet_tokens=r.unmet_tokens(),
         mean_replicas={n: float(asked[:, i].mean()) for i, n in enumerate(names)},
-        peak_replicas={n: int(asked[:, i].max()) for i, n in enumerate(names)}, series=r.series, met=met,
-        attainable_slo_attainment=attainment_over(met, ok), unattainable_requests=int((~ok).sum()),
-        peak_hourly_cost=peak_hourly_cost(rates), peak_paid_hourly_cost=peak_hourly_cost(np.array([s[4] for s in r.series])),
+        peak_replicas={n: int(asked[:, i].max()) for i, n in enumerate(names)},
+        series=r.series,
+        met=met,
+        attainable_slo_attainment=attainment_over(met, ok),
+        unattainable_requests=int((~ok).sum()),
+        peak_hourly_cost=peak_hourly_cost(rates),
+        peak_paid_hourly_cost=peak_hourly_cost(np.array([s[4] for s in r.series])),
         budget_violation_s=budget_violation_seconds(rates, settings.max_hourly_cost),
         cost_per_million_violation_s=cost_per_million_violation_seconds(
-            r.series, settings.max_cost_per_million, interval, tokens_per_work,
-            floor_cost_rate(pools, keep_one=not settings.scale_to_zero)),
-        attainable=ok)
+            r.series,
+            settings.max_cost_per_million,
+            interval,
+            tokens_per_work,
+            floor_cost_rate(pools, keep_one=not settings.scale_to_zero),
+        ),
+        attainable=ok,
+    )
 
 
 def make_policy(name: str, trace: Trace, pools: Sequence[PoolModel], settings: Settings, max_batch_size: int):

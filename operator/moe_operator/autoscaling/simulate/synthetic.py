@@ -13,10 +13,10 @@ Shapes (m(t) over a trace of D seconds; ``SHAPES``):
 | shape | envelope | defining property (tests/autoscaling/test_synthetic.py) |
 | --- | --- | --- |
 | ``flat`` | 1 x (1 + U(-0.15, 0.15)) held for each 30 s | every 5 min bin within +-20% of the mean |
-| ``diurnal`` | 1 + 0.6 sin(2 pi t / D - pi / 2): one compressed day | trough at the ends, peak in the middle, peak/trough ~4 |
+| ``diurnal`` | 1 + 0.6 sin(2 pi t/D - pi/2): one compressed day | trough at the ends, peak mid-trace, peak/trough ~4 |
 | ``ramp`` | linear 0.2 -> 1.8 at D/2 -> 0.2 | rises to the middle, falls after |
 | ``step`` | 0.6, 1.8 in [D/3, 2D/3), 0.6 after | the middle third ~3x the outer thirds |
-| ``spikes`` | base b, and about one spike per 5 min at 7b for 10-30 s (seeded) | the busiest 1% of seconds >= 4x the median second |
+| ``spikes`` | base b, ~1 spike per 5 min at 7b for 10-30 s (seeded) | busiest 1% of seconds >= 4x the median second |
 | ``on-off`` | 2 for 300 s, 0 for 300 s, repeated | no arrival in an off period |
 | ``long-prompt`` | flat (no noise), long-context prompts (below) | median prompt >= 8k tokens |
 | ``heavy-tail`` | flat (no noise), Pareto outputs (below) | the longest 1% of outputs hold >= 15% of output tokens |

@@ -106,7 +106,9 @@ def load_mooncake_jsonl(path: Path, speedup: float = 1.0) -> Trace:
                 ts, n_in, n_out = float(r["timestamp"]), float(r["input_length"]), float(r["output_length"])
                 blocks = [int(b) for b in r.get("hash_ids", [])]
             except (ValueError, TypeError, KeyError) as exc:
-                raise UserError(f"{path}:{line}: expected JSON with timestamp, input_length, output_length, hash_ids ({exc})") from None
+                raise UserError(
+                    f"{path}:{line}: expected JSON with timestamp, input_length, output_length, hash_ids ({exc})"
+                ) from None
             if not all(math.isfinite(x) for x in (ts, n_in, n_out)):
                 raise UserError(f"{path}:{line}: timestamp and lengths must be finite numbers")
             if n_in < 0 or n_out < 0:

@@ -18,7 +18,9 @@ def source_for(metrics_spec, model: str, default_scrape_url: str | None = None, 
         from .prometheus import PrometheusSource
 
         return PrometheusSource(metrics_spec.prometheus.url, model=model, engine=engine, scope=scope)
-    url = metrics_spec.scrape.url if metrics_spec is not None and metrics_spec.scrape is not None else default_scrape_url
+    url = (
+        metrics_spec.scrape.url if metrics_spec is not None and metrics_spec.scrape is not None else default_scrape_url
+    )
     if url is None:
         return None
     from .scrape import ScrapeSource

@@ -1,7 +1,7 @@
 """Prometheus source: PromQL over the runtime's contract metrics (docs/contracts.md section 4).
 
-Queries (``{sel}`` = ``namespace="<ns>", moe_deployment="<name>", model="<served name>"``, values escaped; the
-operator scopes by namespace and MoEDeployment, ``moectl up`` by model only; ``[w]`` = the rate window, default 1m):
+Queries (``{sel}`` = ``namespace="<ns>", model="<served name>"``, values escaped; the operator scopes by the
+MoEDeployment's namespace, ``moectl up`` by model only; ``[w]`` = the rate window, default 1m):
   tokens/s by kind   sum by (kind) (rate(moe_tokens_total{sel}[w]))
   by pool and kind   sum by (pool, kind) (rate(moe_tokens_total{sel}[w]))
   requests/s         sum(rate(moe_requests_total{sel}[w]))
@@ -27,7 +27,8 @@ served_model_name to the LLMConfig's model_id, which the render sets to servedMo
   queue depth          sum(<num_requests_waiting>)
   running              sum(<num_requests_running>)
   TTFT / TPOT p95      histogram_quantile(0.95, sum by (le) (rate(<time_to_first_token_seconds_bucket>[w]))),
-                       TPOT from <time_per_output_token_seconds_bucket> or, in newer vLLM, <inter_token_latency_seconds_bucket>
+                       TPOT from <time_per_output_token_seconds_bucket> or, in newer vLLM,
+                       <inter_token_latency_seconds_bucket>
   freshness            max(timestamp(<num_requests_waiting>))
 vLLM has no ready-replica gauge: ``ready`` is empty (the operator counts the RayCluster).
 """
@@ -57,8 +58,8 @@ def _matchers(labels: Mapping[str, str]) -> str:
 def queries(model: str, window: str = "1m", scope: Mapping[str, str] | None = None) -> dict[str, str]:
     """The PromQL this source runs, by purpose (documented above and in docs/autoscaling.md).
 
-    ``scope``: target labels that name one MoEDeployment (the operator passes namespace and moe_deployment, which
-    the chart's PodMonitor attaches): two namespaces serving the same model name never share demand."""
+    ``scope``: target labels every series must also carry (the operator passes the MoEDeployment's namespace,
+    which Kubernetes service discovery attaches): two namespaces serving the same model name never share demand."""
     sel = "{" + _matchers({**(scope or {}), "model": model}) + "}"
     return {
         "tokens": f"sum by (kind) (rate(moe_tokens_total{sel}[{window}]))",
@@ -150,8 +151,16 @@ class PrometheusSource:
         self.url, self.model, self.window, self.clock, self.engine = url, model, window, clock, engine
         self.timeout_s = timeout_s
         self.client = client or _Client(url, timeout_s, max_bytes)
+        self.scope = dict(scope or {})
         self.q = (vllm_queries if engine == "vllm" else queries)(model, window, scope)
         self.last_error: str | None = None
+
+    def _scoped(self) -> str:
+        """What the missing series must also carry, said where a scrape config without it would leave us holding."""
+        if not self.scope:
+            return ""
+        return (" with target labels " + _matchers(self.scope) + " (the chart's PodMonitor attaches namespace; "
+                "a scrape config of your own must too)")
 
     def _vector(self, key: str) -> list[dict]:
         return self.client.custom_query(query=self.q[key])
@@ -183,13 +192,15 @@ class PrometheusSource:
         tokens_res = self._vector("tokens")
         queue = self._scalar("queue")
         if not tokens_res or queue is None:
-            raise _NoSeries(f"no moe_tokens_total/moe_queue_depth series for model {self.model!r}")
+            raise _NoSeries(f"no moe_tokens_total/moe_queue_depth series for model {self.model!r}{self._scoped()}")
         tokens = {k: 0.0 for k in KINDS}
         for r in tokens_res:
             tokens[r["metric"].get("kind", "")] = _num(r["value"][1]) or 0.0
         by_pool: dict[str, dict[str, float]] = {}
         for r in self._vector("tokens_by_pool"):
-            by_pool.setdefault(r["metric"].get("pool", ""), {})[r["metric"].get("kind", "")] = _num(r["value"][1]) or 0.0
+            by_pool.setdefault(r["metric"].get("pool", ""), {})[r["metric"].get("kind", "")] = (
+                _num(r["value"][1]) or 0.0
+            )
         ready = {r["metric"].get("pool", ""): int(v) for r in self._vector("ready")
                  if (v := _num(r["value"][1])) is not None}
         fresh = self._scalar("freshness")
@@ -205,8 +216,8 @@ class PrometheusSource:
         """From vLLM's own series (vllm_queries()): prompt tokens less the prefix-cache hits are computed ones."""
         generated, queue = self._scalar("generated"), self._scalar("queue")
         if generated is None or queue is None:
-            raise _NoSeries(f"no vLLM generation_tokens/num_requests_waiting series for model_name {self.model!r} "
-                            "(Ray Serve LLM exports them with log_engine_metrics)")
+            raise _NoSeries(f"no vLLM generation_tokens/num_requests_waiting series for model_name {self.model!r}"
+                            f"{self._scoped()} (Ray Serve LLM exports them with log_engine_metrics)")
         cached = self._scalar("cached") or 0.0
         prompt = max(0.0, (self._scalar("prompt_all") or 0.0) - cached)
         fresh = self._scalar("freshness")

@@ -32,7 +32,7 @@ class Snapshot:
     running: float = 0.0
     ttft_buckets: dict[float, float] = field(default_factory=dict)          # le -> cumulative count
     tpot_buckets: dict[float, float] = field(default_factory=dict)
-    ready: dict[str, int] = field(default_factory=dict)                    # pool -> moe_ready_replicas (max over series)
+    ready: dict[str, int] = field(default_factory=dict)  # pool -> moe_ready_replicas (max over series)
     seen: set = field(default_factory=set)
 
 
@@ -118,8 +118,9 @@ def observation_between(prev: Snapshot, cur: Snapshot) -> Observation | None:
 class ScrapeSource:
     """Scrapes ``url`` each ``observe()``; ``fetch`` (url -> text) and ``clock`` are injectable for tests.
 
-    A scrape ends within ``timeout_s`` in all (not per read) and reads at most ``max_bytes`` (moe_operator/boundedhttp.py):
-    a URL that drips its answer or sends an endless one costs one tick its deadline, nothing more."""
+    A scrape ends within ``timeout_s`` in all (not per read) and reads at most ``max_bytes``
+    (moe_operator/boundedhttp.py): a URL that drips its answer or sends an endless one costs one tick its deadline,
+    nothing more."""
 
     def __init__(self, url: str, model: str | None = None, fetch: Callable[[str], str] | None = None,
                  clock: Callable[[], float] = time.time, timeout_s: float = 5.0, max_bytes: int = 16 * 1024 * 1024):
