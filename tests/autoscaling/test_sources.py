@@ -50,8 +50,16 @@ def running_prometheus(targets):
     (tmp / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n- job_name: runtime\n  static_configs:\n" + statics)
-    proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -128,21 +136,30 @@ def test_prometheus_source_and_decisions_follow_load(exporter, prometheus):
 @pytest.mark.timeout(120)
 def test_two_tenants_with_the_same_model_name_do_not_share_demand():
     """Two namespaces each run a deployment serving model "m" (issue 14 item 9): each autoscaler reads its own
-    load only, by the target labels Prometheus attaches (the chart's PodMonitor: namespace and moe_deployment, which
-    a scraped series cannot override: honorLabels false)."""
+    load only, by the namespace target label Prometheus attaches (the chart's PodMonitor; a scraped series cannot
+    override it: honorLabels false)."""
     mine, theirs = Exporter(free_port()), Exporter(free_port())
     try:
         mine.load.update(generated=1000.0, prompt=0.0)
         theirs.load.update(generated=9000.0, prompt=0.0)
-        with running_prometheus([(mine.server.server_port, {"namespace": "team-a", "moe_deployment": "chat"}),
-                                 (theirs.server.server_port, {"namespace": "team-b", "moe_deployment": "chat"})]) as url:
-            scoped = PrometheusSource(url, model="m", window="5s", scope={"namespace": "team-a", "moe_deployment": "chat"})
+        with running_prometheus(
+            [
+                (mine.server.server_port, {"namespace": "team-a", "moe_deployment": "chat"}),
+                (theirs.server.server_port, {"namespace": "team-b", "moe_deployment": "chat"}),
+            ]
+        ) as url:
+            scoped = PrometheusSource(
+                url, model="m", window="5s", scope={"namespace": "team-a", "moe_deployment": "chat"}
+            )
+
             def settled():
                 o = scoped.observe()
                 return o if o is not None and 700 <= o.tokens_per_s["generated"] <= 1300 else None
             o = wait_for(settled)                                     # both tenants summed would read ~10000
             assert o is not None, (scoped.last_error, scoped.observe())
-            other = PrometheusSource(url, model="m", window="5s", scope={"namespace": "team-c", "moe_deployment": "chat"})
+            other = PrometheusSource(
+                url, model="m", window="5s", scope={"namespace": "team-c", "moe_deployment": "chat"}
+            )
             assert other.observe() is None                                           # nothing of its own: holds
     finally:
         mine.close()

@@ -1,5 +1,5 @@
-"""Offline parts of the operator's autoscaler (and the rebalancer's gauges): /metrics names (contracts section 6), RayCluster patch, merge patch,
-peering priority; and that the cli parses --peering."""
+"""Offline parts of the operator's autoscaler (and the rebalancer's gauges): /metrics names (contracts section 6),
+RayCluster patch, merge patch, peering priority; and that the cli parses --peering."""
 from __future__ import annotations
 
 import re
@@ -128,13 +128,31 @@ def test_vllm_deployment_scaled_by_tick_and_a_restart_inside_the_window_keeps_re
     cluster.install(monkeypatch)
     monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch", scope=None: source)
     monkeypatch.setattr(autoscale, "STATES", {})
-    body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
-            "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1, "uid": "u-1", "annotations": {
+    body = {
+        "apiVersion": "serving.moe-operator.io/v1alpha1",
+        "kind": "MoEDeployment",
+        "metadata": {
+            "name": m.metadata.name,
+            "namespace": "default",
+            "generation": 1,
+            "uid": "u-1",
+            "annotations": {
                 "autoscaling.moe-operator.io/capacity": json.dumps(
-                    {"ascend": {"prefillTps": 10000, "decodeTps": 1000, "cachedPrefillTps": 100000}})}},
-            "spec": {**m.spec.model_dump(by_alias=True, exclude_none=True),
-                     "autoscaling": {"enabled": True, "intervalSeconds": 10, "targetUtilization": 0.7,
-                                     "scaleDownStabilizationSeconds": 120, "budget": {"maxHourlyCost": 40}}}}
+                    {"ascend": {"prefillTps": 10000, "decodeTps": 1000, "cachedPrefillTps": 100000}}
+                )
+            },
+        },
+        "spec": {
+            **m.spec.model_dump(by_alias=True, exclude_none=True),
+            "autoscaling": {
+                "enabled": True,
+                "intervalSeconds": 10,
+                "targetUtilization": 0.7,
+                "scaleDownStabilizationSeconds": 120,
+                "budget": {"maxHourlyCost": 40},
+            },
+        },
+    }
 
     def tick(t, generated):
         source.now, source.generated = t, generated
@@ -227,13 +245,29 @@ def test_a_rayservice_it_does_not_own_is_never_scaled(monkeypatch):
 
 
 def test_the_tick_scopes_prometheus_to_its_own_namespace_and_deployment(monkeypatch):
-    """Two namespaces may both serve model "chat" (issue 14 item 9): the operator's queries carry namespace and
-    moe_deployment, the target labels the chart's PodMonitor attaches."""
+    """Two namespaces may both serve model "chat" (issue 14 item 9): the operator's queries carry the namespace, the
+    target label the chart's PodMonitor attaches."""
     from moe_operator.api.spec import MetricsSpec
     from moe_operator.autoscaling.sources.prometheus import promql_string
 
     state = autoscale.State()
     spec = MetricsSpec.model_validate({"prometheus": {"url": "http://prometheus.monitoring:9090"}})
-    src = autoscale._source(state, spec, "chat", "torch", {"namespace": "team-a", "moe_deployment": "web"})
+    src = autoscale._source(state, spec, "chat", "torch", {"namespace": "team-a"})
     for q in src.q.values():
-        assert f"namespace={promql_string('team-a')}" in q and f"moe_deployment={promql_string('web')}" in q, q
+        assert f"namespace={promql_string('team-a')}" in q, q
+    from moe_operator.api import load_manifest
+    from moe_operator.catalog import Catalog
+    from moe_operator.render import Images
+    from moe_operator.render.pipeline import plan_and_render
+
+    m = load_manifest(Path(__file__).resolve().parents[2] / "examples" / "mixtral-8x7b-ascend.yaml")
+    _Cluster(plan_and_render(m.metadata.name, "team-a", m.spec, Catalog.default(), Images()).rayservice).install(
+        monkeypatch)
+    seen = []
+    monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch", scope=None: seen.append(scope))
+    monkeypatch.setattr(autoscale, "STATES", {})
+    body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+            "metadata": {"name": m.metadata.name, "namespace": "team-a", "generation": 1, "uid": "u-1"},
+            "spec": {**m.spec.model_dump(by_alias=True, exclude_none=True), "autoscaling": {"enabled": True}}}
+    autoscale.tick(body, 1000.0)
+    assert seen == [{"namespace": "team-a"}]
