@@ -91,3 +91,40 @@ def test_serve_config_is_compared_as_data_not_text():
     assert not drift.drifted(live, want)
     live["spec"]["serveConfigV2"] = "applications:\n  - args:\n      x: 2\n    name: a\n"
     assert drift.drifted(live, want)
+
+
+def _rendered_example():
+    from pathlib import Path
+
+    from moe_operator.api import load_manifest
+    from moe_operator.catalog import Catalog
+    from moe_operator.render import Images
+    from moe_operator.render.pipeline import plan_and_render
+
+    m = load_manifest(Path(__file__).resolve().parents[2] / "examples" / "qwen3-moe-mixed.yaml")
+    return plan_and_render(m.metadata.name, "default", m.spec, Catalog.default(), Images()).rayservice
+
+
+def _containers(rs):
+    cfg = rs["spec"]["rayClusterConfig"]
+    for group in [cfg["headGroupSpec"], *cfg["workerGroupSpecs"]]:
+        yield from group["template"]["spec"]["containers"]
+
+
+def test_an_operator_upgrade_that_adds_a_security_context_rolls_no_cluster_until_the_spec_changes():
+    """A pod-template change makes KubeRay bring up a whole second cluster (upgradeStrategy NewCluster): the
+    securityContext a newer operator renders must not roll every deployment at once on its first sweep (review of
+    issue 14 item 16). It is applied with the next spec change (strict), and a sweep's repair of another field keeps
+    the live pods' securityContext."""
+    desired = _rendered_example()
+    live = copy.deepcopy(desired)
+    for c in _containers(live):
+        c.pop("securityContext")
+    assert not drift.drifted(live, desired, strict=False)
+    assert drift.drifted(live, desired, strict=True)
+    live["spec"]["serveConfigV2"] = "applications: []"          # real drift elsewhere: repaired
+    assert drift.repair(live, desired, strict=False)
+    assert live["spec"]["serveConfigV2"] == desired["spec"]["serveConfigV2"]
+    assert all("securityContext" not in c for c in _containers(live))
+    assert drift.repair(live, desired, strict=True)
+    assert all(c.get("securityContext") for c in _containers(live))

@@ -19,6 +19,17 @@ import yaml
 from moe_operator.render.fastyaml import load
 
 SIZE_FIELDS = ("replicas", "minReplicas", "maxReplicas")
+# Container fields a newer operator renders that would change every pod template: with KubeRay's NewCluster upgrade
+# a whole second cluster per deployment, all at once on the first sweep after an upgrade. The sweep (non-strict)
+# neither compares nor writes them; the next spec change (strict) applies them.
+SPEC_CHANGE_ONLY = ("securityContext",)
+
+
+def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    cfg = spec.get("rayClusterConfig") or {}
+    groups = [cfg.get("headGroupSpec") or {}, *(cfg.get("workerGroupSpecs") or [])]
+    return [c for g in groups for c in (((g.get("template") or {}).get("spec") or {}).get("containers") or [])
+            if isinstance(c, dict)]
 
 
 def _normalise(spec: dict[str, Any], strict: bool) -> dict[str, Any]:
@@ -33,6 +44,9 @@ def _normalise(spec: dict[str, Any], strict: bool) -> dict[str, Any]:
         for g in (out.get("rayClusterConfig") or {}).get("workerGroupSpecs") or []:
             for k in SIZE_FIELDS:
                 g.pop(k, None)
+        for c in _containers(out):
+            for k in SPEC_CHANGE_ONLY:
+                c.pop(k, None)
     return out
 
 
@@ -71,7 +85,8 @@ def drifted(live: dict[str, Any], desired: dict[str, Any], strict: bool = True) 
 def repair(live: dict[str, Any], desired: dict[str, Any], strict: bool = True) -> bool:
     """Put our owned fields into ``live`` (in place); False when nothing needed changing.
 
-    Non-strict repair keeps the live sizes of worker groups (the autoscaler's) and writes the rest.
+    Non-strict repair keeps the live sizes of worker groups (the autoscaler's) and the containers' SPEC_CHANGE_ONLY
+    fields, and writes the rest.
     """
     if not drifted(live, desired, strict):
         return False
@@ -85,6 +100,14 @@ def repair(live: dict[str, Any], desired: dict[str, Any], strict: bool = True) -
                 for k in SIZE_FIELDS:
                     if k in old:
                         g[k] = old[k]
+        live_containers = {(i, c.get("name")): c for i, c in enumerate(_containers(live.get("spec", {})))}
+        for i, c in enumerate(_containers(desired["spec"])):
+            old_c = live_containers.get((i, c.get("name")), {})
+            for k in SPEC_CHANGE_ONLY:
+                if k in old_c:
+                    c[k] = copy.deepcopy(old_c[k])
+                else:
+                    c.pop(k, None)
     meta = live.setdefault("metadata", {})
     meta["labels"] = {**meta.get("labels", {}), **desired["metadata"].get("labels", {})}
     refs = [r for r in meta.get("ownerReferences", []) if r.get("uid") not in
