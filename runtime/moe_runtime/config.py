@@ -39,7 +39,9 @@ class Placement(_Strict):
     @model_validator(mode="after")
     def _check(self) -> "Placement":
         if len(self.layers) not in (1, self.num_layers):
-            raise ValueError(f"placement.layers has {len(self.layers)} entries; expected 1 or numLayers={self.num_layers}")
+            raise ValueError(
+                f"placement.layers has {len(self.layers)} entries; expected 1 or numLayers={self.num_layers}"
+            )
         for li, layer in enumerate(self.layers):
             if len(layer) != len(self.shards):
                 raise ValueError(f"placement.layers[{li}] has {len(layer)} shards; expected {len(self.shards)}")

@@ -118,7 +118,9 @@ def with_replicas(config: dict[str, Any], replicas: dict[str, int]) -> dict[str,
     return out
 
 
-def scale(config: dict[str, Any], replicas: dict[str, int], host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
+def scale(
+    config: dict[str, Any], replicas: dict[str, int], host: str = "127.0.0.1", port: int = 8000
+) -> dict[str, Any]:
     """Re-apply ``config`` with new per-pool replicas (Serve adds or removes only the difference; the other
     replicas keep serving). Returns the config now applied."""
     new = with_replicas(config, replicas)

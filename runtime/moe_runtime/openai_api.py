@@ -100,7 +100,9 @@ class _Common(BaseModel):
         if self.n != 1:
             raise unsupported("n", "n > 1")
         if self.presence_penalty or self.frequency_penalty:
-            raise unsupported("presence_penalty" if self.presence_penalty else "frequency_penalty", "a non-zero penalty")
+            raise unsupported(
+                "presence_penalty" if self.presence_penalty else "frequency_penalty", "a non-zero penalty"
+            )
         if self.logit_bias:
             raise unsupported("logit_bias", "logit_bias")
 

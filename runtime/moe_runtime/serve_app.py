@@ -195,7 +195,10 @@ class RemoteEngine:
             gen = self.handles[pool].options(stream=True).generate.remote(
                 prompt_token_ids, asdict(params), request_id)
             self.inflight[pool] += 1
-            done = (lambda p=pool: self.inflight.__setitem__(p, self.inflight[p] - 1))
+
+            def done(p=pool):
+                self.inflight[p] -= 1
+
             try:
                 first = await gen.__anext__()
             except BackPressureError:

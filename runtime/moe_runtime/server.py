@@ -275,7 +275,9 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
 
     @app.exception_handler(405)
     async def _bad_method(req: Request, _exc):
-        return oa.APIError(405, f"method {req.method} not allowed on {req.url.path}", code="method_not_allowed").response()
+        return oa.APIError(
+            405, f"method {req.method} not allowed on {req.url.path}", code="method_not_allowed"
+        ).response()
 
     @app.get("/health")
     async def health():

@@ -7,14 +7,49 @@ from moe_operator.errors import UserError
 
 
 def rayservice():
-    serve = {"applications": [{"name": "m", "route_prefix": "/", "import_path": "moe_runtime.serve_app:app_builder",
-                               "args": {"model_name": "m"},
-                               "deployments": [{"name": "engine-h800", "num_replicas": 1, "ray_actor_options": {"resources": {"pool-h800": 1}}},
-                                               {"name": "engine-ascend", "num_replicas": 2, "ray_actor_options": {"resources": {"pool-ascend": 1}}},
-                                               {"name": "OpenAIIngress", "num_replicas": 1}]}]}
-    groups = [{"groupName": "h800", "replicas": 1, "minReplicas": 0, "maxReplicas": 4, "numOfHosts": 1, "template": {"spec": {"x": 1}}},
-              {"groupName": "ascend", "replicas": 2, "minReplicas": 0, "maxReplicas": 4, "numOfHosts": 2, "template": {"spec": {"y": 2}}}]
-    return {"spec": {"serveConfigV2": yaml.safe_dump(serve), "rayClusterConfig": {"headGroupSpec": {"h": 1}, "workerGroupSpecs": groups}}}
+    serve = {
+        "applications": [
+            {
+                "name": "m",
+                "route_prefix": "/",
+                "import_path": "moe_runtime.serve_app:app_builder",
+                "args": {"model_name": "m"},
+                "deployments": [
+                    {"name": "engine-h800", "num_replicas": 1, "ray_actor_options": {"resources": {"pool-h800": 1}}},
+                    {
+                        "name": "engine-ascend",
+                        "num_replicas": 2,
+                        "ray_actor_options": {"resources": {"pool-ascend": 1}},
+                    },
+                    {"name": "OpenAIIngress", "num_replicas": 1},
+                ],
+            }
+        ]
+    }
+    groups = [
+        {
+            "groupName": "h800",
+            "replicas": 1,
+            "minReplicas": 0,
+            "maxReplicas": 4,
+            "numOfHosts": 1,
+            "template": {"spec": {"x": 1}},
+        },
+        {
+            "groupName": "ascend",
+            "replicas": 2,
+            "minReplicas": 0,
+            "maxReplicas": 4,
+            "numOfHosts": 2,
+            "template": {"spec": {"y": 2}},
+        },
+    ]
+    return {
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(serve),
+            "rayClusterConfig": {"headGroupSpec": {"h": 1}, "workerGroupSpecs": groups},
+        }
+    }
 
 
 def test_patch_sets_serve_and_worker_replicas_only():
@@ -67,7 +102,9 @@ def test_status_fields_and_source_choice():
     assert status.last_decisions[0].time == "2023-11-14T22:13:20Z"
     assert fields["replicas"].startswith("ascend=0/")
     assert changed(None, d) and not changed(d.replicas, d)
-    assert isinstance(source_for(MetricsSpec.model_validate({"prometheus": {"url": "http://p:9090"}}), "m"), PrometheusSource)
+    assert isinstance(
+        source_for(MetricsSpec.model_validate({"prometheus": {"url": "http://p:9090"}}), "m"), PrometheusSource
+    )
     from moe_operator.autoscaling.sources.prometheus import queries, vllm_queries
 
     prom = MetricsSpec.model_validate({"prometheus": {"url": "http://p:9090"}})

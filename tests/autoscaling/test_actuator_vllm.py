@@ -87,7 +87,10 @@ def test_vllm_pools_scale_through_the_deployment_override_never_args(example):
 
 
 def test_override_names_the_llm_server_deployment_as_ray_serve_llm_does():
-    """LLMServer:/DPServer: + the model id with / -> -- and . -> _ (Ray 2.49.1, 2.58.0 and 2.60 builders, llm_names.py)."""
+    """LLMServer:/DPServer: + the model id with / -> -- and . -> _.
+
+    As Ray 2.49.1, 2.58.0 and 2.60 builders do (llm_names.py).
+    """
     names = {}
     for example in VLLM:
         rs, _ = rendered(example)
@@ -106,7 +109,10 @@ def test_override_names_the_llm_server_deployment_as_ray_serve_llm_does():
 def test_data_parallel_app_counts_dp_groups_and_the_override_holds_serve_replicas():
     rs, _ = rendered("deepseek-v3-h800")
     app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
-    assert app["import_path"].endswith("build_dp_openai_app") and app["args"]["llm_config"]["engine_kwargs"]["data_parallel_size"] == 2
+    assert (
+        app["import_path"].endswith("build_dp_openai_app")
+        and app["args"]["llm_config"]["engine_kwargs"]["data_parallel_size"] == 2
+    )
     assert app["deployments"][0]["num_replicas"] == 2 * app["args"]["llm_config"]["deployment_config"]["num_replicas"]
     live = merge(copy.deepcopy(rs), rayservice_patch(rs, {"h800": 3}))
     app = yaml.safe_load(live["spec"]["serveConfigV2"])["applications"][0]

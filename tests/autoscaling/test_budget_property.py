@@ -14,9 +14,16 @@ from moe_operator.autoscaling import History, Observation, PoolModel, Settings, 
 from moe_operator.autoscaling.mix import cost_of
 
 pool = st.builds(
-    lambda i, price, cap, lo, span, prefill, cold: PoolModel(f"p{i}", price, cap, lo, lo + span, cold, prefill_tps=prefill),
-    st.integers(0, 10**6), st.floats(0.5, 80), st.floats(100, 5000), st.integers(0, 4), st.integers(0, 8),
-    st.one_of(st.just(0.0), st.floats(1000, 100000)), st.sampled_from([0.0, 60.0, 120.0, 600.0]),
+    lambda i, price, cap, lo, span, prefill, cold: PoolModel(
+        f"p{i}", price, cap, lo, lo + span, cold, prefill_tps=prefill
+    ),
+    st.integers(0, 10**6),
+    st.floats(0.5, 80),
+    st.floats(100, 5000),
+    st.integers(0, 4),
+    st.integers(0, 8),
+    st.one_of(st.just(0.0), st.floats(1000, 100000)),
+    st.sampled_from([0.0, 60.0, 120.0, 600.0]),
 )
 load = st.tuples(
     st.floats(0, 50000),                                  # generated tokens/s

@@ -52,7 +52,9 @@ def test_window_defaults_to_cold_starts_and_can_be_set_or_turned_off():
     pools = two_pools()   # cold starts 180 s and 120 s
     assert reserve_window_s(pools, Settings()) == RESERVE_COLD_STARTS * 180
     short = two_pools(ascend={"cold_start_s": 10}, h800={"cold_start_s": 10})
-    assert reserve_window_s(short, Settings(scale_down_stabilization_s=300)) == 300   # never shorter than the down window
+    assert (
+        reserve_window_s(short, Settings(scale_down_stabilization_s=300)) == 300
+    )  # never shorter than the down window
     assert reserve_window_s(pools, Settings(burst_reserve_s=90)) == 90
     assert reserve_window_s(pools, Settings(burst_reserve_s=0)) == 0
     with pytest.raises(ValueError):

@@ -114,7 +114,9 @@ def test_a_stalled_machine_does_not_decide_the_fit():
     assert profile.step_base_s == pytest.approx(TRUE.step_base_s, rel=0.05)
     # the stalled requests still count as load for their stretched lifetimes, so b is overstated near them
     assert profile.step_per_seq_s == pytest.approx(TRUE.step_per_seq_s, rel=0.2)
-    assert report["decode"]["outliers_dropped"] >= len(hit) // 2 and isinstance(report["decode"]["outliers_dropped"], int)
+    assert report["decode"]["outliers_dropped"] >= len(hit) // 2 and isinstance(
+        report["decode"]["outliers_dropped"], int
+    )
 
 
 def test_without_cache_data_the_cached_rate_is_the_planners_ratio():
@@ -248,7 +250,9 @@ def test_cli_bad_calibration_is_one_error_line(tmp_path, capsys, make, match):
     from moe_operator.cli.main import main
 
     trace = small_trace_file(tmp_path)
-    rc = main(["simulate", "--trace", str(trace), "--spec", str(SPEC), "--policy", "ours", "--calibrate", str(make(tmp_path))])
+    rc = main(
+        ["simulate", "--trace", str(trace), "--spec", str(SPEC), "--policy", "ours", "--calibrate", str(make(tmp_path))]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: --calibrate") and match in err[0]
 

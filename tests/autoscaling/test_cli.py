@@ -15,15 +15,32 @@ SPEC = ROOT / "bench" / "autoscale_two_pool.yaml"
 @pytest.fixture
 def small_trace(tmp_path):
     f = tmp_path / "small.jsonl"
-    lines = [json.dumps({"timestamp": i * 250, "input_length": 2000, "output_length": 100, "hash_ids": [0, i + 1, i + 2, i + 3]})
-             for i in range(1200)]
+    lines = [
+        json.dumps(
+            {"timestamp": i * 250, "input_length": 2000, "output_length": 100, "hash_ids": [0, i + 1, i + 2, i + 3]}
+        )
+        for i in range(1200)
+    ]
     f.write_text("\n".join(lines) + "\n")
     return f
 
 
 def test_simulate_json_and_plot(small_trace, tmp_path, capsys):
     png = tmp_path / "out.png"
-    rc = main(["simulate", "--trace", str(small_trace), "--spec", str(SPEC), "--policy", "ours,optimum,hpa", "--json", "--plot", str(png)])
+    rc = main(
+        [
+            "simulate",
+            "--trace",
+            str(small_trace),
+            "--spec",
+            str(SPEC),
+            "--policy",
+            "ours,optimum,hpa",
+            "--json",
+            "--plot",
+            str(png),
+        ]
+    )
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["version"] == 1 and doc["trace"]["requests"] == 1200
@@ -36,7 +53,9 @@ def test_simulate_json_and_plot(small_trace, tmp_path, capsys):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "moe_operator.cli.main", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "moe_operator.cli.main", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -51,7 +70,9 @@ def run_cli(*args):
 ])
 def test_bad_input_one_error_line_exit_2(tmp_path, small_trace, args, needle, capsys):
     bad_spec = tmp_path / "badspec.yaml"
-    bad_spec.write_text("apiVersion: serving.moe-operator.io/v1alpha1\nkind: MoEDeployment\nmetadata: {name: x}\nspec: {pools: []}\n")
+    bad_spec.write_text(
+        "apiVersion: serving.moe-operator.io/v1alpha1\nkind: MoEDeployment\nmetadata: {name: x}\nspec: {pools: []}\n"
+    )
     bad_trace = tmp_path / "bad.jsonl"
     bad_trace.write_text('{"timestamp": "soon"}\n')
     args = [a.format(trace=small_trace, badspec=bad_spec, badtrace=bad_trace) for a in args]
@@ -88,7 +109,18 @@ def test_calibrate_with_the_fluid_model_is_one_error_line(tmp_path, capsys):
     """--calibrate fits the per-replica model; with --model fluid it would be silently ignored, so it is refused."""
     from moe_operator.cli.main import main
 
-    rc = main(["simulate", "--trace", str(ROOT.parent / "shared" / "traces" / "azure_llm_code_2023.csv"), "--spec", str(SPEC),
-               "--model", "fluid", "--calibrate", str(tmp_path / "any.json")])
+    rc = main(
+        [
+            "simulate",
+            "--trace",
+            str(ROOT.parent / "shared" / "traces" / "azure_llm_code_2023.csv"),
+            "--spec",
+            str(SPEC),
+            "--model",
+            "fluid",
+            "--calibrate",
+            str(tmp_path / "any.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--model replica" in err[0], err

@@ -96,7 +96,9 @@ def test_simulate_references_stay_within_the_budget_and_report_their_peak():
     t -= t[0]
     rate = np.where(t < 450, 1.0, 3.0)                               # demand triples halfway
     keep = rng.random(9000) < rate / 3.0
-    tr = Trace("step", t[keep] - t[keep][0], np.full(keep.sum(), 1000.0), np.zeros(keep.sum()), np.full(keep.sum(), 60.0))
+    tr = Trace(
+        "step", t[keep] - t[keep][0], np.full(keep.sum(), 1000.0), np.zeros(keep.sum()), np.full(keep.sum(), 60.0)
+    )
     s = Settings(ttft_p95_s=3.0, tpot_p95_s=None, weights=WorkWeights(prompt=0.2), max_hourly_cost=6.0)
     out = simulate(tr, [SMALL, BIG], s, ["optimum", "optimum-cold-start"])
     for name, opt in (("optimum", out["optimum"]), ("optimum-cold-start", out["cold_start_optimum"])):
@@ -110,8 +112,8 @@ def test_simulate_references_stay_within_the_budget_and_report_their_peak():
 
 # ------------------------------------------------------------------- maxCostPerMillionTokens (issue 11)
 def test_cost_per_million_caps_every_interval_at_its_arriving_tokens():
-    # 600 w/s needs 1 big + 2 small ($5/h). At 1000 tokens/s arriving, $1/1M allows $3.6/h: 1 big (400 w/s) is the widest
-    # mix within it, so the reference serves 400 and reports the rest unmet instead of breaking the cap.
+    # 600 w/s needs 1 big + 2 small ($5/h). At 1000 tokens/s arriving, $1/1M allows $3.6/h: 1 big (400 w/s) is the
+    # widest mix within it, so the reference serves 400 and reports the rest unmet instead of breaking the cap.
     arrival, work = flat(600)
     tokens = np.full(len(arrival), 1000.0)
     free = offline_optimum([SMALL, BIG], arrival, work, 30.0, window_s=1.0, horizon_s=299.0)

@@ -137,7 +137,9 @@ def test_cost_per_million_holds_the_cheapest_allowed_fleet_when_none_meets_it():
     assert idle.replicas == {"ascend": 1, "h800": 0}                     # one replica, the cheapest, at no demand
     # with both budgets the lower cap binds and is the one named
     both = decide(obs(0, 20000), pools, settings(max_cost_per_million=2.0, max_hourly_cost=100.0), None, 0)
-    assert both.cost_per_hour <= 100.0 and {c.type: c.reason for c in both.conditions}["BudgetLimited"] == "MaxHourlyCost"
+    assert (
+        both.cost_per_hour <= 100.0 and {c.type: c.reason for c in both.conditions}["BudgetLimited"] == "MaxHourlyCost"
+    )
 
 
 def test_cost_per_million_under_noisy_demand_does_not_flap():
@@ -242,9 +244,13 @@ def test_noisy_flat_trace_through_the_simulator_does_not_oscillate():
     w = WorkWeights(prompt=0.1, cached_prompt=0.01)
     pools = [dataclasses.replace(p, prefill_tps=p.capacity / w.prompt) for p in two_pools()]
     s = Settings(ttft_p95_s=2.0, tpot_p95_s=0.1, target_utilization=0.7, weights=w)
-    rate = 6000.0 / (w.prompt * 1000 * np.exp(0.5) + 200 * np.exp(0.32))      # requests/s for 6000 w/s
-    t = np.concatenate([np.sort(rng.uniform(30 * k, 30 * k + 30, rng.poisson(rate * (1 + rng.uniform(-0.15, 0.15)) * 30)))
-                        for k in range(120)])
+    rate = 6000.0 / (w.prompt * 1000 * np.exp(0.5) + 200 * np.exp(0.32))  # requests/s for 6000 w/s
+    t = np.concatenate(
+        [
+            np.sort(rng.uniform(30 * k, 30 * k + 30, rng.poisson(rate * (1 + rng.uniform(-0.15, 0.15)) * 30)))
+            for k in range(120)
+        ]
+    )
     n = len(t)
     trace = Trace("flat", t - t[0], np.round(rng.lognormal(np.log(1000), 1.0, n)), np.zeros(n),
                   np.maximum(1, np.round(rng.lognormal(np.log(200), 0.8, n))))
@@ -315,7 +321,9 @@ def test_scale_to_zero_after_idle_plus_cold_start():
 
 def test_wakes_from_zero_on_queue():
     pools = two_pools()
-    d = decide(obs(0, 0, queue=3, rps=0.0), pools, settings(scale_to_zero=True), History(desired={"ascend": 0, "h800": 0}), 0)
+    d = decide(
+        obs(0, 0, queue=3, rps=0.0), pools, settings(scale_to_zero=True), History(desired={"ascend": 0, "h800": 0}), 0
+    )
     assert sum(d.replicas.values()) >= 1
 
 

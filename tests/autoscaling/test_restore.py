@@ -72,7 +72,10 @@ def test_restore_is_pure():
     import subprocess
     import sys
 
-    code = ("import sys, moe_operator.autoscaling.restore\n"
-            "print(','.join(m for m in ('kopf', 'kubernetes', 'ray', 'httpx', 'prometheus_api_client') if m in sys.modules))")
+    code = (
+        "import sys, moe_operator.autoscaling.restore\n"
+        "print(','.join(m for m in ('kopf', 'kubernetes', 'ray', 'httpx', 'prometheus_api_client') if m in "
+        "sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "", out.stdout + out.stderr

@@ -38,7 +38,10 @@ def test_mooncake_prefix_cache_and_azure_columns(tmp_path):
     assert list(t.cached) == [0, 1024, 0]          # request 2 re-uses the 2-block prefix; request 3's prefix is new
     assert list(t.prompt) == [1100, 176, 600]
     a = tmp_path / "a.csv"
-    a.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,100,10\n2023-11-16 18:17:05.4799600,50,5\n")
+    a.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,100,10\n2023-11-16 "
+        "18:17:05.4799600,50,5\n"
+    )
     ta = load_trace(a, cache_hit_ratio=0.2)
     assert ta.arrival_s[1] == pytest.approx(1.5) and ta.cached[0] == pytest.approx(20)
 

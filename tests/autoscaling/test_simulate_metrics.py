@@ -187,7 +187,9 @@ def test_cli_json_has_the_new_keys(tmp_path, capsys):
     f = tmp_path / "t.jsonl"
     f.write_text("".join(json.dumps({"timestamp": i * 200, "input_length": 3000, "output_length": 80,
                                      "hash_ids": [i]}) + "\n" for i in range(900)))
-    assert main(["simulate", "--trace", str(f), "--spec", str(spec), "--policy", "ours,optimum-cold-start", "--json"]) == 0
+    assert (
+        main(["simulate", "--trace", str(f), "--spec", str(spec), "--policy", "ours,optimum-cold-start", "--json"]) == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["version"] == 1
     assert doc["spec"]["budget"] == {"maxHourlyCost": 40.0, "maxCostPerMillionTokens": None}

@@ -103,7 +103,9 @@ def test_moectl_up_builds_the_loop_from_the_spec_and_its_flags():
     loop, interval = autoscaler_for(str(EXAMPLE), _up_args(), config)
     assert interval == 30.0 and loop.applied == {"cpu": 1}            # intervalSeconds, deployed num_replicas
     assert isinstance(loop.source, ScrapeSource) and loop.source.url == "http://127.0.0.1:8123/metrics"
-    loop, interval = autoscaler_for(str(EXAMPLE), _up_args(autoscale_interval=2.5, metrics_url="http://127.0.0.1:9/"), config)
+    loop, interval = autoscaler_for(
+        str(EXAMPLE), _up_args(autoscale_interval=2.5, metrics_url="http://127.0.0.1:9/"), config
+    )
     assert interval == 2.5 and isinstance(loop.source, PrometheusSource) and loop.source.window == "60s"
     assert autoscaler_for(str(EXAMPLE), _up_args(no_autoscale=True), config) == (None, 0.0)
 

@@ -64,7 +64,10 @@ class Prometheus:
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {self.proc.returncode}: {(self.tmp / 'prometheus.log').read_text()[-2000:]}")
+                pytest.fail(
+                    f"prometheus exited with {self.proc.returncode}: "
+                    f"{(self.tmp / 'prometheus.log').read_text()[-2000:]}"
+                )
             time.sleep(0.2)
         pytest.fail("prometheus did not become ready in 30 s")
 
@@ -118,7 +121,9 @@ class Up:
         pytest.fail(f"no matching decision in {timeout_s} s\n{self.diagnostics()}")
 
     def diagnostics(self) -> str:
-        return "stdout:\n" + "\n".join(l for _, l in self.lines[-25:]) + "\nstderr:\n" + self.log.read_text()[-3000:]
+        return (
+            "stdout:\n" + "\n".join(line for _, line in self.lines[-25:]) + "\nstderr:\n" + self.log.read_text()[-3000:]
+        )
 
 
 def _spec(tmp: Path, prometheus_url: str) -> Path:
@@ -192,7 +197,9 @@ def test_prometheus_decisions_follow_load_up_and_down_and_hold_without_metrics(t
         while not up.endpoint.wait(1.0) and proc.poll() is None and time.monotonic() - t0 < START_TIMEOUT_S:
             pass
         if not up.endpoint.is_set():
-            pytest.fail(f"moectl up printed no endpoint (rc={proc.poll()}, {time.monotonic() - t0:.0f} s)\n{up.diagnostics()}")
+            pytest.fail(
+                f"moectl up printed no endpoint (rc={proc.poll()}, {time.monotonic() - t0:.0f} s)\n{up.diagnostics()}"
+            )
         started = time.monotonic()
         print(f"\nmoectl up ready after {started - t0:.1f} s")
         base = f"http://127.0.0.1:{port}"

@@ -119,14 +119,23 @@ def test_configmap_adds_and_changes_models():
     assert "my-moe" not in Catalog.default().models  # overrides never leak into the shipped catalog
 
 
-@pytest.mark.parametrize("raw, says", [
-    ("[1, 2]", "catalog models must map"),
-    ({"x": {"huggingFace": ["a/b"]}}, "catalog model 'x' is invalid"),
-    ({"x": {**EXTRA["my-moe"], "huggingFace": ["deepseek-ai/DeepSeek-V3"]}}, "both claim"),
-    ({"x": {**EXTRA["my-moe"], "config": {"model_type": "mixtral", "hidden_size": 8}}}, "catalog model 'x' config is not plannable"),
-    ({"x": {**EXTRA["my-moe"], "config": {**EXTRA["my-moe"]["config"], "num_hidden_layers": 10**8}}}, "num_hidden_layers"),
-    ({"mixtral-8x7b": {"weightsDtype": "fp4"}}, "weightsDtype"),
-])
+@pytest.mark.parametrize(
+    "raw, says",
+    [
+        ("[1, 2]", "catalog models must map"),
+        ({"x": {"huggingFace": ["a/b"]}}, "catalog model 'x' is invalid"),
+        ({"x": {**EXTRA["my-moe"], "huggingFace": ["deepseek-ai/DeepSeek-V3"]}}, "both claim"),
+        (
+            {"x": {**EXTRA["my-moe"], "config": {"model_type": "mixtral", "hidden_size": 8}}},
+            "catalog model 'x' config is not plannable",
+        ),
+        (
+            {"x": {**EXTRA["my-moe"], "config": {**EXTRA["my-moe"]["config"], "num_hidden_layers": 10**8}}},
+            "num_hidden_layers",
+        ),
+        ({"mixtral-8x7b": {"weightsDtype": "fp4"}}, "weightsDtype"),
+    ],
+)
 def test_bad_model_overrides_name_the_model(raw, says):
     with pytest.raises(UserError) as exc:
         Catalog.default().with_overrides({"models": raw})

@@ -112,7 +112,10 @@ def test_ray_version_matches_what_the_operator_renders():
 
 
 def test_vllm_images_share_one_ray_version_and_python_minor():
-    """Every node of a vLLM cluster (ray-llm head and NVIDIA/CPU workers, our Ascend workers) runs one Ray and Python."""
+    """Every node of a vLLM cluster runs one Ray and Python.
+
+    The ray-llm head and NVIDIA/CPU workers, and our Ascend workers.
+    """
     from moe_operator.render.images import Images
 
     images = Images()
@@ -212,8 +215,12 @@ def test_operator_constraints_pin_the_whole_dependency_closure():
         import pin_operator_deps
     finally:
         sys.path.remove(str(IMAGES))
-    lines = [l for l in (IMAGES / "operator-constraints.txt").read_text().splitlines() if l and not l.startswith("#")]
-    pinned = dict(l.split("==") for l in lines)
+    lines = [
+        line
+        for line in (IMAGES / "operator-constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    pinned = dict(line.split("==") for line in lines)
     missing = set(pin_operator_deps.closure()) - set(pinned)
     assert not missing, f"not pinned (run .venv/bin/python images/pin_operator_deps.py): {sorted(missing)}"
 

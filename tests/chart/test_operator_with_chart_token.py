@@ -57,7 +57,6 @@ def test_operator_reconciles_an_example_with_only_the_chart_service_account(clus
     kubeconfig = ["--kubeconfig", str(cluster.kubeconfig)]
     for ns in (release_ns, watched):
         cluster.kubectl("create", "namespace", ns)
-    crd = ROOT / "crds" / "serving.moe-operator.io_moedeployments.yaml"
     proc = None
     log = tmp_path / "operator.log"
     try:
@@ -65,7 +64,9 @@ def test_operator_reconciles_an_example_with_only_the_chart_service_account(clus
         helm("install", release, str(CHART), "--namespace", release_ns, *kubeconfig,
              "--set", f"watchNamespaces={{{watched}}}", "--set", "replicaCount=1", "--set", "peering.enabled=false",
              "--set", "catalog.prices.cpu=0.04", timeout=180)
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/moedeployments.serving.moe-operator.io")
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", "crd/moedeployments.serving.moe-operator.io"
+        )
         token = cluster.kubectl("create", "token", sa, "-n", release_ns, "--duration=1h").stdout.strip()
         kc = token_kubeconfig(cluster, token, tmp_path / "sa.kubeconfig")
         whoami = subprocess.run([cluster.stack.state["bins"]["kubectl"] if cluster.stack else "kubectl",
@@ -94,11 +95,27 @@ def test_operator_reconciles_an_example_with_only_the_chart_service_account(clus
                     and (m.get("status") or {}).get("observedGeneration") and m, 90, log)
         assert moed["status"]["observedGeneration"] == moed["metadata"]["generation"]
         # kopf's own patch of the MoEDeployment (its last-handled-configuration annotation) was allowed too.
-        wait("kopf's annotation", lambda: "serving.moe-operator.io/last-handled-configuration" in (
-            (get(cluster, "moed", "tiny-moe", "-n", watched) or {}).get("metadata", {}).get("annotations") or {}), 60, log)
-        events = wait("an Event on the MoEDeployment", lambda: [
-            e for e in get(cluster, "events", "-n", watched)["items"]
-            if e["involvedObject"].get("kind") == "MoEDeployment" and e["involvedObject"]["name"] == "tiny-moe"], 60, log)
+        wait(
+            "kopf's annotation",
+            lambda: (
+                "serving.moe-operator.io/last-handled-configuration"
+                in (
+                    (get(cluster, "moed", "tiny-moe", "-n", watched) or {}).get("metadata", {}).get("annotations") or {}
+                )
+            ),
+            60,
+            log,
+        )
+        events = wait(
+            "an Event on the MoEDeployment",
+            lambda: [
+                e
+                for e in get(cluster, "events", "-n", watched)["items"]
+                if e["involvedObject"].get("kind") == "MoEDeployment" and e["involvedObject"]["name"] == "tiny-moe"
+            ],
+            60,
+            log,
+        )
         assert events[0]["source"].get("component", "kopf") or events[0].get("reportingComponent")
 
         # Deleting works with the operator running (a finalizer, if the operator sets one, is removed by a patch).

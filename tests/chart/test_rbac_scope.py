@@ -12,7 +12,11 @@ import pytest
 from chart_tools import VALUES_DIR, by_kind, render
 
 SECRET_RULE = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}
-NETPOL_RULE = {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "update"]}
+NETPOL_RULE = {
+    "apiGroups": ["networking.k8s.io"],
+    "resources": ["networkpolicies"],
+    "verbs": ["get", "create", "update"],
+}
 DEFAULT, NAMESPACED = VALUES_DIR / "default.yaml", VALUES_DIR / "namespaced.yaml"
 
 

@@ -62,7 +62,10 @@ def test_golden_values_files_satisfy_the_schema(path):
     ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
     ({"securityContext": {"allowPrivilegeEscalation": True}}, "securityContext.allowPrivilegeEscalation"),
     ({"securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}, "securityContext.capabilities.drop"),
-    ({"securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}}}, "securityContext.capabilities.add"),
+    (
+        {"securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}}},
+        "securityContext.capabilities.add",
+    ),
     ({"podSecurityContext": {"runAsNonRoot": False}}, "podSecurityContext.runAsNonRoot"),
     ({"runtimeImages": {"torch": {"ascend": "x:1"}}}, "runtimeImages.torch"),
     ({"runtimeImages": {"rayVersion": "latest"}}, "runtimeImages.rayVersion"),

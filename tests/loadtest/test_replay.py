@@ -52,7 +52,9 @@ def _metrics(url: str) -> dict[str, float]:
 
     out = {}
     for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        m = re.match(r'^(moe_tokens_total|moe_requests_total|moe_ttft_seconds_sum|moe_ttft_seconds_count)\{(.*)\} (\S+)$', line)
+        m = re.match(
+            r'^(moe_tokens_total|moe_requests_total|moe_ttft_seconds_sum|moe_ttft_seconds_count)\{(.*)\} (\S+)$', line
+        )
         if m:
             label = re.search(r'(kind|outcome)="([^"]+)"', m.group(2))
             out[m.group(1) + (f":{label.group(2)}" if label else "")] = float(m.group(3))
@@ -61,8 +63,12 @@ def _metrics(url: str) -> dict[str, float]:
 
 def mooncake(path: Path, rows: list[tuple[float, int, int, list[int]]]) -> Path:
     """A Mooncake JSONL trace from (timestamp ms, input_length, output_length, hash_ids) rows."""
-    path.write_text("".join(json.dumps({"timestamp": t, "input_length": n_in, "output_length": n_out, "hash_ids": ids}) + "\n"
-                            for t, n_in, n_out, ids in rows))
+    path.write_text(
+        "".join(
+            json.dumps({"timestamp": t, "input_length": n_in, "output_length": n_out, "hash_ids": ids}) + "\n"
+            for t, n_in, n_out, ids in rows
+        )
+    )
     return path
 
 
@@ -133,8 +139,25 @@ def test_replay_measures_the_real_tiny_model_consistently(tiny, tmp_path, capsys
     trace = conversation(tmp_path / "conv.jsonl")
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     before = _metrics(tiny)
-    rc = main(["replay", "--trace", str(trace), "--endpoint", tiny, "--scale-tokens", str(SCALE), "--out-json", str(out),
-               "--plot", str(png), "--window", "2", "--timeout", "120"])
+    rc = main(
+        [
+            "replay",
+            "--trace",
+            str(trace),
+            "--endpoint",
+            tiny,
+            "--scale-tokens",
+            str(SCALE),
+            "--out-json",
+            str(out),
+            "--plot",
+            str(png),
+            "--window",
+            "2",
+            "--timeout",
+            "120",
+        ]
+    )
     after = _metrics(tiny)
     assert rc == 0
     assert "replay of" in capsys.readouterr().out
@@ -153,14 +176,18 @@ def test_replay_measures_the_real_tiny_model_consistently(tiny, tmp_path, capsys
         assert r["ttft_s"] == pytest.approx(r["first_token_s"] - r["sent_s"], abs=1e-4) and r["ttft_s"] > 0
         if r["completion_tokens"] >= 2:
             assert r["tpot_s"] > 0
-            assert r["tpot_s"] * (r["completion_tokens"] - 1) == pytest.approx(r["end_s"] - r["first_token_s"], abs=1e-3)
+            assert r["tpot_s"] * (r["completion_tokens"] - 1) == pytest.approx(
+                r["end_s"] - r["first_token_s"], abs=1e-3
+            )
         assert 0 <= r["cached_prompt_tokens"] <= r["cached_prompt_tokens_hint"]       # hits only where the trace shares
     assert sum(r["cached_prompt_tokens"] for r in reqs) > 0      # shared trace blocks were real prefix-cache hits
     # the server counted exactly what the client measured
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     assert delta["moe_tokens_total:generated"] == sum(r["completion_tokens"] for r in reqs)
     assert delta["moe_tokens_total:cached_prompt"] == sum(r["cached_prompt_tokens"] for r in reqs)
-    assert delta["moe_tokens_total:prompt"] + delta["moe_tokens_total:cached_prompt"] == sum(r["prompt_tokens"] for r in reqs)
+    assert delta["moe_tokens_total:prompt"] + delta["moe_tokens_total:cached_prompt"] == sum(
+        r["prompt_tokens"] for r in reqs
+    )
     assert delta["moe_requests_total:ok"] == 12
     server_ttft = delta["moe_ttft_seconds_sum"] / delta["moe_ttft_seconds_count"]
     client_ttft = float(np.mean([r["ttft_s"] for r in reqs]))
@@ -279,7 +306,10 @@ def fake_openai():
             await asyncio.sleep(30)
 
         async def body():
-            yield 'data: {"id":"c","object":"text_completion","created":0,"model":"fake","choices":[{"index":0,"text":"x","finish_reason":"length"}]}\n\n'
+            yield (
+                'data: {"id":"c","object":"text_completion","created":0,"model":"fake",'
+                '"choices":[{"index":0,"text":"x","finish_reason":"length"}]}\n\n'
+            )
             yield "data: [DONE]\n\n"
         return StreamingResponse(body(), media_type="text/event-stream")
 

@@ -47,9 +47,18 @@ def test_bad_specs_are_rejected_or_spec_invalid_and_the_operator_keeps_working(c
     # the good resource still reconciles: a spec change reaches its RayService
     cluster.kubectl("patch", "moed", "good", "-n", namespace, "--type=merge",
                     "-p", json.dumps({"spec": {"pools": [{**GOOD["pools"][0], "maxReplicas": 5}]}}))
-    wait_for("the good RayService to follow the new maxReplicas", lambda: (get(cluster, "rayservice", "good", "-n", namespace)
-             or {}).get("spec", {}).get("rayClusterConfig", {}).get("workerGroupSpecs", [{}])[0].get("maxReplicas") == 5,
-             on_fail=operator.log_tail)
+    wait_for(
+        "the good RayService to follow the new maxReplicas",
+        lambda: (
+            (get(cluster, "rayservice", "good", "-n", namespace) or {})
+            .get("spec", {})
+            .get("rayClusterConfig", {})
+            .get("workerGroupSpecs", [{}])[0]
+            .get("maxReplicas")
+            == 5
+        ),
+        on_fail=operator.log_tail,
+    )
     # and a fixed bad resource recovers
     fixed = bad_spec(lambda s: None)
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("bad-vllm-on-cpu", fixed))

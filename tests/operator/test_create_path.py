@@ -1,7 +1,8 @@
 """The create handler's API calls: POST first (no GET before it, none after it), GET only on 409 AlreadyExists.
 
 The kube module is replaced by a recorder so the exact call sequence is visible; the real API server path of the
-same code (a killed operator's leftover RayService, 409, exactly one RayService) is tests/operator/test_faults_on_cluster.py.
+same code (a killed operator's leftover RayService, 409, exactly one RayService) is
+tests/operator/test_faults_on_cluster.py.
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """kubectl apply of every example -> an owned RayService equal to its golden, a RayCluster, pods on the right nodes."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml
@@ -38,9 +37,17 @@ def test_examples_converge_to_golden_rayservices_on_the_right_nodes(cluster, nam
         assert contains(rs["spec"], golden["spec"]), f"{name}: live RayService differs from its golden"
         assert contains(rs["metadata"]["labels"], golden["metadata"]["labels"])
 
-        rc = wait_for(f"RayCluster of {name}", lambda: [
-            c for c in get(cluster, "rayclusters.ray.io", "-n", namespace)["items"]
-            if any(o.get("kind") == "RayService" and o.get("name") == name for o in c["metadata"].get("ownerReferences", []))])
+        rc = wait_for(
+            f"RayCluster of {name}",
+            lambda: [
+                c
+                for c in get(cluster, "rayclusters.ray.io", "-n", namespace)["items"]
+                if any(
+                    o.get("kind") == "RayService" and o.get("name") == name
+                    for o in c["metadata"].get("ownerReferences", [])
+                )
+            ],
+        )
         cluster_name = rc[0]["metadata"]["name"]
 
         for group in golden["spec"]["rayClusterConfig"]["workerGroupSpecs"]:

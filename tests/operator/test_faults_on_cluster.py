@@ -50,7 +50,9 @@ def test_sigkill_mid_create_then_restart_converges_to_one_rayservice_each(cluste
 @pytest.mark.timing_sensitive
 def test_hand_deleted_rayservice_is_back_within_10_seconds(cluster, namespace, operator):
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("svc"))
-    first = wait_for("RayService", lambda: get(cluster, "rayservice", "svc", "-n", namespace), on_fail=operator.log_tail)
+    first = wait_for(
+        "RayService", lambda: get(cluster, "rayservice", "svc", "-n", namespace), on_fail=operator.log_tail
+    )
     t0 = time.monotonic()
     cluster.kubectl("delete", "rayservice", "svc", "-n", namespace, "--wait=false")
     back = wait_for("the RayService to come back", lambda: (lambda r: r if r and r["metadata"]["uid"] != first[

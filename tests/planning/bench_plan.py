@@ -55,8 +55,11 @@ def calibration(catalog: Catalog) -> None:
     print(f"  Mixtral-8x7B bf16, 2 x H100, B=1: decode {t.decode_tps:6.0f} tok/s (single-stream vLLM: 100-130)")
     tiny = model_facts(None, "tiny")
     t = replica_throughput(tiny, catalog.get("cpu"), 1, "none", 8, 2048)
-    print(f"  tiny, cpu, B=8: decode {t.decode_tps:6.0f} tok/s, prefill {t.prefill_tps:8.0f} tok/s ({t.decode_bound}-bound "
-          f"+ per-layer overhead {tiny.num_layers} x {catalog.get('cpu').step_overhead_seconds * 1e3:.1f} ms)")
+    print(
+        f"  tiny, cpu, B=8: decode {t.decode_tps:6.0f} tok/s, prefill {t.prefill_tps:8.0f} tok/s "
+        f"({t.decode_bound}-bound "
+        f"+ per-layer overhead {tiny.num_layers} x {catalog.get('cpu').step_overhead_seconds * 1e3:.1f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,10 @@ def main() -> None:
             steps = 8
             s = cpu_seconds(lambda: [model([[7]] * b, kvs) for _ in range(steps)]) / steps
             predicted = replica_throughput(facts, cpu, 1, "none", b, 2 * attended).decode_tps
-            print(f"  attended {attended:5d} B {b:3d}: measured {b / s:6.0f}  model {predicted:6.0f}  model/measured {predicted * s / b:5.2f}")
+            print(
+                f"  attended {attended:5d} B {b:3d}: measured {b / s:6.0f}  model {predicted:6.0f}  model/measured "
+                f"{predicted * s / b:5.2f}"
+            )
     print("prefill: one prompt of P tokens -> measured vs model tokens/s")
     for p in (256, 1024):
         kv = model.new_kv()

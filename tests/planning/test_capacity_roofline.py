@@ -106,8 +106,14 @@ def test_cpu_tiny_model_by_hand_with_per_sequence_overhead(catalog):
     routed = f.num_moe_layers * f.num_experts * f.params_per_expert * 4
     touched = f.num_moe_layers * 8 * (1 - (1 - 2 / 8) ** b)
     kv = b * (4 * 2 * 4 * 32 * 4) * (ctx / 2)  # layers x K,V x kv heads x head_dim x fp32
-    memory = (weight_bytes - routed + touched * f.params_per_expert * 4 + kv) / (cpu.memory_bandwidth_gbps * 1e9 * cap.BANDWIDTH_EFFICIENCY)
-    compute = b * (2 * f.active_params + 2 * 4 * 8 * 64 * (ctx / 2)) / (cpu.tflops.bf16 * 1e12 * cap.DECODE_COMPUTE_EFFICIENCY)
+    memory = (weight_bytes - routed + touched * f.params_per_expert * 4 + kv) / (
+        cpu.memory_bandwidth_gbps * 1e9 * cap.BANDWIDTH_EFFICIENCY
+    )
+    compute = (
+        b
+        * (2 * f.active_params + 2 * 4 * 8 * 64 * (ctx / 2))
+        / (cpu.tflops.bf16 * 1e12 * cap.DECODE_COMPUTE_EFFICIENCY)
+    )
     overhead = 4 * (cpu.step_overhead_seconds + b * cpu.sequence_overhead_seconds)
     assert t.decode_step_seconds == pytest.approx(max(memory, compute) + overhead)
 

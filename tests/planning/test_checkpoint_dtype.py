@@ -65,14 +65,19 @@ def test_a_checkpoint_format_planning_does_not_know_is_sized_at_16_bits_as_befor
     """Specs the API server stored before checkpoints were read must keep planning (reviewer: no silent breakage)."""
     h200 = {"name": "h200", "accelerator": "nvidia-h200", "devicesPerReplica": 16}
     plain = plan_deployment(_spec({"source": "hf://o/m", "config": hf_configs.DEEPSEEK_V3}, h200), CATALOG, "ds")
-    other = plan_deployment(_spec({"source": "hf://o/m", "config": {**hf_configs.DEEPSEEK_V3, "quantization_config": qc}},
-                                  h200), CATALOG, "ds")
+    other = plan_deployment(
+        _spec({"source": "hf://o/m", "config": {**hf_configs.DEEPSEEK_V3, "quantization_config": qc}}, h200),
+        CATALOG,
+        "ds",
+    )
     assert other.pools[0].fit == plain.pools[0].fit
 
 
 def test_an_explicit_quantization_wins_over_the_checkpoints_as_before():
     a = plan_deployment(_spec({"source": "hf://deepseek-ai/DeepSeek-V3"}, quantization="int4"), CATALOG, "ds")
-    b = plan_deployment(_spec({"source": "hf://o/m", "config": hf_configs.DEEPSEEK_V3}, quantization="int4"), CATALOG, "ds")
+    b = plan_deployment(
+        _spec({"source": "hf://o/m", "config": hf_configs.DEEPSEEK_V3}, quantization="int4"), CATALOG, "ds"
+    )
     assert a.pools[0].fit == b.pools[0].fit and a.quantization == "int4"
 
 

@@ -119,7 +119,12 @@ def test_moe_layer_counts_are_the_enumerated_ones():
         for step in (1, 2, 4):
             for mlp_only in ([], [0], [i for i in (1, 3) if i < layers], list(range(1, layers, 5))):
                 want = sum(1 for i in range(layers) if i not in mlp_only and (i + 1) % step == 0)
-                config = {**QWEN3, "num_hidden_layers": layers, "decoder_sparse_step": step, "mlp_only_layers": mlp_only}
+                config = {
+                    **QWEN3,
+                    "num_hidden_layers": layers,
+                    "decoder_sparse_step": step,
+                    "mlp_only_layers": mlp_only,
+                }
                 if want == 0:
                     continue
                 assert model_facts(config).num_moe_layers == want, (layers, step, mlp_only)

@@ -108,7 +108,12 @@ def test_tied_embeddings_count_once():
     "config, arch, reason, words",
     [
         ({"model_type": "llama"}, None, "UnsupportedModel", "llama"),
-        ({k: v for k, v in MIXTRAL_8X7B.items() if k != "num_local_experts"}, None, "ModelConfigInvalid", "num_local_experts"),
+        (
+            {k: v for k, v in MIXTRAL_8X7B.items() if k != "num_local_experts"},
+            None,
+            "ModelConfigInvalid",
+            "num_local_experts",
+        ),
         (dict(MIXTRAL_8X7B, hidden_size="4096"), None, "ModelConfigInvalid", "hidden_size"),
         (dict(MIXTRAL_8X7B, num_experts_per_tok=9), None, "ModelConfigInvalid", "9 experts"),
         (None, "deepseek_v3", "ModelConfigMissing", "spec.model.config"),

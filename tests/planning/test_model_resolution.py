@@ -1,5 +1,7 @@
 """spec.model resolves to planning facts in one place: inline config, else the model catalog (by catalogName or hf://
-source), else SpecInvalid with a sentence. A model named from the catalog plans exactly as its pasted config.json does."""
+source), else SpecInvalid with a sentence. A model named from the catalog plans exactly as its pasted config.json
+does."""
+
 from __future__ import annotations
 
 import pytest
@@ -81,7 +83,9 @@ def test_a_model_the_cluster_adds_plans_by_name():
                         "huggingFace": ["acme/My-MoE"]}}
     catalog = CATALOG.with_overrides({"models": extra})
     plan = plan_deployment(spec({"source": "hf://acme/My-MoE"}), catalog, "m")
-    assert plan == plan_deployment(spec({"source": "hf://acme/My-MoE", "config": hf_configs.MIXTRAL_8X7B}), catalog, "m")
+    assert plan == plan_deployment(
+        spec({"source": "hf://acme/My-MoE", "config": hf_configs.MIXTRAL_8X7B}), catalog, "m"
+    )
     with pytest.raises(SpecInvalid):
         plan_deployment(spec({"source": "hf://acme/My-MoE"}), CATALOG, "m")
 

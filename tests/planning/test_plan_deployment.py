@@ -69,7 +69,10 @@ def test_deepseek_plan_has_every_part():
     assert h800.cost.price_per_replica_hour == pytest.approx(16 * 2.0)
     assert h800.roofline.compute_dtype == "fp8"
     assert p.pool("h200").capacity.decode_tps > 0
-    assert capacity_for_pool(MoEDeploymentSpec.model_validate(DEEPSEEK), "h200", Catalog.default()) == p.pool("h200").capacity
+    assert (
+        capacity_for_pool(MoEDeploymentSpec.model_validate(DEEPSEEK), "h200", Catalog.default())
+        == p.pool("h200").capacity
+    )
 
 
 def test_mixed_fleet_uses_the_pool_price_and_ascend_npu_resources():
@@ -84,7 +87,16 @@ def test_json_is_stable_and_round_trips():
     a = plan(DEEPSEEK).model_dump(mode="json")
     b = plan(copy.deepcopy(DEEPSEEK)).model_dump(mode="json")
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-    assert set(a) == {"version", "name", "engine", "quantization", "max_context_tokens", "max_batch_size", "model", "pools"}
+    assert set(a) == {
+        "version",
+        "name",
+        "engine",
+        "quantization",
+        "max_context_tokens",
+        "max_batch_size",
+        "model",
+        "pools",
+    }
     assert set(a["pools"][0]) == {
         "name", "accelerator", "vendor", "devices_per_replica", "min_replicas", "max_replicas", "initial_replicas",
         "fit", "parallelism", "placement", "placement_summary", "capacity", "roofline", "cost",

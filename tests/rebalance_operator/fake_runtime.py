@@ -56,8 +56,14 @@ class FakeRuntime:
             for name, p in self.pools.items():
                 reps = [{"replica": rid, "placementId": r["placementId"], "expertTokens": r["expertTokens"],
                          "lastReportAge": 0.5} for rid, r in p["replicas"].items()]
-                total = [[sum(r["expertTokens"][l][e] for r in reps) for e in range(len(reps[0]["expertTokens"][0]))]
-                         for l in range(len(reps[0]["expertTokens"]))] if reps else []
+                total = (
+                    [
+                        [sum(r["expertTokens"][layer][e] for r in reps) for e in range(len(reps[0]["expertTokens"][0]))]
+                        for layer in range(len(reps[0]["expertTokens"]))
+                    ]
+                    if reps
+                    else []
+                )
                 out[name] = {"placementId": p["placementId"], "placement": p["placement"], "expertTokens": total,
                              "replicas": reps}
             return {"pools": json.loads(json.dumps(out))}

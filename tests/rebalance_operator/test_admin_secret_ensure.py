@@ -26,7 +26,9 @@ def spec(enabled: bool = True) -> MoEDeploymentSpec:
 class Core:
     """Records calls; ``create`` / ``read`` are the status codes to fail with (None: succeed)."""
 
-    def __init__(self, create: int | None = None, read: int | None = None, token: str = "t0k", owner: str | None = "u-1"):
+    def __init__(
+        self, create: int | None = None, read: int | None = None, token: str = "t0k", owner: str | None = "u-1"
+    ):
         self.calls, self.create, self.read, self.token, self.owner = [], create, read, token, owner
 
     def create_namespaced_secret(self, ns, body):

@@ -46,7 +46,11 @@ def test_wrong_shape_is_a_user_error():
 
 
 def test_replica_counts_reads_the_contract_and_refuses_garbage():
-    doc = {"replicas": [{"replica": "r1", "placementId": "initial", "expertTokens": [[1, 2], [3, 4]], "lastReportAge": 0.2}]}
+    doc = {
+        "replicas": [
+            {"replica": "r1", "placementId": "initial", "expertTokens": [[1, 2], [3, 4]], "lastReportAge": 0.2}
+        ]
+    }
     assert replica_counts(doc) == {"r1": [[1.0, 2.0], [3.0, 4.0]]}
     with pytest.raises(UserError, match="replica 0"):
         replica_counts({"replicas": [{"replica": "r1"}]})

@@ -145,8 +145,16 @@ def test_cooldown_holds_without_writing(world):
     assert len(fake.posts) == 1 and len(rec.writes) == writes and entry(body)["reason"] == "Rebalanced"
 
 
-@pytest.mark.parametrize("breakage, kind", [("token", "Unauthorized"), ("off", "AdminDisabled"),
-                                            ("down", "Unreachable"), ("nosecret", "Waiting"), ("empty", "Unauthorized")])
+@pytest.mark.parametrize(
+    "breakage, kind",
+    [
+        ("token", "Unauthorized"),
+        ("off", "AdminDisabled"),
+        ("down", "Unreachable"),
+        ("nosecret", "Waiting"),
+        ("empty", "Unauthorized"),
+    ],
+)
 def test_errors_are_said_once(world, breakage, kind):
     fake, body, rec, token = world
     if breakage == "token":
@@ -217,9 +225,16 @@ def test_status_times_round_trip():
     assert parse_rfc3339("") is None and parse_rfc3339("yesterday") is None
 
 
-@pytest.mark.parametrize("status, code, kind", [(409, "placement_superseded", "Waiting"), (404, "unknown_pool", "Failed"),
-                                                (404, None, "AdminDisabled"), (401, "invalid_admin_token", "Unauthorized"),
-                                                (500, None, "Failed")])
+@pytest.mark.parametrize(
+    "status, code, kind",
+    [
+        (409, "placement_superseded", "Waiting"),
+        (404, "unknown_pool", "Failed"),
+        (404, None, "AdminDisabled"),
+        (401, "invalid_admin_token", "Unauthorized"),
+        (500, None, "Failed"),
+    ],
+)
 def test_admin_answers_map_to_status_kinds(monkeypatch, status, code, kind):
     import httpx
 

@@ -25,7 +25,13 @@ def spec(**rebalance):
 
 def test_defaults_and_ranges():
     r = MoEDeploymentSpec.model_validate(spec()).rebalance
-    assert (r.enabled, r.interval_seconds, r.min_gain, r.cooldown_seconds, r.redundant_slots) == (False, 300, 0.05, 900, 0)
+    assert (r.enabled, r.interval_seconds, r.min_gain, r.cooldown_seconds, r.redundant_slots) == (
+        False,
+        300,
+        0.05,
+        900,
+        0,
+    )
     for bad in ({"intervalSeconds": 9}, {"minGain": 1.0}, {"minGain": -0.1}, {"cooldownSeconds": -1},
                 {"redundantSlots": -1}, {"period": 10}):
         with pytest.raises(ValidationError):
@@ -34,8 +40,13 @@ def test_defaults_and_ranges():
 
 def test_vllm_is_refused_with_the_crds_sentence():
     with pytest.raises(ValidationError, match="EPLB"):
-        MoEDeploymentSpec.model_validate({**spec(enabled=True), "engine": "vllm",
-                                          "pools": [{"name": "h", "accelerator": "nvidia-h100", "devicesPerReplica": 8}]})
+        MoEDeploymentSpec.model_validate(
+            {
+                **spec(enabled=True),
+                "engine": "vllm",
+                "pools": [{"name": "h", "accelerator": "nvidia-h100", "devicesPerReplica": 8}],
+            }
+        )
     MoEDeploymentSpec.model_validate({**spec(enabled=False), "engine": "vllm",
                                       "pools": [{"name": "h", "accelerator": "nvidia-h100", "devicesPerReplica": 8}]})
     crd = yaml.safe_load((ROOT / "crds" / "serving.moe-operator.io_moedeployments.yaml").read_text())

@@ -17,11 +17,20 @@ def spec(**over) -> MoEDeploymentSpec:
     base = {
         "model": {"source": "hf://org/m", "architecture": "mixtral"},
         "engine": "vllm",
-        "pools": [{"name": "h800", "accelerator": "nvidia-h800", "devicesPerReplica": 8, "minReplicas": 1, "maxReplicas": 3},
-                  {"name": "npu", "accelerator": "ascend-910b", "devicesPerReplica": 4, "minReplicas": 0,
-                   "maxReplicas": 2, "replicas": 1, "pricePerDeviceHour": 1.0,
-                   "nodeSelector": {"zone": "b"},
-                   "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}]}],
+        "pools": [
+            {"name": "h800", "accelerator": "nvidia-h800", "devicesPerReplica": 8, "minReplicas": 1, "maxReplicas": 3},
+            {
+                "name": "npu",
+                "accelerator": "ascend-910b",
+                "devicesPerReplica": 4,
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "replicas": 1,
+                "pricePerDeviceHour": 1.0,
+                "nodeSelector": {"zone": "b"},
+                "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+        ],
     }
     base.update(over)
     return MoEDeploymentSpec.model_validate(base)
@@ -121,4 +130,6 @@ def test_pvc_model_and_disk_tier_are_mounted():
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert mounts["model"] == "/models" and mounts["prefix-cache"] == "/cache"
     serve = yaml.safe_load(render(s)["spec"]["serveConfigV2"])
-    assert serve["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_source"] == "/models/mixtral"
+    assert (
+        serve["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_source"] == "/models/mixtral"
+    )

@@ -21,7 +21,10 @@ from moe_runtime.admin_api import mount_admin_routes  # noqa: E402
 from moe_runtime.placement_board import INITIAL_ID, BoardClient, BoardReporter, BoardState, placement_id  # noqa: E402
 from tiny_model_fixtures import tiny_dir  # noqa: E402,F401  (the tiny checkpoint, generated once per session)
 
-SHARDS = [{"name": "shard-0", "device": "cpu", "rayResources": {}}, {"name": "shard-1", "device": "cpu", "rayResources": {}}]
+SHARDS = [
+    {"name": "shard-0", "device": "cpu", "rayResources": {}},
+    {"name": "shard-1", "device": "cpu", "rayResources": {}},
+]
 P0 = {"numLayers": 2, "numExperts": 4, "shards": SHARDS, "layers": [[[0, 1], [2, 3]]]}
 P1 = {"numLayers": 2, "numExperts": 4, "shards": SHARDS, "layers": [[[0, 1, 2], [3, 0]]]}
 
@@ -176,7 +179,7 @@ def test_the_reporter_survives_a_board_that_fails_and_finds_it_again():
     assert calls["n"] == 2 and board.state.ready("k", 0.0) == {"cpu": 1}
 
 
-def test_a_replica_never_reports_the_engines_warm_up_tokens(tiny_dir):
+def test_a_replica_never_reports_the_engines_warm_up_tokens(tiny_dir):  # noqa: F811 (the fixture imported above)
     """The engine warms up in its worker thread after ``start()`` returns while the replica's reporter already
     reports (EngineDeployment starts both at once). What it reports must be the requests' routed tokens only: a
     report taken mid-warm-up used to carry the warm-up's tokens and the next one took them back, so a base read in

@@ -54,10 +54,23 @@ def mixtral(d, seed=1):
 
 def qwen3_moe(d, seed=2):
     g = torch.Generator().manual_seed(seed)
-    cfg = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": H, "intermediate_size": 128,
-           "moe_intermediate_size": 32, "num_hidden_layers": L, "num_attention_heads": 4, "num_key_value_heads": 2,
-           "head_dim": 32, "num_experts": E, "num_experts_per_tok": 2, "norm_topk_prob": True, "vocab_size": V,
-           "mlp_only_layers": [0], "decoder_sparse_step": 1}
+    cfg = {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "model_type": "qwen3_moe",
+        "hidden_size": H,
+        "intermediate_size": 128,
+        "moe_intermediate_size": 32,
+        "num_hidden_layers": L,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "num_experts": E,
+        "num_experts_per_tok": 2,
+        "norm_topk_prob": True,
+        "vocab_size": V,
+        "mlp_only_layers": [0],
+        "decoder_sparse_step": 1,
+    }
     t = {}
     _common(t, g)
     for i in range(L):

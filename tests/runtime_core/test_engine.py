@@ -4,8 +4,6 @@ change nothing but the usage counters."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 
 import pytest
 

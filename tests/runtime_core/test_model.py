@@ -28,7 +28,9 @@ def test_layout_loads_and_cached_decode_matches_full_forward(arch, tmp_path):
 
 
 def test_dense_and_moe_layers_follow_config(tmp_path):
-    cfg = MoEConfig.from_hf(__import__("json").loads((BUILDERS["deepseek_v3"](tmp_path / "d") / "config.json").read_text()))
+    cfg = MoEConfig.from_hf(
+        __import__("json").loads((BUILDERS["deepseek_v3"](tmp_path / "d") / "config.json").read_text())
+    )
     assert cfg.moe_layers == [1, 2] and cfg.shared_intermediate_size == 32 and cfg.score_correction_bias
     q = MoEConfig.from_hf(__import__("json").loads((BUILDERS["qwen3_moe"](tmp_path / "q") / "config.json").read_text()))
     assert q.moe_layers == [1, 2] and q.qk_norm and not q.shared_intermediate_size

@@ -9,7 +9,6 @@ import torch
 from runtime_core.rc_helpers import greedy
 from moe_runtime.experts.placement import ExpertPlacement, ray_options
 from moe_runtime.model.load import load_model
-from require import need
 
 pytestmark = pytest.mark.ray
 TOL = 1e-4

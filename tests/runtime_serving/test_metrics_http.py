@@ -32,7 +32,9 @@ def scrape(base_url: str) -> tuple[str, dict[tuple[str, tuple], float]]:
 
 
 def total(values, name: str, **labels) -> float:
-    return sum(v for (n, lab), v in values.items() if n == name and all(dict(lab).get(k) == x for k, x in labels.items()))
+    return sum(
+        v for (n, lab), v in values.items() if n == name and all(dict(lab).get(k) == x for k, x in labels.items())
+    )
 
 
 def test_metric_names_types_and_labels_are_the_contract(live_server):
@@ -45,10 +47,19 @@ def test_metric_names_types_and_labels_are_the_contract(live_server):
     for (name, labels), _ in values.items():
         lab = dict(labels)
         assert lab["model"] == "tiny-moe" and lab["pool"] == "cpu", name
-    assert {dict(l)["kind"] for n, l in values if n == "moe_tokens_total"} == {"prompt", "cached_prompt", "generated"}
-    assert {dict(l)["outcome"] for n, l in values if n == "moe_requests_total"} == {"ok", "error", "rejected", "cancelled"}
-    assert {dict(l)["tier"] for n, l in values if n == "moe_prefix_cache_bytes"} == {"memory", "disk"}
-    experts = {(dict(l)["layer"], dict(l)["expert"]) for n, l in values if n == "moe_expert_tokens_total"}
+    assert {dict(lbl)["kind"] for n, lbl in values if n == "moe_tokens_total"} == {
+        "prompt",
+        "cached_prompt",
+        "generated",
+    }
+    assert {dict(lbl)["outcome"] for n, lbl in values if n == "moe_requests_total"} == {
+        "ok",
+        "error",
+        "rejected",
+        "cancelled",
+    }
+    assert {dict(lbl)["tier"] for n, lbl in values if n == "moe_prefix_cache_bytes"} == {"memory", "disk"}
+    experts = {(dict(lbl)["layer"], dict(lbl)["expert"]) for n, lbl in values if n == "moe_expert_tokens_total"}
     assert len(experts) == 4 * 8  # tiny model: 4 MoE layers x 8 experts
     assert total(values, "moe_capacity_tokens_per_second") > 0
 

@@ -49,7 +49,10 @@ def test_completion_is_greedy_deterministic_and_second_call_hits_the_cache(clien
 
 
 def test_chat_stream_equals_non_stream_and_reports_usage(client):
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "What is the capital of France?"}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
     whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0)
     chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
                                                  stream=True, stream_options={"include_usage": True}))

@@ -87,7 +87,7 @@ def test_an_internal_error_is_a_generic_500_and_the_detail_goes_to_the_log(live_
     monkeypatch.setattr(live_server.engine, "generate", broken)
     with caplog.at_level(logging.ERROR), httpx.Client(base_url=live_server.base_url, timeout=60) as http:
         r = _post(http, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1})
-    err = _assert_error(r, 500, "internal")
+    _assert_error(r, 500, "internal")
     assert "abc123" not in r.text and "RuntimeError" not in r.text and "secret" not in r.text
     assert any(SECRET in (rec.getMessage() + str(rec.exc_info)) for rec in caplog.records)
 

@@ -84,7 +84,9 @@ def test_chat_template_default_and_custom():
     msgs = [oa.ChatMessage(role="system", content="be brief"),
             oa.ChatMessage(role="user", content=[{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}])]
     assert oa.render_chat(msgs, None) == "<|system|>\nbe brief\n<|user|>\nhi there\n<|assistant|>\n"
-    custom = "{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    custom = (
+        "{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    )
     assert oa.render_chat(msgs, custom) == "[system:be brief][user:hi there]>"
 
 

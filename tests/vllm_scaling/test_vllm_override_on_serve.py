@@ -8,7 +8,6 @@ old way (the count inside args) replaces the running replica.
 """
 from __future__ import annotations
 
-import copy
 import os
 import time
 from pathlib import Path

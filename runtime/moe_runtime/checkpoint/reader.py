@@ -72,7 +72,9 @@ class CheckpointReader:
             headers = {f: _read_header(self.dir / f) for f in files}
             for name, fname in weight_map.items():
                 if name not in headers[fname]:
-                    raise CheckpointError("index names a tensor the shard does not hold", file=str(self.dir / fname), tensor=name)
+                    raise CheckpointError(
+                        "index names a tensor the shard does not hold", file=str(self.dir / fname), tensor=name
+                    )
                 self.where[name] = self.dir / fname
         else:
             files = sorted(self.dir.glob("*.safetensors"))

@@ -114,7 +114,9 @@ def tiny_tensors(config: dict[str, Any], seed: int = 0) -> dict[str, torch.Tenso
     return t
 
 
-def write_tiny_checkpoint(directory: str | Path, *, shards: int = 1, seed: int = 0, overrides: dict[str, Any] | None = None) -> Path:
+def write_tiny_checkpoint(
+    directory: str | Path, *, shards: int = 1, seed: int = 0, overrides: dict[str, Any] | None = None
+) -> Path:
     """Write the tiny checkpoint into ``directory`` (sharded with an index when shards > 1)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -137,7 +139,10 @@ def ensure_tiny_checkpoint(cache_dir: str | Path | None = None) -> Path:
     cfg = d / "config.json"
     if cfg.is_file():
         try:
-            if json.loads(cfg.read_text()).get("moe_operator_tiny_version") == TINY_VERSION and (d / "model.safetensors").is_file():
+            if (
+                json.loads(cfg.read_text()).get("moe_operator_tiny_version") == TINY_VERSION
+                and (d / "model.safetensors").is_file()
+            ):
                 return d
         except ValueError:
             pass
@@ -174,7 +179,10 @@ def resolve_source(source: str) -> Path:
             raise CheckpointError(f"model source {source!r} names no claim; expected pvc://<claim>/<path>", file=source)
         return Path(os.environ.get("MOE_MODEL_MOUNT", "/models")) / sub
     if "://" in source:
-        raise CheckpointError(f"model source {source!r} is not readable by the engine: it loads local directories "
-                              "(builtin://tiny-moe, /path, file://, pvc:// mounted at /models); download s3:// or hf:// "
-                              "models into a volume first", file=source)
+        raise CheckpointError(
+            f"model source {source!r} is not readable by the engine: it loads local directories "
+            "(builtin://tiny-moe, /path, file://, pvc:// mounted at /models); download s3:// or hf:// "
+            "models into a volume first",
+            file=source,
+        )
     return Path(source)

@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 
-def save_checkpoint(directory: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], shards: int = 1) -> Path:
+def save_checkpoint(
+    directory: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], shards: int = 1
+) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -25,5 +27,7 @@ def save_checkpoint(directory: str | Path, config: dict[str, Any], tensors: dict
         save_file({n: tensors[n].contiguous() for n in part}, str(d / fname), metadata={"format": "pt"})
         weight_map.update({n: fname for n in part})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
-    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     return d

@@ -61,7 +61,9 @@ class TorchEngine:
         if prefix_cache is not None:  # a disk block of other shapes is then a miss, not a failed prefill
             prefix_cache.set_block_spec(self.model.kv_block_spec(prefix_cache.block_tokens))
         self.vocab = loaded.cfg.vocab_size
-        self.eos = {loaded.tokenizer.eos_token_id} if loaded.tokenizer and loaded.tokenizer.eos_token_id is not None else set()
+        self.eos = (
+            {loaded.tokenizer.eos_token_id} if loaded.tokenizer and loaded.tokenizer.eos_token_id is not None else set()
+        )
         self._waiting: deque[_Seq] = deque()
         self._running: list[_Seq] = []
         self._prefilling: list[_Seq] = []  # admitted this step, counted as running
@@ -104,7 +106,9 @@ class TorchEngine:
         if close:
             close()
 
-    async def generate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[TokenEvent]:
+    async def generate(
+        self, prompt_token_ids: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[TokenEvent]:
         prompt = [int(t) for t in prompt_token_ids]
         if not prompt:
             raise ValueError("prompt is empty: at least one token is needed")
@@ -113,9 +117,12 @@ class TorchEngine:
             raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab})")
         check_params(params, self.vocab)
         if len(prompt) + params.max_tokens > self.max_context_tokens:
-            raise PromptTooLong(len(prompt), self.max_context_tokens,
-                                f"this model's maximum context length is {self.max_context_tokens} tokens; the request "
-                                f"asks for {len(prompt) + params.max_tokens} ({len(prompt)} prompt + {params.max_tokens} max_tokens)")
+            raise PromptTooLong(
+                len(prompt),
+                self.max_context_tokens,
+                f"this model's maximum context length is {self.max_context_tokens} tokens; the request "
+                f"asks for {len(prompt) + params.max_tokens} ({len(prompt)} prompt + {params.max_tokens} max_tokens)",
+            )
         loop = asyncio.get_running_loop()
         seq = _Seq(request_id, prompt, params, loop, asyncio.Queue(), make_generator(params))
         with self._cond:
@@ -202,7 +209,9 @@ class TorchEngine:
                 raise
             t2 = time.monotonic()
             await loop.run_in_executor(None, backend.release, staged)
-        log.info("placement applied: %d copies loaded, %d freed, %d shards", staged.loaded, staged.freed, len(new.shards))
+        log.info(
+            "placement applied: %d copies loaded, %d freed, %d shards", staged.loaded, staged.freed, len(new.shards)
+        )
         return {"loaded": staged.loaded, "freed": staged.freed, "shards": len(new.shards),
                 "load_s": t1 - t0, "swap_wait_s": t2 - t1}
 

@@ -42,7 +42,9 @@ class ExpertBank(nn.Module):
                 del self.experts[str(e)]
         self.ids = sorted(int(k) for k in self.experts)
 
-    def run_pairs(self, x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def run_pairs(
+        self, x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
         """Sum over pairs p of weight[p] * expert[p](x[token[p]]).
 
         x: [n, hidden]; token, expert: [P] int64; weight: [P] float. Returns [n, hidden] in x's dtype.
@@ -77,7 +79,9 @@ def load_bank(reader, cfg, layer: int, expert_ids: list[int], device, dtype, qua
     return ExpertBank(load_experts(reader, cfg, layer, expert_ids, device, dtype, quant))
 
 
-def load_experts(reader, cfg, layer: int, expert_ids: list[int], device, dtype, quant: str = "none") -> dict[int, ExpertFFN]:
+def load_experts(
+    reader, cfg, layer: int, expert_ids: list[int], device, dtype, quant: str = "none"
+) -> dict[int, ExpertFFN]:
     h, i = cfg.hidden_size, cfg.moe_intermediate_size
     experts = {}
     for e in expert_ids:

@@ -14,7 +14,12 @@ class LocalExperts(nn.Module):
 
     @classmethod
     def load(cls, reader, cfg, device, dtype, quant: str = "none") -> "LocalExperts":
-        return cls([load_bank(reader, cfg, layer, list(range(cfg.num_experts)), device, dtype, quant) for layer in cfg.moe_layers])
+        return cls(
+            [
+                load_bank(reader, cfg, layer, list(range(cfg.num_experts)), device, dtype, quant)
+                for layer in cfg.moe_layers
+            ]
+        )
 
     def run(self, moe_layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return self.banks[moe_layer].run_topk(x, ids, weights)

@@ -88,7 +88,9 @@ class ExpertPlacement:
             check_shape(obj, *model)
         try:
             n_layers, n_exp = int(obj["numLayers"]), int(obj["numExperts"])
-            shards = [ShardInfo(s["name"], s.get("device", "cpu"), dict(s.get("rayResources") or {})) for s in obj["shards"]]
+            shards = [
+                ShardInfo(s["name"], s.get("device", "cpu"), dict(s.get("rayResources") or {})) for s in obj["shards"]
+            ]
             layers = obj["layers"]
         except (KeyError, TypeError) as e:
             raise ValueError(f"placement lacks {e}; expected numLayers, numExperts, shards, layers") from None
@@ -108,8 +110,10 @@ class ExpertPlacement:
 
     def check_model(self, num_moe_layers: int, num_experts: int) -> None:
         if (self.num_layers, self.num_experts) != (num_moe_layers, num_experts):
-            raise ValueError(f"placement is for {self.num_layers} MoE layers x {self.num_experts} experts but the model "
-                             f"has {num_moe_layers} x {num_experts}")
+            raise ValueError(
+                f"placement is for {self.num_layers} MoE layers x {self.num_experts} experts but the model "
+                f"has {num_moe_layers} x {num_experts}"
+            )
 
     def holders(self, layer: int) -> dict[int, list[int]]:
         """expert id -> shard indices holding a copy, in MoE layer ``layer``."""

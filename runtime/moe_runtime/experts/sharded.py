@@ -30,11 +30,11 @@ class ShardedExperts:
 
         self.ray = ray
         self.placement = placement
-        self._holders = [placement.holders(l) for l in range(placement.num_layers)]
+        self._holders = [placement.holders(layer) for layer in range(placement.num_layers)]
         remote_cls = ray.remote(ExpertShard)
         self.actors = []
         for s, info in enumerate(placement.shards):
-            by_layer = [placement.layers[l][s] for l in range(placement.num_layers)]
+            by_layer = [placement.layers[layer][s] for layer in range(placement.num_layers)]
             opts = ray_options(info.ray_resources)
             self.actors.append(remote_cls.options(**opts).remote(checkpoint_dir, by_layer, info.device, dtype, quant))
         self.shard_info = ray.get([a.ready.remote() for a in self.actors])
@@ -56,10 +56,10 @@ class ShardedExperts:
         actors, added, kept, fresh, futures, fresh_idx = [], {}, set(), [], [], []
         try:
             for s, info in enumerate(new.shards):
-                want = [new.layers[l][s] for l in range(L)]
+                want = [new.layers[layer][s] for layer in range(L)]
                 o = old.get(info.name)
                 if o is not None and self.placement.shards[o] == info:
-                    add = [sorted(set(want[l]) - set(self.placement.layers[l][o])) for l in range(L)]
+                    add = [sorted(set(want[layer]) - set(self.placement.layers[layer][o])) for layer in range(L)]
                     actors.append(self.actors[o])
                     kept.add(o)
                     if any(add):
@@ -75,28 +75,31 @@ class ShardedExperts:
             try:
                 self.ray.get(futures, timeout=LOAD_TIMEOUT_S)
             except self.ray.exceptions.GetTimeoutError:
-                raise TimeoutError(f"the new placement's shards did not load within {LOAD_TIMEOUT_S:g} s (a shard "
-                                   "whose rayResources no node offers?); MOE_SHARD_LOAD_TIMEOUT_S sets the limit") from None
+                raise TimeoutError(
+                    f"the new placement's shards did not load within {LOAD_TIMEOUT_S:g} s (a shard "
+                    "whose rayResources no node offers?); MOE_SHARD_LOAD_TIMEOUT_S sets the limit"
+                ) from None
         except Exception:
             self._undo(added, fresh)
             raise
         drop = {}
         for o in kept:
             n = next(i for i, info in enumerate(new.shards) if info.name == self.placement.shards[o].name)
-            gone = [sorted(set(self.placement.layers[l][o]) - set(new.layers[l][n])) for l in range(L)]
+            gone = [sorted(set(self.placement.layers[layer][o]) - set(new.layers[layer][n])) for layer in range(L)]
             if any(gone):
                 drop[o] = gone
         retired = [a for o, a in enumerate(self.actors) if o not in kept]
         freed = sum(len(x) for gone in drop.values() for x in gone) + sum(
-            len(self.placement.layers[l][o]) for o in range(len(self.actors)) if o not in kept for l in range(L))
+            len(self.placement.layers[layer][o]) for o in range(len(self.actors)) if o not in kept for layer in range(L)
+        )
         loaded = sum(len(x) for add in added.values() for x in add) + sum(
-            len(new.layers[l][s]) for s in fresh_idx for l in range(L))
+            len(new.layers[layer][s]) for s in fresh_idx for layer in range(L))
         return Staged(new, actors, added, drop, fresh, retired, loaded, freed)
 
     def commit(self, staged: "Staged") -> None:
         """Swap the routing table. Call between two steps (no run() in progress): the next run() uses the new map."""
         self.placement, self._holders, self._old_actors, self.actors = (
-            staged.placement, [staged.placement.holders(l) for l in range(staged.placement.num_layers)],
+            staged.placement, [staged.placement.holders(layer) for layer in range(staged.placement.num_layers)],
             self.actors, staged.actors)
         self.swapped_at = time.monotonic()  # seconds (monotonic clock) of the last swap
 

@@ -88,12 +88,19 @@ class MoEConfig:
         heads = int(need("num_attention_heads"))
         n_layers = int(need("num_hidden_layers"))
         common = dict(
-            arch=arch, vocab_size=int(need("vocab_size")), hidden_size=hidden, num_layers=n_layers,
-            num_heads=heads, num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            arch=arch,
+            vocab_size=int(need("vocab_size")),
+            hidden_size=hidden,
+            num_layers=n_layers,
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
             head_dim=int(cfg.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(cfg.get("rope_theta", 10000.0)),
             max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), eos_token_id=cfg.get("eos_token_id"), raw=cfg,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            eos_token_id=cfg.get("eos_token_id"),
+            raw=cfg,
         )
         if arch == "mixtral":
             return cls(**common, intermediate_size=int(need("intermediate_size")),

@@ -47,7 +47,9 @@ class MoEForCausalLM(nn.Module):
         h, v = cfg.hidden_size, cfg.vocab_size
         self.expert_counts = torch.zeros(max(1, cfg.num_moe_layers), cfg.num_experts, dtype=torch.long)
         self.embed = nn.Parameter(get("model.embed_tokens.weight", (v, h)), requires_grad=False)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, get, quant, backend, self.expert_counts) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, i, get, quant, backend, self.expert_counts) for i in range(cfg.num_layers)
+        )
         self.norm = RMSNorm(get("model.norm.weight", (h,)), cfg.rms_norm_eps)
         if cfg.tie_word_embeddings and not reader.has("lm_head.weight"):
             self.lm_head = make_linear(self.embed.data, None, "none")
@@ -74,7 +76,9 @@ class MoEForCausalLM(nn.Module):
             starts.append(acc)
             acc += c
         flat = torch.tensor([t for seq in tokens for t in seq], dtype=torch.long, device=self.device)
-        positions = torch.cat([torch.arange(kv.length, kv.length + c, device=self.device) for kv, c in zip(kvs, counts)])
+        positions = torch.cat(
+            [torch.arange(kv.length, kv.length + c, device=self.device) for kv, c in zip(kvs, counts)]
+        )
         batch = Batch(starts, counts, kvs, positions)
         x = self.embed[flat]
         for layer in self.layers:

@@ -29,7 +29,9 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape [N, dim] for integer positions [N] (HF's rotate-half layout)."""
     inv = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
     freqs = positions.float()[:, None] * inv[None, :]
@@ -77,9 +79,15 @@ class Attention(nn.Module):
         p = f"model.layers.{layer}.self_attn"
         h, hd, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
         b = cfg.attention_bias
-        self.q = make_linear(get(f"{p}.q_proj.weight", (nh * hd, h)), get(f"{p}.q_proj.bias", (nh * hd,)) if b else None, quant)
-        self.k = make_linear(get(f"{p}.k_proj.weight", (nkv * hd, h)), get(f"{p}.k_proj.bias", (nkv * hd,)) if b else None, quant)
-        self.v = make_linear(get(f"{p}.v_proj.weight", (nkv * hd, h)), get(f"{p}.v_proj.bias", (nkv * hd,)) if b else None, quant)
+        self.q = make_linear(
+            get(f"{p}.q_proj.weight", (nh * hd, h)), get(f"{p}.q_proj.bias", (nh * hd,)) if b else None, quant
+        )
+        self.k = make_linear(
+            get(f"{p}.k_proj.weight", (nkv * hd, h)), get(f"{p}.k_proj.bias", (nkv * hd,)) if b else None, quant
+        )
+        self.v = make_linear(
+            get(f"{p}.v_proj.weight", (nkv * hd, h)), get(f"{p}.v_proj.bias", (nkv * hd,)) if b else None, quant
+        )
         self.o = make_linear(get(f"{p}.o_proj.weight", (h, nh * hd)), None, quant)
         self.q_norm = RMSNorm(get(f"{p}.q_norm.weight", (hd,)), cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(get(f"{p}.k_norm.weight", (hd,)), cfg.rms_norm_eps) if cfg.qk_norm else None
@@ -113,7 +121,12 @@ class MLAttention(nn.Module):
         super().__init__()
         p = f"model.layers.{layer}.self_attn"
         h, nh = cfg.hidden_size, cfg.num_heads
-        self.nope, self.rope, self.vd, self.rank = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        self.nope, self.rope, self.vd, self.rank = (
+            cfg.qk_nope_head_dim,
+            cfg.qk_rope_head_dim,
+            cfg.v_head_dim,
+            cfg.kv_lora_rank,
+        )
         qd = self.nope + self.rope
         if cfg.q_lora_rank:
             r = int(cfg.q_lora_rank)

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import moe_runtime
 from moe_runtime.checkpoint.reader import CheckpointReader
 from moe_runtime.checkpoint.tokenizer import ModelTokenizer, load_tokenizer

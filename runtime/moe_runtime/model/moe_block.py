@@ -28,7 +28,9 @@ class MoEBlock(nn.Module):
         self.gate_w = nn.Parameter(get(f"{p}.gate.weight", (cfg.num_experts, h)).float(), requires_grad=False)
         self.bias = None
         if cfg.score_correction_bias:
-            self.bias = nn.Parameter(get(f"{p}.gate.e_score_correction_bias", (cfg.num_experts,)).float(), requires_grad=False)
+            self.bias = nn.Parameter(
+                get(f"{p}.gate.e_score_correction_bias", (cfg.num_experts,)).float(), requires_grad=False
+            )
         self.shared = None
         self.shared_gate = None
         if cfg.shared_intermediate_size:
