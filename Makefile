@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make up    - install what the runtime needs, then serve examples/tiny-moe.yaml locally through Ray Serve
-#   make test  - install everything the tests need (venv, Debian's prometheus, Go-built control plane), run the suite
+#   make test  - install everything the tests need (venv, Debian's prometheus, Go-built control plane), lint, run the suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 SPEC   ?= examples/tiny-moe.yaml
 PYTEST_ARGS ?=
 
-.PHONY: up test test-stress venv test-deps generate check-generated cluster-up cluster-down bench clean
+.PHONY: up test lint test-stress venv test-deps generate check-generated cluster-up cluster-down bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ up: $(STAMP)
 test-deps:
 	bash hack/ci-setup.sh
 
-test: test-deps
+# ruff with the rules in pyproject.toml ([tool.ruff]); `make test` runs it before pytest, so a lint error fails CI.
+lint:
+	@test -x $(VENV)/bin/ruff || $(MAKE) venv
+	$(VENV)/bin/ruff check .
+
+test: test-deps lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 # The timing-sensitive tests, STRESS_RUNS times (default 10) with every core busy (docs/development.md).
