@@ -113,5 +113,5 @@ def test_liveness_fails_when_a_step_or_an_objects_tick_runs_too_long(monkeypatch
     assert loops.health(t + loops.STALL_S - 1) is None
     assert "autoscaler step" in loops.health(t + loops.STALL_S + 1)
     c.busy_since = None
-    loops._INFLIGHT[("autoscaler", ("ns", "m"))] = (Future(), t)   # never done
+    loops._INFLIGHT[("autoscaler", ("ns", "m"))] = (Future(), [t])   # running since t, never done
     assert "ns/m" in loops.health(t + loops.STALL_S + 1)

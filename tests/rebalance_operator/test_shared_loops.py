@@ -115,3 +115,29 @@ def test_one_objects_hung_tick_does_not_hold_up_the_others():
         assert ticked.count("b") == 2 and ticked.count("c") == 2 and ticked.count("hung") == 1, ticked
     finally:
         release.set()
+
+
+def test_a_tick_waiting_in_the_queue_is_not_a_stuck_tick(monkeypatch):
+    """Liveness must count a tick's running time, not its wait for a worker (review): with many objects and slow
+    dependencies the queue alone outlasts STALL_S, and a restart loop then follows exactly when a dependency is down."""
+    monkeypatch.setattr(loops, "TICK_WORKERS", 1)
+    monkeypatch.setattr(loops, "STALL_S", 1.0)
+    monkeypatch.setattr(loops, "_INFLIGHT", {})        # only this test's ticks (an earlier test's hung one stays)
+    monkeypatch.setattr(loops, "CONSUMERS", [])
+    monkeypatch.setattr(loops, "LAST_STEP", None)
+    monkeypatch.setattr(loops, "WAIT_S", 0.0)
+    bodies = [{"metadata": {"namespace": "ns", "name": f"d{i}"}} for i in range(30)]
+    states: dict = {}
+
+    class St:
+        next_at = 0.0
+
+    loops.run_due(bodies, states, enabled=lambda b: True, tick=lambda body, now: time.sleep(0.1), new_state=St,
+                  retry_s=5.0, what="queue-test", now=0.0)
+    reports = []
+    end = time.monotonic() + 3.5
+    while time.monotonic() < end:
+        reports.append(loops.health())
+        time.sleep(0.1)
+    loops._POOLS.pop("queue-test").shutdown(wait=True)
+    assert [r for r in reports if r] == [], [r for r in reports if r][:3]

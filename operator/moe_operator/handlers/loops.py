@@ -43,8 +43,8 @@ class Consumer:
 
 _POOLS: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 _INFLIGHT: dict[
-    tuple[str, tuple[str, str]], tuple[concurrent.futures.Future, float]
-] = {}  # (what, key) -> (tick, start)
+    tuple[str, tuple[str, str]], tuple[concurrent.futures.Future, list]
+] = {}  # (what, key) -> (tick, [time.monotonic() it began running; None while it waits for a worker])
 _LOCK = threading.Lock()
 LAST_STEP: float | None = None    # time.monotonic() of the step loop's last turn (None: not started)
 
@@ -95,8 +95,9 @@ def run_due(bodies: list[dict[str, Any]], states: MutableMapping[tuple[str, str]
         running = _INFLIGHT.get((what, key))
         if running is not None and not running[0].done():
             continue   # its previous tick is still running: it alone waits
-        fut = pool.submit(_tick_one, tick, body, now, key, states, new_state, retry_s, what)
-        _INFLIGHT[(what, key)] = (fut, time.monotonic())
+        began: list = [None]
+        fut = pool.submit(_tick_one, tick, body, now, key, states, new_state, retry_s, what, began)
+        _INFLIGHT[(what, key)] = (fut, began)
         started.append(fut)
     done, _ = concurrent.futures.wait(started, timeout=WAIT_S)
     for key in set(states) - seen:
@@ -106,7 +107,8 @@ def run_due(bodies: list[dict[str, Any]], states: MutableMapping[tuple[str, str]
     return sum(1 for f in done if f.result())
 
 
-def _tick_one(tick, body, now, key, states, new_state, retry_s: float, what: str) -> bool:
+def _tick_one(tick, body, now, key, states, new_state, retry_s: float, what: str, began: list) -> bool:
+    began[0] = time.monotonic()   # liveness counts the running time, not the wait for a worker
     try:
         tick(body, now)
         return True
@@ -126,8 +128,9 @@ def health(now: float | None = None) -> str | None:
     for c in CONSUMERS:
         if c.busy_since is not None and now - c.busy_since > STALL_S:
             return f"the {c.name} step has been running for {now - c.busy_since:.0f} s"
-    for (what, (ns, name)), (fut, start) in list(_INFLIGHT.items()):
-        if not fut.done() and now - start > STALL_S:
+    for (what, (ns, name)), (fut, began) in list(_INFLIGHT.items()):
+        start = began[0]
+        if not fut.done() and start is not None and now - start > STALL_S:
             return f"the {what} tick of {ns}/{name} has been running for {now - start:.0f} s"
     return None
 
