@@ -133,3 +133,28 @@ def test_the_operator_flags_switch_it_and_name_kuberay():
         ["-A", "--kuberay-namespace", "kuberay", "--kuberay-pod-labels", "app=kuberay,tier=ctl",
          "--metrics-namespace", "monitoring"]))
     assert custom == PolicySettings("kuberay", {"app": "kuberay", "tier": "ctl"}, "monitoring")
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_policy_the_api_server_rejects_is_spec_invalid_once_and_no_rayservice_is_written(cluster, monkeypatch, fresh):
+    """A name of 64+ characters is a legal object name but no label value: the policy's POST gets 422. That must be
+    SpecInvalid once, like a refused RayService (issue 14 item 13), not an exception on every reconcile (review)."""
+    import json
+
+    from kubernetes.client.rest import ApiException
+
+    c = cluster()
+
+    def reject(ns, body):
+        c.calls.append("POST np")
+        exc = ApiException(status=422, reason="Unprocessable Entity")
+        exc.body = json.dumps({"message": "NetworkPolicy.networking.k8s.io \"m1\" is invalid: metadata.labels: "
+                                          "Invalid value: must be no more than 63 characters"})
+        raise exc
+    monkeypatch.setattr(netpol, "_create", reject)
+    out = reconcile.reconcile(copy.deepcopy(BODY), fresh=fresh)
+    cond = next(x for x in out.status["conditions"] if x["type"] == "SpecInvalid")
+    assert (cond["status"], cond["reason"]) == ("True", "NetworkPolicyRejected") and "63 characters" in cond["message"]
+    assert "POST rs" not in c.calls and [e[1] for e in out.events] == ["NetworkPolicyRejected"]
+    again = reconcile.reconcile({**copy.deepcopy(BODY), "status": out.status}, fresh=fresh)
+    assert again.events == []

@@ -62,13 +62,17 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
     created = False
     if live is not None and not kube.owned_by(live, meta.get("uid")):
         return _not_owned(old, generation, namespace, name)
-    # Ray's dashboard and GCS take no credential: their NetworkPolicy exists before any Ray pod (docs/security.md)
-    if CONFIG.network_policy is not None and netpol.ensure(body, CONFIG.network_policy, fresh, r.labels) == "foreign":
-        return _stopped(old, generation, "NetworkPolicyNotOwned",
-                        f"NetworkPolicy {namespace}/{name} exists and is not owned by this MoEDeployment: the operator "
-                        "neither adopts nor overwrites it, and starts no Ray pods without its own policy; delete or "
-                        "rename that NetworkPolicy, or give this MoEDeployment another name", spec_invalid=False)
+    writing = "NetworkPolicy"
     try:
+        # Ray's dashboard and GCS take no credential: their NetworkPolicy exists before any Ray pod (docs/security.md)
+        if CONFIG.network_policy is not None and \
+                netpol.ensure(body, CONFIG.network_policy, fresh, r.labels) == "foreign":
+            return _stopped(old, generation, "NetworkPolicyNotOwned",
+                            f"NetworkPolicy {namespace}/{name} exists and is not owned by this MoEDeployment: the "
+                            "operator neither adopts nor overwrites it, and starts no Ray pods without its own policy; "
+                            "delete or rename that NetworkPolicy, or give this MoEDeployment another name",
+                            spec_invalid=False)
+        writing = "RayService"
         if live is None:
             live = kube.create_rayservice_object(namespace, desired)   # the stored object: no GET after it
             created = live is not None
@@ -93,9 +97,9 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
     except ApiException as exc:
         if exc.status not in (400, 422):
             raise
-        # a value our schema lets through but Kubernetes refuses in the rendered object: the spec's to fix, said once
-        return _stopped(old, generation, "RayServiceRejected", "the API server refused the RayService rendered from "
-                        f"this spec ({exc.status}): {_api_message(exc)}; change the spec field it names")
+        # a value our schema lets through but Kubernetes refuses in a rendered object: the spec's to fix, said once
+        return _stopped(old, generation, f"{writing}Rejected", f"the API server refused the {writing} rendered "
+                        f"from this spec ({exc.status}): {_api_message(exc)}; change the spec field it names")
     return Outcome(status.ok_status(old, generation, r, p, live), events)
 
 
