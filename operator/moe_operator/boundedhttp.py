@@ -145,8 +145,8 @@ def request(c: httpx.Client, method: str, url: str, *, deadline_s: float, max_by
         try:
             with c.stream(method, url, headers=headers, timeout=deadline_s, **kwargs) as r:
                 if r.headers.get("content-encoding", "identity").lower() != "identity":
-                    raise HttpError(f"{method} {url}: a compressed answer ({r.headers['content-encoding']!r}) "
-                                    "was not asked for")
+                    # the header's value is the server's text: not quoted (no echo of what a URL answers)
+                    raise HttpError(f"{method} {url}: a compressed answer, which was not asked for")
                 declared = r.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > max_bytes:
                     raise HttpError(f"{method} {url}: the answer is larger than {max_bytes} bytes "
