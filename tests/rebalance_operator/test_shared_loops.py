@@ -143,3 +143,24 @@ def test_a_tick_waiting_in_the_queue_is_not_a_stuck_tick(monkeypatch):
         time.sleep(0.1)
     loops._POOLS.pop("queue-test").shutdown(wait=True)
     assert [r for r in reports if r] == [], [r for r in reports if r][:3]
+
+
+def test_series_a_tick_sets_after_its_object_was_deleted_go_with_the_next_step(monkeypatch):
+    """The delete handler forgets an object's series, but a tick still running then sets them again (review): the
+    first step that no longer lists the object, once that tick is done, removes them."""
+    monkeypatch.setattr(loops, "WAIT_S", 30.0)
+    monkeypatch.setattr(loops, "_INFLIGHT", {})
+
+    class St:
+        next_at = 0.0
+
+    def tick(b, now):
+        metrics.STALE.labels("ns", "late").set(1)
+    kw = dict(enabled=lambda b: True, tick=tick, new_state=St, retry_s=5.0, what="forget-test")
+    loops.run_due([body("late", on=True)], {}, now=0.0, **kw)
+    assert metrics.STALE.labels("ns", "late")._value.get() == 1
+    metrics.forget("ns", "late")                       # on_delete ran, then (here: before) the tick's write
+    metrics.STALE.labels("ns", "late").set(1)          # the tick that outlived it
+    loops.run_due([], {}, now=1.0, **kw)
+    names = {tuple(s.labels.values()) for fam in metrics.STALE.collect() for s in fam.samples}
+    assert ("ns", "late") not in names

@@ -104,6 +104,7 @@ def run_due(bodies: list[dict[str, Any]], states: MutableMapping[tuple[str, str]
         states.pop(key, None)
     for k in [k for k, (f, _) in list(_INFLIGHT.items()) if k[0] == what and k[1] not in seen and f.done()]:
         _INFLIGHT.pop(k, None)
+        metrics.forget(*k[1])   # gone from the list: a tick that outlived its delete handler may have set series again
     return sum(1 for f in done if f.result())
 
 
