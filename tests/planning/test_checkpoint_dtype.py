@@ -36,15 +36,15 @@ def test_an_inline_fp8_config_plans_as_the_catalog_entry():
     assert a == b
 
 
-def test_a_bf16_checkpoint_still_plans_at_bf16():
+def _on_16_h200(quantization_config=None):
+    """DeepSeek-V3's shape with ``quantization_config`` (None: a 16-bit checkpoint), planned on 16 x H200."""
+    config = {**hf_configs.DEEPSEEK_V3, **({"quantization_config": quantization_config} if quantization_config else {})}
     h200 = {"name": "h200", "accelerator": "nvidia-h200", "devicesPerReplica": 16}
-    bf16 = plan_deployment(_spec({"source": "hf://o/m", "config": hf_configs.DEEPSEEK_V3}, h200), CATALOG, "ds")
-    fp8 = plan_deployment(
-        _spec({"source": "hf://o/m", "config": {**hf_configs.DEEPSEEK_V3, "quantization_config": FP8}}, h200),
-        CATALOG,
-        "ds",
-    )
-    assert bf16.pools[0].fit.weights_gib > 1.9 * fp8.pools[0].fit.weights_gib
+    return plan_deployment(_spec({"source": "hf://o/m", "config": config}, h200), CATALOG, "ds")
+
+
+def test_a_bf16_checkpoint_still_plans_at_bf16():
+    assert _on_16_h200().pools[0].fit.weights_gib > 1.9 * _on_16_h200(FP8).pools[0].fit.weights_gib
 
 
 def test_an_fp8_checkpoint_on_ascend_is_refused_naming_the_checkpoint():
@@ -63,14 +63,7 @@ def test_an_fp8_checkpoint_on_the_torch_engine_is_refused():
 @pytest.mark.parametrize("qc", [{"quant_method": "compressed-tensors"}, {"quant_method": "bitsandbytes"}, "junk"])
 def test_a_checkpoint_format_planning_does_not_know_is_sized_at_16_bits_as_before(qc):
     """Specs the API server stored before checkpoints were read must keep planning (reviewer: no silent breakage)."""
-    h200 = {"name": "h200", "accelerator": "nvidia-h200", "devicesPerReplica": 16}
-    plain = plan_deployment(_spec({"source": "hf://o/m", "config": hf_configs.DEEPSEEK_V3}, h200), CATALOG, "ds")
-    other = plan_deployment(
-        _spec({"source": "hf://o/m", "config": {**hf_configs.DEEPSEEK_V3, "quantization_config": qc}}, h200),
-        CATALOG,
-        "ds",
-    )
-    assert other.pools[0].fit == plain.pools[0].fit
+    assert _on_16_h200(qc).pools[0].fit == _on_16_h200().pools[0].fit
 
 
 def test_an_explicit_quantization_wins_over_the_checkpoints_as_before():
