@@ -50,6 +50,7 @@ def rec(monkeypatch):
         r = Recorder(existing)
         for fn in ("get_rayservice", "create_rayservice_object", "post_event", "replace_with_retry"):
             monkeypatch.setattr(kube, fn, getattr(r, fn))
+        monkeypatch.setattr(kube, "active_raycluster", lambda ns, rs: None)   # no RayCluster yet: no pod counts
         monkeypatch.setattr(kube, "post_event_soon", r.post_event)
         return r
     return install
@@ -158,3 +159,25 @@ def test_a_rayservice_the_api_server_rejects_is_spec_invalid_once_not_a_retry_lo
     assert [e[1] for e in out.events] == ["RayServiceRejected"]
     again = reconcile.reconcile({**copy.deepcopy(BODY), "status": out.status}, fresh=fresh)
     assert again.events == []
+
+
+def test_status_counts_ready_replicas_from_the_pods_not_from_the_desired_count(rec, monkeypatch):
+    """KubeRay says Ready, but a worker pod of the pool was killed: readyReplicas is 0 and Ready False (issue 13)."""
+    r0 = rec(None)
+    reconcile.reconcile(copy.deepcopy(BODY), fresh=True)
+    live = copy.deepcopy(r0.posted)
+    live["metadata"]["uid"] = "rs-1"
+    live["status"] = {"conditions": [{"type": "Ready", "status": "True", "reason": "RayServiceReady"}]}
+    rec(live)
+    rc = {"metadata": {"name": "rc-1"}, "spec": copy.deepcopy(live["spec"]["rayClusterConfig"])}
+    monkeypatch.setattr(kube, "active_raycluster", lambda ns, rs: rc)
+    ready_pod = {"metadata": {"labels": {"ray.io/group": "cpu", "ray.io/cluster": "rc-1"}},
+                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    monkeypatch.setattr(kube, "ray_worker_pods", lambda ns, cluster: [ready_pod])
+    out = reconcile.reconcile(copy.deepcopy(BODY))
+    assert out.status["pools"][0]["readyReplicas"] == 1 and out.status["ready"] == "True"
+    monkeypatch.setattr(kube, "ray_worker_pods", lambda ns, cluster: [])          # the pod was killed
+    out = reconcile.reconcile(copy.deepcopy(BODY))
+    assert out.status["pools"][0]["readyReplicas"] == 0 and out.status["ready"] == "False"
+    ready = next(c for c in out.status["conditions"] if c["type"] == "Ready")
+    assert "cpu" in ready["message"] and "Ready" in ready["message"], ready

@@ -59,6 +59,7 @@ def cluster(monkeypatch):
     def install(policy: dict | None = None) -> Cluster:
         c = Cluster(policy)
         monkeypatch.setattr(kube, "get_rayservice", lambda ns, name: c.get("rs"))
+        monkeypatch.setattr(kube, "active_raycluster", lambda ns, rs: None)
         monkeypatch.setattr(kube, "create_rayservice_object", lambda ns, body: c.create("rs", body))
         monkeypatch.setattr(kube, "replace_with_retry", lambda ns, name, mutate: False)
         monkeypatch.setattr(kube, "post_event_soon", lambda *a: None)

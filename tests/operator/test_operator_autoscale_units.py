@@ -213,10 +213,23 @@ def test_ready_replicas_from_the_runtime_gauge_else_the_raycluster(monkeypatch):
         autoscale.tick({**body, "status": copy.deepcopy(cluster.status)}, t)
         return seen[-1]
 
-    # no gauge: the RayCluster's group replicas (1 each; 2 ready workers cover both groups)
+    # no gauge: the RayCluster's group replicas (1 each; 2 ready workers cover both groups), when pods are unreadable
+    from kubernetes.client.rest import ApiException
+
+    def forbidden(ns, cluster):
+        raise ApiException(status=403, reason="Forbidden")
+    monkeypatch.setattr(kube, "ray_worker_pods", forbidden)
     assert ready_seen_by_policy(1000, {}) == {"h100": 1, "ascend": 1}
     # the runtime reports h100 (none serving yet, e.g. still loading): that wins; ascend keeps the fallback
     assert ready_seen_by_policy(1010, {"h100": 0, "other": 5}) == {"h100": 0, "ascend": 1}
+    # with the pods readable, their readiness: the ascend pod was killed, so 0 ready there, not the spec's 1
+    hosts = {g["groupName"]: int(g.get("numOfHosts") or 1) for g in rc["spec"]["workerGroupSpecs"]}
+
+    def pods(ns, cluster):
+        return [{"metadata": {"labels": {"ray.io/group": "h100", "ray.io/cluster": "rc"}},
+                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}}] * hosts["h100"]
+    monkeypatch.setattr(kube, "ray_worker_pods", pods)
+    assert ready_seen_by_policy(1020, {}) == {"h100": 1, "ascend": 0}
 
 
 def test_a_rayservice_it_does_not_own_is_never_scaled(monkeypatch):

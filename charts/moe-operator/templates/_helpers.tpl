@@ -78,6 +78,11 @@ watched namespace's Role (namespaced mode). Each rule names the code that needs 
 - apiGroups: [ray.io]
   resources: [rayclusters]
   verbs: [get, list, update]
+# The Ray worker pods of a RayCluster: handlers/readiness.py counts the Ready ones per pool (status.pools[].readyReplicas
+# and the autoscaler's ready count; KubeRay's status has only cluster-wide counts). List only, by label selector.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 # Events on MoEDeployments (handlers/kube.py posts them through the API: reconcile outcomes and scaling decisions).
 - apiGroups: [""]
   resources: [events]

@@ -27,7 +27,7 @@ from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_f
 from moe_operator.autoscaling.policy import decide
 from moe_operator.autoscaling.restore import restore_history
 
-from . import kube, loops, metrics
+from . import kube, loops, metrics, readiness
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ def _source(state: State, metrics_spec, model: str, engine: str = "torch", scope
 
 
 def _ready(rc: dict | None, pools: list[str]) -> dict[str, int]:
-    """Ready replicas per pool from the RayCluster: its group replicas once the cluster reports ready workers.
+    """Ready replicas per pool from the RayCluster alone (pods unreadable, e.g. no RBAC for them): its group replicas
+    once the cluster reports ready workers.
 
     The fallback for pools the runtime's ``moe_ready_replicas`` gauge does not report (e.g. Ray Serve LLM apps)."""
     if not rc:
@@ -195,7 +196,8 @@ def tick(body: dict, now: float | None = None) -> dict | None:
             log.warning("autoscaler: %s/%s: cannot read RayClusters (%s): pods will not follow", ns, name, exc.reason)
         state.error, rc = "rayclusters forbidden", None
     pool_names = [p.name for p in pools]
-    ready = _ready(rc, pool_names)
+    counted = readiness.observed(ns, rc)   # whole replicas whose pods are all Ready, per pool
+    ready = {p: counted.get(p, 0) for p in pool_names} if counted is not None else _ready(rc, pool_names)
     current = actuator.serve_replicas(rs)
     if state.history is None:   # first tick of this process: rebuild from status, so a restart scales nothing down
         state.history, origin = restore_history(body.get("status"), pools, settings, current, now)

@@ -204,6 +204,18 @@ def active_raycluster(namespace: str, rayservice: dict[str, Any]) -> dict[str, A
     return live[0] if len(live) == 1 else None
 
 
+def ray_worker_pods(namespace: str, cluster: str) -> list[dict[str, Any]]:
+    """The worker pods of RayCluster ``cluster`` (labels KubeRay sets), as plain dicts (no model parsing)."""
+    import json
+
+    resp = core().list_namespaced_pod(namespace, label_selector=f"ray.io/cluster={cluster},ray.io/node-type=worker",
+                                      _preload_content=False)
+    try:
+        return json.loads(resp.data).get("items") or []
+    finally:
+        resp.release_conn()
+
+
 def replace_raycluster_with_retry(namespace: str, name: str, mutate: Callable[[dict[str, Any]], bool]) -> bool:
     """Read-modify-replace a RayCluster (KubeRay writes it too; see _replace_ray_object)."""
     return _replace_ray_object(RAYCLUSTERS, "RayCluster", namespace, name, mutate)

@@ -20,7 +20,7 @@ from moe_operator.render.context import build_render_input
 from moe_operator.render.pipeline import parse_spec, plan
 from moe_operator.render.rayservice import render_rayservice
 
-from . import admin_secret, drift, kube, metrics, netpol, status, trace
+from . import admin_secret, drift, kube, metrics, netpol, readiness, status, trace
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,18 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
         # a value our schema lets through but Kubernetes refuses in a rendered object: the spec's to fix, said once
         return _stopped(old, generation, f"{writing}Rejected", f"the API server refused the {writing} rendered "
                         f"from this spec ({exc.status}): {_api_message(exc)}; change the spec field it names")
-    return Outcome(status.ok_status(old, generation, r, p, live), events)
+    counted = None if created or live is None else readiness.observed(namespace, _active_cluster(namespace, live))
+    return Outcome(status.ok_status(old, generation, r, p, live, counted), events)
+
+
+def _active_cluster(namespace: str, live: dict[str, Any]) -> dict[str, Any] | None:
+    """The RayCluster serving ``live``; None when KubeRay has not made it yet or it cannot be read. Readiness is a
+    report: failing to read it must not fail the reconcile that applied the spec."""
+    try:
+        return kube.active_raycluster(namespace, live)
+    except Exception as exc:  # noqa: BLE001 - RBAC, an API error or a dropped connection: the status says less
+        log.debug("RayCluster of %s/%s unreadable: %s", namespace, live["metadata"].get("name"), exc)
+        return None
 
 
 def _api_message(exc: ApiException) -> str:

@@ -62,9 +62,18 @@ def _plan_pool(plan: Any, name: str) -> Any:
     return None
 
 
-def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live: dict | None) -> dict[str, Any]:
-    """Status after a successful reconcile (the RayService exists and carries our fields)."""
+def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live: dict | None,
+              counted: dict[str, int] | None = None) -> dict[str, Any]:
+    """Status after a successful reconcile (the RayService exists and carries our fields).
+
+    ``counted``: ready replicas per pool from the worker pods (handlers/readiness.py); None when unknown, and then a
+    pool counts as all ready only while KubeRay reports the RayService Ready. Ready=True needs every pool that
+    should serve to have a ready replica."""
     ready, why = rayservice_ready(live)
+    idle = [p.name for p in r.pools if p.replicas > 0 and (counted or {}).get(p.name, 0) == 0] \
+        if counted is not None else []
+    if ready and idle:
+        ready, why = False, f"pool(s) {', '.join(idle)} have no replica whose pods are all Ready"
     conds = old.get("conditions") or []
     pools = []
     for p in r.pools:
@@ -73,7 +82,7 @@ def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live
             "name": p.name,
             "accelerator": p.accelerator,
             "desiredReplicas": p.replicas,
-            "readyReplicas": p.replicas if ready else 0,
+            "readyReplicas": counted.get(p.name, 0) if counted is not None else (p.replicas if ready else 0),
             "costPerHour": round(pp.cost.price_per_replica_hour * p.replicas, 4) if pp else 0.0,
             "capacityTokensPerSecond": round(pp.capacity.weighted_tps, 2) if pp else 0.0,
         })
