@@ -115,8 +115,9 @@ def test_replicas_only_change_keeps_the_raycluster_and_is_not_reverted(cluster, 
 @pytest.mark.timing_sensitive
 def test_no_write_when_nothing_changed(cluster, namespace, operator):
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("quiet"))
-    wait_for("status written", lambda: ((get(cluster, "moed", "quiet", "-n", namespace) or {}).get("status") or {}).get(
-        "replicas"))
+    # settled: the status counts the worker pod once kwok has made it Ready (handlers/readiness.py); that is a change
+    wait_for("status counts the ready worker", lambda: ((get(cluster, "moed", "quiet", "-n", namespace) or {}).get(
+        "status") or {}).get("replicas") == "cpu=1/1", timeout=120)
     time.sleep(4)
     a = (get(cluster, "moed", "quiet", "-n", namespace)["metadata"]["resourceVersion"],
          get(cluster, "rayservice", "quiet", "-n", namespace)["metadata"]["generation"])
