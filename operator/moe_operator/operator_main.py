@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 
 from moe_operator.errors import UserError
@@ -58,12 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
 def policy_settings(args: argparse.Namespace) -> PolicySettings | None:
-    """The NetworkPolicy settings the flags ask for; None with --no-network-policy. ValueError for bad labels."""
+    """The NetworkPolicy settings the flags ask for; None with --no-network-policy. ValueError naming the flag for
+    bad labels or a namespace that is no DNS label (it would never match KubeRay's or Prometheus' namespace)."""
     if not args.network_policy:
         return None
-    labels = (PolicySettings.parse_labels(args.kuberay_pod_labels) if args.kuberay_pod_labels is not None
-              else PolicySettings().kuberay_pod_labels)
+    for flag, ns in (("--kuberay-namespace", args.kuberay_namespace), ("--metrics-namespace", args.metrics_namespace)):
+        if ns and not _DNS_LABEL.match(ns):
+            raise ValueError(f"{flag}: {ns!r} is not a namespace name (a DNS label: lower-case a-z, 0-9, '-')")
+    try:
+        labels = (PolicySettings.parse_labels(args.kuberay_pod_labels) if args.kuberay_pod_labels is not None
+                  else PolicySettings().kuberay_pod_labels)
+    except ValueError as exc:
+        raise ValueError(f"--kuberay-pod-labels: {exc}") from None
     return PolicySettings(args.kuberay_namespace, labels, args.metrics_namespace)
 
 
@@ -80,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         network_policy = policy_settings(args)
+        from moe_operator.handlers.autoscale import parse_hosts
+
+        metrics_hosts = parse_hosts(args.metrics_hosts)
     except ValueError as exc:
-        print(f"error: --kuberay-pod-labels: {exc}", file=sys.stderr)
+        message = str(exc)
+        print(f"error: {message if message.startswith('--') else '--metrics-hosts: ' + message}", file=sys.stderr)
         return 2
     try:
         from moe_operator.handlers.config import CONFIG
@@ -107,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     rebalance.ALLOW_URL_ANNOTATION = args.allow_runtime_url_annotation
     from moe_operator.handlers import autoscale
 
-    autoscale.METRICS_HOSTS = autoscale.parse_hosts(args.metrics_hosts)
+    autoscale.METRICS_HOSTS = metrics_hosts
 
     if args.metrics_port:
         from moe_operator.handlers.metrics import serve_metrics

@@ -66,3 +66,20 @@ def test_the_allow_list_flag_parses():
     args = build_parser().parse_args(["-A", "--metrics-hosts", "*.svc, prometheus.example.com"])
     assert autoscale.parse_hosts(args.metrics_hosts) == ["*.svc", "prometheus.example.com"]
     assert autoscale.parse_hosts("") == [] and autoscale.parse_hosts(None) == []
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--metrics-hosts", "http://prometheus:9090/"], "--metrics-hosts"),
+    (["--metrics-hosts", "*.svc,host with space"], "--metrics-hosts"),
+    (["--kuberay-namespace", "Ray_System"], "--kuberay-namespace"),
+    (["--metrics-namespace", "mon.itoring"], "--metrics-namespace"),
+    (["--kuberay-pod-labels", "no-equals"], "--kuberay-pod-labels"),
+])
+def test_a_bad_flag_is_one_clear_line_and_exit_2(capsys, flags, says):
+    """A URL given as a host pattern would refuse every metrics URL; a namespace with capitals would never match
+    KubeRay's: both were accepted silently and failed later, far from their cause."""
+    from moe_operator.operator_main import main
+
+    assert main(["-A", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {says}") and err.count("\n") == 1, err

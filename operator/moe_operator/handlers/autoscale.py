@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,15 +51,24 @@ class State:
 STATES: dict[tuple[str, str], State] = {}
 
 
+_HOST_PATTERN = re.compile(r"^[a-z0-9.*?\[\]!-]+$")   # a host name with fnmatch's wildcards; no scheme, port or path
+
+
 def parse_hosts(text: str | None) -> list[str]:
-    """``--metrics-hosts`` / env ``MOE_METRICS_HOSTS``: comma-separated host patterns (fnmatch: ``*.svc``)."""
-    return [h.strip().lower() for h in (text or "").split(",") if h.strip()]
+    """``--metrics-hosts`` / env ``MOE_METRICS_HOSTS``: comma-separated host patterns (fnmatch: ``*.svc``).
+    ValueError for anything else (a URL as a pattern would match no host and refuse every metrics URL)."""
+    hosts = [h.strip().lower() for h in (text or "").split(",") if h.strip()]
+    for h in hosts:
+        if not _HOST_PATTERN.match(h):
+            raise ValueError(f"not a host pattern: {h!r} (a host such as prometheus.monitoring.svc or *.svc, "
+                             "without scheme, port or path)")
+    return hosts
 
 
 # Hosts a MoEDeployment's metrics URL (spec.autoscaling.metrics) may name; empty: any host (the default, as before
 # the list: an in-cluster Prometheus or runtime Service can be in any namespace). The operator's own
-# MOE_PROMETHEUS_URL is the admin's choice and is not checked.
-METRICS_HOSTS: list[str] = parse_hosts(os.environ.get("MOE_METRICS_HOSTS"))
+# MOE_PROMETHEUS_URL is the admin's choice and is not checked. Set by operator_main from the flag (or env).
+METRICS_HOSTS: list[str] = []
 
 
 class Refused:
