@@ -1,6 +1,7 @@
 """The few Kubernetes calls the handlers make, with 409 retries. Sync client: kopf runs sync handlers in threads."""
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -206,8 +207,6 @@ def active_raycluster(namespace: str, rayservice: dict[str, Any]) -> dict[str, A
 
 def ray_worker_pods(namespace: str, cluster: str) -> list[dict[str, Any]]:
     """The worker pods of RayCluster ``cluster`` (labels KubeRay sets), as plain dicts (no model parsing)."""
-    import json
-
     resp = core().list_namespaced_pod(namespace, label_selector=f"ray.io/cluster={cluster},ray.io/node-type=worker",
                                       _preload_content=False)
     try:

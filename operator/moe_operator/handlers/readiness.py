@@ -36,6 +36,15 @@ def ready_by_group(rc: dict[str, Any], pods: Iterable[dict[str, Any]]) -> dict[s
     return out
 
 
+def of_rayservice(namespace: str, rayservice: dict[str, Any]) -> dict[str, int] | None:
+    """``observed`` for the RayCluster serving ``rayservice`` (the reconcile has the RayService, not the cluster)."""
+    try:
+        rc = kube.active_raycluster(namespace, rayservice)
+    except Exception:  # noqa: BLE001 - a report: RBAC, an API error or a dropped connection must not fail a reconcile
+        return None
+    return observed(namespace, rc)
+
+
 def observed(namespace: str, rc: dict[str, Any] | None) -> dict[str, int] | None:
     """Ready replicas per pool of the active RayCluster ``rc``; None when it or its pods cannot be read (no RBAC for
     pods, API error): callers then say nothing better than what they knew, rather than guess."""

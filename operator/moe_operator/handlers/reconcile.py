@@ -100,18 +100,8 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
         # a value our schema lets through but Kubernetes refuses in a rendered object: the spec's to fix, said once
         return _stopped(old, generation, f"{writing}Rejected", f"the API server refused the {writing} rendered "
                         f"from this spec ({exc.status}): {_api_message(exc)}; change the spec field it names")
-    counted = None if created or live is None else readiness.observed(namespace, _active_cluster(namespace, live))
+    counted = None if created or live is None else readiness.of_rayservice(namespace, live)
     return Outcome(status.ok_status(old, generation, r, p, live, counted), events)
-
-
-def _active_cluster(namespace: str, live: dict[str, Any]) -> dict[str, Any] | None:
-    """The RayCluster serving ``live``; None when KubeRay has not made it yet or it cannot be read. Readiness is a
-    report: failing to read it must not fail the reconcile that applied the spec."""
-    try:
-        return kube.active_raycluster(namespace, live)
-    except Exception as exc:  # noqa: BLE001 - RBAC, an API error or a dropped connection: the status says less
-        log.debug("RayCluster of %s/%s unreadable: %s", namespace, live["metadata"].get("name"), exc)
-        return None
 
 
 def _api_message(exc: ApiException) -> str:
