@@ -4,7 +4,7 @@ import random
 import pytest
 
 from helpers import obs, settings, two_pools
-from moe_operator.autoscaling import History, decide
+from moe_operator.autoscaling import History, Observation, decide
 from moe_operator.autoscaling.mix import capacity_of, cost_of
 
 
@@ -282,6 +282,27 @@ def test_queueing_latency_adds_capacity_and_own_prefill_does_not():
     d = decide(obs(30, 0, ttft=5.0, ready={"h800": 1}, **long_prompts), pools, s, h, 30)
     assert capacity_of(pools, d.replicas) < 1500 * 5.0 / 2.0
     assert any("capacity cannot shorten it" in r for r in d.reasons)
+
+
+def test_measured_queue_wait_splits_ttft_where_the_runtime_reports_it():
+    """With the runtime's queue wait p95 the policy does not guess the own-prefill part from mean prompts: a TTFT
+    that is all prefill (wait 0.2 s, though the mean prompt is short) buys nothing, and a TTFT that is all wait
+    (4.5 s, though the mean prompt is long enough for the estimate to call it unfixable) buys capacity."""
+    pools = two_pools(ascend={"prefill_tps": 10000.0}, h800={"prefill_tps": 10000.0})
+    s = settings(ttft_p95_s=2.0)
+
+    def twice(**kw):
+        o = [Observation(observed_at=t, tokens_per_s={"generated": 0.0, "prompt": kw["prompt"], "cached_prompt": 0.0},
+                         requests_per_s=1.0, queue_depth=0.0, ttft_p95_s=5.0, queue_wait_p95_s=kw["wait"],
+                         ready={"h800": 1}) for t in (0, 30)]
+        return decide(o[1], pools, s, decide(o[0], pools, s, None, 0).history, 30)
+
+    own = twice(prompt=100.0, wait=0.2)            # estimate: own prefill ~0.03 s, so 5 s would look like queueing
+    assert capacity_of(pools, own.replicas) < 1500 * 2
+    assert any("capacity cannot shorten it" in r for r in own.reasons)
+    queued = twice(prompt=7000.0, wait=4.5)        # estimate: own prefill ~2.1 s > target, so nothing would help
+    assert capacity_of(pools, queued.replicas) >= 1500 * 4.5 / (2.0 - 0.5)
+    assert any("latency reserve" in r for r in queued.reasons)
 
 
 def test_capacity_corrected_from_saturation():

@@ -238,3 +238,17 @@ def test_the_overhead_outside_the_engine_adds_to_every_ttft_and_nothing_else():
     assert not attainable_replica(*args, {"gpu": dc_replace(PROF, ttft_overhead_s=0.25)}, lone + 0.1, None)[0]
     with pytest.raises(ValueError, match="ttft_overhead_s"):
         dc_replace(PROF, ttft_overhead_s=-0.1)
+
+
+def test_queue_wait_is_the_time_before_a_request_s_own_prefill_began():
+    """The wait the runtime reports (vLLM's queue time): 0 for a request that finds the replica free, and the
+    prefill ahead of it for one that arrives behind another; TTFT is that wait plus its own prefill."""
+    r = replay(trace([0.0, 0.0], 1000, 2))          # two 1 s prefills at once on one replica: FCFS
+    run(r, 5)
+    o = r.observation(5.0, 5.0)
+    assert r.ttft[1] == pytest.approx(2.0, rel=0.05)
+    assert o.queue_wait_p95_s == pytest.approx(np.percentile([0.0, r.ttft[0]], 95), rel=0.05)
+    idle = replay(trace([0.0, 3.0], 1000, 2))
+    run(idle, 6)
+    assert idle.observation(6.0, 6.0).queue_wait_p95_s == pytest.approx(0.0, abs=1e-9)
+    assert idle.observation(7.0, 1.0).queue_wait_p95_s is None      # nothing began in the window

@@ -24,6 +24,7 @@ class Observation:
     running: float | None = None
     ttft_p95_s: float | None = None
     tpot_p95_s: float | None = None
+    queue_wait_p95_s: float | None = None   # arrival -> the request's own prefill began (vLLM's queue time)
     ready: Mapping[str, int] = field(default_factory=dict)
     served_by_pool: Mapping[str, Mapping[str, float]] | None = None
 

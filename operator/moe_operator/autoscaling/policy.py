@@ -284,7 +284,12 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     ttft_floor_entry = history.ttft_floor if ttft_extra > 0 else None
     tpot_floor_entry = history.tpot_floor if tpot_floor > 0 else None
     prompt_per_request = (obs.tokens_per_s or {}).get("prompt", 0.0) / rps if rps > 0 else 0.0
-    own_prefill = own_prefill_p95_s(prompt_per_request, prefill_rate(pools, obs.ready, factors))
+    # The part of TTFT capacity cannot shorten: measured where the runtime reports its queue wait (TTFT p95 less
+    # the queue wait p95: what remains is the requests' own prefill), else estimated from the mean prompt.
+    if obs.queue_wait_p95_s is not None and obs.ttft_p95_s is not None:
+        own_prefill = max(0.0, obs.ttft_p95_s - obs.queue_wait_p95_s)
+    else:
+        own_prefill = own_prefill_p95_s(prompt_per_request, prefill_rate(pools, obs.ready, factors))
     carried_wait = (history.backlog or 0.0) / served_cap if served_cap > 0 else 0.0
     # the last decision's interval; a repeated or earlier ``now`` (coarse clock, clock step) counts as one interval
     interval = now - history.observed_at if history.observed_at is not None and now > history.observed_at \

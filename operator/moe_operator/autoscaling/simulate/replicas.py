@@ -226,6 +226,7 @@ class ReplicaReplay(ReplayResults):
         self._started = 0
         self._win_ttft: list[float] = []
         self._win_tpot: list[float] = []
+        self._win_wait: list[float] = []   # arrival -> its own prefill began (what a queue-time histogram holds)
 
     # ---- control -----------------------------------------------------------------------------------------
     def apply(self, replicas: dict[str, int], now: float) -> None:
@@ -271,6 +272,7 @@ class ReplicaReplay(ReplayResults):
             running=float(sum(r.nrun for r in fl.active) + sum(r.nrun for r in fl.draining)),
             ttft_p95_s=float(np.percentile(self._win_ttft, 95)) if self._win_ttft else None,
             tpot_p95_s=float(np.percentile(self._win_tpot, 95)) if self._win_tpot else None,
+            queue_wait_p95_s=float(np.percentile(self._win_wait, 95)) if self._win_wait else None,
             ready={p.name: fl.ready(p) for p in self.pools},
             served_by_pool=by_pool,
         )
@@ -341,7 +343,7 @@ class ReplicaReplay(ReplayResults):
         clock, kv, nrun, pf_rem = r.clock, r.kv, r.nrun, r.pf_rem
         gen = p_tok = c_tok = 0.0
         started = finished = 0
-        win_ttft, win_tpot = self._win_ttft, self._win_tpot
+        win_ttft, win_tpot, win_wait = self._win_ttft, self._win_tpot, self._win_wait
         last = r.last_event
         while True:
             while waiting and nrun < max_b:            # admit (FIFO, no overtaking)
@@ -354,6 +356,7 @@ class ReplicaReplay(ReplayResults):
                 started += 1
                 if not prefill:
                     pf_rem = pf_s[i]
+                    win_wait.append(t - arr[i])
                 prefill.append(i)
             bd = len(dec)
             t_next, kind = t_end, 0
@@ -407,7 +410,11 @@ class ReplicaReplay(ReplayResults):
                 else:
                     first[i] = t
                     heapq.heappush(dec, (clock + o - 1.0, i))
-                pf_rem = pf_s[prefill[0]] if prefill else 0.0
+                if prefill:
+                    pf_rem = pf_s[prefill[0]]
+                    win_wait.append(t - arr[prefill[0]])
+                else:
+                    pf_rem = 0.0
             elif kind == 2:                             # decode finishes
                 clock = dec[0][0]
                 while dec and dec[0][0] <= clock + 1e-9:
