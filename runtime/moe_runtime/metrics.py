@@ -1,8 +1,10 @@
 """Runtime metrics of docs/contracts.md section 4 (documented in docs/metrics.md), via prometheus_client.
 
 Counters and gauges come from engine snapshots (``EngineStats``, one per pool, already summed over that pool's
-replicas) and are rendered at scrape time; TTFT and TPOT are histograms observed by the HTTP front, which sees
-the client's view of latency. Every series carries ``model`` and ``pool`` plus the configured constant labels.
+replicas) and are rendered at scrape time; TTFT, TPOT and queue wait (arrival until the request's own prefill
+began: its TTFT less the prefill time the engine reports on its first event) are histograms observed by the HTTP
+front, which sees the client's view of latency. Every series carries ``model`` and ``pool`` plus the configured
+constant labels.
 """
 from __future__ import annotations
 
@@ -72,6 +74,9 @@ class RuntimeMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.ttft = Histogram("moe_ttft_seconds", "Time from request arrival to the first generated token, seconds.",
                               self._names, buckets=TTFT_BUCKETS_S, registry=self.registry)
+        self.queue_wait = Histogram("moe_queue_wait_seconds",
+                                    "Time from request arrival until its own prefill began, seconds.",
+                                    self._names, buckets=TTFT_BUCKETS_S, registry=self.registry)
         self.tpot = Histogram("moe_tpot_seconds", "Time between consecutive output tokens after the first, seconds.",
                               self._names, buckets=TPOT_BUCKETS_S, registry=self.registry)
         self.registry.register(self)  # collect() below renders the engine snapshots
@@ -82,6 +87,9 @@ class RuntimeMetrics:
 
     def observe_ttft(self, pool: str, seconds: float) -> None:
         self.ttft.labels(*self._lv(pool)).observe(seconds)
+
+    def observe_queue_wait(self, pool: str, seconds: float) -> None:
+        self.queue_wait.labels(*self._lv(pool)).observe(seconds)
 
     def observe_tpot(self, pool: str, seconds: float) -> None:
         self.tpot.labels(*self._lv(pool)).observe(seconds)

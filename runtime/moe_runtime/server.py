@@ -190,6 +190,8 @@ class _Handler:
                 now = time.perf_counter()
                 if ev.usage is not None:
                     usage = ev.usage
+                if ev.prefill_s is not None:  # the first event: its prefill began prefill_s before it arrived
+                    self.metrics.observe_queue_wait(pool, max(0.0, now - t0 - ev.prefill_s))
                 if ev.token_id is not None:
                     if last_t is None:
                         self.metrics.observe_ttft(pool, now - t0)

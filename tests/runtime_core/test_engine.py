@@ -203,3 +203,39 @@ def test_corrupt_and_foreign_disk_blocks_are_counted_and_never_served(tiny, tmp_
     first.write_bytes(b"MOEKVB01")  # truncated
     cache = _cache(tiny, disk)
     assert cache.disk.get(keys[0]) is None and cache.disk.corrupt == 1
+
+
+def test_the_first_event_says_how_long_ago_the_prefill_began(tiny):
+    """The front's queue wait (moe_queue_wait_seconds) is its time to first token less the engine's ``prefill_s``:
+    only a sequence's first event carries it (a duration, valid across processes). A request queued behind a full
+    batch waits for the batch; one whose first token stops it carries it on its final event."""
+    import time
+
+    a_prompt = tiny.tokenizer.encode(PROMPT)
+    b_prompt = tiny.tokenizer.encode("Hello world! How are you today?")
+    first_of_b, _ = greedy(tiny.model, b_prompt, 1)
+
+    async def timed(stream, t0):
+        return [(time.perf_counter() - t0, ev) async for ev in stream]
+
+    async def main():
+        e = make_engine(tiny, max_batch_size=1)
+        await e.start()
+        t0 = time.perf_counter()
+        sa = await e.generate(a_prompt, SamplingParams(max_tokens=24), "a")   # admitted first: b waits for it
+        sb = await e.generate(b_prompt, SamplingParams(max_tokens=4), "b")
+        a, b = await asyncio.gather(timed(sa, t0), timed(sb, t0))
+        stopped = [ev async for ev in await e.generate(b_prompt, SamplingParams(max_tokens=4,
+                                                                               stop_token_ids=first_of_b), "c")]
+        await e.stop()
+        return a, b, stopped
+
+    a, b, stopped = run(main())
+    for evs in (a, b):
+        (t_first, first), rest = evs[0], evs[1:]
+        assert first.token_id is not None and first.prefill_s is not None and 0 < first.prefill_s <= t_first
+        assert all(ev.prefill_s is None for _, ev in rest)
+    wait_a, wait_b = a[0][0] - a[0][1].prefill_s, b[0][0] - b[0][1].prefill_s
+    a_done = a[-1][0]
+    assert wait_b >= 0.5 * a_done and wait_b > wait_a        # b's prefill began once a had finished
+    assert len(stopped) == 1 and stopped[0].finish_reason == "stop" and stopped[0].prefill_s is not None

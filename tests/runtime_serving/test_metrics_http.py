@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import httpx
+import pytest
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,6 +14,7 @@ from require import need
 CONTRACT = {
     "moe_tokens_total": "counter", "moe_requests_total": "counter", "moe_queue_depth": "gauge",
     "moe_running_sequences": "gauge", "moe_ttft_seconds": "histogram", "moe_tpot_seconds": "histogram",
+    "moe_queue_wait_seconds": "histogram",
     "moe_expert_tokens_total": "counter", "moe_kv_cache_bytes": "gauge", "moe_prefix_cache_bytes": "gauge",
     "moe_capacity_tokens_per_second": "gauge",
 }
@@ -90,8 +92,61 @@ def test_counters_move_by_exactly_what_one_request_used(live_server):
     assert delta("moe_tokens_total", kind="cached_prompt") == u.model_extra["prompt_cache_hit_tokens"]
     assert delta("moe_requests_total", outcome="ok") == 1
     assert delta("moe_ttft_seconds_count") == 1
+    assert delta("moe_queue_wait_seconds_count") == 1
+    # the queue wait is the TTFT less the request's own prefill: never longer
+    assert 0 <= delta("moe_queue_wait_seconds_sum") <= delta("moe_ttft_seconds_sum")
     assert delta("moe_tpot_seconds_count") == u.completion_tokens - 1
     # every token (prompt and generated but the last) went through top-2 routing in each of the 4 MoE layers
     routed = delta("moe_expert_tokens_total")
     assert routed == 4 * 2 * (u.model_extra["prompt_cache_miss_tokens"] + u.completion_tokens - 1)
     assert total(after, "moe_queue_depth") == 0 and total(after, "moe_running_sequences") == 0
+
+
+class _CharTokenizer:
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) for c in text]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(map(chr, ids))
+
+
+def test_queue_wait_is_the_time_to_first_token_less_the_engines_prefill():
+    """moe_queue_wait_seconds: arrival at the front (t0, as for TTFT) until the request's own prefill began, i.e.
+    the front's time to first token less the prefill_s the engine reports on the first event (a duration: the
+    engine may run in another process or node). An engine that does not report it leaves the histogram alone."""
+    import asyncio
+    import time
+
+    from moe_runtime.engine.api import TokenEvent, Usage
+    from moe_runtime.metrics import RuntimeMetrics
+    from moe_runtime.server import _Handler
+
+    class Engine:
+        tokenizer = _CharTokenizer()
+        max_context_tokens = 64
+
+    def events(prefill_s):
+        async def stream():
+            yield TokenEvent(ord("a"), False, None, prefill_s=prefill_s)
+            yield TokenEvent(ord("b"), True, "length", Usage(1, 2, 0, 1))
+        return stream()
+
+    metrics = RuntimeMetrics("m")
+
+    async def serve(prefill_s):
+        h = _Handler(Engine(), "cpu", metrics, 16)
+        return [x async for x in h.events(events(prefill_s), time.perf_counter() - 1.0, 1, None)]
+
+    def read():
+        return {(s.name, s.labels.get("le")): s.value
+                for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples}
+
+    asyncio.run(serve(0.25))
+    v = read()
+    assert v[("moe_queue_wait_seconds_count", None)] == 1
+    assert 0.75 <= v[("moe_queue_wait_seconds_sum", None)] < 0.95           # 1 s to first token - 0.25 s prefill
+    assert v[("moe_ttft_seconds_sum", None)] - v[("moe_queue_wait_seconds_sum", None)] == pytest.approx(0.25)
+    assert v[("moe_queue_wait_seconds_bucket", "0.5")] == 0 and v[("moe_queue_wait_seconds_bucket", "1.0")] == 1
+    asyncio.run(serve(None))                                                  # an engine without prefill_s
+    v = read()
+    assert v[("moe_queue_wait_seconds_count", None)] == 1 and v[("moe_ttft_seconds_count", None)] == 2

@@ -44,6 +44,10 @@ class TokenEvent:
     finish_reason: str | None  # "stop" | "length" | "cancelled" | "error"
     usage: Usage | None = None  # set on the final event
     error: str | None = None  # message when finish_reason == "error"
+    # on a sequence's first event only: seconds from the start of its own prefill to this event, on the engine's
+    # clock. A duration, so it holds wherever the engine runs (another process or node under Ray Serve): the front
+    # takes it from its own time to this event to get the queue wait (moe_queue_wait_seconds)
+    prefill_s: float | None = None
 
 
 class QueueFull(Exception):

@@ -40,6 +40,7 @@ class _Seq:
     cancelled: bool = False
     done: bool = False
     arrived: float = field(default_factory=time.monotonic)
+    prefill_at: float | None = None  # perf_counter when its prefill began; None again once the first event said so
 
 
 def _settle(fut: asyncio.Future, res, err) -> None:
@@ -250,6 +251,8 @@ class TorchEngine:
     def _emit(self, seq: _Seq, ev: TokenEvent) -> None:
         if ev.finished:
             seq.done = True
+        if seq.prefill_at is not None:  # the sequence's first event (a token, or its end): how long ago prefill began
+            ev.prefill_s, seq.prefill_at = time.perf_counter() - seq.prefill_at, None
         try:
             seq.loop.call_soon_threadsafe(seq.queue.put_nowait, ev)
         except RuntimeError:  # the client's loop is closed
@@ -278,6 +281,7 @@ class TorchEngine:
         return False
 
     def _prefill(self, seq: _Seq) -> None:
+        seq.prefill_at = time.perf_counter()
         kv = self.model.new_kv()
         keys: list[str] = []
         if self.cache is not None:
