@@ -3,7 +3,9 @@
 While ``load["generated"] > 0`` every request observes ``ttft_s`` and ``tpot_s``: the TTFT/TPOT p95 a scraper
 reads (the policy's SLO guard and latency reserve) is an input of the test. With the buckets below a fixed
 TTFT of 0.3 s reads as p95 0.4875 s (PromQL interpolation in (0.25, 0.5]), 0.02 s as 0.02425 s; a TPOT of 0.03 s
-as 0.04875 s, 0.002 s as 0.002425 s.
+as 0.04875 s, 0.002 s as 0.002425 s. With ``queue_wait_s`` set each request also observes it in
+``moe_queue_wait_seconds`` (same buckets as TTFT: 0.2 s reads as p95 0.2425 s); unset (the default), the histogram
+is not exported at all, as by a runtime older than it.
 
 How the counters advance:
   * default: a background thread advances them 10 times a second by ``rate x 0.1`` and observes one request per
@@ -53,7 +55,8 @@ class _Load(dict):
 
 class Exporter:
     def __init__(self, port: int, model: str = "m", pools: dict[str, int] | None = None, ready_gauge: bool = True,
-                 ttft_s: float = 0.3, tpot_s: float = 0.03, exact_rates: bool = False):
+                 ttft_s: float = 0.3, tpot_s: float = 0.03, exact_rates: bool = False,
+                 queue_wait_s: float | None = None):
         self.model = model
         self.pools = pools or {"h800": 2, "ascend": 1}
         self.exact_rates = exact_rates
@@ -67,6 +70,9 @@ class Exporter:
         self.running = Gauge("moe_running_sequences", "running", ["model", "pool"], registry=r)
         self.ttft = Histogram("moe_ttft_seconds", "ttft", ["model", "pool"], registry=r,
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, float("inf")))
+        self.queue_wait = None if queue_wait_s is None else Histogram(
+            "moe_queue_wait_seconds", "queue wait", ["model", "pool"], registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, float("inf")))
         self.tpot = Histogram("moe_tpot_seconds", "tpot", ["model", "pool"], registry=r,
                               buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, float("inf")))
         self.capacity = Gauge("moe_capacity_tokens_per_second", "cap", ["model", "pool", "replica"], registry=r)
@@ -78,6 +84,7 @@ class Exporter:
             if ready_gauge:
                 self.ready.labels(model, pool).set(n)
         self.ttft_value, self.tpot_value, self.queue_value = ttft_s, tpot_s, 0.0   # settable, like ``load``
+        self.queue_wait_value = queue_wait_s
         self.load = _Load(self._advance, generated=0.0, prompt=0.0, cached_prompt=0.0)
         self._gauges()
         self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=r)
@@ -88,7 +95,8 @@ class Exporter:
             self._ticker.start()
 
     def _add(self, seconds: float, requests: int):
-        """Count ``seconds`` of the current load and ``requests`` requests (each observing TTFT and TPOT)."""
+        """Count ``seconds`` of the current load and ``requests`` requests (each observing TTFT, TPOT and, when
+        exported, the queue wait)."""
         pools = list(self.pools)
         for kind, rate in dict.items(self.load):
             for pool in pools:  # split evenly over pools
@@ -98,6 +106,8 @@ class Exporter:
             for _ in range(requests):
                 self.ttft.labels(self.model, pools[0]).observe(self.ttft_value)
                 self.tpot.labels(self.model, pools[0]).observe(self.tpot_value)
+                if self.queue_wait is not None:
+                    self.queue_wait.labels(self.model, pools[0]).observe(self.queue_wait_value)
 
     def _gauges(self):
         first = next(iter(self.pools))

@@ -118,6 +118,7 @@ def test_prometheus_source_and_decisions_follow_load(exporter, prometheus):
     assert o.ready == {"h800": 3, "ascend": 1}
     assert o.queue_depth == 0 and o.running == 3
     assert 0.25 <= o.ttft_p95_s <= 0.5 and 0.025 <= o.tpot_p95_s <= 0.05   # bucket holding 0.3 s / 0.03 s
+    assert o.queue_wait_p95_s is None              # a runtime without moe_queue_wait_seconds: unknown, not 0
     assert o.requests_per_s == pytest.approx(10, rel=0.3)
     assert set(o.served_by_pool) == {"h800", "ascend"}
     assert abs(o.age(time.time())) < 5
@@ -178,6 +179,86 @@ def test_label_values_are_escaped_into_promql_string_literals(model):
         assert 'or vector(1)' not in q.replace(lit, "")
 
 
+@pytest.mark.prometheus
+@pytest.mark.timeout(120)
+def test_prometheus_source_reads_the_queue_wait_where_the_runtime_exports_it():
+    """moe_queue_wait_seconds (arrival until the request's own prefill began) gives Observation.queue_wait_p95_s,
+    with which the policy measures the own-prefill part of TTFT instead of estimating it."""
+    exp = Exporter(free_port(), queue_wait_s=0.2)
+    try:
+        exp.load.update(generated=1000.0)
+        with running_prometheus([(exp.server.server_port, {})]) as url:
+            src = PrometheusSource(url, model="m", window="5s")
+
+            def with_queue_wait():
+                o = src.observe()
+                return o if o is not None and o.queue_wait_p95_s is not None else None
+
+            o = wait_for(with_queue_wait)
+            assert o is not None, src.last_error
+            assert 0.1 <= o.queue_wait_p95_s <= 0.25 and 0.25 <= o.ttft_p95_s <= 0.5   # buckets of 0.2 s / 0.3 s
+    finally:
+        exp.close()
+
+
+class FakeProm:
+    """``custom_query`` answering each query of ``queries`` by its key: a value, or an empty result for a key in
+    ``empty`` (the series do not exist); ``nan`` answers NaN (histogram_quantile over a window without requests)."""
+
+    def __init__(self, q: dict[str, str], values: dict[str, float], empty=()):
+        self.by_query = {text: key for key, text in q.items()}
+        self.values, self.empty = values, set(empty)
+
+    def custom_query(self, query: str) -> list[dict]:
+        key = self.by_query[query]
+        if key in self.empty:
+            return []
+        if key in ("tokens", "tokens_by_pool"):
+            return [{"metric": {"kind": "generated", "pool": "cpu"}, "value": [1.0, "100"]}]
+        if key == "ready":
+            return []
+        return [{"metric": {}, "value": [1.0, str(self.values.get(key, 1.0))]}]
+
+
+@pytest.mark.parametrize("engine", ["torch", "vllm"])
+def test_queue_wait_is_read_when_present_and_none_without_it(engine):
+    from moe_operator.autoscaling.sources.prometheus import queries, vllm_queries
+
+    q = (vllm_queries if engine == "vllm" else queries)("m", "1m")
+    src = lambda client: PrometheusSource("http://prom", "m", engine=engine, client=client)  # noqa: E731
+    o = src(FakeProm(q, {"queue_wait": 0.42, "ttft": 0.9})).observe()
+    assert o is not None and o.queue_wait_p95_s == 0.42 and o.ttft_p95_s == 0.9
+    for answer in (FakeProm(q, {}, empty={"queue_wait"}), FakeProm(q, {"queue_wait": float("nan")})):
+        s = src(answer)
+        o = s.observe()
+        assert o is not None, s.last_error                     # an older runtime's observation is still complete
+        assert o.queue_wait_p95_s is None and o.ttft_p95_s == 1.0 and o.queue_depth == 1.0
+
+
+def test_queue_wait_queries():
+    from moe_operator.autoscaling.sources.prometheus import queries, vllm_queries
+
+    assert queries("m", "1m", scope={"namespace": "ns"})["queue_wait"] == (
+        'histogram_quantile(0.95, sum by (le) (rate(moe_queue_wait_seconds_bucket{namespace="ns", model="m"}[1m])))')
+    assert vllm_queries("m", "1m")["queue_wait"] == (
+        'histogram_quantile(0.95, sum by (le) (rate({__name__=~"(ray_)?vllm[:_]request_queue_time_seconds_bucket", '
+        'model_name="m"}[1m])))')
+
+
+def test_scrape_reads_the_queue_wait_buckets_like_ttft():
+    def text(n_fast: int, n_slow: int) -> str:   # n_fast waits <= 0.1 s, n_slow in (0.1, 0.5]
+        out = ['moe_tokens_total{model="m",pool="cpu",kind="generated"} %d' % (10 * (n_fast + n_slow))]
+        for le, c in (("0.1", n_fast), ("0.5", n_fast + n_slow), ("+Inf", n_fast + n_slow)):
+            out.append(f'moe_queue_wait_seconds_bucket{{model="m",pool="cpu",le="{le}"}} {c}')
+            out.append(f'moe_queue_wait_seconds_bucket{{model="other",pool="cpu",le="{le}"}} {100 * c}')
+        return "\n".join(out) + "\n"
+
+    prev, cur = parse_metrics(text(10, 0), 0.0, model="m"), parse_metrics(text(20, 10), 2.0, model="m")
+    o = observation_between(prev, cur)
+    # 20 new waits: 10 <= 0.1 s, 10 in (0.1, 0.5]: p95 = 0.1 + 0.4 x (19 - 10) / 10 = 0.46
+    assert o.queue_wait_p95_s == pytest.approx(0.46) and o.ttft_p95_s is None
+
+
 class VllmLoad:
     """vLLM engine metrics as Ray Serve LLM exports them, in the exporter's registry (so the same Prometheus scrapes
     them): sanitized Ray names (``ray_vllm_*``) for most, the older ``ray_vllm:*`` spelling for generated tokens and
@@ -198,6 +279,8 @@ class VllmLoad:
                               buckets=(0.1, 0.25, 0.5, 1, 2, 4, float("inf")))
         self.tpot = Histogram("ray_vllm_time_per_output_token_seconds", "", labels, registry=registry,
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.2, float("inf")))
+        self.queue_time = Histogram("ray_vllm_request_queue_time_seconds", "", labels, registry=registry,
+                                    buckets=(0.1, 0.25, 0.5, 1, 2, 4, float("inf")))
         self.rates = {"prompt": 0.0, "hits": 0.0, "generated": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -215,6 +298,7 @@ class VllmLoad:
                 self.running.labels(*lv).set(4)
                 self.ttft.labels(*lv).observe(0.3)
                 self.tpot.labels(*lv).observe(0.03)
+                self.queue_time.labels(*lv).observe(0.2)
             other = ("other-model", "0", "x")
             self.generated.labels(*other).inc(1000)
             self.waiting.labels(*other).set(50)
@@ -242,6 +326,7 @@ def test_prometheus_source_reads_vllm_engine_metrics(exporter, prometheus):
         assert o.queue_depth == 4 and o.running == 8                        # two engines, the other model excluded
         assert o.requests_per_s == pytest.approx(10, rel=0.3)
         assert 0.25 <= o.ttft_p95_s <= 0.5 and 0.025 <= o.tpot_p95_s <= 0.05
+        assert 0.1 <= o.queue_wait_p95_s <= 0.25                           # vLLM's queue time, 0.2 s
         assert o.ready == {} and abs(o.age(time.time())) < 5
         assert PrometheusSource(prometheus, model="mx", window="5s").observe() is None   # contract names: none
         missing = PrometheusSource(prometheus, model="nope", window="5s", engine="vllm")
@@ -273,6 +358,7 @@ def test_scrape_source_two_scrapes_make_rates(exporter):
     time.sleep(0.3)
     assert src.observe().ready == {"h800": 4}
     assert 0.25 <= o.ttft_p95_s <= 0.5
+    assert o.queue_wait_p95_s is None                   # no moe_queue_wait_seconds (an older runtime): unknown
     bad = ScrapeSource(f"http://127.0.0.1:{free_port()}/metrics")
     assert bad.observe() is None and "failed" in bad.last_error
 

@@ -9,9 +9,12 @@ MoEDeployment's namespace, ``moectl up`` by model only; ``[w]`` = the rate windo
   running            sum(moe_running_sequences{sel})
   TTFT p95 (s)       histogram_quantile(0.95, sum by (le) (rate(moe_ttft_seconds_bucket{sel}[w])))
   TPOT p95 (s)       histogram_quantile(0.95, sum by (le) (rate(moe_tpot_seconds_bucket{sel}[w])))
+  queue wait p95 (s) histogram_quantile(0.95, sum by (le) (rate(moe_queue_wait_seconds_bucket{sel}[w])))
   ready replicas     max by (pool) (moe_ready_replicas{sel})   (the runtime's count; max: every ingress exports it)
   freshness          max(timestamp(moe_queue_depth{sel}))                      (observed_at = newest sample)
 An empty token-rate or queue result means missing metrics (the policy holds); an unreachable server too.
+An empty (or NaN) latency result is ``None``, never 0, and leaves the observation complete: a runtime without
+moe_queue_wait_seconds (older than it) still scales, its own-prefill part of TTFT estimated (docs/autoscaling.md).
 No moe_ready_replicas series (a runtime without it, e.g. Ray Serve LLM): ``ready`` is empty and the caller
 uses its own count (the operator: the RayCluster's; ``moectl up``: Serve's).
 
@@ -29,6 +32,7 @@ served_model_name to the LLMConfig's model_id, which the render sets to servedMo
   TTFT / TPOT p95      histogram_quantile(0.95, sum by (le) (rate(<time_to_first_token_seconds_bucket>[w]))),
                        TPOT from <time_per_output_token_seconds_bucket> or, in newer vLLM,
                        <inter_token_latency_seconds_bucket>
+  queue wait p95       the same over <request_queue_time_seconds_bucket> (arrival until the request is scheduled)
   freshness            max(timestamp(<num_requests_waiting>))
 vLLM has no ready-replica gauge: ``ready`` is empty (the operator counts the RayCluster).
 """
@@ -69,6 +73,7 @@ def queries(model: str, window: str = "1m", scope: Mapping[str, str] | None = No
         "running": f"sum(moe_running_sequences{sel})",
         "ttft": f"histogram_quantile(0.95, sum by (le) (rate(moe_ttft_seconds_bucket{sel}[{window}])))",
         "tpot": f"histogram_quantile(0.95, sum by (le) (rate(moe_tpot_seconds_bucket{sel}[{window}])))",
+        "queue_wait": f"histogram_quantile(0.95, sum by (le) (rate(moe_queue_wait_seconds_bucket{sel}[{window}])))",
         "ready": f"max by (pool) (moe_ready_replicas{sel})",
         "freshness": f"max(timestamp(moe_queue_depth{sel}))",
     }
@@ -92,6 +97,8 @@ def vllm_queries(model: str, window: str = "1m", scope: Mapping[str, str] | None
         "ttft": f"histogram_quantile(0.95, sum by (le) (rate({v('time_to_first_token_seconds_bucket')}[{window}])))",
         "tpot": "histogram_quantile(0.95, sum by (le) (rate("
                 f"{v('(time_per_output_token|inter_token_latency)_seconds_bucket')}[{window}])))",
+        "queue_wait": "histogram_quantile(0.95, sum by (le) (rate("
+                      f"{v('request_queue_time_seconds_bucket')}[{window}])))",
         "freshness": f"max(timestamp({v('num_requests_waiting')}))",
     }
 
@@ -209,6 +216,7 @@ class PrometheusSource:
             tokens_per_s={k: tokens.get(k, 0.0) for k in KINDS},
             requests_per_s=self._scalar("requests"), queue_depth=queue, running=self._scalar("running"),
             ttft_p95_s=self._scalar("ttft"), tpot_p95_s=self._scalar("tpot"),
+            queue_wait_p95_s=self._scalar("queue_wait"),
             ready={p: n for p, n in ready.items() if p},
             served_by_pool={p: v for p, v in by_pool.items() if p} or None)
 
@@ -225,4 +233,5 @@ class PrometheusSource:
             observed_at=fresh if fresh is not None else self.clock(),
             tokens_per_s={"prompt": prompt, "cached_prompt": cached, "generated": generated},
             requests_per_s=self._scalar("requests"), queue_depth=queue, running=self._scalar("running"),
-            ttft_p95_s=self._scalar("ttft"), tpot_p95_s=self._scalar("tpot"))
+            ttft_p95_s=self._scalar("ttft"), tpot_p95_s=self._scalar("tpot"),
+            queue_wait_p95_s=self._scalar("queue_wait"))

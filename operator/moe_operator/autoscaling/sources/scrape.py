@@ -2,9 +2,10 @@
 
 Rates need two scrapes: the first call remembers the counters and returns None (the policy holds);
 each later call returns rates over the time between the last two scrapes. Quantiles come from the
-histogram bucket increases over the same span, interpolated like PromQL's histogram_quantile. Ready replicas
-per pool come from the runtime's ``moe_ready_replicas`` gauge of the latest scrape (empty without it: the
-caller then uses its own count).
+histogram bucket increases over the same span, interpolated like PromQL's histogram_quantile: TTFT, TPOT and
+queue wait (a histogram the runtime does not export, e.g. moe_queue_wait_seconds of a runtime older than it, gives
+None, never 0, and the observation is complete without it). Ready replicas per pool come from the runtime's
+``moe_ready_replicas`` gauge of the latest scrape (empty without it: the caller then uses its own count).
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from ..observation import Observation
 
 KINDS = ("prompt", "cached_prompt", "generated")
+#: histogram bucket series -> the Snapshot field that sums them
+HISTOGRAMS = {"moe_ttft_seconds_bucket": "ttft_buckets", "moe_tpot_seconds_bucket": "tpot_buckets",
+              "moe_queue_wait_seconds_bucket": "queue_wait_buckets"}
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Snapshot:
     running: float = 0.0
     ttft_buckets: dict[float, float] = field(default_factory=dict)          # le -> cumulative count
     tpot_buckets: dict[float, float] = field(default_factory=dict)
+    queue_wait_buckets: dict[float, float] = field(default_factory=dict)   # absent in runtimes older than it
     ready: dict[str, int] = field(default_factory=dict)  # pool -> moe_ready_replicas (max over series)
     seen: set = field(default_factory=set)
 
@@ -59,9 +64,9 @@ def parse_metrics(text: str, at: float, model: str | None = None) -> Snapshot:
                 snap.queue += v
             elif name == "moe_running_sequences":
                 snap.running += v
-            elif name in ("moe_ttft_seconds_bucket", "moe_tpot_seconds_bucket"):
+            elif name in HISTOGRAMS:
                 le = float(labels["le"])
-                b = snap.ttft_buckets if name.startswith("moe_ttft") else snap.tpot_buckets
+                b = getattr(snap, HISTOGRAMS[name])
                 b[le] = b.get(le, 0.0) + v
             elif name == "moe_ready_replicas":
                 if not math.isnan(v):
@@ -112,6 +117,7 @@ def observation_between(prev: Snapshot, cur: Snapshot) -> Observation | None:
         running=cur.running if "moe_running_sequences" in cur.seen else None,
         ttft_p95_s=bucket_quantile(0.95, delta(prev.ttft_buckets, cur.ttft_buckets)),
         tpot_p95_s=bucket_quantile(0.95, delta(prev.tpot_buckets, cur.tpot_buckets)),
+        queue_wait_p95_s=bucket_quantile(0.95, delta(prev.queue_wait_buckets, cur.queue_wait_buckets)),
         ready={p: n for p, n in cur.ready.items() if p}, served_by_pool=by_pool or None)
 
 
