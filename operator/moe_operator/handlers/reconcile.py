@@ -20,7 +20,7 @@ from moe_operator.render.context import build_render_input
 from moe_operator.render.pipeline import parse_spec, plan
 from moe_operator.render.rayservice import render_rayservice
 
-from . import admin_secret, drift, kube, metrics, netpol, readiness, status, trace
+from . import admin_secret, drift, kube, metrics, netpol, readiness, status, trace, upgrade
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,12 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
                 if fresh and live is not None:   # keep the sizes the autoscaler set on the existing one
                     r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
                     desired = _adopted(r, body)
+        # a change that needs a second Ray cluster waits, said in the status, until its surge fits the budget
+        if live is not None and not created:
+            why = upgrade.blocked(live.get("spec") or {}, desired["spec"], _upgrade_pools(spec, p),
+                                  spec.autoscaling.budget.max_hourly_cost)
+            if why is not None:
+                return _upgrade_blocked(old, generation, r, p, live, why, namespace)
         # just created from ``desired``: nothing to compare (two YAML parses of serveConfigV2 saved);
         # the sweep checks it
         if live is not None and not created and drift.drifted(live, desired, strict):
@@ -132,6 +138,20 @@ def _not_owned(old: dict, generation: int | None, namespace: str, name: str) -> 
                     f"RayService {namespace}/{name} exists and is not owned by this MoEDeployment: the operator "
                     "leaves it alone; delete or rename that RayService, or give this MoEDeployment another name",
                     spec_invalid=False)
+
+
+def _upgrade_pools(spec, p) -> list[upgrade.Pool]:
+    return [upgrade.Pool(pool.name, p.pool(pool.name).cost.price_per_replica_hour, pool.max_replicas)
+            for pool in spec.pools]
+
+
+def _upgrade_blocked(old: dict, generation: int | None, r, p, live: dict, why: str, namespace: str) -> Outcome:
+    """The spec's change is held: the serving cluster stays as it is, and the status says what the upgrade costs."""
+    counted = readiness.of_rayservice(namespace, live)
+    st = status.ok_status(old, generation, r, p, live, counted, blocked=(upgrade.REASON, why))
+    was = next((c for c in old.get("conditions") or [] if c.get("type") == "Progressing"), {})
+    new = was.get("reason") != upgrade.REASON or was.get("message") != status.bounded(why)
+    return Outcome(st, [("Warning", upgrade.REASON, why)] if new else [])
 
 
 def _new_problem(old: dict, reason: str, message: str) -> bool:

@@ -63,12 +63,13 @@ def _plan_pool(plan: Any, name: str) -> Any:
 
 
 def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live: dict | None,
-              counted: dict[str, int] | None = None) -> dict[str, Any]:
+              counted: dict[str, int] | None = None, blocked: tuple[str, str] | None = None) -> dict[str, Any]:
     """Status after a successful reconcile (the RayService exists and carries our fields).
 
     ``counted``: ready replicas per pool from the worker pods (handlers/readiness.py); None when unknown, and then a
     pool counts as all ready only while KubeRay reports the RayService Ready. Ready=True needs every pool that
-    should serve to have a ready replica."""
+    should serve to have a ready replica. ``blocked``: (reason, message) of a spec change held back (upgrade.py):
+    Progressing is False with it, whatever the serving cluster's state."""
     ready, why = rayservice_ready(live)
     idle = [p.name for p in r.pools if p.replicas > 0 and (counted or {}).get(p.name, 0) == 0] \
         if counted is not None else []
@@ -104,7 +105,7 @@ def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live
                 else f"waiting for KubeRay to bring up RayService {r.name}: {why}",
                 generation,
             ),
-            condition(
+            condition(conds, "Progressing", "False", *blocked, generation) if blocked else condition(
                 conds,
                 "Progressing",
                 "False" if ready else "True",
