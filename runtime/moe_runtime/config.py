@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from moe_runtime.experts.placement import missing_experts
 
@@ -65,12 +65,29 @@ class Placement(_Strict):
         return self.model_dump(by_alias=True)
 
 
+Device = Literal["auto", "cpu", "cuda", "npu"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+
 class PoolConfig(_Strict):
-    """One pool's Serve deployment ``engine-<name>``; ``ray_actor_options`` go to Ray unchanged."""
+    """One pool's Serve deployment ``engine-<name>``; ``ray_actor_options`` go to Ray unchanged. ``device``,
+    ``dtype`` and ``placement`` (None: the app's) are the pool's own: pools of one app may be different vendors."""
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
     num_replicas: int = Field(default=1, ge=0)
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+    device: Device | None = None
+    dtype: DType | None = None
+    placement: Placement | None = None
+
+    @model_serializer(mode="wrap")
+    def _own_only(self, handler):
+        """Unset own values are left out, so a pool that runs as its app does dumps as before."""
+        out = handler(self)
+        for k in ("device", "dtype", "placement"):
+            if out.get(k) is None:
+                out.pop(k, None)
+        return out
 
 
 class CacheConfig(_Strict):
@@ -88,8 +105,8 @@ class RuntimeConfig(_Strict):
 
     model_name: str = Field(min_length=1)  # the model id in the OpenAI API
     model_source: str = Field(min_length=1)  # builtin://tiny-moe | /local/path | pvc://... (resolved in the pod)
-    device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Device = "auto"
+    dtype: DType = "float32"
     quantization: Literal["none", "int8", "int4"] = "none"
     placement: Placement | None = None  # None = all experts in the engine process
     pools: list[PoolConfig] = Field(default_factory=lambda: [PoolConfig(name="cpu")], min_length=1)
@@ -107,5 +124,10 @@ class RuntimeConfig(_Strict):
         return self
 
     def for_pool(self, pool: str) -> "RuntimeConfig":
-        """A copy whose metrics carry ``pool=<pool>`` (what each ``engine-<pool>`` replica runs with)."""
-        return self.model_copy(update={"metrics_labels": {**self.metrics_labels, "pool": pool}})
+        """What each ``engine-<pool>`` replica runs with: the pool's own device, dtype and placement where it has
+        them, and metrics that carry ``pool=<pool>``."""
+        update: dict[str, Any] = {"metrics_labels": {**self.metrics_labels, "pool": pool}}
+        own = next((p for p in self.pools if p.name == pool), None)
+        if own is not None:
+            update.update({k: getattr(own, k) for k in ("device", "dtype", "placement") if getattr(own, k) is not None})
+        return self.model_copy(update=update)

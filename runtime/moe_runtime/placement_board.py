@@ -367,9 +367,11 @@ class BoardClient:
     keeps the board alive (and restores what it posted after a board restart) every ``KEEPALIVE_S``."""
 
     def __init__(self, key: str, board: Callable[[], Any], pools: list[str], initial: dict[str, Any] | None,
-                 shape: tuple[int, int]):
+                 shape: tuple[int, int], initial_by_pool: dict[str, dict[str, Any] | None] | None = None):
+        """``initial``: the rendered placement; ``initial_by_pool``: a pool's own where it has one (mixed vendors)."""
         self.key, self._get_board, self._board = key, board, None
         self.pools, self.initial, self.shape = list(pools), initial, shape
+        self.initial_by_pool = dict(initial_by_pool or {})
         self.posted: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task | None = None
 
@@ -421,7 +423,7 @@ class BoardClient:
                 _add(total, r["expertTokens"])
             pid = v.get("placementId")
             out[pool] = {"placementId": pid or INITIAL_ID,
-                         "placement": v.get("placement") if pid else self.initial,
+                         "placement": v.get("placement") if pid else self.initial_by_pool.get(pool, self.initial),
                          "expertTokens": total, "replicas": replicas}
         return {"pools": out}
 

@@ -291,8 +291,9 @@ class OpenAIIngress:
             app = None
         if app is not None and board_key is not None:
             initial = cfg.placement.to_json() if cfg.placement is not None else None
+            own = {p.name: p.placement.to_json() for p in cfg.pools if p.placement is not None}
             self.admin = BoardClient(board_key, lambda: get_board(app), [p.name for p in cfg.pools], initial,
-                                     (int(info["num_moe_layers"]), int(info["num_experts"])))
+                                     (int(info["num_moe_layers"]), int(info["num_experts"])), initial_by_pool=own)
             self.admin.start()
 
     def __serve_build_asgi_app__(self):

@@ -7,6 +7,7 @@ import yaml
 from moe_operator.api import MoEDeploymentSpec, load_manifest
 from moe_operator.catalog import Catalog
 from moe_operator.render import Images, render_for
+from moe_operator.render.pipeline import plan_and_render
 from moe_operator.render.serve import _vllm_block_size
 
 from test_golden import ROOT
@@ -77,3 +78,24 @@ def test_rendered_llm_configs_validate_against_ray_serve_llm(example):
             parsed = LLMConfig.model_validate(cfg)
             assert parsed.engine_kwargs["tensor_parallel_size"] >= 1
             assert parsed.model_loading_config.model_id == m.spec.model.served_model_name
+
+
+def test_a_mixed_vendor_torch_app_gives_each_pool_its_own_device_dtype_and_placement():
+    """An NVIDIA pool and an Ascend pool of one torch app: each pool's engine runs with its own device (cuda / npu),
+    dtype and expert placement (shards on its own accelerators), never the first pool's (which asked an Ascend
+    pool's shards for cuda and GPUs)."""
+    m = load_manifest(ROOT / "examples" / "qwen3-moe-mixed.yaml")
+    s = m.spec.model_copy(update={"engine": "torch"})
+    rendered = plan_and_render("mixed", "ns", s, Catalog.default()).rayservice
+    app = yaml.safe_load(rendered["spec"]["serveConfigV2"])["applications"][0]
+    config = pytest.importorskip("moe_runtime.config")
+    rc = config.RuntimeConfig.model_validate(app["args"])
+    h100, ascend = rc.for_pool("h100"), rc.for_pool("ascend")
+    assert (h100.device, ascend.device) == ("cuda", "npu")
+    assert h100.dtype == ascend.dtype == "bfloat16"
+    assert h100.placement is not None and ascend.placement is not None
+    assert {sh.device for sh in h100.placement.shards} == {"cuda"}
+    assert {sh.device for sh in ascend.placement.shards} == {"npu"}
+    assert {k for sh in h100.placement.shards for k in sh.ray_resources} == {"GPU"}
+    assert {k for sh in ascend.placement.shards for k in sh.ray_resources} == {"NPU"}
+    assert h100.metrics_labels["pool"] == "h100" and ascend.metrics_labels["pool"] == "ascend"

@@ -510,3 +510,13 @@ def test_the_engine_checks_a_placement_against_its_model_before_expanding_it():
             errors.append(str(exc))
     assert _peak_bytes(canon) < 16 * 2**20
     assert "places no copy of experts [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, ...]" in errors[-1]
+
+
+def test_a_pool_with_its_own_rendered_placement_shows_it_before_any_report():
+    """Pools of one app may shard differently (mixed vendors): GET /admin/v1/experts shows each pool's own rendered
+    placement while its replicas have not reported, not the first pool's."""
+    board = LocalBoard()
+    client = BoardClient("k", lambda: board, ["cpu", "npu"], P0, (2, 4), initial_by_pool={"npu": P1})
+    view = asyncio.run(client.experts())["pools"]
+    assert view["cpu"]["placement"] == P0 and view["npu"]["placement"] == P1
+    assert view["npu"]["placementId"] == INITIAL_ID

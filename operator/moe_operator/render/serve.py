@@ -27,19 +27,20 @@ def runtime_args(r: RenderInput) -> dict[str, Any]:
     """``RuntimeConfig`` (moe_runtime.config) as snake_case args of the torch app."""
     vendors = {p.vendor for p in r.pools}
     device = DEVICE[next(iter(vendors))] if len(vendors) == 1 else "auto"
-    placement = next((p.placement for p in r.pools if p.placement), None)
+    placement = next((p.placement for p in r.pools if p.placement), None)   # the first pool's: older runtimes
     return {
         "model_name": r.served_model_name,
         "model_source": r.model_source,
         "device": device,
-        "dtype": "float32" if vendors == {"cpu"} else "bfloat16",
+        "dtype": _dtype(vendors),
         "quantization": r.quantization,
         "placement": placement,
         # The live count goes only into the deployments' num_replicas (serve_torch template): a change of ``args``
         # makes Ray Serve rebuild the app and replace every replica, so args keep the spec's start count.
         "pools": [
             {"name": p.name, "num_replicas": p.replicas if p.initial_replicas is None else p.initial_replicas,
-             "ray_actor_options": {"resources": {p.pool_resource: 1}}}
+             "ray_actor_options": {"resources": {p.pool_resource: 1}},
+             **_own(p, {"device": device, "dtype": _dtype(vendors), "placement": placement})}
             for p in r.pools
         ],
         "cache": {k: r.cache[k] for k in ("prefix", "block_tokens", "memory_bytes", "disk_dir", "disk_bytes")},
@@ -48,6 +49,18 @@ def runtime_args(r: RenderInput) -> dict[str, Any]:
         "max_context_tokens": r.max_context_tokens,
         "metrics_labels": {},
     }
+
+
+def _dtype(vendors: set[str]) -> str:
+    return "float32" if vendors == {"cpu"} else "bfloat16"
+
+
+def _own(p: PoolRender, app: dict[str, Any]) -> dict[str, Any]:
+    """The pool's device, dtype and expert shards where they differ from the app's (pools of one app may be different
+    vendors, or shard differently). Only then: a changed ``args`` makes Serve replace every replica, so apps whose
+    pools agree render exactly as before."""
+    own = {"device": DEVICE[p.vendor], "dtype": _dtype({p.vendor}), "placement": p.placement}
+    return {k: v for k, v in own.items() if v != app[k]}
 
 
 def llm_config(r: RenderInput, pool: PoolRender) -> dict[str, Any]:
