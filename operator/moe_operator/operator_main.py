@@ -119,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     import moe_operator.handlers  # noqa: F401  (importing registers the handlers)
     from moe_operator.handlers import kube, leader, rebalance
 
+    try:   # where the API server is: in-cluster, else the kubeconfig; without one kopf would retry forever
+        kube.login()
+    except Exception as exc:  # noqa: BLE001  (ConfigException, a YAML error, a missing file: all one answer)
+        print(f"error: no Kubernetes configuration: not running in a cluster and the kubeconfig "
+              f"({os.environ.get('KUBECONFIG') or '~/.kube/config'}) cannot be loaded ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})", file=sys.stderr)
+        return 2
+
     rebalance.ALLOW_URL_ANNOTATION = args.allow_runtime_url_annotation
     from moe_operator.handlers import autoscale
 

@@ -33,3 +33,19 @@ def test_workers_must_be_positive(capsys):
     assert main(["-A", "--workers", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: --workers must be at least 1")
     assert build_parser().parse_args(["-A"]).workers == 32
+
+
+def test_no_cluster_configuration_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """Outside a cluster and without a kubeconfig the operator says so in one line and exits 2, instead of starting
+    kopf and logging a ConfigException traceback on every retry, forever."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["-n", "default"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no Kubernetes configuration") and err.count("\n") == 1 and "Traceback" not in err
+    bad = tmp_path / "bad-kubeconfig"
+    bad.write_text("not: [a kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(bad))
+    assert main(["-n", "default"]) == 2
+    assert capsys.readouterr().err.startswith("error: no Kubernetes configuration")
