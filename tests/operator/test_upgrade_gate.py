@@ -69,3 +69,20 @@ def test_the_surge_is_refused_past_a_pool_s_max_replicas():
     why = upgrade.blocked(LIVE, desired(image="rt:2", replicas=3), PRICED, None)    # 2 serving + 3 new > 4
     assert why is not None and "pool h800 would hold 5 replicas (2 serving + 3 new) > maxReplicas 4" in why
     assert upgrade.blocked(LIVE, desired(image="rt:2", replicas=2), PRICED, None) is None
+
+
+def test_only_the_write_the_reconcile_would_make_is_judged():
+    """A drift sweep keeps the live sizes and the SPEC_CHANGE_ONLY fields (an operator upgrade that adds a
+    securityContext rolls no cluster until the spec changes): such a difference is no upgrade to block, and nothing
+    to write is nothing to block. A spec change (strict) that carries it is judged."""
+    live = {"metadata": {"labels": {}, "ownerReferences": []}, "spec": copy.deepcopy(LIVE)}
+    want = {"metadata": {"labels": {}, "ownerReferences": []}, "spec": desired()}
+    assert upgrade.write_blocked(live, want, False, PRICED, 1.0) is None            # nothing to write
+    hardened = copy.deepcopy(want)
+    hardened["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0][
+        "securityContext"] = {"runAsNonRoot": True}
+    assert upgrade.write_blocked(live, hardened, False, PRICED, 1.0) is None        # the sweep leaves it alone
+    assert upgrade.write_blocked(live, hardened, True, PRICED, 1.0) is not None     # a spec change applies it
+    new_image = {"metadata": {"labels": {}, "ownerReferences": []}, "spec": desired(image="rt:2")}
+    assert upgrade.write_blocked(live, new_image, False, PRICED, 1.0) is not None
+    assert upgrade.write_blocked(live, new_image, False, PRICED, None) is None

@@ -89,8 +89,8 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
                     desired = _adopted(r, body)
         # a change that needs a second Ray cluster waits, said in the status, until its surge fits the budget
         if live is not None and not created:
-            why = upgrade.blocked(live.get("spec") or {}, desired["spec"], _upgrade_pools(spec, p),
-                                  spec.autoscaling.budget.max_hourly_cost)
+            why = upgrade.write_blocked(live, desired, strict, _upgrade_pools(spec, p),
+                                        spec.autoscaling.budget.max_hourly_cost)
             if why is not None:
                 return _upgrade_blocked(old, generation, r, p, live, why, namespace)
         # just created from ``desired``: nothing to compare (two YAML parses of serveConfigV2 saved);

@@ -18,7 +18,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .drift import SIZE_FIELDS, contains
+from .drift import SIZE_FIELDS, contains, repair
 
 REASON = "UpgradeBlockedByBudget"
 
@@ -91,3 +91,14 @@ def blocked(live_spec: Mapping[str, Any], desired_spec: Mapping[str, Any], pools
     return ("this change needs a new Ray cluster (KubeRay NewCluster upgrade: the old one serves until the new one is "
             "ready) and the surge does not fit: " + "; ".join(problems) + ". Nothing was applied; raise the limit, "
             "lower the pools' replicas for the upgrade, or revert the change")
+
+
+def write_blocked(live: Mapping[str, Any], desired: Mapping[str, Any], strict: bool, pools: list[Pool],
+                  max_hourly_cost: float | None) -> str | None:
+    """``blocked`` for the write the reconcile would make: the drift repair of ``live`` towards ``desired`` (RayService
+    objects). A sweep (``strict`` False) keeps the live sizes and SPEC_CHANGE_ONLY fields, so what it leaves alone never
+    counts as an upgrade; nothing to write, nothing to block."""
+    after = copy.deepcopy(dict(live))
+    if not repair(after, dict(desired), strict):
+        return None
+    return blocked(live.get("spec") or {}, after.get("spec") or {}, pools, max_hourly_cost)
