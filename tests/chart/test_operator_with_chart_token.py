@@ -1,6 +1,6 @@
 """RBAC is sufficient: the real moe-operator, run out of the cluster with a TokenRequest token of the chart's
 ServiceAccount (nothing else), reconciles examples/tiny-moe.yaml: RayService created, status and Events written,
-the catalog ConfigMap read, and no request of its own refused.
+the catalog ConfigMap read, and no request of its own refused (the worker-pod watch included).
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def test_operator_reconciles_an_example_with_only_the_chart_service_account(clus
         assert proc.poll() is None, "operator exited"
         text = log.read_text(errors="replace")
         refused = [line for line in text.splitlines() if re.search(r"forbidden|403", line, re.I)
-                   and re.search(r"moedeployments|rayservices|events|configmaps|kopfpeerings|secrets", line)]
+                   and re.search(r"moedeployments|rayservices|events|configmaps|kopfpeerings|secrets|pods", line)]
         assert not refused, "\n".join(refused)
     finally:
         if proc is not None and proc.poll() is None:

@@ -79,10 +79,11 @@ watched namespace's Role (namespaced mode). Each rule names the code that needs 
   resources: [rayclusters]
   verbs: [get, list, update]
 # The Ray worker pods of a RayCluster: handlers/readiness.py counts the Ready ones per pool (status.pools[].readyReplicas
-# and the autoscaler's ready count; KubeRay's status has only cluster-wide counts). List only, by label selector.
+# and the autoscaler's ready count; KubeRay's status has only cluster-wide counts), and handlers/podwatch.py watches
+# our worker pods (label selector) so a pod that stops being Ready shows in status within seconds. No get or writes.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 # Events on MoEDeployments (handlers/kube.py posts them through the API: reconcile outcomes and scaling decisions).
 - apiGroups: [""]
   resources: [events]

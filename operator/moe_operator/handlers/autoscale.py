@@ -207,7 +207,8 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         state.error, rc = "rayclusters forbidden", None
     pool_names = [p.name for p in pools]
     counted = readiness.observed(ns, rc)   # whole replicas whose pods are all Ready, per pool
-    ready = {p: counted.get(p, 0) for p in pool_names} if counted is not None else _ready(rc, pool_names)
+    fallback = _ready(rc, pool_names) if counted is None else {}
+    ready = readiness.for_autoscaler(pool_names, counted, None, fallback)
     current = actuator.serve_replicas(rs)
     if state.history is None:   # first tick of this process: rebuild from status, so a restart scales nothing down
         state.history, origin = restore_history(body.get("status"), pools, settings, current, now)
@@ -215,10 +216,10 @@ def tick(body: dict, now: float | None = None) -> dict | None:
                  origin)
     source = _source(state, a.metrics, dep.spec.model.served_model_name or name, dep.spec.engine, {"namespace": ns})
     obs = source.observe() if source is not None else None
-    if obs is not None:   # the runtime's moe_ready_replicas where it reports a pool, else the RayCluster's count
+    if obs is not None:   # pods Ready and, where the runtime's moe_ready_replicas reports a pool, serving
         from dataclasses import replace
 
-        ready = {p: int(obs.ready.get(p, ready.get(p, 0))) for p in pool_names}
+        ready = readiness.for_autoscaler(pool_names, counted, obs.ready, fallback)
         obs = replace(obs, ready=ready)
     d = decide(obs, pools, settings, state.history, now)
     if d.held and getattr(source, "last_error", None):

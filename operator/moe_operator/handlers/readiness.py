@@ -7,12 +7,13 @@ readiness from the desired count.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from . import kube
 
 
-def _ready(pod: dict[str, Any]) -> bool:
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """The pod's Ready condition is True and it is not terminating."""
     meta, st = pod.get("metadata") or {}, pod.get("status") or {}
     if meta.get("deletionTimestamp"):
         return False
@@ -27,7 +28,7 @@ def ready_by_group(rc: dict[str, Any], pods: Iterable[dict[str, Any]]) -> dict[s
     for p in pods:
         labels = (p.get("metadata") or {}).get("labels") or {}
         group = labels.get("ray.io/group")
-        if group in ready_pods and labels.get("ray.io/cluster") == name and _ready(p):
+        if group in ready_pods and labels.get("ray.io/cluster") == name and pod_ready(p):
             ready_pods[group] += 1
     out = {}
     for g, spec in groups.items():
@@ -55,3 +56,23 @@ def observed(namespace: str, rc: dict[str, Any] | None) -> dict[str, int] | None
     except Exception:  # noqa: BLE001 - RBAC (403), an API error or a dropped connection: no figure, not a guess
         return None
     return ready_by_group(rc, pods)
+
+
+def for_autoscaler(pools: Iterable[str], counted: Mapping[str, int] | None, runtime: Mapping[str, int] | None,
+                   fallback: Mapping[str, int]) -> dict[str, int]:
+    """The ready replicas the autoscaler decides with, per pool (pure).
+
+    ``counted``: from the worker pods (``observed``; None when they cannot be read); ``runtime``: the runtime's
+    ``moe_ready_replicas`` gauge where it reports a pool (None: no observation); ``fallback``: the RayCluster's own
+    figure (the autoscaler's ``_ready``), used only when the pods cannot be read. A replica counts when its pods are
+    Ready AND (where the runtime reports the pool) the runtime serves with it: the smaller of the two, so a killed
+    pod lowers the count at once, not when the runtime's gauge (up to 10 s of placement-board liveness plus a
+    Prometheus scrape) notices."""
+    out = {}
+    for p in pools:
+        n = counted.get(p, 0) if counted is not None else fallback.get(p, 0)
+        if runtime is not None and p in runtime:
+            served = int(runtime[p])
+            n = min(n, served) if counted is not None else served
+        out[p] = int(n)
+    return out

@@ -6,7 +6,7 @@ identical status and the handler can skip the write.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from moe_operator.api.status import Condition
 from moe_operator.autoscaling.report import rfc3339
@@ -55,6 +55,60 @@ def rayservice_ready(live: dict | None) -> tuple[bool, str]:
     return state == "Running", f"RayService serviceStatus is {state or 'not reported yet'}"
 
 
+READY_REASONS = ("RayServiceReady", "WaitingForRayService")          # the Ready reasons ok_status writes
+PROGRESS_REASONS = ("Reconciled", "RayServiceStarting")              # its Progressing reasons when nothing is held
+
+
+def serving(live: dict | None, desired: Mapping[str, int], counted: Mapping[str, int] | None) -> tuple[bool, str]:
+    """(ready, why): KubeRay reports the RayService Ready and, where the pods were counted (``counted`` not None),
+    every pool with ``desired`` replicas has a ready one."""
+    ready, why = rayservice_ready(live)
+    idle = [n for n, d in desired.items() if d > 0 and counted.get(n, 0) == 0] if counted is not None else []
+    if ready and idle:
+        ready, why = False, f"pool(s) {', '.join(idle)} have no replica whose pods are all Ready"
+    return ready, why
+
+
+def _serving_conditions(conds: list[dict], ready: bool, why: str, name: str, generation: int | None,
+                        blocked: tuple[str, str] | None) -> list[dict]:
+    """The Ready and Progressing conditions of a deployment whose RayService ``name`` is applied."""
+    return [
+        condition(conds, "Ready", "True" if ready else "False", READY_REASONS[0] if ready else READY_REASONS[1],
+                  "the RayService serves the model" if ready
+                  else f"waiting for KubeRay to bring up RayService {name}: {why}", generation),
+        condition(conds, "Progressing", "False", *blocked, generation) if blocked else condition(
+            conds, "Progressing", "False" if ready else "True", PROGRESS_REASONS[0] if ready else PROGRESS_REASONS[1],
+            "nothing to do" if ready else f"RayService {name} is applied; pods and Serve apps are starting",
+            generation),
+    ]
+
+
+def with_readiness(old: dict, live: dict | None, counted: Mapping[str, int]) -> dict[str, Any] | None:
+    """``old`` (a status ok_status wrote) with the ready replicas ``counted`` from the pods: pools[].readyReplicas,
+    ``replicas``, ``ready`` and the Ready/Progressing conditions as ok_status would set them, nothing else (no plan,
+    no render: the pod watch's refresh, handlers/podwatch.py). None when ``old`` is not such a status (spec invalid,
+    RayService not owned, nothing written yet): only a full reconcile may say anything there."""
+    conds = old.get("conditions") or []
+    by_type = {c.get("type"): c for c in conds}
+    ready_c, progress_c = by_type.get("Ready"), by_type.get("Progressing") or {}
+    if not old.get("pools") or ready_c is None or ready_c.get("reason") not in READY_REASONS:
+        return None
+    pools = [{**p, "readyReplicas": int(counted.get(p.get("name"), 0))} for p in old["pools"]]
+    ready, why = serving(live, {p.get("name"): int(p.get("desiredReplicas") or 0) for p in pools}, counted)
+    held = progress_c.get("reason")
+    blocked = (held, progress_c.get("message") or "") if held and held not in PROGRESS_REASONS else None
+    generation = ready_c.get("observedGeneration", old.get("observedGeneration"))
+    name = old.get("rayServiceName") or ""
+    fresh = {c["type"]: c for c in _serving_conditions(conds, ready, why, name, generation, blocked)}
+    return {
+        **old,
+        "pools": pools,
+        "replicas": " ".join(f"{p.get('name')}={p['readyReplicas']}/{p.get('desiredReplicas', 0)}" for p in pools),
+        "ready": "True" if ready else "False",
+        "conditions": [fresh.get(c.get("type"), c) for c in conds],
+    }
+
+
 def _plan_pool(plan: Any, name: str) -> Any:
     for p in getattr(plan, "pools", None) or []:
         if p.name == name:
@@ -70,11 +124,7 @@ def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live
     pool counts as all ready only while KubeRay reports the RayService Ready. Ready=True needs every pool that
     should serve to have a ready replica. ``blocked``: (reason, message) of a spec change held back (upgrade.py):
     Progressing is False with it, whatever the serving cluster's state."""
-    ready, why = rayservice_ready(live)
-    idle = [p.name for p in r.pools if p.replicas > 0 and (counted or {}).get(p.name, 0) == 0] \
-        if counted is not None else []
-    if ready and idle:
-        ready, why = False, f"pool(s) {', '.join(idle)} have no replica whose pods are all Ready"
+    ready, why = serving(live, {p.name: p.replicas for p in r.pools}, counted)
     conds = old.get("conditions") or []
     pools = []
     for p in r.pools:
@@ -95,24 +145,7 @@ def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live
         "ready": "True" if ready else "False",
         "costPerHour": round(sum(p["costPerHour"] for p in pools), 4),
         "conditions": [
-            condition(
-                conds,
-                "Ready",
-                "True" if ready else "False",
-                "RayServiceReady" if ready else "WaitingForRayService",
-                "the RayService serves the model"
-                if ready
-                else f"waiting for KubeRay to bring up RayService {r.name}: {why}",
-                generation,
-            ),
-            condition(conds, "Progressing", "False", *blocked, generation) if blocked else condition(
-                conds,
-                "Progressing",
-                "False" if ready else "True",
-                "Reconciled" if ready else "RayServiceStarting",
-                "nothing to do" if ready else f"RayService {r.name} is applied; pods and Serve apps are starting",
-                generation,
-            ),
+            *_serving_conditions(conds, ready, why, r.name, generation, blocked),
             condition(conds, "Degraded", "False", "AsPlanned", "", generation),
             condition(conds, "SpecInvalid", "False", "SpecValid", "", generation),
             # the autoscaler owns BudgetLimited (handlers/autoscale.py): carried over unchanged
