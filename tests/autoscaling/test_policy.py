@@ -305,6 +305,33 @@ def test_measured_queue_wait_splits_ttft_where_the_runtime_reports_it():
     assert any("latency reserve" in r for r in queued.reasons)
 
 
+def test_a_latency_reserve_ready_and_unused_for_a_cold_start_goes_back_and_one_in_use_stays():
+    """Use it or lose it: once the reserve's replicas serve, a cold start (the longest, 180 s here) of intervals
+    none of which needed more than the mean need releases it (holding longer pays for capacity that serves no
+    burst; buying it back costs one cold start). A burst that comes back within that time keeps it."""
+    pools = two_pools(ascend={"prefill_tps": 10000.0}, h800={"prefill_tps": 10000.0})
+    s = settings(ttft_p95_s=2.0)
+
+    def run(burst_every: float | None, until: float):
+        h = decide(obs(0, 1400, ttft=5.0, ready={"h800": 1}), pools, s, None, 0).history
+        d = decide(obs(30, 1400, ttft=5.0, ready={"h800": 1}), pools, s, h, 30)
+        reserve = d.replicas
+        assert capacity_of(pools, reserve) >= 1500 * 5.0 / 2.0
+        released_at = None
+        for t in range(60, int(until) + 1, 30):
+            hot = burst_every is not None and t % burst_every == 0
+            d = decide(obs(t, 1400, ttft=5.0 if hot else 0.5, ready=dict(d.replicas)), pools, s, d.history, t)
+            if released_at is None and any("released" in r for r in d.reasons):
+                released_at = t
+        return reserve, d, released_at
+
+    reserve, end, released_at = run(None, 600)
+    assert released_at is not None and 60 + 180 <= released_at <= 60 + 180 + 30, released_at
+    assert capacity_of(pools, end.replicas) < capacity_of(pools, reserve)
+    reserve, end, released_at = run(120, 600)
+    assert released_at is None and capacity_of(pools, end.replicas) >= capacity_of(pools, reserve)
+
+
 def test_capacity_corrected_from_saturation():
     pools = two_pools()
     s = settings()

@@ -55,6 +55,7 @@ class History:
         on top of the model's own-prefill estimate (TTFT) or of 0 (TPOT); the time is the last interval whose
         latency reached the floor, and the floor is forgotten a reserve window after it.
     demands: (time s, observed demand tokens/s) within the scale-down window (the $/1M cap's scale-up level).
+    reserve_idle_since: time s since when the latency reserve has been ready and no interval needed it.
     """
 
     needs: tuple[tuple[float, ...], ...] = ()
@@ -74,6 +75,7 @@ class History:
     ttft_floor: tuple[float, float] | None = None
     tpot_floor: tuple[float, float] | None = None
     demands: tuple[tuple[float, float], ...] = ()
+    reserve_idle_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -389,6 +391,23 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     lat_ttft = reserve_capacity(recurring(k_ttft), settings.ttft_p95_s, ttft_floor_now)
     lat_tpot = reserve_capacity(recurring(k_tpot), settings.tpot_p95_s, tpot_floor)
     latency_need = 0.0 if zero_ok else max(lat_ttft, lat_tpot)
+    # Use it or lose it: a reserve that has been ready for a whole cold start without an interval that needed more
+    # than the mean need (no burst it was kept for came back) goes back. Holding it longer pays for capacity that
+    # serves nothing; buying it again later costs no more than one cold start of it (the ski-rental break-even).
+    base_need = arrival / settings.target_utilization + (backlog / max(settings.interval_s, min(
+        (p.cold_start_s for p in pools), default=0.0)) if backlog > 0 else 0.0)
+    reserve_idle_since = None
+    if latency_need > base_need * (1 + EPS) and ready_cap >= latency_need * (1 - 1e-6):
+        used = new is not None and max(
+            reserve_capacity([new[2]] if new[2] is not None else [], settings.ttft_p95_s, new[3] or 0.0),
+            reserve_capacity([new[4]] if new[4] is not None else [], settings.tpot_p95_s, tpot_floor)) > base_need
+        if not used:
+            reserve_idle_since = history.reserve_idle_since if history.reserve_idle_since is not None else now
+            hold = max(settings.interval_s, max((p.cold_start_s for p in pools), default=0.0))
+            if now - reserve_idle_since >= hold - EPS:
+                reasons.append(f"latency reserve {latency_need:.0f} work units/s released: ready and unused for "
+                               f"{now - reserve_idle_since:.0f}s (a cold start)")
+                bursts, latency_need, reserve_idle_since = (), 0.0, None
     if trial is not None and latency_need > trial[1]:
         latency_need = trial[1]     # one unverified latency scale-up at a time: the next waits for its check
     # A learned floor stays while latency still reaches it (the long prompts are still there), else it expires.
@@ -539,5 +558,6 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
                           overloaded_at=now if draining else history.overloaded_at, over_since=over_since,
                           candidate=candidate, demands=demands,
                           work_per_request=per_request if rps > 0 and served_work > 0 else history.work_per_request,
-                          trial=trial, ttft_floor=ttft_floor_entry, tpot_floor=tpot_floor_entry)
+                          trial=trial, ttft_floor=ttft_floor_entry, tpot_floor=tpot_floor_entry,
+                          reserve_idle_since=reserve_idle_since)
     return Decision(mix, reasons, conditions, False, need, capacity, cost, cpm, unmet, new_history, demand_tokens)
