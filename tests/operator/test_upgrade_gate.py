@@ -65,10 +65,31 @@ def test_the_surge_is_refused_over_max_hourly_cost_with_what_it_would_cost():
     assert upgrade.blocked(LIVE, desired(image="rt:2"), PRICED, None) is None
 
 
-def test_the_surge_is_refused_past_a_pool_s_max_replicas():
-    why = upgrade.blocked(LIVE, desired(image="rt:2", replicas=3), PRICED, None)    # 2 serving + 3 new > 4
-    assert why is not None and "pool h800 would hold 5 replicas (2 serving + 3 new) > maxReplicas 4" in why
-    assert upgrade.blocked(LIVE, desired(image="rt:2", replicas=2), PRICED, None) is None
+def test_max_replicas_never_holds_a_change_and_without_a_budget_nothing_does():
+    """maxReplicas bounds what the autoscaler asks for, not a cluster's accelerators: with minReplicas = maxReplicas
+    any surge would pass it, so a gate on it would hold every image change forever."""
+    full = [upgrade.Pool("h800", 32.0, 2)]
+    assert upgrade.blocked(LIVE, desired(image="rt:2"), full, None) is None
+    assert upgrade.blocked(LIVE, desired(image="rt:2"), full, 1000.0) is None
+
+
+def test_a_first_cluster_that_never_served_is_replaced_not_doubled():
+    """A RayService whose first cluster never came up (bad image) has no active cluster: fixing it costs only the
+    new one, so it is not held for a surge that cannot happen."""
+    live = {"metadata": {}, "spec": copy.deepcopy(LIVE), "status": {"activeServiceStatus": {}}}
+    want = {"metadata": {}, "spec": desired(image="rt:2")}
+    assert upgrade.write_blocked(live, want, True, PRICED, 100.0) is None           # $64/h new only
+    live["status"]["activeServiceStatus"]["rayClusterName"] = "m-abc12"
+    assert upgrade.write_blocked(live, want, True, PRICED, 100.0) is not None       # $128/h with the serving one
+
+
+def test_a_serving_group_the_new_spec_dropped_is_priced_at_the_dearest_pool():
+    """Moving a pool to another accelerator renames its group: the serving group's price is not in the new spec, so
+    it is counted at the dearest known pool instead of as free."""
+    moved = desired(image="rt:2")
+    moved["rayClusterConfig"]["workerGroupSpecs"][0]["groupName"] = "ascend"
+    why = upgrade.blocked(LIVE, moved, PRICED, 90.0)          # serving 2 x $32 (dearest) + new 2 x $16 = $96/h
+    assert why is not None and "$96.00/h" in why
 
 
 def test_only_the_write_the_reconcile_would_make_is_judged():
@@ -84,5 +105,5 @@ def test_only_the_write_the_reconcile_would_make_is_judged():
     assert upgrade.write_blocked(live, hardened, False, PRICED, 1.0) is None        # the sweep leaves it alone
     assert upgrade.write_blocked(live, hardened, True, PRICED, 1.0) is not None     # a spec change applies it
     new_image = {"metadata": {"labels": {}, "ownerReferences": []}, "spec": desired(image="rt:2")}
-    assert upgrade.write_blocked(live, new_image, False, PRICED, 1.0) is not None
+    assert upgrade.write_blocked(live, new_image, False, PRICED, 1.0) is not None   # no status: assumed serving
     assert upgrade.write_blocked(live, new_image, False, PRICED, None) is None

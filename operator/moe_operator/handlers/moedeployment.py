@@ -26,8 +26,12 @@ def on_update(body, patch, **_):
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def on_resume(body, patch, **_):
-    """Seen again after an operator restart (also finishes a create that a killed operator left half done)."""
-    apply_outcome(body, reconcile(body), patch)
+    """Seen again after an operator restart (also finishes a create that a killed operator left half done).
+
+    Strict (the spec's sizes and SPEC_CHANGE_ONLY fields applied) only for a generation not yet reconciled: a restart
+    of a newer operator must not roll every deployment's Ray cluster for fields it renders differently (drift.py)."""
+    applied = (body.get("status") or {}).get("observedGeneration")
+    apply_outcome(body, reconcile(body, strict=applied != body["metadata"].get("generation")), patch)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)

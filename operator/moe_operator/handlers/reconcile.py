@@ -44,6 +44,8 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
     meta = body["metadata"]
     name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
     old = dict(body.get("status") or {})
+    # a generation not applied yet (held by the upgrade gate, or a killed operator's) is applied whole when it is
+    strict = strict or (old.get("observedGeneration") is not None and old.get("observedGeneration") != generation)
     try:
         spec = parse_spec(body.get("spec") or {})
         catalog = CONFIG.catalog()
@@ -149,6 +151,9 @@ def _upgrade_blocked(old: dict, generation: int | None, r, p, live: dict, why: s
     """The spec's change is held: the serving cluster stays as it is, and the status says what the upgrade costs."""
     counted = readiness.of_rayservice(namespace, live)
     st = status.ok_status(old, generation, r, p, live, counted, blocked=(upgrade.REASON, why))
+    # not applied: kstatus/Argo and ``kubectl wait`` must not take this generation as rolled out, and the reconcile
+    # that finally applies it (a sweep, once the budget allows) does so strictly
+    st["observedGeneration"] = old.get("observedGeneration")
     was = next((c for c in old.get("conditions") or [] if c.get("type") == "Progressing"), {})
     new = was.get("reason") != upgrade.REASON or was.get("message") != status.bounded(why)
     return Outcome(st, [("Warning", upgrade.REASON, why)] if new else [])

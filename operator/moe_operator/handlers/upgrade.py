@@ -8,9 +8,9 @@ until the new one is ready, so for the length of the upgrade the fleet runs twic
 replicas plus every pool at the new spec's.
 
 A change that only touches ``serveConfigV2`` or the sizes rolls in place. A change that needs a second cluster goes
-ahead only when the surge fits ``maxHourlyCost`` and each pool's ``maxReplicas`` (the accelerators the
-deployment may hold); otherwise the reconcile writes nothing and says what the upgrade would cost (Progressing=False,
-reason ``UpgradeBlockedByBudget``). The Ray head (CPU only) is not counted. Pure: dicts in, a verdict out.
+ahead only when the surge fits ``maxHourlyCost``; otherwise the reconcile writes nothing and says what the upgrade
+would cost (Progressing=False, reason ``UpgradeBlockedByBudget``). The Ray head (CPU only) is not counted. Pure:
+dicts in, a verdict out.
 """
 from __future__ import annotations
 
@@ -62,35 +62,41 @@ def needs_new_cluster(live_spec: Mapping[str, Any], desired_spec: Mapping[str, A
     return True
 
 
+def serving(live: Mapping[str, Any]) -> bool:
+    """True when KubeRay reports an active cluster for the RayService (``status.activeServiceStatus.rayClusterName``):
+    only then does an old cluster keep running beside the new one. A first cluster that never came up (a bad image)
+    is replaced, not doubled, so fixing it is never held."""
+    active = ((live.get("status") or {}).get("activeServiceStatus") or {}).get("rayClusterName")
+    return bool(active)
+
+
 def _replicas(spec: Mapping[str, Any]) -> dict[str, int]:
     groups = (spec.get("rayClusterConfig") or {}).get("workerGroupSpecs") or []
     return {g["groupName"]: int(g.get("replicas") or 0) for g in groups if "groupName" in g}
 
 
 def blocked(live_spec: Mapping[str, Any], desired_spec: Mapping[str, Any], pools: list[Pool],
-            max_hourly_cost: float | None) -> str | None:
+            max_hourly_cost: float | None, old_serves: bool = True) -> str | None:
     """None when the write may go ahead; else the sentence for the status: what the upgrade would run and cost, and
-    what would let it proceed."""
-    if not needs_new_cluster(live_spec, desired_spec):
+    what would let it proceed. Only ``maxHourlyCost`` holds a change: ``maxReplicas`` bounds what the autoscaler
+    asks for, not the accelerators a cluster has (with minReplicas = maxReplicas no surge would ever fit it).
+    A live worker group of a pool the new spec no longer has is priced at the dearest known pool (its own price is
+    not in the new spec): the surge is over-, never under-estimated."""
+    if max_hourly_cost is None or not needs_new_cluster(live_spec, desired_spec):
         return None
     old, new = _replicas(live_spec), _replicas(desired_spec)
     price = {p.name: p.price_per_replica_hour for p in pools}
-    old_cost = sum(price.get(k, 0.0) * n for k, n in old.items())
-    new_cost = sum(price.get(k, 0.0) * n for k, n in new.items())
-    problems = []
-    if max_hourly_cost is not None and old_cost + new_cost > max_hourly_cost + 1e-9:
-        problems.append(f"both clusters cost ${old_cost + new_cost:.2f}/h (the serving one ${old_cost:.2f}/h + the new "
-                        f"one ${new_cost:.2f}/h) > maxHourlyCost ${max_hourly_cost:g}/h")
-    for p in pools:
-        surge = old.get(p.name, 0) + new.get(p.name, 0)
-        if surge > p.max_replicas:
-            problems.append(f"pool {p.name} would hold {surge} replicas ({old.get(p.name, 0)} serving + "
-                            f"{new.get(p.name, 0)} new) > maxReplicas {p.max_replicas}")
-    if not problems:
+    dearest = max(price.values(), default=0.0)
+    old_cost = sum(price.get(k, dearest) * n for k, n in old.items()) if old_serves else 0.0
+    new_cost = sum(price.get(k, dearest) * n for k, n in new.items())
+    if old_cost + new_cost <= max_hourly_cost + 1e-9:
         return None
-    return ("this change needs a new Ray cluster (KubeRay NewCluster upgrade: the old one serves until the new one is "
-            "ready) and the surge does not fit: " + "; ".join(problems) + ". Nothing was applied; raise the limit, "
-            "lower the pools' replicas for the upgrade, or revert the change")
+    cost = (f"both clusters cost ${old_cost + new_cost:.2f}/h (the serving one ${old_cost:.2f}/h + the new one "
+            f"${new_cost:.2f}/h)" if old_serves else
+            f"the new cluster costs ${new_cost:.2f}/h (no cluster serves yet, so none runs beside it)")
+    return (f"this change needs a new Ray cluster (KubeRay NewCluster upgrade: the old one serves until the new one is "
+            f"ready) and {cost} > maxHourlyCost ${max_hourly_cost:g}/h. Nothing was applied; raise maxHourlyCost "
+            f"to at least ${old_cost + new_cost:.2f}, lower the pools' replicas, or revert the change")
 
 
 def write_blocked(live: Mapping[str, Any], desired: Mapping[str, Any], strict: bool, pools: list[Pool],
@@ -101,4 +107,4 @@ def write_blocked(live: Mapping[str, Any], desired: Mapping[str, Any], strict: b
     after = copy.deepcopy(dict(live))
     if not repair(after, dict(desired), strict):
         return None
-    return blocked(live.get("spec") or {}, after.get("spec") or {}, pools, max_hourly_cost)
+    return blocked(live.get("spec") or {}, after.get("spec") or {}, pools, max_hourly_cost, serving(live))
