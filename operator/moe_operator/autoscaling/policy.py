@@ -398,9 +398,13 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
         (p.cold_start_s for p in pools), default=0.0)) if backlog > 0 else 0.0)
     reserve_idle_since = None
     if latency_need > base_need * (1 + EPS) and ready_cap >= latency_need * (1 - 1e-6):
-        used = new is not None and max(
+        # used: the interval's latency sample needs more than the mean need, or its arrivals alone exceeded the
+        # capacity the mean needs of the scale-down window keep (a burst the reserve absorbed, latency then fine)
+        kept = max((n[1] for n in history.needs if now - n[0] <= settings.scale_down_stabilization_s + EPS),
+                   default=base_need)
+        used = arrival > kept * (1 + EPS) or (new is not None and max(
             reserve_capacity([new[2]] if new[2] is not None else [], settings.ttft_p95_s, new[3] or 0.0),
-            reserve_capacity([new[4]] if new[4] is not None else [], settings.tpot_p95_s, tpot_floor)) > base_need
+            reserve_capacity([new[4]] if new[4] is not None else [], settings.tpot_p95_s, tpot_floor)) > base_need)
         if not used:
             reserve_idle_since = history.reserve_idle_since if history.reserve_idle_since is not None else now
             hold = max(settings.interval_s, max((p.cold_start_s for p in pools), default=0.0))
