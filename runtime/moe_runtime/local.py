@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable
 
 from moe_runtime.config import RuntimeConfig
+from moe_runtime.drain import drain_timeout_s
 
 IMPORT_PATH = "moe_runtime.serve_app:app_builder"
 
@@ -34,10 +35,16 @@ def pool_resource(pool: str) -> str:
     return f"pool-{pool}"
 
 
-def serve_config(app_name: str, cfg: RuntimeConfig) -> dict[str, Any]:
-    """serveConfigV2 for one torch-engine app: ``args`` is the RuntimeConfig, one deployment per pool + ingress."""
+def serve_config(app_name: str, cfg: RuntimeConfig, seconds_per_token: float | None = None) -> dict[str, Any]:
+    """serveConfigV2 for one torch-engine app: ``args`` is the RuntimeConfig, one deployment per pool + ingress.
+
+    Each engine deployment drains for the longest request ``cfg`` allows (``graceful_shutdown_timeout_s``,
+    moe_runtime.drain) at ``seconds_per_token`` (the spec's TPOT target; None: the engine's default figure), as the
+    operator renders it."""
+    drain = drain_timeout_s(cfg.max_context_tokens, seconds_per_token)
     deployments = [
-        {"name": f"engine-{p.name}", "num_replicas": p.num_replicas, "ray_actor_options": p.ray_actor_options}
+        {"name": f"engine-{p.name}", "num_replicas": p.num_replicas, "ray_actor_options": p.ray_actor_options,
+         "graceful_shutdown_timeout_s": drain}
         for p in cfg.pools
     ]
     deployments.append({"name": "OpenAIIngress", "num_replicas": 1})

@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from moe_runtime.config import RuntimeConfig
+from moe_runtime.drain import drain_timeout_s
 from moe_runtime.engine.api import EngineStats, PromptTooLong, QueueFull, SamplingParams, TokenEvent
 from moe_runtime.metrics import RuntimeMetrics, merge_stats
 from moe_runtime.placement_board import BoardClient, BoardReporter, config_key, get_board
@@ -40,7 +41,7 @@ def _tokenizer_json(tokenizer: Any) -> str:
     raise TypeError(f"cannot serialise tokenizer of type {type(tokenizer).__name__}")
 
 
-@serve.deployment(name="engine", graceful_shutdown_timeout_s=10)
+@serve.deployment(name="engine")   # graceful_shutdown_timeout_s: engine_deployment_options (drain.py)
 class EngineDeployment:
     """One replica of a pool: an engine (and, per placement, its expert-shard actors)."""
 
@@ -313,6 +314,10 @@ def engine_deployment_options(cfg: RuntimeConfig, pool) -> dict[str, Any]:
         # router queue, which would hold requests back without refusing them) answers QueueFull -> HTTP 429.
         "max_ongoing_requests": 2 * (cfg.max_batch_size + cfg.max_queue) + 16,
         "max_queued_requests": HANDLE_QUEUE,
+        # A scale-down lets each replica Serve stops finish its streams for this long (it routes it nothing new
+        # meanwhile): the longest request the config allows at the default decode speed. serveConfigV2 sets the
+        # spec's own (the TPOT target's) figure.
+        "graceful_shutdown_timeout_s": drain_timeout_s(cfg.max_context_tokens),
     }
 
 

@@ -128,3 +128,39 @@ def test_an_operator_upgrade_that_adds_a_security_context_rolls_no_cluster_until
     assert all("securityContext" not in c for c in _containers(live))
     assert drift.repair(live, desired, strict=True)
     assert all(c.get("securityContext") for c in _containers(live))
+
+
+def _pods(rs):
+    cfg = rs["spec"]["rayClusterConfig"]
+    return [g["template"]["spec"] for g in cfg["workerGroupSpecs"]]
+
+
+def test_an_operator_upgrade_that_adds_a_termination_grace_period_rolls_no_cluster_until_the_spec_changes():
+    """The workers' terminationGracePeriodSeconds (issue 13: longer than any Serve drain) is in the pod template, so
+    it goes the securityContext's way: a sweep after the upgrade neither counts it as drift nor writes it (nor drops
+    the live value), and the next spec change applies it; the upgrade gate sees no upgrade in the sweep's write."""
+    from moe_operator.handlers import upgrade
+
+    desired = _rendered_example()
+    grace = {p["terminationGracePeriodSeconds"] for p in _pods(desired)}
+    assert len(grace) == 1 and grace.pop() >= 3600
+    live = copy.deepcopy(desired)
+    for p in _pods(live):
+        p.pop("terminationGracePeriodSeconds")
+    assert not drift.drifted(live, desired, strict=False)
+    assert drift.drifted(live, desired, strict=True)
+    assert not drift.repair(copy.deepcopy(live), desired, strict=False)          # nothing the sweep would write
+    live["spec"]["serveConfigV2"] = "applications: []"          # real drift elsewhere: repaired, the pods left alone
+    before = copy.deepcopy(live["spec"])
+    assert drift.repair(live, desired, strict=False)
+    assert live["spec"]["serveConfigV2"] == desired["spec"]["serveConfigV2"]
+    assert not upgrade.needs_new_cluster(before, live["spec"])                 # KubeRay keeps the cluster
+    assert upgrade.needs_new_cluster(before, desired["spec"])                  # the full render would not
+    assert all("terminationGracePeriodSeconds" not in p for p in _pods(live))
+    kept = copy.deepcopy(live)
+    _pods(kept)[0]["terminationGracePeriodSeconds"] = 45        # a live value is kept by a sweep, not reverted
+    kept["spec"]["serveConfigV2"] = "applications: []"
+    assert drift.repair(kept, desired, strict=False) and _pods(kept)[0]["terminationGracePeriodSeconds"] == 45
+    assert drift.repair(live, desired, strict=True)
+    assert [p["terminationGracePeriodSeconds"] for p in _pods(live)] == \
+        [p["terminationGracePeriodSeconds"] for p in _pods(desired)]

@@ -163,7 +163,8 @@ def test_vllm_deployment_scaled_by_tick_and_a_restart_inside_the_window_keeps_re
     n = tick(1010, 1800)                          # 1800 / 0.7 x 1.075 (mid-band) / 1000 -> 3 replicas
     assert n == 3 and cluster.events == ["ScaledUp"]
     app = yaml.safe_load(cluster.rs["spec"]["serveConfigV2"])["applications"][0]
-    assert app["deployments"] == [{"name": "LLMServer:mixtral-8x7b", "num_replicas": 3}]   # the override, not args
+    assert app["deployments"] == [{"name": "LLMServer:mixtral-8x7b", "num_replicas": 3,   # the override, not args
+                                   "graceful_shutdown_timeout_s": 2078}]                  # (the render's drain)
     assert app["args"]["llm_configs"][0]["deployment_config"]["num_replicas"] == 1
     assert cluster.rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 3
     assert [p["desiredReplicas"] for p in cluster.status["pools"]] == [3]

@@ -216,4 +216,5 @@ def test_the_runtime_and_the_operator_agree_on_the_serve_config_shape():
 
     name, _, rendered = serve_config_for(str(EXAMPLE))
     cfg = RuntimeConfig.model_validate(rendered["applications"][0]["args"])
-    assert serve_config(name, cfg) == rendered
+    tpot = yaml.safe_load(EXAMPLE.read_text())["spec"]["autoscaling"]["slo"]["tpotP95Seconds"]  # drains by it
+    assert serve_config(name, cfg, seconds_per_token=tpot) == rendered

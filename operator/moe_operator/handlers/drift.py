@@ -23,6 +23,9 @@ SIZE_FIELDS = ("replicas", "minReplicas", "maxReplicas")
 # a whole second cluster per deployment, all at once on the first sweep after an upgrade. The sweep (non-strict)
 # neither compares nor writes them; the next spec change (strict) applies them.
 SPEC_CHANGE_ONLY = ("securityContext",)
+# Pod-spec fields of the same kind: terminationGracePeriodSeconds (issue 13: no pod is killed while a Serve replica on
+# it may still drain, render/drain.py).
+POD_SPEC_CHANGE_ONLY = ("terminationGracePeriodSeconds",)
 
 
 def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -30,6 +33,19 @@ def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
     groups = [cfg.get("headGroupSpec") or {}, *(cfg.get("workerGroupSpecs") or [])]
     return [c for g in groups for c in (((g.get("template") or {}).get("spec") or {}).get("containers") or [])
             if isinstance(c, dict)]
+
+
+def _pod_specs(spec: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """Each group's pod spec by group: ("head",) and ("worker", groupName)."""
+    cfg = spec.get("rayClusterConfig") or {}
+    groups = [(("head",), cfg.get("headGroupSpec") or {})]
+    groups += [(("worker", g.get("groupName")), g) for g in cfg.get("workerGroupSpecs") or [] if isinstance(g, dict)]
+    out = {}
+    for key, g in groups:
+        pod = (g.get("template") or {}).get("spec") if isinstance(g.get("template"), dict) else None
+        if isinstance(pod, dict):
+            out[key] = pod
+    return out
 
 
 def _normalise(spec: dict[str, Any], strict: bool) -> dict[str, Any]:
@@ -47,6 +63,9 @@ def _normalise(spec: dict[str, Any], strict: bool) -> dict[str, Any]:
         for c in _containers(out):
             for k in SPEC_CHANGE_ONLY:
                 c.pop(k, None)
+        for pod in _pod_specs(out).values():
+            for k in POD_SPEC_CHANGE_ONLY:
+                pod.pop(k, None)
     return out
 
 
@@ -85,8 +104,8 @@ def drifted(live: dict[str, Any], desired: dict[str, Any], strict: bool = True) 
 def repair(live: dict[str, Any], desired: dict[str, Any], strict: bool = True) -> bool:
     """Put our owned fields into ``live`` (in place); False when nothing needed changing.
 
-    Non-strict repair keeps the live sizes of worker groups (the autoscaler's) and the containers' SPEC_CHANGE_ONLY
-    fields, and writes the rest.
+    Non-strict repair keeps the live sizes of worker groups (the autoscaler's), the containers' SPEC_CHANGE_ONLY
+    and the pod specs' POD_SPEC_CHANGE_ONLY fields, and writes the rest.
     """
     if not drifted(live, desired, strict):
         return False
@@ -108,6 +127,14 @@ def repair(live: dict[str, Any], desired: dict[str, Any], strict: bool = True) -
                     c[k] = copy.deepcopy(old_c[k])
                 else:
                     c.pop(k, None)
+        live_pods = _pod_specs(live.get("spec", {}))
+        for key, pod in _pod_specs(desired["spec"]).items():
+            old_pod = live_pods.get(key, {})
+            for k in POD_SPEC_CHANGE_ONLY:
+                if k in old_pod:
+                    pod[k] = copy.deepcopy(old_pod[k])
+                else:
+                    pod.pop(k, None)
     meta = live.setdefault("metadata", {})
     meta["labels"] = {**meta.get("labels", {}), **desired["metadata"].get("labels", {})}
     refs = [r for r in meta.get("ownerReferences", []) if r.get("uid") not in

@@ -168,6 +168,8 @@ def build_render_input(
         head_image=images.head(spec.engine),
         ray_version=images.ray_version_for(spec.engine),
         admin_token_secret=admin_secret_name(manifest_name) if spec.rebalance.enabled else None,
+        # the TPOT target sizes the scale-down drain only while the autoscaler holds TPOT near it (render/drain.py)
+        seconds_per_token=spec.autoscaling.slo.tpot_p95_seconds if spec.autoscaling.enabled else None,
     )
 
 

@@ -94,3 +94,4 @@ class RenderInput:
     ray_version: str                   # rayVersion: the Ray of this engine's images (Images.ray_version_for)
     labels: dict[str, str] = field(default_factory=dict)
     admin_token_secret: str | None = None   # Secret whose key `token` becomes env MOE_ADMIN_TOKEN (spec.rebalance)
+    seconds_per_token: float | None = None  # the TPOT target sizing the scale-down drain (drain.py); None: default

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .context import ADMIN_TOKEN_KEY
+from .drain import WORKER_TERMINATION_GRACE_S
 from .fastyaml import load
 from .inputs import PoolRender, RenderInput
 from .serve import serve_config
@@ -30,6 +31,8 @@ def _worker(r: RenderInput, pool: PoolRender, labels: dict[str, str]) -> dict[st
         "volumes": volumes,
         "mounts": mounts,
         "resources": dict(sorted(resources.items())),
+        # Kubernetes must not SIGKILL a pod while a Serve replica on it may still drain (drain.py)
+        "termination_grace_s": WORKER_TERMINATION_GRACE_S,
     }
 
 

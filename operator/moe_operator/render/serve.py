@@ -8,6 +8,10 @@ block_size, max_model_len, max_num_seqs); tests/render validate them against the
 Replicas: our autoscaler owns them and patches ``num_replicas``; no Serve ``autoscaling_config`` is rendered,
 because two autoscalers on one deployment would fight. In a vLLM app the LLMConfig keeps the spec's start count
 and the live count is a ``deployments[]`` override of the LLM server deployment (llm_names.py says why).
+
+Scale-down drains: every engine deployment (the torch ``engine-<pool>``, the vLLM LLM server) gets
+``graceful_shutdown_timeout_s`` from ``drain_s`` (drain.py), in the ``deployments[]`` entry, never in ``args``: a
+change of it reconfigures the running replicas in place, where a change of ``args`` would replace them all.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .drain import drain_timeout_s
 from .fastyaml import BaseDumper, load
 from .inputs import PoolRender, RenderInput
 from .llm_names import llm_deployment_name, serve_replicas_per_replica
@@ -141,15 +146,22 @@ def vllm_apps(r: RenderInput) -> list[dict[str, Any]]:
             "import_path": import_path,
             "args": args,
             "deployments": [{"name": llm_deployment_name(import_path, cfg),
-                             "num_replicas": pool.replicas * serve_replicas_per_replica(import_path, cfg)}],
+                             "num_replicas": pool.replicas * serve_replicas_per_replica(import_path, cfg),
+                             "graceful_shutdown_timeout_s": drain_s(r)}],
         })
     return apps
+
+
+def drain_s(r: RenderInput) -> int:
+    """``graceful_shutdown_timeout_s`` of the engine deployments: the longest request the spec allows (drain.py)."""
+    return drain_timeout_s(r.max_context_tokens, r.seconds_per_token)
 
 
 def serve_config(r: RenderInput) -> str:
     """The serveConfigV2 string, rendered from the engine's template and normalised through YAML."""
     if r.engine == "torch":
-        text = env().get_template("serve_torch.yaml.j2").render(name=r.name, args=runtime_args(r), pools=r.pools)
+        text = env().get_template("serve_torch.yaml.j2").render(name=r.name, args=runtime_args(r), pools=r.pools,
+                                                                drain_s=drain_s(r))
     else:
         text = env().get_template("serve_vllm.yaml.j2").render(apps=vllm_apps(r))
     return dump(load(text))
