@@ -319,6 +319,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     # and the backlog drain follow it). The candidate is (start s, capacity that met it, largest TTFT work, TTFT
     # floor, largest TPOT work) over the burst's intervals; the queue carried within a burst is the burst's own.
     soonest = max(settings.interval_s, min((p.cold_start_s for p in pools), default=0.0))
+    longest = max((p.cold_start_s for p in pools), default=0.0)
     cand = history.candidate
     over_since = (history.over_since if history.over_since is not None else now - interval) if over else None
 
@@ -357,7 +358,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     # them, one for the ready count's lag. Past that its capacity was taken back (or never came): nothing to judge.
     if (
         trial is not None
-        and now - trial[0] > max((p.cold_start_s for p in pools), default=0.0) + 3 * settings.interval_s
+        and now - trial[0] > longest + 3 * settings.interval_s
     ):
         trial = None
     if trial is not None and new is not None and new[1] >= trial[1] * (1 - 1e-6):
@@ -394,8 +395,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
     # Use it or lose it: a reserve that has been ready for a whole cold start without an interval that needed more
     # than the mean need (no burst it was kept for came back) goes back. Holding it longer pays for capacity that
     # serves nothing; buying it again later costs no more than one cold start of it (the ski-rental break-even).
-    base_need = arrival / settings.target_utilization + (backlog / max(settings.interval_s, min(
-        (p.cold_start_s for p in pools), default=0.0)) if backlog > 0 else 0.0)
+    base_need = arrival / settings.target_utilization + (backlog / soonest if backlog > 0 else 0.0)
     reserve_idle_since = None
     if latency_need > base_need * (1 + EPS) and ready_cap >= latency_need * (1 - 1e-6):
         # used: the interval's latency sample needs more than the mean need, or its arrivals alone exceeded the
@@ -407,7 +407,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
             reserve_capacity([new[4]] if new[4] is not None else [], settings.tpot_p95_s, tpot_floor)) > base_need)
         if not used:
             reserve_idle_since = history.reserve_idle_since if history.reserve_idle_since is not None else now
-            hold = max(settings.interval_s, max((p.cold_start_s for p in pools), default=0.0))
+            hold = max(settings.interval_s, longest)
             if now - reserve_idle_since >= hold - EPS:
                 reasons.append(f"latency reserve {latency_need:.0f} work units/s released: ready and unused for "
                                f"{now - reserve_idle_since:.0f}s (a cold start)")
@@ -442,7 +442,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
         reasons.append(
             f"idle {now - idle_since:.0f}s >= idleSeconds {settings.idle_s:g}s + cold start {wake:g}s: scale to zero"
         )
-    lead = max(settings.interval_s, min((p.cold_start_s for p in pools), default=0.0))
+    lead = soonest   # capacity asked for now serves this much later
     fit_s = max(lead, settings.scale_down_stabilization_s)
     hist_window = max(settings.scale_up_stabilization_s, settings.scale_down_stabilization_s, fit_s)
     needs = tuple(n for n in history.needs if now - n[0] <= hist_window) + ((now, mean_need, latency_need),)
@@ -458,7 +458,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
         reasons.append(f"trend: mean need {mean_need:.0f} rising to ~{ahead:.0f} work units/s in {lead:.0f}s "
                        f"(a cold start)")
         need_up, need_down = max(need_up, ahead), max(need_down, ahead)
-    drain_s = max(settings.interval_s, min((p.cold_start_s for p in pools), default=0.0))
+    drain_s = soonest
     drain_need = arrival + backlog / drain_s if backlog > 0 else 0.0
     if drain_need > max(need_up, need_down):
         reasons.append(f"backlog: {queue:.0f} queued requests ({backlog:.0f} work units) drain within {drain_s:.0f}s")

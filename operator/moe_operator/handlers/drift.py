@@ -28,13 +28,6 @@ SPEC_CHANGE_ONLY = ("securityContext",)
 POD_SPEC_CHANGE_ONLY = ("terminationGracePeriodSeconds",)
 
 
-def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    cfg = spec.get("rayClusterConfig") or {}
-    groups = [cfg.get("headGroupSpec") or {}, *(cfg.get("workerGroupSpecs") or [])]
-    return [c for g in groups for c in (((g.get("template") or {}).get("spec") or {}).get("containers") or [])
-            if isinstance(c, dict)]
-
-
 def _pod_specs(spec: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
     """Each group's pod spec by group: ("head",) and ("worker", groupName)."""
     cfg = spec.get("rayClusterConfig") or {}
@@ -46,6 +39,10 @@ def _pod_specs(spec: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
         if isinstance(pod, dict):
             out[key] = pod
     return out
+
+
+def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for pod in _pod_specs(spec).values() for c in pod.get("containers") or [] if isinstance(c, dict)]
 
 
 def _normalise(spec: dict[str, Any], strict: bool) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .drift import SIZE_FIELDS, contains, repair
+from .drift import SIZE_FIELDS, contains, live_replicas, repair
 
 REASON = "UpgradeBlockedByBudget"
 
@@ -70,11 +70,6 @@ def serving(live: Mapping[str, Any]) -> bool:
     return bool(active)
 
 
-def _replicas(spec: Mapping[str, Any]) -> dict[str, int]:
-    groups = (spec.get("rayClusterConfig") or {}).get("workerGroupSpecs") or []
-    return {g["groupName"]: int(g.get("replicas") or 0) for g in groups if "groupName" in g}
-
-
 def blocked(live_spec: Mapping[str, Any], desired_spec: Mapping[str, Any], pools: list[Pool],
             max_hourly_cost: float | None, old_serves: bool = True) -> str | None:
     """None when the write may go ahead; else the sentence for the status: what the upgrade would run and cost, and
@@ -84,7 +79,7 @@ def blocked(live_spec: Mapping[str, Any], desired_spec: Mapping[str, Any], pools
     not in the new spec): the surge is over-, never under-estimated."""
     if max_hourly_cost is None or not needs_new_cluster(live_spec, desired_spec):
         return None
-    old, new = _replicas(live_spec), _replicas(desired_spec)
+    old, new = live_replicas({"spec": live_spec}), live_replicas({"spec": desired_spec})
     price = {p.name: p.price_per_replica_hour for p in pools}
     dearest = max(price.values(), default=0.0)
     old_cost = sum(price.get(k, dearest) * n for k, n in old.items()) if old_serves else 0.0

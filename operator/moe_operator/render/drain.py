@@ -1,45 +1,17 @@
 """How long a scale-down may take to drain an engine replica (issue 13, drain-aware scale-down). Pure.
 
-When a deployment's ``num_replicas`` is lowered, Ray Serve's controller picks the replicas to stop, stops routing
-new requests to them and lets each finish its in-flight requests for up to ``graceful_shutdown_timeout_s`` (checked
-every ``graceful_shutdown_wait_loop_s``, 2 s) before it kills the actor. The timeout is sized here from the longest
-request the spec allows: ``maxContextTokens`` tokens at the TPOT target (``spec.autoscaling.slo.tpotP95Seconds``,
-used while the autoscaler is on, since only then does something hold TPOT near it), else at
-DEFAULT_SECONDS_PER_TOKEN; plus TAIL_FACTOR and MARGIN_S; at most MAX_DRAIN_S.
-
-moe_runtime/drain.py keeps a copy for ``moectl``-less scripts (the runtime never imports the operator); a test
-checks the two agree.
+The drain formula has one owner, moe_runtime/drain.py (torch-free; the operator image installs moe_runtime without
+torch or ray, images/operator.Dockerfile): the render, ``moectl up`` and the Serve app all use it. This module adds
+what only the render needs: the worker pods' termination grace period.
 """
 from __future__ import annotations
 
-import math
+from moe_runtime.drain import (DEFAULT_SECONDS_PER_TOKEN, MARGIN_S, MAX_DRAIN_S, TAIL_FACTOR,  # noqa: F401
+                               drain_timeout_s)
 
-# Per output token, per sequence, when the spec gives no TPOT target. The torch engine's own decode figures
-# (docs/benchmarks/runtime.md, tiny model on CPU): 25 tok/s at batch 1 and 213 tok/s at batch 8 in one process
-# (40 and 38 ms per token per sequence); 72 tok/s at batch 8 with 4 Ray expert shards (0.11 s per token per
-# sequence); under Ray Serve on a loaded 2-core machine 30 s windows of TPOT p50 reached 0.19 s
-# (docs/benchmarks.md, simulator validation run B). 0.2 s covers all of them, and a full batch of 16
-# (RuntimeConfig's default) of the sharded case is about 2 x 0.11 s.
-DEFAULT_SECONDS_PER_TOKEN = 0.2
-TAIL_FACTOR = 1.25   # a p95 is not a maximum: the longest request's slowest tokens and its prefill
-MARGIN_S = 30        # Serve's 2 s wait loop, the ingress and proxy hops, the engine's own stop
-MAX_DRAIN_S = 3600   # a bound: past an hour a scale-down is not worth holding capacity for
 POD_MARGIN_S = 30    # a worker pod outlives its replicas' drain by this much (Ray's own shutdown)
 
-
-def drain_timeout_s(max_context_tokens: int, seconds_per_token: float | None = None) -> int:
-    """``graceful_shutdown_timeout_s`` of an engine deployment, whole seconds in [MARGIN_S, MAX_DRAIN_S].
-
-    ``seconds_per_token``: the TPOT target, or None for DEFAULT_SECONDS_PER_TOKEN.
-    """
-    per_token = DEFAULT_SECONDS_PER_TOKEN if seconds_per_token is None else float(seconds_per_token)
-    if not per_token > 0 or max_context_tokens < 0:
-        raise ValueError(f"need seconds_per_token > 0 and max_context_tokens >= 0, got {per_token}, "
-                         f"{max_context_tokens}")
-    return min(MAX_DRAIN_S, math.ceil(max_context_tokens * per_token * TAIL_FACTOR + MARGIN_S))
-
-
-# terminationGracePeriodSeconds of every worker pod: above every drain this module can give (MAX_DRAIN_S), so
+# terminationGracePeriodSeconds of every worker pod: above every drain the formula can give (MAX_DRAIN_S), so
 # Kubernetes never SIGKILLs a pod while a Serve replica on it may still drain. A constant, not the spec's own drain:
 # the pod template is in the hash by which KubeRay decides to start a second Ray cluster, so a value that followed
 # the TPOT target or maxContextTokens would turn an SLO edit into a whole new cluster. It is a ceiling, not a wait:
