@@ -1,0 +1,123 @@
+"""The router's decision (moe_runtime.routing) as a pure function: cost, prefix affinity, bounded load, fall over."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from moe_runtime.routing import (PrefixIndex, Replica, Weights, block_hashes, dollars_per_work, rank,
+                                 request_work)
+
+CHEAP = dollars_per_work(1.0, 1000.0)
+DEAR = dollars_per_work(4.0, 1000.0)
+
+
+def _rep(rid, pool="a", load=0, slots=4, limit=8, dpw=CHEAP):
+    return Replica(id=rid, pool=pool, load=load, slots=slots, limit=limit, dollars_per_work=dpw)
+
+
+def _first(replicas, matched=None, prompt=512, out=64, block=64):
+    order = rank(replicas, matched or {}, prompt_tokens=prompt, output_tokens=out, block_tokens=block)
+    return order[0].id if order else None
+
+
+def test_block_hashes_are_chained_prefix_keys():
+    a = list(range(300))
+    b = a[:128] + [9999] + a[129:]
+    ha, hb = block_hashes(a, 64), block_hashes(b, 64)
+    assert len(ha) == 4  # full blocks only: 300 // 64
+    assert ha[:2] == hb[:2]
+    assert ha[2] != hb[2] and ha[3] != hb[3]  # one changed token changes every later block's key
+    assert block_hashes(a, 64) == ha  # deterministic (the index compares hashes made by other calls)
+    with pytest.raises(ValueError):
+        block_hashes(a, 0)
+
+
+def test_index_matches_longest_held_prefix_and_forgets_evicted_blocks():
+    idx = PrefixIndex(blocks_per_replica=3)
+    idx.record("r1", ["x", "y", "z"])
+    assert idx.match(["x", "y", "q"], ["r1", "r2"]) == {"r1": 2, "r2": 0}
+    idx.record("r1", ["p"])  # capacity 3: "x" (least recent) is evicted, so the prefix no longer matches
+    assert idx.match(["x", "y"], ["r1"]) == {"r1": 0}
+    idx.forget("r1")
+    assert idx.match(["p"], ["r1"]) == {"r1": 0}
+
+
+def test_cheaper_pool_preferred_while_it_has_headroom():
+    reps = [_rep("c1", "cheap", load=3), _rep("d1", "dear", load=0, dpw=DEAR)]
+    assert _first(reps) == "c1"
+    full = [_rep("c1", "cheap", load=4), _rep("d1", "dear", load=0, dpw=DEAR)]  # cheap at its slots
+    assert _first(full) == "d1"
+
+
+def test_prefix_hit_wins_within_a_pool_and_across_pools_only_when_it_pays():
+    reps = [_rep("a1", load=0), _rep("a2", load=1)]
+    assert _first(reps, {"a2": 8}) == "a2"  # the held prefix beats the emptier replica of the same price
+    # Across pools: a long cached prompt on the dear pool saves more than the price gap on a short output ...
+    cross = [_rep("c1", "cheap", dpw=CHEAP), _rep("d1", "dear", dpw=DEAR * 0 + CHEAP * 1.5)]
+    assert _first(cross, {"d1": 64}, prompt=4096, out=16) == "d1"
+    # ... and not when the output dominates the work.
+    assert _first(cross, {"d1": 64}, prompt=4096, out=4000) == "c1"
+
+
+def test_bounded_load_stops_a_hot_prefix_from_swamping_one_replica():
+    """Every request shares one prefix held by r1: r1 takes them only up to balance x the pool's mean."""
+    loads = {"r1": 0, "r2": 0, "r3": 0, "r4": 0}
+    for _ in range(12):
+        reps = [_rep(r, load=n, slots=16, limit=32) for r, n in loads.items()]
+        loads[_first(reps, {"r1": 4})] += 1
+    assert loads["r1"] < 12
+    assert max(loads.values()) <= 1.25 * (sum(loads.values()) / 4) + 1
+
+
+def test_fall_over_orders_queues_and_empty_when_every_replica_is_full():
+    reps = [_rep("a1", load=6, slots=4, limit=8), _rep("a2", load=5, slots=4, limit=8),
+            _rep("b1", "b", load=8, slots=4, limit=8, dpw=DEAR)]
+    order = [r.id for r in rank(reps, {}, prompt_tokens=10, output_tokens=10, block_tokens=64)]
+    assert order == ["a2", "a1"]  # shortest queue first; b1 is at its limit and never ranked
+    assert rank([_rep("x", load=8, limit=8)], {}, prompt_tokens=1, output_tokens=1, block_tokens=64) == []
+
+
+def test_request_work_never_counts_the_whole_prompt_as_cached():
+    w = Weights(prompt=0.2, cached_prompt=0.01, generated=1.0)
+    assert request_work(100, 100, 0, w) == pytest.approx(0.2 * 1 + 0.01 * 99)  # the last token is computed
+    assert request_work(100, 0, 10, w) == pytest.approx(30.0)
+    assert dollars_per_work(1.0, 0.0) == float("inf")
+
+
+def test_prefix_aware_keeps_conversations_on_their_replica():
+    """Multi-turn conversations (a turn extends the last prompt and starts after the last turn finished): with
+    the index the router sends a turn where its history is, so the hit ratio with 4 replicas stays near one
+    replica's; least-loaded spreads them and loses most of it."""
+
+    def run(prefix_aware: bool, n: int) -> float:
+        rng = random.Random(7)
+        convs = [[rng.randrange(50_000) for _ in range(256)] for _ in range(32)]
+        turn = [0] * len(convs)
+        idx, loads, running, hit, total = PrefixIndex(10_000), {f"r{i}": 0 for i in range(n)}, [], 0, 0
+        for step in range(400):
+            for f, c, rid in [x for x in running if x[0] <= step]:
+                loads[rid] -= 1
+                turn[c] += 1
+            running = [x for x in running if x[0] > step]
+            busy = {c for _, c, _ in running}
+            for c in range(len(convs)):
+                if c in busy or turn[c] >= 8 or rng.random() > 0.3:
+                    continue
+                prompt = convs[c] + [c * 100 + turn[c]] * 64 * turn[c]  # one more block per turn
+                hs = block_hashes(prompt, 64)
+                reps = [_rep(r, load=loads[r], slots=8, limit=64) for r in loads]
+                order = rank(reps, idx.match(hs, loads) if prefix_aware else {}, prompt_tokens=len(prompt),
+                             output_tokens=32, block_tokens=64)
+                rid = order[0].id
+                hit += idx.match(hs, [rid])[rid]
+                total += len(hs)
+                idx.record(rid, hs)
+                loads[rid] += 1
+                running.append((step + rng.randint(1, 10), c, rid))
+        return hit / total
+
+    one = run(True, 1)
+    assert one > 0.3  # the workload has reuse to find
+    assert run(True, 4) >= 0.9 * one
+    assert run(False, 4) < 0.75 * one
