@@ -100,6 +100,16 @@ class CacheConfig(_Strict):
     disk_bytes: int = Field(default=0, ge=0)
 
 
+class RoutingConfig(_Strict):
+    """What the router prices pools with (moe_runtime.routing): work units per prompt and cached prompt token
+    (a generated token is 1) and each pool's $ per work unit at full use. Rendered for apps of two or more
+    pools only; without it every pool costs the same and the router balances load and prefix affinity alone."""
+
+    prompt_weight: float = Field(default=0.2, ge=0)
+    cached_prompt_weight: float = Field(default=0.01, ge=0)
+    dollars_per_work: dict[str, float] = Field(default_factory=dict)  # pool -> $ per work unit
+
+
 class RuntimeConfig(_Strict):
     """Everything one replica of the torch engine needs, plus the pools the app deploys."""
 
@@ -115,6 +125,19 @@ class RuntimeConfig(_Strict):
     max_queue: int = Field(default=64, ge=0)  # waiting requests before QueueFull (HTTP 429)
     max_context_tokens: int = Field(default=4096, ge=8)  # prompt + generated tokens per sequence
     metrics_labels: dict[str, str] = Field(default_factory=dict)  # extra constant labels, e.g. {"pool": "cpu"}
+    routing: RoutingConfig | None = None  # the router's pool prices (None: all pools cost the same)
+    wake_deadline_s: float = Field(default=300.0, gt=0, le=3600)  # how long a request waits for a replica at zero
+
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler):
+        """Defaults added after a release are left out, so the args of an app that does not use them stay the
+        same bytes (a change of ``args`` makes Serve replace every replica)."""
+        out = handler(self)
+        if out.get("routing") is None:
+            out.pop("routing", None)
+        if out.get("wake_deadline_s") == 300.0:
+            out.pop("wake_deadline_s", None)
+        return out
 
     @model_validator(mode="after")
     def _unique_pools(self) -> "RuntimeConfig":

@@ -99,3 +99,23 @@ def test_a_mixed_vendor_torch_app_gives_each_pool_its_own_device_dtype_and_place
     assert {k for sh in h100.placement.shards for k in sh.ray_resources} == {"GPU"}
     assert {k for sh in ascend.placement.shards for k in sh.ray_resources} == {"NPU"}
     assert h100.metrics_labels["pool"] == "h100" and ascend.metrics_labels["pool"] == "ascend"
+
+
+def test_a_two_pool_torch_app_prices_its_pools_for_the_router_and_a_one_pool_app_does_not():
+    """The router (moe_runtime.routing) ranks pools by $ per work unit from the plan: price per replica-hour over
+    the replica's decode rate. A one-pool app renders no routing, so its args stay the bytes they were."""
+    m = load_manifest(ROOT / "examples" / "qwen3-moe-mixed.yaml")
+    s = m.spec.model_copy(update={"engine": "torch"})
+    out = plan_and_render("mixed", "ns", s, Catalog.default())
+    app = yaml.safe_load(out.rayservice["spec"]["serveConfigV2"])["applications"][0]
+    routing = app["args"]["routing"]
+    for pool in out.plan.pools:
+        c = pool.capacity
+        assert routing["dollars_per_work"][pool.name] == pytest.approx(c.price_per_hour / 3600 / c.decode_tps,
+                                                                       rel=1e-5)
+    assert routing["prompt_weight"] > 0 and routing["cached_prompt_weight"] > 0
+    config = pytest.importorskip("moe_runtime.config")
+    assert config.RuntimeConfig.model_validate(app["args"]).routing.dollars_per_work == routing["dollars_per_work"]
+    one = plan_and_render("one", "ns", load_manifest(ROOT / "examples" / "tiny-moe.yaml").spec,
+                          Catalog.default()).rayservice
+    assert "routing" not in yaml.safe_load(one["spec"]["serveConfigV2"])["applications"][0]["args"]

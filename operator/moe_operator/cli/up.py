@@ -59,9 +59,21 @@ def serve_config_for(path: str) -> tuple[str, str, dict]:
         if acc.vendor != "cpu" and pool.devices_per_replica > 1:
             raise UserError(f"{path}: pool {pool.name} needs {pool.devices_per_replica} devices per replica; "
                             "moectl up runs one process per replica on this machine")
-    r = build_render_input(manifest.metadata.name, "default", spec, catalog)
+    r = build_render_input(manifest.metadata.name, "default", spec, catalog, _plan_or_none(spec, catalog))
     config = yaml.safe_load(serve_config(r))
     return manifest.metadata.name, r.served_model_name, config
+
+
+def _plan_or_none(spec, catalog):
+    """The plan (the router prices pools from its capacities), or None where planning cannot size this spec
+    locally: moectl up then serves with every pool priced the same."""
+    from moe_operator.errors import SpecInvalid
+    from moe_operator.planning import plan_deployment
+
+    try:
+        return plan_deployment(spec, catalog, "local")
+    except SpecInvalid:
+        return None
 
 
 def _pool_resources(config: dict, max_replicas: dict[str, int] | None = None) -> dict[str, float]:

@@ -91,6 +91,14 @@ def _placement_json(pp: Any) -> dict[str, Any] | None:
     return dict(placement) if isinstance(placement, Mapping) else None
 
 
+def _capacity(pp: Any) -> dict[str, float] | None:
+    """One replica's planned rates and price from the plan's pool (None without a plan)."""
+    cap = getattr(pp, "capacity", None)
+    if cap is None:
+        return None
+    return {k: float(getattr(cap, k)) for k in ("prefill_tps", "cached_prefill_tps", "decode_tps", "price_per_hour")}
+
+
 def build_render_input(
     manifest_name: str,
     namespace: str,
@@ -142,6 +150,7 @@ def build_render_input(
             tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in p.tolerations],
             ray_accelerator_type=RAY_ACCELERATOR_TYPE.get(p.accelerator),
             placement=_placement_json(pp),
+            capacity=_capacity(pp),
         ))
     disk = spec.cache.disk_tier
     return RenderInput(

@@ -58,6 +58,9 @@ class PoolRender:
     ray_accelerator_type: str | None = None   # Ray Serve LLM accelerator_type (only names Ray knows)
     placement: dict[str, Any] | None = None   # contracts section 2 JSON (torch engine)
     initial_replicas: int | None = None       # the spec's start count: the torch app's args (None: ``replicas``)
+    # one replica's planned rates and price {prefill_tps, cached_prefill_tps, decode_tps, price_per_hour}: the
+    # router prices pools with it (None: no plan)
+    capacity: dict[str, float] | None = None
 
     @property
     def ray_resource(self) -> str:
