@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -70,6 +71,7 @@ class RuntimeMetrics:
         self._names = ["model", "pool", *self._extra_names]
         self._stats: dict[str, EngineStats] = {}
         self._ready: dict[str, int] = {}
+        self._router: dict[str, Any] | None = None  # the ingress router's state (update_router); None: no router
         self._front = _Front()
         self.registry = CollectorRegistry(auto_describe=True)
         self.ttft = Histogram("moe_ttft_seconds", "Time from request arrival to the first generated token, seconds.",
@@ -106,6 +108,11 @@ class RuntimeMetrics:
     def update_ready(self, ready_by_pool: dict[str, int]) -> None:
         """Replicas per pool that reported to the placement board within 10 s (empty: the gauge is not exported)."""
         self._ready = dict(ready_by_pool)
+
+    def update_router(self, waiting: int, routed: dict[str, int], prefix_blocks: dict[str, int]) -> None:
+        """The ingress router's figures: requests held because no replica is ready (pool "" = any pool), requests
+        it sent to each pool, and prompt blocks it found held (hit) or not (miss) on the replica it chose."""
+        self._router = {"waiting": int(waiting), "routed": dict(routed), "blocks": dict(prefix_blocks)}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -165,4 +172,20 @@ class RuntimeMetrics:
             for pool, n in sorted(self._ready.items()):
                 ready.add_metric(self._lv(pool), float(n))
             families.append(ready)
+        if self._router is not None:
+            waiting = GaugeMetricFamily("moe_router_waiting_requests", "Requests the router holds because no "
+                                        "replica that could take them is ready (pool \"\": any pool, the "
+                                        "deployment is at zero): demand the autoscaler wakes the fleet for.",
+                                        labels=names)
+            waiting.add_metric(self._lv(""), float(self._router["waiting"]))
+            routed = CounterMetricFamily("moe_router_requests_total", "Requests the router sent to each pool.",
+                                         labels=names)
+            for pool, n in sorted(self._router["routed"].items()):
+                routed.add_metric(self._lv(pool), float(n))
+            blocks = CounterMetricFamily("moe_router_prefix_blocks_total", "Full prompt blocks of routed requests "
+                                         "that the chosen replica held (hit) or not (miss), as the router's index "
+                                         "knows it.", labels=[*names, "result"])
+            for result in ("hit", "miss"):
+                blocks.add_metric([*self._lv(""), result], float(self._router["blocks"].get(result, 0)))
+            families += [waiting, routed, blocks]
         return families

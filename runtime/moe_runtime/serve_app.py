@@ -3,7 +3,10 @@
 ``app_builder(args)`` is the ``import_path`` the operator renders into serveConfigV2: ``args`` is a
 RuntimeConfig; the app is one ``engine-<pool>`` deployment per pool (each replica holds an engine built with
 ``build_engine``) behind the ``OpenAIIngress`` deployment, which serves ``server.build_http_app`` over a
-``RemoteEngine`` that routes each request to the least loaded pool and streams its tokens back.
+``RemoteEngine`` that routes each request to one replica of any pool (``moe_runtime.routing``: the request's
+dollars there, with the prompt blocks the replica holds priced at the cached rate; ``serve_router.HintRouter``
+makes Serve honour the choice) and streams its tokens back. With every pool at zero it holds the request up to
+``wake_deadline_s`` and exports it as ``moe_router_waiting_requests`` (the autoscaler's demand to wake for).
 
 Live expert placement (docs/contracts.md section 7): every engine replica runs a ``placement_board.BoardReporter``
 against the app's placement board actor; the ingress mounts the admin API (``admin_api``) over a
@@ -17,19 +20,25 @@ from dataclasses import asdict
 from typing import Any, AsyncIterator
 
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
+from moe_runtime import serve_router
 from moe_runtime.config import RuntimeConfig
 from moe_runtime.drain import drain_timeout_s
-from moe_runtime.engine.api import EngineStats, PromptTooLong, QueueFull, SamplingParams, TokenEvent
+from moe_runtime.engine.api import (EngineStats, NoReplicaReady, PromptTooLong, QueueFull, SamplingParams,
+                                    TokenEvent)
 from moe_runtime.metrics import RuntimeMetrics, merge_stats
 from moe_runtime.placement_board import BoardClient, BoardReporter, config_key, get_board
+from moe_runtime.routing import PrefixIndex, Replica, Weights, block_hashes, rank
 
 STALE_SNAPSHOT_S = 60.0  # a replica silent this long is retired: its gauges stop adding, its counters stay
 METRICS_TTL_S = 1.0  # a /metrics scrape within this long of the last collection is answered from it, seconds
 MAX_RETIRED = 64  # retired replicas whose counters are kept by id (one that answers again is not counted twice)
 HANDLE_QUEUE = 16  # requests Serve may queue per engine deployment when every replica is at max_ongoing (-> 429)
 INGRESS_MAX_ONGOING = 1024  # concurrent HTTP requests per ingress replica; the proxy answers 503 beyond
+DEFAULT_CACHE_BLOCKS = 4096  # the router index's blocks per replica when the engine does not say its cache size
+PRIME_S = 2.0  # how long the ingress's first call to a pool waits (it only makes Serve start that pool's router)
 
 
 def _tokenizer_json(tokenizer: Any) -> str:
@@ -63,8 +72,10 @@ class EngineDeployment:
             self.reporter = BoardReporter(self.engine, pool, self.replica, board_key, lambda: get_board(app), initial)
             self.reporter.start()
 
-    async def generate(self, prompt_ids: list[int], params: dict[str, Any], request_id: str):
-        """Stream: one admission dict (accepted or rejected), then the engine's TokenEvents."""
+    async def generate(self, prompt_ids: list[int], params: dict[str, Any], request_id: str,
+                       route_to: str | None = None):
+        """Stream: one admission dict (accepted or rejected), then the engine's TokenEvents. ``route_to`` is the
+        replica the ingress chose (read by ``serve_router.HintRouter`` before the call reaches a replica)."""
         try:
             stream = await self.engine.generate(prompt_ids, SamplingParams(**params), request_id)
         except QueueFull as exc:
@@ -96,7 +107,21 @@ class EngineDeployment:
                 "chat_template": getattr(tok, "chat_template", None), "bos_token": getattr(tok, "bos_token", None),
                 "eos_token": getattr(tok, "eos_token", None),
                 "num_moe_layers": max(1, self.engine.loaded.cfg.num_moe_layers),
-                "num_experts": self.engine.loaded.cfg.num_experts}
+                "num_experts": self.engine.loaded.cfg.num_experts,
+                "cache_blocks": self._cache_blocks()}
+
+    def _cache_blocks(self) -> int | None:
+        """Prompt blocks this replica's prefix cache holds at most (memory and disk tiers), for the router's
+        index; None when the engine keeps no prefix cache."""
+        cache, model = getattr(self.engine, "cache", None), getattr(self.engine, "model", None)
+        if cache is None or model is None:
+            return None
+        spec = model.kv_block_spec(cache.block_tokens)
+        import math
+
+        block_bytes = sum(math.prod(shape) * (2 if "16" in dtype else 4) for dtype, shape in spec)
+        budget = self.config.cache.memory_bytes + (self.config.cache.disk_bytes if self.config.cache.disk_dir else 0)
+        return max(1, budget // max(1, block_bytes))
 
     async def __del__(self):
         if self.reporter is not None:
@@ -164,12 +189,28 @@ class _RemoteStream:
 class RemoteEngine:
     """``AsyncEngine`` over the ``engine-<pool>`` deployments, as seen from the ingress."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], info: dict[str, Any]):
+    def __init__(self, handles: dict[str, DeploymentHandle], info: dict[str, Any],
+                 cfg: RuntimeConfig | None = None, app: str | None = None):
+        cfg = cfg or RuntimeConfig(model_name=info["model_name"], model_source="-")
         self.handles = handles
+        self.app = app  # the Serve app (None outside Serve: no replica set is known, Serve picks replicas)
         self.model_name: str = info["model_name"]
         self.max_context_tokens: int = info["max_context_tokens"]
         self.tokenizer = RemoteTokenizer(info)
         self.inflight = {p: 0 for p in handles}
+        # routing (moe_runtime.routing): prices, this router's in-flight count per replica, its prefix index
+        r = cfg.routing
+        self.weights = Weights(r.prompt_weight, r.cached_prompt_weight) if r is not None else Weights()
+        self.price = {p: (r.dollars_per_work.get(p, 1.0) if r is not None else 1.0) for p in handles}
+        self.slots, self.limit = cfg.max_batch_size, cfg.max_batch_size + cfg.max_queue
+        self.block_tokens = cfg.cache.block_tokens if cfg.cache.prefix else 0
+        self.index = PrefixIndex(int(info.get("cache_blocks") or DEFAULT_CACHE_BLOCKS))
+        self.replica_load: dict[str, int] = {}
+        self.wake_deadline_s = cfg.wake_deadline_s
+        self.wake_queue = max(16, cfg.max_queue)  # requests held at zero replicas at most; more get 503 at once
+        self.waiting = 0
+        self.routed: dict[str, int] = {p: 0 for p in handles}
+        self.blocks = {"hit": 0, "miss": 0}
         self._snaps: dict[str, dict[str, tuple[EngineStats, float]]] = {p: {} for p in handles}  # live replicas
         # pool -> replica id -> counters of a retired replica ("" = the oldest ones, summed): bounded by MAX_RETIRED
         self._retired: dict[str, dict[str, EngineStats]] = {}
@@ -187,18 +228,100 @@ class RemoteEngine:
         """Pools, least loaded first: in-flight requests per known replica."""
         return sorted(self.handles, key=lambda p: self.inflight[p] / max(1, len(self._snaps[p])))
 
+    def _live(self) -> dict[str, list[str] | None]:
+        """Per pool, the running replicas Serve's router knows (None: not known yet, or outside Serve)."""
+        return {p: serve_router.live_replicas(self.app, f"engine-{p}") if self.app else None for p in self.handles}
+
+    async def prime(self) -> None:
+        """Make Serve start each pool's router now (one call per pool, given up after PRIME_S), so the ingress
+        knows every pool's replicas, and a pool at zero, before the first request needs it."""
+        async def one(pool: str) -> None:
+            resp = self.handles[pool].snapshot.remote()
+            try:
+                await asyncio.wait_for(asyncio.shield(resp), PRIME_S)
+            except BaseException:  # noqa: BLE001 (at zero replicas the call waits: it has done its job)
+                resp.cancel()
+
+        await asyncio.gather(*(one(p) for p in self.handles), return_exceptions=True)
+
+    async def _wait_for_a_replica(self) -> dict[str, list[str] | None]:
+        """The pools' replicas; when every pool is known to be at zero, hold the request (one of at most
+        ``wake_queue``) until a replica is ready or ``wake_deadline_s`` passes (NoReplicaReady: HTTP 503)."""
+        live = self._live()
+        if any(ids is None or ids for ids in live.values()):
+            return live
+        if self.waiting >= self.wake_queue:
+            raise NoReplicaReady(self.wake_deadline_s, f"no replica is ready and {self.waiting} requests already "
+                                 f"wait for one; retry after {self.wake_deadline_s:.0f} s")
+        self.waiting += 1
+        end = time.monotonic() + self.wake_deadline_s
+        try:
+            while not any(ids is None or ids for ids in live.values()):
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise NoReplicaReady(self.wake_deadline_s / 2, "no replica became ready within "
+                                         f"{self.wake_deadline_s:.0f} s (the deployment is waking from zero); "
+                                         f"retry after {self.wake_deadline_s / 2:.0f} s")
+                await serve_router.wait_for_change(min(1.0, left))
+                live = self._live()
+            return live
+        finally:
+            self.waiting -= 1
+
+    def _attempts(self, live: dict[str, list[str] | None], prompt_token_ids: list[int],
+                  params: SamplingParams) -> tuple[list[tuple[str, str | None]], list]:
+        """(pool, replica or None) in the order to try, and the prompt's block hashes: the ranked replicas of
+        the pools whose replicas are known, then one plain call to each pool whose set is not known yet."""
+        hashes = block_hashes(prompt_token_ids, self.block_tokens) if self.block_tokens else []
+        reps = [Replica(id=rid, pool=p, load=self.replica_load.get(rid, 0), slots=self.slots, limit=self.limit,
+                        dollars_per_work=self.price[p]) for p, ids in live.items() if ids for rid in ids]
+        matched = self.index.match(hashes, [r.id for r in reps]) if hashes else {}
+        order = rank(reps, matched, prompt_tokens=len(prompt_token_ids), output_tokens=int(params.max_tokens),
+                     block_tokens=max(1, self.block_tokens), weights=self.weights)
+        return [(r.pool, r.id) for r in order] + [(p, None) for p, ids in live.items() if ids is None], hashes
+
+    def _admitted(self, pool: str, replica: str, hashes: list) -> None:
+        self.routed[pool] = self.routed.get(pool, 0) + 1
+        self.replica_load[replica] = self.replica_load.get(replica, 0) + 1
+        if hashes:
+            held = self.index.match(hashes, [replica])[replica]
+            self.blocks["hit"] += held
+            self.blocks["miss"] += len(hashes) - held
+            self.index.record(replica, hashes)
+
+    def _released(self, replica: str) -> None:
+        n = self.replica_load.get(replica, 0) - 1
+        if n > 0:
+            self.replica_load[replica] = n
+        else:
+            self.replica_load.pop(replica, None)
+
+    def router_figures(self) -> dict[str, Any]:
+        """What /metrics exports of the router (RuntimeMetrics.update_router)."""
+        return {"waiting": self.waiting, "routed": dict(self.routed), "prefix_blocks": dict(self.blocks)}
+
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[TokenEvent]:
         from ray.serve.exceptions import BackPressureError
 
-        retries: list[float] = []  # each full pool's own estimate
-        for pool in self._order():
+        live = await self._wait_for_a_replica()
+        if all(ids is not None for ids in live.values()):
+            running = {rid for ids in live.values() for rid in ids}
+            for rid in self.index.replicas():
+                if rid not in running:  # scaled down or restarted: its cache went with it
+                    self.index.forget(rid)
+        attempts, hashes = self._attempts(live, prompt_token_ids, params)
+        retries: list[float] = []  # each full replica's own estimate
+        for pool, replica in attempts:
             gen = self.handles[pool].options(stream=True).generate.remote(
-                prompt_token_ids, asdict(params), request_id)
+                prompt_token_ids, asdict(params), request_id, route_to=replica)
             self.inflight[pool] += 1
+            served_by: list[str] = []
 
-            def done(p=pool):
+            def done(p=pool, by=served_by):
                 self.inflight[p] -= 1
+                for rid in by:
+                    self._released(rid)
 
             try:
                 first = await gen.__anext__()
@@ -211,13 +334,16 @@ class RemoteEngine:
                 gen.cancel()
                 raise
             if first.get("accepted"):
+                actual = str(first.get("replica") or replica or pool)
+                served_by.append(actual)
+                self._admitted(pool, actual, hashes)
                 return _RemoteStream(pool, gen, done)
             done()
             if first.get("rejected") == "prompt_too_long":
                 raise PromptTooLong(first["prompt_tokens"], first["max_context_tokens"], first["message"])
             retries.append(float(first.get("retry_after_s", 1.0)))
-        retry_after = min(retries, default=1.0)  # the soonest any pool expects room (1 s under back-pressure)
-        raise QueueFull(retry_after, f"every pool's queue is full; retry after {retry_after:.1f} s")
+        retry_after = min(retries, default=1.0)  # the soonest any replica expects room (1 s under back-pressure)
+        raise QueueFull(retry_after, f"every replica's queue is full; retry after {retry_after:.1f} s")
 
     async def _refresh_pool(self, pool: str) -> None:
         """Sample snapshots until every known replica answered once (routing is random, so ask a few times)."""
@@ -281,15 +407,16 @@ class OpenAIIngress:
     async def __init__(self, config: dict[str, Any], engines: dict[str, DeploymentHandle],
                        board_key: str | None = None):
         cfg = RuntimeConfig.model_validate(config)
-        info = await next(iter(engines.values())).describe.remote()
-        self.engine = RemoteEngine(engines, info)
-        self.metrics = RuntimeMetrics(cfg.model_name, cfg.metrics_labels)
-        self.default_pool = cfg.pools[0].name
-        self.admin: BoardClient | None = None
         try:
             app = serve.get_replica_context().app_name
         except Exception:  # outside a replica
             app = None
+        info = await self._describe(engines)
+        self.engine = RemoteEngine(engines, info, cfg, app)
+        await self.engine.prime()
+        self.metrics = RuntimeMetrics(cfg.model_name, cfg.metrics_labels)
+        self.default_pool = cfg.pools[0].name
+        self.admin: BoardClient | None = None
         if app is not None and board_key is not None:
             initial = cfg.placement.to_json() if cfg.placement is not None else None
             own = {p.name: p.placement.to_json() for p in cfg.pools if p.placement is not None}
@@ -297,11 +424,32 @@ class OpenAIIngress:
                                      (int(info["num_moe_layers"]), int(info["num_experts"])), initial_by_pool=own)
             self.admin.start()
 
+    @staticmethod
+    async def _describe(engines: dict[str, DeploymentHandle]) -> dict[str, Any]:
+        """The model's facts from the first pool that has a replica: a pool at zero answers nothing, so every
+        pool is asked and the first answer wins (the ingress starts once any pool serves)."""
+        calls = [h.describe.remote() for h in engines.values()]
+        pending = {asyncio.ensure_future(_await(c)) for c in calls}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for d in done:
+                    if d.exception() is None:
+                        return d.result()
+            raise RuntimeError("no engine pool could describe the model")
+        finally:
+            for c in calls:
+                c.cancel()
+
     def __serve_build_asgi_app__(self):
         from moe_runtime.server import build_http_app
 
         return build_http_app(self.engine, pool=self.default_pool, metrics=self.metrics, manage_engine=False,
                               admin=self.admin)
+
+
+async def _await(response):
+    return await response
 
 
 def engine_deployment_options(cfg: RuntimeConfig, pool) -> dict[str, Any]:
@@ -318,6 +466,8 @@ def engine_deployment_options(cfg: RuntimeConfig, pool) -> dict[str, Any]:
         # meanwhile): the longest request the config allows at the default decode speed. serveConfigV2 sets the
         # spec's own (the TPOT target's) figure.
         "graceful_shutdown_timeout_s": drain_timeout_s(cfg.max_context_tokens),
+        # Serve sends a call to the replica the ingress chose (its route_to), else to two random others.
+        "request_router_config": RequestRouterConfig(request_router_class=serve_router.HintRouter),
     }
 
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from moe_runtime import openai_api as oa
-from moe_runtime.engine.api import AsyncEngine, PromptTooLong, QueueFull, TokenEvent, Usage
+from moe_runtime.engine.api import AsyncEngine, NoReplicaReady, PromptTooLong, QueueFull, TokenEvent, Usage
 from moe_runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 
 DISCONNECT_POLL_S = 0.2  # how often a non-streaming request checks that its client is still there
@@ -172,6 +172,9 @@ class _Handler:
         except QueueFull as exc:
             raise oa.APIError(429, str(exc), type="rate_limit_error", code="queue_full",
                               retry_after_s=exc.retry_after_s) from None
+        except NoReplicaReady as exc:
+            raise oa.APIError(503, str(exc), type="service_unavailable", code="no_replica_ready",
+                              retry_after_s=exc.retry_after_s) from None
         except PromptTooLong as exc:
             raise oa.APIError(400, str(exc), param="prompt", code="context_length_exceeded") from None
         except ValueError as exc:  # the engine's own checks (token ids, sampling values)
@@ -289,6 +292,9 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
     async def metrics_route():
         by_pool = getattr(engine, "stats_by_pool", None)
         metrics.update(await by_pool() if by_pool else {pool: engine.stats()})
+        router = getattr(engine, "router_figures", None)
+        if router is not None:
+            metrics.update_router(**router())
         if admin is not None:
             try:
                 metrics.update_ready(await admin.ready())

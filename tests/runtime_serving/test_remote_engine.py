@@ -38,7 +38,7 @@ class FakeHandle:
     """An engine-<pool> deployment: ``admit`` decides the first message; ``replicas`` answer snapshots in turn."""
 
     def __init__(self, admit: dict, replicas: int = 1, tokens: int = 3):
-        self.admit, self.tokens, self.gens, self.calls = admit, tokens, [], 0
+        self.admit, self.tokens, self.gens, self.calls, self.routes = admit, tokens, [], 0, []
         self._replica = itertools.cycle(range(replicas))
         outer = self
 
@@ -46,13 +46,16 @@ class FakeHandle:
             def __init__(self, name):
                 self.name = name
 
-            def remote(self, *args):
+            def remote(self, *args, route_to=None):
                 if self.name == "generate":
                     outer.calls += 1
+                    outer.routes.append(route_to)
                     events = [TokenEvent(10 + i, i == outer.tokens - 1, "length" if i == outer.tokens - 1 else None,
                                          Usage(len(args[0]), outer.tokens, 0, len(args[0]))
                                          if i == outer.tokens - 1 else None) for i in range(outer.tokens)]
-                    gen = FakeGen([outer.admit, *events] if outer.admit.get("accepted") else [outer.admit])
+                    admit = {**outer.admit, "replica": route_to} if route_to and outer.admit.get("accepted") \
+                        else outer.admit  # Serve honoured the hint (serve_router.HintRouter)
+                    gen = FakeGen([admit, *events] if admit.get("accepted") else [admit])
                     outer.gens.append(gen)
                     return gen
                 replica = next(outer._replica)
@@ -204,3 +207,105 @@ def test_gone_replicas_leave_the_snapshot_table_but_not_the_counters(info, monke
     back = f"r{sa.MAX_RETIRED + 4}"  # retired (kept by id) at 10 tokens; answers again with 12
     eng._snaps["a"][back] = (stats(12), float("inf"))
     assert asyncio.run(eng.stats_by_pool())["a"].tokens["generated"] == 10 * (sa.MAX_RETIRED + 4) + 12 + 1
+
+
+def _serve_says(app: str, live: dict[str, list[str]]) -> None:
+    """What serve_router.HintRouter publishes when Serve tells it a deployment's running replicas."""
+    from moe_runtime import serve_router
+
+    for pool, ids in live.items():
+        serve_router._publish(app, f"engine-{pool}", list(ids))
+
+
+def _cfg(**over):
+    from moe_runtime.config import RuntimeConfig
+
+    base = {"model_name": "tiny-moe", "model_source": "-", "pools": [{"name": "cheap"}, {"name": "dear"}],
+            "max_batch_size": 2, "max_queue": 4, "cache": {"block_tokens": 4},
+            "routing": {"prompt_weight": 0.2, "cached_prompt_weight": 0.01,
+                        "dollars_per_work": {"cheap": 1e-6, "dear": 4e-6}}}
+    return RuntimeConfig.model_validate({**base, **over})
+
+
+def test_requests_go_to_the_cheaper_pool_while_it_has_headroom_then_fall_over(info):
+    """Two cheap replicas of 2 slots each take the first four streams (named replicas, via route_to); the fifth
+    goes to the dear pool, whose replica has headroom, rather than queue on a cheap one."""
+    cheap, dear = FakeHandle(ACCEPT, tokens=50), FakeHandle(ACCEPT, tokens=50)
+    _serve_says("app-cost", {"cheap": ["c1", "c2"], "dear": ["d1"]})
+    eng = RemoteEngine({"cheap": cheap, "dear": dear}, info, _cfg(), "app-cost")
+
+    async def go():
+        return [await eng.generate([i] * 3, SamplingParams(max_tokens=8), f"r{i}") for i in range(5)]
+
+    streams = asyncio.run(go())
+    assert [s.pool for s in streams] == ["cheap"] * 4 + ["dear"]
+    assert sorted(cheap.routes) == ["c1", "c1", "c2", "c2"] and dear.routes == ["d1"]
+    assert eng.router_figures()["routed"] == {"cheap": 4, "dear": 1}
+
+
+def test_a_repeated_prefix_goes_back_to_the_replica_that_holds_it(info):
+    h = FakeHandle(ACCEPT, tokens=1)
+    _serve_says("app-prefix", {"cheap": ["c1", "c2", "c3"], "dear": []})
+    eng = RemoteEngine({"cheap": h, "dear": FakeHandle(ACCEPT)}, info, _cfg(), "app-prefix")
+    conversation = list(range(40))
+
+    async def go():
+        for turn in range(4):
+            stream = await eng.generate(conversation[:24 + 4 * turn], SamplingParams(max_tokens=4), f"t{turn}")
+            [ev async for ev in stream]  # finished before the next turn, as a chat's turns are
+
+    asyncio.run(go())
+    assert len(set(h.routes)) == 1  # every turn on the replica that prefilled the conversation
+    figures = eng.router_figures()["prefix_blocks"]
+    assert figures["hit"] == 6 + 7 + 8 and figures["miss"] == 6 + 1 + 1 + 1
+
+
+def test_at_zero_replicas_a_request_waits_counted_and_proceeds_when_a_replica_is_ready(info):
+    h = FakeHandle(ACCEPT)
+    _serve_says("app-wake", {"cheap": [], "dear": []})
+    eng = RemoteEngine({"cheap": h, "dear": FakeHandle(ACCEPT)}, info, _cfg(wake_deadline_s=30), "app-wake")
+
+    async def go():
+        task = asyncio.ensure_future(eng.generate([1, 2], SamplingParams(max_tokens=3), "w"))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if eng.router_figures()["waiting"] == 1:
+                break
+        assert eng.router_figures()["waiting"] == 1 and not task.done() and h.calls == 0
+        _serve_says("app-wake", {"cheap": ["c9"]})
+        stream = await asyncio.wait_for(task, 5)
+        return stream, [ev async for ev in stream]
+
+    stream, events = asyncio.run(go())
+    assert stream.pool == "cheap" and h.routes == ["c9"] and len(events) == 3
+    assert eng.router_figures()["waiting"] == 0
+
+
+def test_at_zero_replicas_past_the_deadline_or_the_queue_is_503_never_a_hang(info):
+    from moe_runtime.engine.api import NoReplicaReady
+
+    _serve_says("app-dead", {"cheap": [], "dear": []})
+    eng = RemoteEngine({"cheap": FakeHandle(ACCEPT), "dear": FakeHandle(ACCEPT)}, info,
+                       _cfg(wake_deadline_s=0.3), "app-dead")
+    with pytest.raises(NoReplicaReady) as e:
+        asyncio.run(asyncio.wait_for(eng.generate([1], SamplingParams(), "late"), 5))
+    assert e.value.retry_after_s > 0 and eng.router_figures()["waiting"] == 0
+    eng.waiting = eng.wake_queue  # the bounded queue is full: refused at once
+    with pytest.raises(NoReplicaReady):
+        asyncio.run(asyncio.wait_for(eng.generate([1], SamplingParams(), "more"), 0.2))
+
+
+def test_a_replica_serve_no_longer_runs_is_forgotten_by_the_index(info):
+    h = FakeHandle(ACCEPT, tokens=1)
+    _serve_says("app-gone", {"cheap": ["c1"], "dear": []})
+    eng = RemoteEngine({"cheap": h, "dear": FakeHandle(ACCEPT)}, info, _cfg(), "app-gone")
+
+    async def turn(ids, rid):
+        stream = await eng.generate(ids, SamplingParams(max_tokens=2), rid)
+        [ev async for ev in stream]
+
+    asyncio.run(turn(list(range(20)), "a"))
+    assert eng.index.replicas() == ["c1"]
+    _serve_says("app-gone", {"cheap": ["c2"]})  # c1 was restarted as c2: its cache is gone
+    asyncio.run(turn(list(range(20)), "b"))
+    assert eng.index.replicas() == ["c2"] and eng.router_figures()["prefix_blocks"]["hit"] == 0

@@ -58,6 +58,15 @@ class QueueFull(Exception):
         super().__init__(message or f"engine queue is full; retry after {self.retry_after_s:.1f} s")
 
 
+class NoReplicaReady(Exception):
+    """No replica of any pool is ready, and none became ready within the wait the deployment allows (or the queue
+    of requests waiting for one is full): HTTP 503, retry after retry_after_s."""
+
+    def __init__(self, retry_after_s: float, message: str):
+        self.retry_after_s = float(retry_after_s)
+        super().__init__(message)
+
+
 class PromptTooLong(ValueError):
     """prompt tokens (+ max_tokens) exceed the model's max context."""
 
