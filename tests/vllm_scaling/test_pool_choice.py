@@ -1,0 +1,75 @@
+"""The vLLM router's pool choice as pure code (moe_runtime.pool_choice): one routing.Replica per pool, ranked by
+routing.rank unchanged; the bounded wake queue while every pool is at zero."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from moe_runtime.pool_choice import Pool, WaitingFull, WakeQueue, WakeTimeout, decide, estimate_tokens
+
+CHEAP = Pool("ascend", "m-ascend", "LLMServer:m", max_num_seqs=4, max_queue=2, dollars_per_work=1e-6)
+DEAR = Pool("h100", "m-h100", "LLMServer:m", max_num_seqs=4, max_queue=2, dollars_per_work=3e-6)
+POOLS = [DEAR, CHEAP]
+
+
+def route(replicas, in_flight):
+    return decide(POOLS, replicas, in_flight, prompt_tokens=100, output_tokens=50)
+
+
+def test_the_cheaper_pool_comes_first_while_it_has_headroom():
+    d = route({"ascend": 1, "h100": 1}, {"ascend": 3, "h100": 0})
+    assert (d.kind, d.pools) == ("route", ("ascend", "h100"))
+
+
+def test_slots_and_limit_scale_with_the_pools_running_replicas():
+    # 2 replicas x 4 seqs = 8 slots: 7 in flight still has headroom on the cheap pool
+    assert route({"ascend": 2, "h100": 1}, {"ascend": 7}).pools[0] == "ascend"
+    # 1 replica: 4 slots taken, the dear pool with free slots goes first, the cheap one stays as the fall over
+    assert route({"ascend": 1, "h100": 1}, {"ascend": 4}).pools == ("h100", "ascend")
+
+
+def test_a_pool_at_its_limit_is_left_out_and_all_full_means_429():
+    # limit = 1 x (4 + 2) = 6
+    assert route({"ascend": 1, "h100": 1}, {"ascend": 6, "h100": 1}).pools == ("h100",)
+    assert route({"ascend": 1, "h100": 1}, {"ascend": 6, "h100": 6}).kind == "full"
+
+
+def test_a_pool_at_zero_is_skipped_and_all_at_zero_means_wait():
+    assert route({"ascend": 0, "h100": 1}, {}).pools == ("h100",)
+    assert route({"ascend": 0, "h100": 0}, {}).kind == "wait"
+    assert route({}, {}).kind == "wait"
+
+
+def test_token_estimate_reads_chat_and_completion_bodies():
+    assert estimate_tokens({"messages": [{"role": "user", "content": "x" * 40}], "max_tokens": 7}) == (10, 7)
+    assert estimate_tokens({"prompt": "y" * 8}) == (2, 256)
+
+
+def test_the_wake_queue_returns_when_a_pool_comes_up():
+    q = WakeQueue(max_waiting=2, timeout_s=5, poll_s=0.01)
+    calls = []
+
+    async def up():
+        calls.append(q.waiting)
+        return len(calls) >= 3
+
+    asyncio.run(q.wait(up))
+    assert calls == [0, 1, 1] and q.waiting == 0          # counted as waiting (the gauge) only while held
+
+
+def test_the_wake_queue_answers_past_its_deadline_and_never_hangs():
+    q = WakeQueue(max_waiting=2, timeout_s=0.1, poll_s=0.02)
+
+    async def never():
+        return False
+
+    async def two():
+        return await asyncio.gather(q.wait(never), q.wait(never), q.wait(never), return_exceptions=True)
+
+    out = asyncio.run(asyncio.wait_for(two(), 5))
+    assert sorted(type(e).__name__ for e in out) == ["WaitingFull", "WakeTimeout", "WakeTimeout"]
+    assert q.waiting == 0
+    with pytest.raises(WakeTimeout):
+        asyncio.run(q.wait(never))
+    assert WaitingFull is not WakeTimeout
