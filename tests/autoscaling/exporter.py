@@ -138,3 +138,33 @@ class Exporter:
         self._stop.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class RouterAtZero:
+    """What the deployment's router serves at /metrics while no replica runs: no engine exports anything, so its
+    only series is the gauge ``moe_router_waiting_requests{model, pool}`` (docs/contracts.md section 4) of the
+    requests it holds; ``pool=""`` = waiting for any pool. ``waiting``: pool -> requests, settable
+    (``set_waiting``); a pool set to None is removed. The runtime cannot run here: this is the part mocked."""
+
+    def __init__(self, port: int = 0, model: str = "m", waiting: dict[str, float] | None = None):
+        self.model = model
+        self.registry = CollectorRegistry()
+        self.gauge = Gauge("moe_router_waiting_requests", "Requests the router holds because no replica that could "
+                           "take them is ready.", ["model", "pool"], registry=self.registry)
+        self.set_waiting(waiting or {})
+        self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/metrics"
+
+    def set_waiting(self, waiting: dict[str, float | None]) -> None:
+        for pool, n in waiting.items():
+            if n is None:
+                self.gauge.remove(self.model, pool)
+            else:
+                self.gauge.labels(self.model, pool).set(n)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -215,7 +215,7 @@ class FakeProm:
             return []
         if key in ("tokens", "tokens_by_pool"):
             return [{"metric": {"kind": "generated", "pool": "cpu"}, "value": [1.0, "100"]}]
-        if key == "ready":
+        if key == "ready" or (key == "waiting" and key not in self.values):   # a runtime without a router gauge
             return []
         return [{"metric": {}, "value": [1.0, str(self.values.get(key, 1.0))]}]
 

@@ -6,13 +6,19 @@ MoEDeployment's namespace, ``moectl up`` by model only; ``[w]`` = the rate windo
   by pool and kind   sum by (pool, kind) (rate(moe_tokens_total{sel}[w]))
   requests/s         sum(rate(moe_requests_total{sel}[w]))
   queue depth        sum(moe_queue_depth{sel})
+  router waiting     sum(moe_router_waiting_requests{sel})   (added to the queue depth: requests the router holds
+                     because no replica that could take them is ready, e.g. a pool or the deployment at zero)
   running            sum(moe_running_sequences{sel})
   TTFT p95 (s)       histogram_quantile(0.95, sum by (le) (rate(moe_ttft_seconds_bucket{sel}[w])))
   TPOT p95 (s)       histogram_quantile(0.95, sum by (le) (rate(moe_tpot_seconds_bucket{sel}[w])))
   queue wait p95 (s) histogram_quantile(0.95, sum by (le) (rate(moe_queue_wait_seconds_bucket{sel}[w])))
   ready replicas     max by (pool) (moe_ready_replicas{sel})   (the runtime's count; max: every ingress exports it)
-  freshness          max(timestamp(moe_queue_depth{sel}))                      (observed_at = newest sample)
-An empty token-rate or queue result means missing metrics (the policy holds); an unreachable server too.
+  freshness          max(timestamp(moe_queue_depth{sel}) or timestamp(moe_router_waiting_requests{sel}))
+                     (observed_at = newest sample)
+An empty token-rate or queue result means missing metrics (the policy holds); an unreachable server too. Except
+when the router reports requests waiting: at zero replicas no engine exports anything, and the waiting requests are
+then the whole observation (no tokens served, the queue = the waiting requests), so demand wakes the deployment.
+A router that reports none waiting does not stand in for missing engine series: those still hold.
 An empty (or NaN) latency result is ``None``, never 0, and leaves the observation complete: a runtime without
 moe_queue_wait_seconds (older than it) still scales, its own-prefill part of TTFT estimated (docs/autoscaling.md).
 No moe_ready_replicas series (a runtime without it, e.g. Ray Serve LLM): ``ready`` is empty and the caller
@@ -27,13 +33,14 @@ served_model_name to the LLMConfig's model_id, which the render sets to servedMo
   cached prompt tok/s  sum(rate(<prefix_cache_hits>[w]))           (V1: prefix-cache hits counted in tokens)
   prompt tokens/s      sum(rate(<prompt_tokens>[w])) - cached     (vLLM counts every prompt token)
   requests/s           sum(rate(<request_success>[w]))
-  queue depth          sum(<num_requests_waiting>)
+  queue depth          sum(<num_requests_waiting>) + sum(moe_router_waiting_requests{scope, model="<served>"})
+                       (our router's gauge carries the contract's ``model`` label, not vLLM's ``model_name``)
   running              sum(<num_requests_running>)
   TTFT / TPOT p95      histogram_quantile(0.95, sum by (le) (rate(<time_to_first_token_seconds_bucket>[w]))),
                        TPOT from <time_per_output_token_seconds_bucket> or, in newer vLLM,
                        <inter_token_latency_seconds_bucket>
   queue wait p95       the same over <request_queue_time_seconds_bucket> (arrival until the request is scheduled)
-  freshness            max(timestamp(<num_requests_waiting>))
+  freshness            max(timestamp(<num_requests_waiting>) or timestamp(moe_router_waiting_requests{...}))
 vLLM has no ready-replica gauge: ``ready`` is empty (the operator counts the RayCluster).
 """
 from __future__ import annotations
@@ -46,6 +53,8 @@ from typing import Callable, Mapping
 from ..observation import Observation
 
 KINDS = ("prompt", "cached_prompt", "generated")
+#: the router's gauge of requests it holds because no replica that could take them is ready (contracts section 4)
+WAITING = "moe_router_waiting_requests"
 
 
 def promql_string(value: str) -> str:
@@ -70,12 +79,13 @@ def queries(model: str, window: str = "1m", scope: Mapping[str, str] | None = No
         "tokens_by_pool": f"sum by (pool, kind) (rate(moe_tokens_total{sel}[{window}]))",
         "requests": f"sum(rate(moe_requests_total{sel}[{window}]))",
         "queue": f"sum(moe_queue_depth{sel})",
+        "waiting": f"sum({WAITING}{sel})",
         "running": f"sum(moe_running_sequences{sel})",
         "ttft": f"histogram_quantile(0.95, sum by (le) (rate(moe_ttft_seconds_bucket{sel}[{window}])))",
         "tpot": f"histogram_quantile(0.95, sum by (le) (rate(moe_tpot_seconds_bucket{sel}[{window}])))",
         "queue_wait": f"histogram_quantile(0.95, sum by (le) (rate(moe_queue_wait_seconds_bucket{sel}[{window}])))",
         "ready": f"max by (pool) (moe_ready_replicas{sel})",
-        "freshness": f"max(timestamp(moe_queue_depth{sel}))",
+        "freshness": f"max(timestamp(moe_queue_depth{sel}) or timestamp({WAITING}{sel}))",
     }
 
 
@@ -87,19 +97,21 @@ def _vllm(name: str, model: str, scope: Mapping[str, str] | None = None) -> str:
 def vllm_queries(model: str, window: str = "1m", scope: Mapping[str, str] | None = None) -> dict[str, str]:
     """The PromQL for a Ray Serve LLM (vLLM) deployment, by purpose (documented above and in docs/autoscaling.md)."""
     v = lambda name: _vllm(name, model, scope)  # noqa: E731
+    router = "{" + _matchers({**(scope or {}), "model": model}) + "}"   # our router's series: the contract's labels
     return {
         "generated": f"sum(rate({v('generation_tokens(_total)?')}[{window}]))",
         "cached": f"sum(rate({v('prefix_cache_hits(_total)?')}[{window}]))",
         "prompt_all": f"sum(rate({v('prompt_tokens(_total)?')}[{window}]))",
         "requests": f"sum(rate({v('request_success(_total)?')}[{window}]))",
         "queue": f"sum({v('num_requests_waiting')})",
+        "waiting": f"sum({WAITING}{router})",
         "running": f"sum({v('num_requests_running')})",
         "ttft": f"histogram_quantile(0.95, sum by (le) (rate({v('time_to_first_token_seconds_bucket')}[{window}])))",
         "tpot": "histogram_quantile(0.95, sum by (le) (rate("
                 f"{v('(time_per_output_token|inter_token_latency)_seconds_bucket')}[{window}])))",
         "queue_wait": "histogram_quantile(0.95, sum by (le) (rate("
                       f"{v('request_queue_time_seconds_bucket')}[{window}])))",
-        "freshness": f"max(timestamp({v('num_requests_waiting')}))",
+        "freshness": f"max(timestamp({v('num_requests_waiting')}) or timestamp({WAITING}{router}))",
     }
 
 
@@ -197,9 +209,12 @@ class PrometheusSource:
     def _torch_observation(self) -> Observation:
         """From the runtime's moe_* series (queries())."""
         tokens_res = self._vector("tokens")
-        queue = self._scalar("queue")
-        if not tokens_res or queue is None:
+        queue, waiting = self._scalar("queue"), self._scalar("waiting")
+        if (not tokens_res or queue is None) and not waiting:
             raise _NoSeries(f"no moe_tokens_total/moe_queue_depth series for model {self.model!r}{self._scoped()}")
+        # Requests waiting in the router are queued demand; at zero replicas they are all there is (no engine
+        # exports tokens or a queue then), so they alone make the observation complete: that wakes a pool from zero.
+        queue = (queue or 0.0) + (waiting or 0.0)
         tokens = {k: 0.0 for k in KINDS}
         for r in tokens_res:
             tokens[r["metric"].get("kind", "")] = _num(r["value"][1]) or 0.0
@@ -222,10 +237,11 @@ class PrometheusSource:
 
     def _vllm_observation(self) -> Observation:
         """From vLLM's own series (vllm_queries()): prompt tokens less the prefix-cache hits are computed ones."""
-        generated, queue = self._scalar("generated"), self._scalar("queue")
-        if generated is None or queue is None:
+        generated, queue, waiting = self._scalar("generated"), self._scalar("queue"), self._scalar("waiting")
+        if (generated is None or queue is None) and not waiting:
             raise _NoSeries(f"no vLLM generation_tokens/num_requests_waiting series for model_name {self.model!r}"
                             f"{self._scoped()} (Ray Serve LLM exports them with log_engine_metrics)")
+        generated, queue = generated or 0.0, (queue or 0.0) + (waiting or 0.0)   # as in _torch_observation
         cached = self._scalar("cached") or 0.0
         prompt = max(0.0, (self._scalar("prompt_all") or 0.0) - cached)
         fresh = self._scalar("freshness")

@@ -6,6 +6,9 @@ histogram bucket increases over the same span, interpolated like PromQL's histog
 queue wait (a histogram the runtime does not export, e.g. moe_queue_wait_seconds of a runtime older than it, gives
 None, never 0, and the observation is complete without it). Ready replicas per pool come from the runtime's
 ``moe_ready_replicas`` gauge of the latest scrape (empty without it: the caller then uses its own count).
+Requests the router holds because no replica that could take them is ready (gauge ``moe_router_waiting_requests``,
+all pools) add to the queue depth; at zero replicas no engine exports anything and, when some are waiting, they alone
+make a complete observation (nothing served, the queue = the waiting requests): that wakes a pool from zero.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ class Snapshot:
     tokens_by_pool: dict[str, dict[str, float]] = field(default_factory=dict)
     requests: float = 0.0
     queue: float = 0.0
+    waiting: float = 0.0          # moe_router_waiting_requests, all pools (pool="" = waiting for any pool)
     running: float = 0.0
     ttft_buckets: dict[float, float] = field(default_factory=dict)          # le -> cumulative count
     tpot_buckets: dict[float, float] = field(default_factory=dict)
@@ -62,6 +66,8 @@ def parse_metrics(text: str, at: float, model: str | None = None) -> Snapshot:
                 snap.requests += v
             elif name == "moe_queue_depth":
                 snap.queue += v
+            elif name == "moe_router_waiting_requests":
+                snap.waiting += v
             elif name == "moe_running_sequences":
                 snap.running += v
             elif name in HISTOGRAMS:
@@ -99,10 +105,16 @@ def bucket_quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 
 def observation_between(prev: Snapshot, cur: Snapshot) -> Observation | None:
-    """Rates and quantiles between two scrapes; None when the span is empty or counters are missing."""
+    """Rates and quantiles between two scrapes; None when the span is empty or counters are missing (unless the
+    router reports requests waiting: then nothing was served and the waiting requests are the queue)."""
     dt = cur.at - prev.at
-    if dt <= 0 or "moe_tokens_total" not in cur.seen:
+    waiting = cur.waiting if "moe_router_waiting_requests" in cur.seen else 0.0
+    if dt <= 0 or ("moe_tokens_total" not in cur.seen and waiting <= 0):
         return None
+    if "moe_queue_depth" in cur.seen:
+        queue = cur.queue + waiting
+    else:   # no engine reports a queue (none running): only requests waiting in the router are, if any
+        queue = waiting if waiting > 0 else None
 
     def rate(a: float, b: float) -> float:
         return max(0.0, b - a) / dt if b >= a else b / dt   # a reset counts from zero, like PromQL
@@ -113,7 +125,7 @@ def observation_between(prev: Snapshot, cur: Snapshot) -> Observation | None:
     delta = lambda a, b: {le: max(0.0, b[le] - a.get(le, 0.0)) for le in b}  # noqa: E731
     return Observation(
         observed_at=cur.at, tokens_per_s=tokens, requests_per_s=rate(prev.requests, cur.requests),
-        queue_depth=cur.queue if "moe_queue_depth" in cur.seen else None,
+        queue_depth=queue,
         running=cur.running if "moe_running_sequences" in cur.seen else None,
         ttft_p95_s=bucket_quantile(0.95, delta(prev.ttft_buckets, cur.ttft_buckets)),
         tpot_p95_s=bucket_quantile(0.95, delta(prev.tpot_buckets, cur.tpot_buckets)),
