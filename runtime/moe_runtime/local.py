@@ -117,7 +117,8 @@ def with_replicas(config: dict[str, Any], replicas: dict[str, int]) -> dict[str,
         for dep in app.get("deployments", []):
             for pool, n in replicas.items():
                 if dep.get("name") == f"engine-{pool}":
-                    dep["num_replicas"] = int(n)
+                    # Serve's schema refuses 0; locally every pool's resources exist, so one replica runs
+                    dep["num_replicas"] = max(1, int(n))
                     found.add(pool)
     missing = sorted(set(replicas) - found)
     if missing:

@@ -159,3 +159,23 @@ def test_vllm_app_with_two_llm_configs_gets_one_override_per_llm_server_deployme
                                   {"name": "LLMServer:b", "num_replicas": 2}]
     assert serve_replicas(patch) == {"h100": 3, "l40s": 2}
     assert rayservice_patch(patch, {"h100": 3, "l40s": 2}) is None
+
+
+def test_a_pool_at_zero_keeps_one_serve_replica_that_serve_accepts_and_reads_back_as_zero():
+    """Serve's REST schema (what KubeRay submits serveConfigV2 through) refuses num_replicas 0: the pool's worker
+    group goes to 0 pods, its Serve count stays 1 (an unplaceable replica), and the read-back says 0."""
+    three = rayservice()
+    three["spec"].update(rayservice_patch(three, {"h800": 3, "ascend": 2})["spec"])
+    rs = three
+    patch = rayservice_patch(rs, {"h800": 0, "ascend": 2})
+    cfg = yaml.safe_load(patch["spec"]["serveConfigV2"])
+    assert cfg["applications"][0]["deployments"][0]["num_replicas"] == 1
+    g = {x["groupName"]: x for x in patch["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert g["h800"]["replicas"] == 0
+    merged = {"spec": {**rs["spec"], **patch["spec"]}}
+    assert serve_replicas(merged) == {"h800": 0, "ascend": 2}
+    schema = pytest.importorskip("ray.serve.schema")
+    schema.ServeDeploySchema.model_validate({"applications": cfg["applications"]})
+    up = rayservice_patch(merged, {"h800": 1, "ascend": 2})   # waking: the group grows, Serve already asks 1
+    assert "serveConfigV2" not in up["spec"]
+    assert {x["groupName"]: x["replicas"] for x in up["spec"]["rayClusterConfig"]["workerGroupSpecs"]}["h800"] == 1

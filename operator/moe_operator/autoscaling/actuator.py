@@ -36,6 +36,14 @@ def engine_deployment(pool: str) -> str:
     return f"engine-{pool}"
 
 
+def serve_count(replicas: int) -> int:
+    """The Serve ``num_replicas`` of a pool that has ``replicas``: never below 1, because Serve's REST schema
+    (``ServeDeploySchema``, what KubeRay submits the config through) refuses 0. A pool at zero keeps one Serve
+    replica that cannot be placed, since its worker group has no pods, so it costs nothing and serves nothing.
+    The router then sees no running replica and holds requests (docs/routing.md, "Wake from zero")."""
+    return max(1, int(replicas))
+
+
 def _group_for(groups: list[dict], pool: str) -> dict | None:
     for g in groups:
         if g.get("groupName") in (pool, pool_resource(pool), f"{pool}-workers"):
@@ -68,8 +76,8 @@ def rayservice_patch(rayservice: Mapping[str, Any], replicas: Mapping[str, int],
     serve_changed = False
     for pool, n in replicas.items():
         for holder, per in targets[pool]:
-            if holder.get("num_replicas") != int(n) * per:
-                holder["num_replicas"] = int(n) * per
+            if holder.get("num_replicas") != serve_count(n) * per:
+                holder["num_replicas"] = serve_count(n) * per
                 serve_changed = True
 
     groups = copy.deepcopy((spec.get("rayClusterConfig") or {}).get("workerGroupSpecs") or [])
@@ -103,13 +111,18 @@ def serve_replicas(rayservice: Mapping[str, Any]) -> dict[str, int]:
     For a data-parallel vLLM app this is DP groups (the override's Serve replicas / data_parallel_size), the
     unit the autoscaler sizes; a vLLM app without the override reports its LLMConfig's count.
     """
-    raw = (rayservice.get("spec") or {}).get("serveConfigV2") or ""
+    spec = rayservice.get("spec") or {}
+    raw = spec.get("serveConfigV2") or ""
     config = yaml.safe_load(raw) if isinstance(raw, str) else copy.deepcopy(raw)
+    groups = (spec.get("rayClusterConfig") or {}).get("workerGroupSpecs") or []
     out = {}
     for pool, holders in _replica_holders(config or {}, strict=False).items():
         holder, per = holders[0]
         n = holder.get("num_replicas", 1)
         out[pool] = int(n) // per if isinstance(n, int) else 0
+        g = _group_for(groups, pool)
+        if g is not None and g.get("replicas") == 0:
+            out[pool] = 0  # at zero: Serve keeps one unplaceable replica (serve_count), the group has no pods
     return out
 
 
