@@ -67,10 +67,10 @@ def ignored(path: Path, rel: str) -> bool:
     return result
 
 
-def test_there_are_five_images():
+def test_there_are_six_images():
     assert [p.name for p in DOCKERFILES] == ["operator.Dockerfile", "runtime-cann.Dockerfile",
                                             "runtime-cpu.Dockerfile", "runtime-cuda.Dockerfile",
-                                            "vllm-ascend.Dockerfile"]
+                                            "vllm-ascend.Dockerfile", "vllm-router.Dockerfile"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -109,6 +109,7 @@ def test_ray_version_matches_what_the_operator_renders():
     for name in ("runtime-cpu", "runtime-cuda", "runtime-cann"):
         assert arg_defaults(IMAGES / f"{name}.Dockerfile")["RAY_VERSION"] == Images().ray_version, name
     assert arg_defaults(IMAGES / "vllm-ascend.Dockerfile")["RAY_VERSION"] == Images().vllm_ray_version
+    assert arg_defaults(IMAGES / "vllm-router.Dockerfile")["RAY_VERSION"] == Images().vllm_ray_version
 
 
 def test_vllm_images_share_one_ray_version_and_python_minor():

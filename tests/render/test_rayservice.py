@@ -45,8 +45,12 @@ def groups(rs):
 
 
 def test_head_has_no_accelerators_and_schedules_no_work():
-    head = render()["spec"]["rayClusterConfig"]["headGroupSpec"]
+    one = spec(pools=[spec().pools[0].model_dump(by_alias=True, exclude_none=True)])
+    head = render(one)["spec"]["rayClusterConfig"]["headGroupSpec"]
     assert head["rayStartParams"] == {"dashboard-host": "0.0.0.0", "num-cpus": "0"}
+    # two vLLM pools: still no CPU, only the router's own resource (render/vllm_router.py)
+    two = render()["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
+    assert two == {"dashboard-host": "0.0.0.0", "num-cpus": "0", "resources": ray_resources_param({"moe-router": 100})}
     res = head["template"]["spec"]["containers"][0]["resources"]
     assert set(res["requests"]) == {"cpu", "memory"} and set(res["limits"]) == {"cpu", "memory"}
 

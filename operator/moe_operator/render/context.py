@@ -174,7 +174,7 @@ def build_render_input(
             "storage_class": disk.storage_class_name or "",
         },
         pools=tuple(pools),
-        head_image=images.head(spec.engine),
+        head_image=images.head(spec.engine, len(spec.pools)),
         ray_version=images.ray_version_for(spec.engine),
         admin_token_secret=admin_secret_name(manifest_name) if spec.rebalance.enabled else None,
         # the TPOT target sizes the scale-down drain only while the autoscaler holds TPOT near it (render/drain.py)

@@ -35,13 +35,18 @@ class Images:
     vllm_nvidia: str = "rayproject/ray-llm:2.58.0-py312-cu130"
     vllm_huawei: str = f"ghcr.io/moe-operator/vllm-ascend:{RUNTIME_VERSION}"
     vllm_cpu: str = "rayproject/ray-llm:2.58.0-py312-cu130"
+    # the head of a vLLM deployment of two or more pools, which runs the router (images/vllm-router.Dockerfile)
+    vllm_router: str = f"ghcr.io/moe-operator/vllm-router:{RUNTIME_VERSION}"
 
     def worker(self, engine: str, vendor: str) -> str:
         return getattr(self, f"{engine}_{vendor}")
 
-    def head(self, engine: str) -> str:
-        """Head image: accelerator-free, but able to import the Serve app (moe_runtime or ray.serve.llm)."""
-        return self.torch_cpu if engine == "torch" else self.vllm_nvidia
+    def head(self, engine: str, pools: int = 1) -> str:
+        """Head image: accelerator-free, but able to import the Serve apps (moe_runtime or ray.serve.llm; a vLLM
+        deployment of two or more pools also runs the router, moe_runtime.vllm_router, on its head)."""
+        if engine == "torch":
+            return self.torch_cpu
+        return self.vllm_router if pools >= 2 else self.vllm_nvidia
 
     def ray_version_for(self, engine: str) -> str:
         """The ``rayVersion`` of a RayCluster serving ``engine``: the Ray its head and worker images ship."""

@@ -9,7 +9,8 @@ from .fastyaml import load
 from .inputs import PoolRender, RenderInput
 from .serve import serve_config
 from .templates import env
-from .vendor import ray_start_params, worker_env, worker_volumes
+from .vendor import ray_resources_param, ray_start_params, worker_env, worker_volumes
+from .vllm_router import head_resources
 
 LABEL_DEPLOYMENT = "serving.moe-operator.io/deployment"
 LABEL_POOL = "serving.moe-operator.io/pool"
@@ -82,6 +83,15 @@ def container_security(r: RenderInput) -> dict[str, Any]:
     return sc
 
 
+def head_params(r: RenderInput) -> dict[str, str]:
+    """The head's rayStartParams: no CPU, so no task or replica lands there, except the vLLM router, which asks
+    for the head's own ``moe-router`` resource (render/vllm_router.py)."""
+    params = {"dashboard-host": "0.0.0.0", "num-cpus": "0"}
+    if head_resources(r):
+        params["resources"] = ray_resources_param(head_resources(r))
+    return params
+
+
 def render_rayservice(r: RenderInput) -> dict[str, Any]:
     """The RayService object; the same input always gives the same object (golden-tested)."""
     labels = {**MANAGED_BY, **r.labels, LABEL_DEPLOYMENT: r.name}
@@ -89,6 +99,7 @@ def render_rayservice(r: RenderInput) -> dict[str, Any]:
         r=r,
         labels=dict(sorted(labels.items())),
         serve_config=serve_config(r),
+        head_params=head_params(r),
         head_env=with_admin_token([{"name": "MOE_DEPLOYMENT", "value": r.name}], r),
         workers=[_worker(r, p, labels) for p in r.pools],
         security=container_security(r),

@@ -120,6 +120,10 @@ def llm_config(r: RenderInput, pool: PoolRender) -> dict[str, Any]:
     }
     if pool.ray_accelerator_type:
         config["accelerator_type"] = pool.ray_accelerator_type
+    from .vllm_router import PREFIX_ROUTER, routed
+
+    if routed(r):   # behind the router: prefix affinity among the pool's replicas is Ray Serve LLM's own
+        config["deployment_config"]["request_router_config"] = {"request_router_class": PREFIX_ROUTER}
     return config
 
 
@@ -148,7 +152,8 @@ def _vllm_source(source: str) -> str:
 
 
 def vllm_apps(r: RenderInput) -> list[dict[str, Any]]:
-    """One Serve application per pool; a single pool serves at "/", several at "/<pool>".
+    """One Serve application per pool; a single pool serves at "/", several at "/<pool>" behind one more app,
+    the router at "/" (vllm_router.py: one OpenAI endpoint per deployment).
 
     The live count goes into ``deployments: [{name: <LLM server deployment>, num_replicas}]`` (Serve replicas:
     DP groups x data_parallel_size for a DP app), which the autoscaler's actuator patches; ``args`` stay put.
@@ -169,6 +174,10 @@ def vllm_apps(r: RenderInput) -> list[dict[str, Any]]:
                              "num_replicas": pool.replicas * serve_replicas_per_replica(import_path, cfg),
                              "graceful_shutdown_timeout_s": drain_s(r)}],
         })
+    from .vllm_router import router_app, routed
+
+    if routed(r):
+        apps.append(router_app(r, apps, _routing(r).get("routing", {}), drain_s(r)))
     return apps
 
 
