@@ -1,6 +1,7 @@
 """`moectl simulate`: replay a request trace against autoscaling policies before applying one.
 
-Output per policy: total cost ($), $/1M tokens, SLO attainment, scale actions, unmet demand (tokens).
+Output per policy: total cost ($), $/1M tokens, SLO attainment, scale actions, unmet demand (tokens), prefix-cache
+hit ratio and TTFT p95.
 ``--json`` prints one object whose shape docs/simulate.md fixes.
 """
 from __future__ import annotations
@@ -41,6 +42,13 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="replica", choices=("replica", "fluid"),
                    help="serving model: replica (per-replica engines: batch slots, KV, chunked prefill; default) or "
                         "fluid (the whole fleet as one FIFO queue)")
+    p.add_argument("--router", default=None, choices=("least-loaded", "prefix-aware", "random"),
+                   help="how the replica model routes requests to replicas: least-loaded (default), prefix-aware "
+                        "(the live router's rank: prefix cache, $/token, load) or random")
+    p.add_argument("--prefix-cache", default="replica", choices=("replica", "fleet"),
+                   help="replica model with a trace that records prompt blocks (Mooncake): each replica's own LRU "
+                        "cache, sized from the spec (default), or the trace's hits for one unlimited fleet-wide "
+                        "cache (as before issue 12)")
     p.add_argument(
         "--calibrate",
         action="append",
@@ -122,15 +130,27 @@ def run(args: argparse.Namespace) -> int:
     from moe_operator.cli._common import load_catalog
 
     deployment = load_manifest(args.spec)
-    pools, weights = pool_models_from_spec(deployment, load_catalog(args.catalog))
+    catalog = load_catalog(args.catalog)
+    pools, weights = pool_models_from_spec(deployment, catalog)
     settings = settings_from_spec(deployment.spec.autoscaling, weights)
     trace = load_trace(args.trace, args.speedup, args.cache_hit_ratio)
     if args.calibrate and args.model != "replica":
         raise UserError("--calibrate fits the per-replica model: use it with --model replica")
+    if args.router is not None and args.model != "replica":
+        raise UserError("--router routes between replicas: use it with --model replica")
+    if args.prefix_cache != "replica" and args.model != "replica":
+        raise UserError("--prefix-cache chooses the replica model's caches: use it with --model replica")
+    router = args.router or "least-loaded"
     profiles, calibration = (
         _calibrate(args.calibrate, deployment, [p.name for p in pools]) if args.calibrate else ({}, {})
     )
     extra = {"model": args.model, "max_context_tokens": deployment.spec.model.max_context_tokens}
+    if args.model == "replica":
+        from moe_operator.autoscaling.simulate.prefix_cache import cache_blocks_from_spec
+
+        cache_blocks = cache_blocks_from_spec(deployment.spec, catalog, trace.block_tokens)
+        extra.update(router=router, cache_blocks=cache_blocks, max_queue=deployment.spec.serving.max_queue,
+                     per_replica_cache=args.prefix_cache == "replica")
     if profiles:
         extra["profiles"] = profiles
         for r in calibration.values():
@@ -161,7 +181,11 @@ def run(args: argparse.Namespace) -> int:
             "speedup": args.speedup,
             "cacheHitRatio": round(trace.cache_hit_ratio, 4),
             "tokens": round(trace.total_tokens),
+            "blockTokens": trace.block_tokens if trace.blocks is not None else None,
         },
+        "model": args.model,
+        "router": router if args.model == "replica" else None,
+        "cacheBlocksPerReplica": next((r.cache_blocks for r in results.values() if r.cache_blocks is not None), None),
         "spec": {
             "name": deployment.metadata.name,
             "pools": [
@@ -208,9 +232,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table = Table(title=f"{trace.name} (x{args.speedup:g}, {len(trace)} requests) on {deployment.metadata.name}")
-    for col in ("policy", "cost $", "$/1M tok", "SLO met", "attainable SLO", "peak $/h", "over budget s", "actions",
-                "unmet tok", "mean replicas"):
+    title = f"{trace.name} (x{args.speedup:g}, {len(trace)} requests) on {deployment.metadata.name}"
+    if args.model == "replica":
+        title += f", {router} routing"
+    table = Table(title=title)
+    for col in ("policy", "cost $", "$/1M tok", "SLO met", "attainable SLO", "cache hit", "TTFT p95 s", "peak $/h",
+                "over budget s", "actions", "unmet tok", "mean replicas"):
         table.add_column(col, justify="right" if col != "policy" else "left")
     for name, r in results.items():
         cpm = r.cost_per_million
@@ -223,6 +250,8 @@ def run(args: argparse.Namespace) -> int:
             "-" if cpm is None else f"{cpm:.4f}",
             f"{r.slo_attainment:.2%}",
             "-" if r.attainable_slo_attainment is None else f"{r.attainable_slo_attainment:.2%}",
+            "-" if r.cache_hit_ratio is None else f"{r.cache_hit_ratio:.1%}",
+            "-" if r.ttft_p95_s is None else f"{r.ttft_p95_s:.2f}",
             f"{r.peak_hourly_cost:.2f}",
             over,
             str(r.scale_actions),

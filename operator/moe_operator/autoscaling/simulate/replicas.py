@@ -22,7 +22,16 @@ Same interface as ``fleet.Replay`` (the ``fluid`` model), documented in docs/sim
     pool's starting replicas are cancelled first (latest first), then the least-loaded ready ones (ties: newest)
     stop taking requests, their queued requests are re-routed, and they are paid until their running requests
     finish (drain);
-  * a request meets the SLO when TTFT <= ttft target and TPOT <= tpot target.
+  * a request meets the SLO when TTFT <= ttft target and TPOT <= tpot target;
+  * prefix cache: when the trace records prompt blocks (Mooncake), every replica keeps its own LRU of block ids
+    (``cache_blocks`` per pool, default the profile's KV tokens / the trace's block size). A request's cached
+    tokens are its leading blocks that ITS replica holds when it is admitted (looked up at admission, as vLLM's
+    scheduler does), and its blocks enter that cache at the end of its prefill (when they are computed), the
+    prompt's head last so that LRU eviction takes a prompt's tail first (as vLLM frees blocks). A replica
+    removed loses its cache, a new one starts empty. Without blocks, the trace's ``cached`` (one fleet-wide
+    unlimited cache) is used as given;
+  * routers: ``least_loaded`` (default), ``RandomRouter`` (seeded) and ``PrefixAwareRouter``, which ranks the
+    replicas with the live router's own code (``moe_runtime.routing.rank`` and ``PrefixIndex``).
 
 Speed: a replica's batch changes only at admissions, prefill ends and finishes, so each second is a handful of
 closed-form segments per busy replica (one decode clock per replica: the tokens every decoding sequence has
@@ -31,11 +40,13 @@ generated since the replica started; a sequence finishes when the clock reaches 
 from __future__ import annotations
 
 import heapq
-from collections import deque
+import random
+from collections import OrderedDict, deque
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from moe_runtime import routing
 
 from ..model import PoolModel, WorkWeights
 from ..observation import Observation
@@ -43,6 +54,8 @@ from .fleet import ReplayResults
 from .serving import ServingProfile
 
 DEFAULT_CONTEXT_TOKENS = 32768   # KV per batch slot when neither kv_tokens nor a context length is given
+DEFAULT_MAX_QUEUE = 64           # serving.maxQueue's default: requests a replica queues beyond its batch slots
+ROUTERS = ("least-loaded", "prefix-aware", "random")
 
 
 def profiles_for(pools: Sequence[PoolModel], max_batch_size: int, kv_tokens_per_replica: int | None = None, *,
@@ -72,7 +85,7 @@ class _Replica:
     """One replica's engine state (times in s, tokens)."""
 
     __slots__ = ("pool", "pi", "prof", "serial", "ready_at", "waiting", "prefill", "pf_rem", "dec", "clock", "kv",
-                 "nrun", "last_event")
+                 "nrun", "last_event", "rid", "cache")
 
     def __init__(self, pool: PoolModel, pi: int, prof: ServingProfile, serial: int, ready_at: float):
         self.pool, self.pi, self.prof, self.serial, self.ready_at = pool, pi, prof, serial, ready_at
@@ -84,13 +97,18 @@ class _Replica:
         self.kv = 0.0                   # KV tokens reserved by admitted requests
         self.nrun = 0                   # admitted, unfinished (prefilling + decoding): slots in use
         self.last_event = 0.0           # time of the last finish (drain end)
+        self.rid = f"{pool.name}-{serial}"   # the id routers know it by
+        self.cache: OrderedDict = OrderedDict()   # prefix cache: block ids, least recently used first
 
     @property
     def load(self) -> int:
         return len(self.waiting) + self.nrun
 
 
-Router = Callable[[list, int], int]   # (replicas taking requests, request index) -> position in that list
+# (replicas taking requests, request index) -> position in that list. A router may also have ``bind(replay)``
+# (called once, before it routes: what it may read of the trace and the pools) and ``forget(replica)`` (the
+# replica was removed: its cache went with it).
+Router = Callable[[list, int], int]
 
 
 def least_loaded(replicas: list, i: int) -> int:
@@ -103,6 +121,91 @@ def least_loaded(replicas: list, i: int) -> int:
             if ld == 0:
                 break
     return best
+
+
+class RandomRouter:
+    """Uniformly at random among the replicas taking requests; seeded, so one replay routes the same way twice."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self._rng = random.Random(seed)
+
+    def __call__(self, replicas: list, i: int) -> int:
+        return self._rng.randrange(len(replicas))
+
+
+class PrefixAwareRouter:
+    """The live router's decision, by its own code: ``moe_runtime.routing.rank`` over the replicas taking
+    requests, each seen as ``Replica(load = waiting + running, slots = max_batch, limit = max_batch + max_queue,
+    dollars_per_work = its pool's $/work unit at full use)``, with the leading blocks each holds according to a
+    ``routing.PrefixIndex`` per pool of that pool's cache size. The chosen replica's index records the request's
+    blocks at routing, as the live router does (the replica's own cache fills at the end of the prefill; the
+    two can differ, as in the live router). When every replica is at its limit the live router answers 429;
+    the simulator drops nothing, so such a request goes to the least-loaded replica and ``full`` counts it."""
+
+    name = "prefix-aware"
+
+    def __init__(self, max_queue: int = DEFAULT_MAX_QUEUE, balance: float = routing.BALANCE):
+        self.max_queue, self.balance = int(max_queue), balance
+        self.full = 0   # requests every replica would have refused (HTTP 429 in the live router)
+        self._index: dict[str, routing.PrefixIndex] = {}
+
+    def bind(self, replay) -> None:
+        w = replay.w
+        self._w = routing.Weights(prompt=w.prompt, cached_prompt=w.cached_prompt, generated=w.generated)
+        self._blocks, self._bt = replay.blocks, replay.block_tokens
+        self._prompt, self._out = replay.prompt_tokens, replay.output_tokens
+        self._dpw = {p.name: routing.dollars_per_work(p.price_per_hour, p.capacity) for p in replay.pools}
+        self._cap = dict(replay.cache_blocks)
+        self._index = {name: routing.PrefixIndex(max(1, n)) for name, n in self._cap.items()}
+
+    def __call__(self, replicas: list, i: int) -> int:
+        blocks = self._blocks[i] if self._blocks is not None else ()
+        view, pos, matched = [], {}, {}
+        by_pool: dict[str, list[str]] = {}
+        for k, r in enumerate(replicas):
+            name, slots = r.pool.name, r.prof.max_batch
+            view.append(routing.Replica(r.rid, name, len(r.waiting) + r.nrun, slots, slots + self.max_queue,
+                                        self._dpw[name]))
+            pos[r.rid] = k
+            by_pool.setdefault(name, []).append(r.rid)
+        if blocks:
+            for name, ids in by_pool.items():
+                matched.update(self._index[name].match(blocks, ids))
+        ranked = routing.rank(view, matched, prompt_tokens=int(self._prompt[i]), output_tokens=int(self._out[i]),
+                              block_tokens=self._bt, weights=self._w, balance=self.balance)
+        if ranked:
+            k = pos[ranked[0].id]
+        else:
+            self.full += 1
+            k = least_loaded(replicas, i)
+        chosen = replicas[k]
+        if blocks and self._cap[chosen.pool.name] > 0:
+            self._index[chosen.pool.name].record(chosen.rid, blocks)
+        return k
+
+    def forget(self, replica) -> None:
+        index = self._index.get(replica.pool.name)
+        if index is not None:
+            index.forget(replica.rid)
+
+
+def make_router(name: str, *, max_queue: int = DEFAULT_MAX_QUEUE, seed: int = 0) -> Router:
+    """A fresh router by its CLI name (``ROUTERS``); routers keep state, so one per replay."""
+    if name == "least-loaded":
+        return least_loaded
+    if name == "prefix-aware":
+        return PrefixAwareRouter(max_queue=max_queue)
+    if name == "random":
+        return RandomRouter(seed)
+    raise ValueError(f"unknown router {name!r}; use one of {', '.join(ROUTERS)}")
+
+
+def default_cache_blocks(profiles: Mapping[str, ServingProfile], block_tokens: int) -> dict[str, int]:
+    """Prefix-cache blocks per replica when nothing better is known: the profile's KV tokens / the block size (a
+    vLLM-like engine caches prefixes in its KV blocks)."""
+    return {name: max(1, prof.kv_tokens // max(1, block_tokens)) for name, prof in profiles.items()}
 
 
 class ReplicaFleet:
@@ -180,11 +283,15 @@ class ReplicaReplay(ReplayResults):
     """One policy's run over a trace through the per-replica model: ``step`` every second, ``observation`` every
     interval (the interface of ``fleet.Replay``). ``profiles``: a ServingProfile per pool (default
     ``profiles_for(pools, 16, weights=weights)``: 16 is serving.maxBatchSize's default); ``router``: see
-    ``least_loaded``; ``served_by_pool``: report tokens per pool in observations, as the runtime's metrics do."""
+    ``Router`` (a fresh one per replay: routers keep state); ``served_by_pool``: report tokens per pool in
+    observations, as the runtime's metrics do; ``cache_blocks``: prefix-cache blocks per replica (one number or
+    {pool: blocks}; default ``default_cache_blocks``), used only when the trace records blocks and
+    ``per_replica_cache`` (False: the trace's fleet-wide cached tokens, as before issue 12)."""
 
     def __init__(self, trace, pools, weights: WorkWeights, ttft_target: float, tpot_target: float,
                  cold_start: bool = True, seed: int = 0, *, profiles: dict[str, ServingProfile] | None = None,
-                 router: Router = least_loaded, served_by_pool: bool = True):
+                 router: Router = least_loaded, served_by_pool: bool = True,
+                 cache_blocks: int | Mapping[str, int] | None = None, per_replica_cache: bool = True):
         self.trace, self.pools, self.w = trace, list(pools), weights
         self.profiles = profiles or profiles_for(self.pools, 16, weights=weights)
         missing = [p.name for p in self.pools if p.name not in self.profiles]
@@ -208,8 +315,32 @@ class ReplicaReplay(ReplayResults):
         self._out = trace.output.tolist()
         self._work = self.work.tolist()
         self._kv = (trace.prompt + trace.cached + trace.output).tolist()
-        self._pf = [[self.profiles[p.name].prefill_s(c, k) for c, k in zip(self._prompt, self._cached)]
-                    for p in self.pools]
+        self.prompt_tokens = (trace.prompt + trace.cached).tolist()   # whole prompts (computed + cached)
+        self.output_tokens = self._out
+        self.blocks = getattr(trace, "blocks", None) if per_replica_cache else None
+        self.block_tokens = int(getattr(trace, "block_tokens", 512))
+        defaults = default_cache_blocks({p.name: self.profiles[p.name] for p in self.pools}, self.block_tokens)
+        if isinstance(cache_blocks, Mapping):
+            defaults.update({k: int(v) for k, v in cache_blocks.items() if k in defaults})
+        elif cache_blocks is not None:
+            defaults = {k: int(cache_blocks) for k in defaults}
+        if any(v < 0 for v in defaults.values()):
+            raise ValueError("cache_blocks must be >= 0")
+        self.cache_blocks = defaults
+        self._cache_cap = [defaults[p.name] for p in self.pools]
+        # cached_served: per request, prompt tokens served from a prefix cache (the trace's, or its replica's)
+        if self.blocks is None:   # the trace's fleet-wide cached tokens, prefill time known per pool up front
+            self._pf = [[self.profiles[p.name].prefill_s(c, k) for c, k in zip(self._prompt, self._cached)]
+                        for p in self.pools]
+            self._p_srv, self.cached_served = self._prompt, self._cached
+        else:                     # per-replica caches: known at admission (_admit_cached)
+            self._pf = None
+            self._pfs = [0.0] * n
+            self._p_srv, self.cached_served = [0.0] * n, [0.0] * n
+        self.tokens_by_pool = {p.name: [0.0, 0.0, 0.0] for p in self.pools}   # prompt, cached, generated served
+        bind = getattr(router, "bind", None)
+        if bind is not None:
+            bind(self)
         self._first = [0.0] * n
         self.pending: deque = deque()   # arrived, no replica to route to
         self.next_arrival = 0
@@ -234,7 +365,16 @@ class ReplicaReplay(ReplayResults):
         if self.last_asked is not None and clean != self.last_asked:
             self.actions += 1
         self.last_asked = clean
+        before = list(self.fleet.active)
         orphans = self.fleet.set_replicas(clean, now)
+        if len(self.fleet.active) < len(before):   # removed replicas lose their caches, in the router's view too
+            still = set(map(id, self.fleet.active))
+            forget = getattr(self.router, "forget", None)
+            for r in before:
+                if id(r) not in still:
+                    r.cache.clear()
+                    if forget is not None:
+                        forget(r)
         if orphans:
             self._route(sorted(orphans))
 
@@ -337,7 +477,9 @@ class ReplicaReplay(ReplayResults):
         chunk_t = prof.prefill_chunk_tokens / prof.prefill_tps
         over = prof.ttft_overhead_s
         arr, kvn, out, first = self._arr, self._kv, self._out, self._first
-        pf_s = self._pf[r.pi]
+        blocks = self.blocks
+        pf_s = self._pf[r.pi] if blocks is None else self._pfs
+        p_srv, c_srv = self._p_srv, self.cached_served
         ttft, tpot = self.ttft, self.tpot
         waiting, prefill, dec = r.waiting, r.prefill, r.dec
         clock, kv, nrun, pf_rem = r.clock, r.kv, r.nrun, r.pf_rem
@@ -354,6 +496,8 @@ class ReplicaReplay(ReplayResults):
                 kv += kvn[i]
                 nrun += 1
                 started += 1
+                if blocks is not None:
+                    self._admit_cached(r, i)
                 if not prefill:
                     pf_rem = pf_s[i]
                     win_wait.append(t - arr[i])
@@ -396,8 +540,10 @@ class ReplicaReplay(ReplayResults):
                 v = t - arr[i]
                 ttft[i] = v + over       # the client's TTFT; the runtime's own metric (what the policy
                 win_ttft.append(v)       # reads) starts at the handler, after the path outside the engine
-                p_tok += self._prompt[i]
-                c_tok += self._cached[i]
+                p_tok += p_srv[i]
+                c_tok += c_srv[i]
+                if blocks is not None:
+                    self._cache_insert(r, i)
                 o = out[i]
                 if o >= 1:
                     gen += 1.0
@@ -430,10 +576,52 @@ class ReplicaReplay(ReplayResults):
         tok[0] += p_tok
         tok[1] += c_tok
         tok[2] += gen
+        tok = self.tokens_by_pool[r.pool.name]
+        tok[0] += p_tok
+        tok[1] += c_tok
+        tok[2] += gen
         w = self.w
         self._served += w.prompt * p_tok + w.cached_prompt * c_tok + w.generated * gen
         self._started += started
         self.finished += finished
+
+    def _admit_cached(self, r: _Replica, i: int) -> None:
+        """Request ``i`` is admitted on ``r``: its cached tokens are the leading blocks ``r`` holds now (touched, so
+        that they stay while it runs), and its prefill time follows."""
+        cache, bl = r.cache, self.blocks[i]
+        k = 0
+        for b in bl:
+            if b not in cache:
+                break
+            k += 1
+        for b in reversed(bl[:k]):
+            cache.move_to_end(b)
+        whole = self.prompt_tokens[i]
+        hit = min(whole, float(k * self.block_tokens))
+        self.cached_served[i], self._p_srv[i] = hit, whole - hit
+        self._pfs[i] = r.prof.prefill_s(whole - hit, hit)
+
+    def _cache_insert(self, r: _Replica, i: int) -> None:
+        """Request ``i``'s prefill on ``r`` is done: its blocks are cached, the head most recent (evicted last)."""
+        cap = self._cache_cap[r.pi]
+        if cap <= 0:
+            return
+        cache = r.cache
+        for b in reversed(self.blocks[i]):
+            cache[b] = None
+            cache.move_to_end(b)
+        while len(cache) > cap:
+            cache.popitem(last=False)
+
+    def cache_hit_ratio(self) -> float | None:
+        """Cached prompt tokens / all prompt tokens, over the prompts prefilled so far (None: none yet)."""
+        p = sum(t[0] for t in self.tokens_by_pool.values())
+        c = sum(t[1] for t in self.tokens_by_pool.values())
+        return c / (p + c) if p + c > 0 else None
+
+    def served_tokens(self) -> float:
+        """Prompt (computed + cached) and generated tokens served so far."""
+        return float(sum(sum(t) for t in self.tokens_by_pool.values()))
 
     @property
     def done(self) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 from ..model import PoolModel, Settings
 from ..observation import Observation
 from .fleet import Replay
-from .replicas import ReplicaReplay, profiles_for
+from .replicas import DEFAULT_MAX_QUEUE, ReplicaReplay, make_router, profiles_for
 from .serving import ServingProfile
 from .metrics import (asked_cost_rate, attainable_fluid, attainable_replica, attainment_over,
                       budget_violation_seconds, cost_per_million_violation_seconds, floor_cost_rate, peak_hourly_cost)
@@ -47,6 +47,14 @@ class PolicyResult:
     budget_violation_s: float = 0.0                   # seconds over maxHourlyCost
     cost_per_million_violation_s: float | None = None  # seconds over maxCostPerMillionTokens (None: no limit)
     attainable: np.ndarray | None = field(repr=False, default=None)   # per request: attainable at all
+    cache_hit_ratio: float | None = None              # cached prompt tokens / prompt tokens, as served
+    ttft_p50_s: float | None = None                   # over the requests that got a first token
+    ttft_p95_s: float | None = None
+    tpot_p50_s: float | None = None                   # over the requests that finished
+    tokens_by_pool: dict[str, dict[str, float]] | None = None   # {pool: {kind: tokens served}} (replica model)
+    router: str | None = None                         # the replica model's router
+    router_full: int = 0                              # requests every replica was full for (429 in the live router)
+    cache_blocks: dict[str, int] | None = None        # prefix-cache blocks per replica, by pool (per-replica caches)
 
     @property
     def cost_per_million(self) -> float | None:
@@ -67,7 +75,25 @@ class PolicyResult:
                 "peakPaidHourlyCost": round(self.peak_paid_hourly_cost, 4),
                 "budgetViolationSeconds": round(self.budget_violation_s, 1),
                 "costPerMillionViolationSeconds": None if self.cost_per_million_violation_s is None
-                else round(self.cost_per_million_violation_s, 1)}
+                else round(self.cost_per_million_violation_s, 1),
+                "cacheHitRatio": _round(self.cache_hit_ratio, 5),
+                "ttftP50Seconds": _round(self.ttft_p50_s, 4),
+                "ttftP95Seconds": _round(self.ttft_p95_s, 4),
+                "tpotP50Seconds": _round(self.tpot_p50_s, 5),
+                "tokensByPool": None if self.tokens_by_pool is None
+                else {pool: {"prompt": round(t["prompt"]), "cachedPrompt": round(t["cached_prompt"]),
+                             "generated": round(t["generated"])} for pool, t in self.tokens_by_pool.items()},
+                "router": self.router,
+                "routerFullRequests": self.router_full}
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def _percentile(values: np.ndarray, q: float) -> float | None:
+    ok = values[np.isfinite(values)]
+    return float(np.percentile(ok, q)) if len(ok) else None
 
 
 def first_observation(trace: Trace, interval: float, pools: Sequence[PoolModel]) -> Observation:
@@ -88,13 +114,18 @@ def first_observation(trace: Trace, interval: float, pools: Sequence[PoolModel])
 
 def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy: Callable, cold_start: bool = True,
            on_second: Callable[[], None] | None = None,
-           profiles: dict[str, ServingProfile] | None = None) -> PolicyResult:
+           profiles: dict[str, ServingProfile] | None = None, router: str = "least-loaded",
+           cache_blocks: int | dict[str, int] | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+           per_replica_cache: bool = True) -> PolicyResult:
     """Run one policy over the trace: through the per-replica model when ``profiles`` (pool -> ServingProfile)
-    are given, else through the fluid model."""
+    are given, with a fresh ``router`` (replicas.ROUTERS) and ``cache_blocks`` per replica (used when the trace
+    records prompt blocks and ``per_replica_cache``), else through the fluid model."""
     interval = settings.interval_s
     ttft, tpot = settings.ttft_p95_s or np.inf, settings.tpot_p95_s or np.inf
     if profiles is not None:
-        r = ReplicaReplay(trace, list(pools), settings.weights, ttft, tpot, cold_start=cold_start, profiles=profiles)
+        r = ReplicaReplay(trace, list(pools), settings.weights, ttft, tpot, cold_start=cold_start, profiles=profiles,
+                          router=make_router(router, max_queue=max_queue), cache_blocks=cache_blocks,
+                          per_replica_cache=per_replica_cache)
     else:
         r = Replay(trace, list(pools), settings.weights, ttft, tpot, cold_start=cold_start)
     r.fleet.cold_start = False
@@ -116,6 +147,9 @@ def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy:
     asked = np.array([[s[3].get(n, 0) for n in names] for s in r.series], dtype=float)
     served = float(sum(s[5] for s in r.series))  # work units; convert to tokens by the trace's mix
     tokens_per_work = trace.total_tokens / float(r.work.sum()) if r.work.sum() > 0 else 0.0
+    per_replica_cache = profiles is not None and r.blocks is not None
+    # with per-replica caches a request's work depends on its replica's hits, not on the trace's: count tokens
+    served_tokens = r.served_tokens() if per_replica_cache else served * tokens_per_work
     met = r.slo_met()
     rates = asked_cost_rate(r.series, pools)
     # which requests an unloaded replica of some pool could meet at all, in the model that ran
@@ -127,7 +161,7 @@ def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy:
     return PolicyResult(
         name=getattr(policy, "name", "policy"),
         total_cost=r.cost,
-        served_tokens=served * tokens_per_work,
+        served_tokens=served_tokens,
         slo_attainment=float(met.mean()) if len(met) else 1.0,
         scale_actions=r.actions,
         unmet_tokens=r.unmet_tokens(),
@@ -148,6 +182,15 @@ def replay(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policy:
             floor_cost_rate(pools, keep_one=not settings.scale_to_zero),
         ),
         attainable=ok,
+        cache_hit_ratio=r.cache_hit_ratio() if profiles is not None else trace.cache_hit_ratio,
+        ttft_p50_s=_percentile(r.ttft, 50),
+        ttft_p95_s=_percentile(r.ttft, 95),
+        tpot_p50_s=_percentile(r.tpot, 50),
+        tokens_by_pool={k: dict(zip(("prompt", "cached_prompt", "generated"), map(float, v)))
+                        for k, v in r.tokens_by_pool.items()} if profiles is not None else None,
+        router=router if profiles is not None else None,
+        router_full=int(getattr(r.router, "full", 0)) if profiles is not None else 0,
+        cache_blocks=dict(r.cache_blocks) if per_replica_cache else None,
     )
 
 
@@ -171,13 +214,16 @@ def make_policy(name: str, trace: Trace, pools: Sequence[PoolModel], settings: S
 
 def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, policies: Sequence[str],
              max_batch_size: int = 16, on_second: Callable[[], None] | None = None, model: str = "replica",
-             profiles: dict[str, ServingProfile] | None = None, max_context_tokens: int | None = None) -> dict:
+             profiles: dict[str, ServingProfile] | None = None, max_context_tokens: int | None = None,
+             router: str = "least-loaded", cache_blocks: int | dict[str, int] | None = None,
+             max_queue: int = DEFAULT_MAX_QUEUE, per_replica_cache: bool = True) -> dict:
     """All requested policies plus the optimum's figures: {"results": {name: PolicyResult}, "optimum": Optimum,
     "cold_start_optimum": Optimum or None (computed only when "optimum-cold-start" is requested)}. Both references
     honour ``settings.max_hourly_cost`` and ``settings.max_cost_per_million`` (optimum.py).
 
     model: "replica" (per-replica engines; ``profiles`` per pool, default from the pools' capacities with
-    ``max_batch_size`` slots and ``max_context_tokens`` of KV per slot) or "fluid" (one FIFO, the old model)."""
+    ``max_batch_size`` slots and ``max_context_tokens`` of KV per slot; ``router``, ``cache_blocks``,
+    ``max_queue`` and ``per_replica_cache`` as in ``replay``) or "fluid" (one FIFO, the old model)."""
     if model not in MODELS:
         raise ValueError(f"unknown serving model {model!r}; use one of {', '.join(MODELS)}")
     if model == "replica":
@@ -185,6 +231,8 @@ def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, polic
         profiles = {**defaults, **(profiles or {})}
     else:
         profiles = None
+    routing = ({"router": router, "cache_blocks": cache_blocks, "max_queue": max_queue,
+                "per_replica_cache": per_replica_cache} if profiles is not None else {})
     work = settings.weights.prompt * trace.prompt + settings.weights.cached_prompt * trace.cached + trace.output
     window = min(10.0, max(1.0, settings.ttft_p95_s or 10.0))   # queues must drain within the TTFT target
     budgets = {"max_hourly_cost": settings.max_hourly_cost, "max_cost_per_million": settings.max_cost_per_million,
@@ -195,7 +243,7 @@ def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, polic
     for name in policies:
         if name == "optimum":
             results[name] = replay(trace, pools, settings, Schedule(opt.plan, settings.interval_s), cold_start=False,
-                                   on_second=on_second, profiles=profiles)
+                                   on_second=on_second, profiles=profiles, **routing)
         elif name == "optimum-cold-start":  # clairvoyant too, but every replica pays its cold start
             cold = clairvoyant_cold_start(list(pools), trace.arrival_s, work, settings.interval_s, window_s=window,
                                           horizon_s=trace.duration_s, keep_one=not settings.scale_to_zero,
@@ -203,8 +251,8 @@ def simulate(trace: Trace, pools: Sequence[PoolModel], settings: Settings, polic
             sched = Schedule(cold.plan, settings.interval_s)
             sched.name = name
             results[name] = replay(trace, pools, settings, sched, cold_start=True, on_second=on_second,
-                                   profiles=profiles)
+                                   profiles=profiles, **routing)
         else:
             results[name] = replay(trace, pools, settings, make_policy(name, trace, pools, settings, max_batch_size),
-                                   on_second=on_second, profiles=profiles)
+                                   on_second=on_second, profiles=profiles, **routing)
     return {"results": results, "optimum": opt, "cold_start_optimum": cold}

@@ -4,13 +4,17 @@ A Trace holds, per request, the arrival time (s from the first request, divided 
 tokens computed (cache misses), cached prompt tokens and generated tokens. Mooncake's ``hash_ids`` name
 512-token prompt blocks; a request's leading blocks already seen earlier are prefix-cache hits
 (unlimited cache). Azure has no cache information: a fixed ``cache_hit_ratio`` may be applied instead.
+
+``prompt``/``cached`` assume one fleet-wide unlimited cache: the fluid model's input and the ceiling on any
+fleet's hits. Mooncake traces also keep each request's block ids (``blocks``), so that the per-replica model
+(``replicas.py``) can give every replica its own cache and let the routing policy decide the hits.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +32,11 @@ class Trace:
     prompt: np.ndarray         # float64 [n] prompt tokens computed (cache misses)
     cached: np.ndarray         # float64 [n] prompt tokens served from the prefix cache
     output: np.ndarray         # float64 [n] generated tokens
+    # per request (trace order): the ids of its prompt's blocks of ``block_tokens`` tokens, the last one possibly
+    # partial; ids are chained (id k names the whole prefix up to block k, as Mooncake's hash_ids and our block
+    # hashes are). None: the trace records no blocks (Azure, synthetic).
+    blocks: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False, compare=False)
+    block_tokens: int = MOONCAKE_BLOCK_TOKENS
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -46,7 +55,7 @@ class Trace:
         return float(self.cached.sum()) / total if total else 0.0
 
 
-def _finish(name: str, t, prompt, cached, output, speedup: float) -> Trace:
+def _finish(name: str, t, prompt, cached, output, speedup: float, blocks: list | None = None) -> Trace:
     if speedup <= 0:
         raise UserError(f"--speedup must be > 0, got {speedup}")
     if not t:
@@ -55,7 +64,8 @@ def _finish(name: str, t, prompt, cached, output, speedup: float) -> Trace:
     order = np.argsort(t, kind="stable")
     t = (t[order] - t[order][0]) / speedup
     arrays = [np.asarray(a, dtype=float)[order] for a in (prompt, cached, output)]
-    return Trace(name, t, *arrays)
+    kept = tuple(blocks[k] for k in order.tolist()) if blocks is not None and any(blocks) else None
+    return Trace(name, t, *arrays, blocks=kept)
 
 
 def _parse_azure_time(text: str, path: Path, line: int) -> float:
@@ -95,7 +105,7 @@ def load_azure_csv(path: Path, speedup: float = 1.0, cache_hit_ratio: float = 0.
 
 def load_mooncake_jsonl(path: Path, speedup: float = 1.0) -> Trace:
     """Mooncake trace: one JSON object a line with timestamp (ms), input_length, output_length, hash_ids."""
-    t, prompt, cached, output = [], [], [], []
+    t, prompt, output, ids = [], [], [], []
     seen: set[int] = set()
     with path.open() as f:
         for line, text in enumerate(f, start=1):
@@ -104,7 +114,7 @@ def load_mooncake_jsonl(path: Path, speedup: float = 1.0) -> Trace:
             try:
                 r = json.loads(text)
                 ts, n_in, n_out = float(r["timestamp"]), float(r["input_length"]), float(r["output_length"])
-                blocks = [int(b) for b in r.get("hash_ids", [])]
+                blocks = tuple(int(b) for b in r.get("hash_ids", []))
             except (ValueError, TypeError, KeyError) as exc:
                 raise UserError(
                     f"{path}:{line}: expected JSON with timestamp, input_length, output_length, hash_ids ({exc})"
@@ -113,18 +123,21 @@ def load_mooncake_jsonl(path: Path, speedup: float = 1.0) -> Trace:
                 raise UserError(f"{path}:{line}: timestamp and lengths must be finite numbers")
             if n_in < 0 or n_out < 0:
                 raise UserError(f"{path}:{line}: lengths must be >= 0")
-            hits = 0
-            for b in blocks:
-                if b not in seen:
-                    break
-                hits += 1
-            seen.update(blocks)
-            hit_tokens = min(n_in, hits * MOONCAKE_BLOCK_TOKENS)
             t.append(ts / 1000.0)
-            prompt.append(n_in - hit_tokens)
-            cached.append(hit_tokens)
+            prompt.append(n_in)
             output.append(n_out)
-    return _finish(path.name, t, prompt, cached, output, speedup)
+            ids.append(blocks)
+    cached = [0.0] * len(t)
+    for k in sorted(range(len(t)), key=t.__getitem__):   # in arrival order, whatever the file's order
+        hits = 0
+        for b in ids[k]:
+            if b not in seen:
+                break
+            hits += 1
+        seen.update(ids[k])
+        cached[k] = min(prompt[k], hits * MOONCAKE_BLOCK_TOKENS)
+        prompt[k] -= cached[k]
+    return _finish(path.name, t, prompt, cached, output, speedup, ids)
 
 
 def load_trace(path: str | Path, speedup: float = 1.0, cache_hit_ratio: float = 0.0) -> Trace:
