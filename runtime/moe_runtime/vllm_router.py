@@ -17,10 +17,8 @@ gets 503 with Retry-After past the deadline.
 
 Imports neither torch nor vllm at module import: the request types of Ray Serve LLM (which are vLLM's) are
 imported when the deployment starts; where they are absent (tests, with fake LLM servers) the body is passed
-as the plain JSON dict.
+as the plain JSON dict. No ``from __future__ import annotations``: FastAPI must see ``Request`` as a class.
 """
-from __future__ import annotations
-
 import asyncio
 import json
 import logging
