@@ -108,6 +108,11 @@ class RoutingConfig(_Strict):
     prompt_weight: float = Field(default=0.2, ge=0)
     cached_prompt_weight: float = Field(default=0.01, ge=0)
     dollars_per_work: dict[str, float] = Field(default_factory=dict)  # pool -> $ per work unit
+    prefill_tps: dict[str, float] = Field(default_factory=dict)  # pool -> one replica's prompt tokens/s
+    ttft_target_s: float | None = Field(default=None, gt=0)  # the SLO's TTFT: headroom ends where it is missed
+    # cost-prefix: moe_runtime.routing.rank; least-loaded: fewest in flight per slot (prices and prefixes ignored),
+    # the baseline benchmarks print beside it
+    policy: Literal["cost-prefix", "least-loaded"] = "cost-prefix"
 
 
 class RuntimeConfig(_Strict):

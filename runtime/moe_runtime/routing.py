@@ -6,14 +6,20 @@ the simulator predicts about routing is what the router does.
 One rule ranks the replicas for a request: the dollars this request would cost on each replica,
 ``$/work unit of its pool x work``, where the work counts the prompt tokens the replica already holds at the
 cached rate. So prefix affinity and pool cost are one trade, priced: a hit on a dear pool wins over a miss on a
-cheap one only when the saved prefill is worth more than the price gap. Three guards keep that from hurting
-latency or one replica:
-  * headroom: a replica is preferred only while it runs fewer requests than its batch slots (it admits at once);
+cheap one only when the saved prefill is worth more than the price gap. Guards keep that from hurting latency
+or one replica:
+  * headroom: a replica is preferred only while it runs fewer requests than its batch slots (it admits at once)
+    and, where the TTFT target is known, while its predicted TTFT meets it: the prefill queued there (prompt
+    tokens routed and not yet prefilled) plus this request's own, at the pool's prefill rate. Cost decides only
+    among replicas that would meet the SLO; the fleet is paid for either way, and the autoscaler turns an idle
+    dear pool into savings;
   * bounded load (consistent hashing with bounded loads, Mirrokni, Thorup and Zadimoghaddam 2018): a replica's
-    held prefix counts only while its load is under ``balance`` x its pool's mean, so one hot prefix cannot swamp
-    one replica;
-  * fall over: replicas without headroom come after all those with it, least waiting first; a replica at its
-    limit (slots + queue) is never ranked, so an empty ranking means every pool is full (429).
+    held prefix counts only while its load is under ``balance`` x its pool's mean plus one, so one hot prefix
+    cannot swamp one replica, and a replica serving one conversation keeps it at light load;
+  * spread: among equals (a new prompt on idle replicas), rendezvous hashing of the prompt's first block picks
+    the replica, so new conversations spread over the pool's caches and each lands where its prefix would;
+  * fall over: replicas without headroom come after all those with it, soonest predicted first token first; a
+    replica at its limit (slots + queue) is never ranked, so an empty ranking means every pool is full (429).
 """
 from __future__ import annotations
 
@@ -43,7 +49,8 @@ class Replica:
 
     ``load``: requests it runs or queues (as far as this router knows); ``slots``: requests it runs at once
     (maxBatchSize); ``limit``: requests it accepts at all (slots + maxQueue); ``dollars_per_work``: its pool's
-    $ per work unit at full use (price per hour / 3600 / capacity in work units per second)."""
+    $ per work unit at full use (price per hour / 3600 / capacity in work units per second); ``prefill_tps`` and
+    ``pending_prefill``: what predicts its next first token."""
 
     id: str
     pool: str
@@ -51,6 +58,8 @@ class Replica:
     slots: int
     limit: int
     dollars_per_work: float
+    prefill_tps: float = math.inf      # its pool's prefill rate, prompt tokens/s (inf: unknown, never the limit)
+    pending_prefill: float = 0.0       # prompt tokens routed to it and not prefilled yet
 
 
 def block_hashes(token_ids: Sequence[int], block_tokens: int) -> list[bytes]:
@@ -96,7 +105,7 @@ class PrefixIndex:
     def record(self, replica: str, hashes: Sequence) -> None:
         """``replica`` now holds every block of ``hashes`` (it prefilled or reused them), most recent last."""
         held = self._held.setdefault(replica, OrderedDict())
-        for h in hashes:
+        for h in reversed(hashes):  # the prompt's head most recent: evicted last, as vLLM keeps shared prefixes
             held[h] = None
             held.move_to_end(h)
         while len(held) > self.capacity:
@@ -117,22 +126,28 @@ def request_work(prompt_tokens: int, cached_tokens: int, output_tokens: int, w: 
 
 
 def rank(replicas: Sequence[Replica], matched: Mapping[str, int], *, prompt_tokens: int, output_tokens: int,
-         block_tokens: int, weights: Weights = Weights(), balance: float = BALANCE) -> list[Replica]:
+         block_tokens: int, weights: Weights = Weights(), balance: float = BALANCE,
+         ttft_target_s: float | None = None, affinity_key: bytes = b"") -> list[Replica]:
     """The replicas to try for one request, best first (module docstring). ``matched``: leading blocks each
-    replica holds (``PrefixIndex.match``); a replica absent from it holds none. Replicas at their limit are left
-    out: an empty list means every replica is full."""
+    replica holds (``PrefixIndex.match``); a replica absent from it holds none. ``ttft_target_s``: the SLO's
+    TTFT (None: headroom is batch slots alone). ``affinity_key``: the prompt's first block hash (rendezvous
+    tie-break). Replicas at their limit are left out: an empty list means every replica is full."""
     open_ = [r for r in replicas if r.load < r.limit]
     pool_load: dict[str, list[int]] = {}
     for r in open_:
         pool_load.setdefault(r.pool, []).append(r.load)
-    bound = {p: math.ceil(balance * (sum(ls) + 1) / len(ls)) for p, ls in pool_load.items()}
+    bound = {p: balance * (sum(ls) + 1) / len(ls) + 1 for p, ls in pool_load.items()}
 
     def key(r: Replica):
         hits = matched.get(r.id, 0) if r.load < bound[r.pool] else 0
-        dollars = r.dollars_per_work * request_work(prompt_tokens, hits * block_tokens, output_tokens, weights)
-        if r.load < r.slots:
-            return (0, dollars, r.load / max(1, r.slots), r.id)
-        return (1, (r.load - r.slots + 1) / max(1, r.slots), dollars, r.id)
+        cached = min(hits * block_tokens, max(0, prompt_tokens - 1))
+        work = request_work(prompt_tokens, cached, output_tokens, weights)
+        dollars = r.dollars_per_work * work if work > 0 else 0.0
+        ttft = (r.pending_prefill + prompt_tokens - cached) / r.prefill_tps if r.prefill_tps > 0 else math.inf
+        spread = hashlib.blake2b(affinity_key + r.id.encode(), digest_size=8).digest()
+        if r.load < r.slots and (ttft_target_s is None or ttft <= ttft_target_s):
+            return (0, dollars, r.load / max(1, r.slots), spread)
+        return (1, ttft, (r.load - r.slots + 1) / max(1, r.slots), dollars, spread)
 
     return sorted(open_, key=key)
 

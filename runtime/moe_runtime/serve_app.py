@@ -15,6 +15,7 @@ against the app's placement board actor; the ingress mounts the admin API (``adm
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import asdict
 from typing import Any, AsyncIterator
@@ -38,6 +39,7 @@ MAX_RETIRED = 64  # retired replicas whose counters are kept by id (one that ans
 HANDLE_QUEUE = 16  # requests Serve may queue per engine deployment when every replica is at max_ongoing (-> 429)
 INGRESS_MAX_ONGOING = 1024  # concurrent HTTP requests per ingress replica; the proxy answers 503 beyond
 DEFAULT_CACHE_BLOCKS = 4096  # the router index's blocks per replica when the engine does not say its cache size
+DESCRIBE_S = 60.0  # how long the ingress waits at start for a replica to describe the model (else: lazily)
 PRIME_S = 2.0  # how long the ingress's first call to a pool waits (it only makes Serve start that pool's router)
 
 
@@ -158,10 +160,12 @@ class RemoteTokenizer:
 
 
 class _RemoteStream:
-    """Async iterator over one engine replica's TokenEvents; ``aclose`` cancels the remote sequence."""
+    """Async iterator over one engine replica's TokenEvents; ``aclose`` cancels the remote sequence.
+    ``first`` runs once, at the first token or the end (the request's prefill is no longer pending)."""
 
-    def __init__(self, pool: str, gen, done):
+    def __init__(self, pool: str, gen, done, first=None):
         self.pool, self._gen, self._done, self._closed = pool, gen, done, False
+        self._first = first
 
     def __aiter__(self):
         return self
@@ -170,12 +174,20 @@ class _RemoteStream:
         if self._closed:
             raise StopAsyncIteration
         try:
-            return await self._gen.__anext__()
+            event = await self._gen.__anext__()
         except StopAsyncIteration:
             self._finish()
             raise
+        self._prefilled()
+        return event
+
+    def _prefilled(self) -> None:
+        if self._first is not None:
+            first, self._first = self._first, None
+            first()
 
     def _finish(self) -> None:
+        self._prefilled()
         if not self._closed:
             self._closed = True
             self._done()
@@ -194,17 +206,22 @@ class RemoteEngine:
         cfg = cfg or RuntimeConfig(model_name=info["model_name"], model_source="-")
         self.handles = handles
         self.app = app  # the Serve app (None outside Serve: no replica set is known, Serve picks replicas)
-        self.model_name: str = info["model_name"]
-        self.max_context_tokens: int = info["max_context_tokens"]
-        self.tokenizer = RemoteTokenizer(info)
+        self.model_name: str = info["model_name"] if info else cfg.model_name
+        self.max_context_tokens: int = info["max_context_tokens"] if info else cfg.max_context_tokens
+        self.tokenizer: RemoteTokenizer | None = None  # None until a replica described the model (wait_ready)
+        self.on_info: list = []  # callbacks(info) run when the model's facts arrive
         self.inflight = {p: 0 for p in handles}
         # routing (moe_runtime.routing): prices, this router's in-flight count per replica, its prefix index
         r = cfg.routing
+        plain = r is not None and r.policy == "least-loaded"
         self.weights = Weights(r.prompt_weight, r.cached_prompt_weight) if r is not None else Weights()
-        self.price = {p: (r.dollars_per_work.get(p, 1.0) if r is not None else 1.0) for p in handles}
+        self.price = {p: (r.dollars_per_work.get(p, 1.0) if r is not None and not plain else 1.0) for p in handles}
+        self.prefill_tps = {p: (r.prefill_tps.get(p, math.inf) if r is not None else math.inf) for p in handles}
+        self.ttft_target_s = r.ttft_target_s if r is not None and not plain else None
+        self.pending_prefill: dict[str, float] = {}  # replica -> prompt tokens routed there, not prefilled yet
         self.slots, self.limit = cfg.max_batch_size, cfg.max_batch_size + cfg.max_queue
-        self.block_tokens = cfg.cache.block_tokens if cfg.cache.prefix else 0
-        self.index = PrefixIndex(int(info.get("cache_blocks") or DEFAULT_CACHE_BLOCKS))
+        self.block_tokens = cfg.cache.block_tokens if cfg.cache.prefix and not plain else 0
+        self.index = PrefixIndex(DEFAULT_CACHE_BLOCKS)
         self.replica_load: dict[str, int] = {}
         self.wake_deadline_s = cfg.wake_deadline_s
         self.wake_queue = max(16, cfg.max_queue)  # requests held at zero replicas at most; more get 503 at once
@@ -217,6 +234,34 @@ class RemoteEngine:
         self.front_rejections: dict[str, int] = {p: 0 for p in handles}
         self._collection: asyncio.Future | None = None  # the last (or in-flight) stats collection
         self._collected_at = float("-inf")  # monotonic time the last collection started
+        if info:
+            self._learn(info)
+
+    def _learn(self, info: dict[str, Any]) -> None:
+        """The model's facts from a replica's ``describe``: the tokenizer, the context, the cache's size."""
+        self.model_name, self.max_context_tokens = info["model_name"], info["max_context_tokens"]
+        self.tokenizer = RemoteTokenizer(info)
+        self.index = PrefixIndex(int(info.get("cache_blocks") or DEFAULT_CACHE_BLOCKS))
+        for callback in self.on_info:
+            callback(info)
+
+    async def wait_ready(self) -> None:
+        """Before a request is tokenized: the model's facts, from a replica. An ingress that started while every
+        pool was at zero learns them here, after holding the request for a replica (``_wait_for_a_replica``)."""
+        if self.tokenizer is not None:
+            return
+        live = await self._wait_for_a_replica()
+        pools = [p for p, ids in live.items() if ids] or [p for p, ids in live.items() if ids is None]
+        resp = self.handles[pools[0]].describe.remote()
+        try:
+            info = await asyncio.wait_for(asyncio.shield(resp), self.wake_deadline_s)
+        except asyncio.TimeoutError:
+            resp.cancel()
+            wait = self.wake_deadline_s
+            raise NoReplicaReady(wait / 2, f"no replica described the model within {wait:.0f} s; "
+                                 f"retry after {wait / 2:.0f} s") from None
+        if self.tokenizer is None:
+            self._learn(info)
 
     async def start(self) -> None:  # the engines start in their own replicas
         return None
@@ -274,20 +319,36 @@ class RemoteEngine:
         the pools whose replicas are known, then one plain call to each pool whose set is not known yet."""
         hashes = block_hashes(prompt_token_ids, self.block_tokens) if self.block_tokens else []
         reps = [Replica(id=rid, pool=p, load=self.replica_load.get(rid, 0), slots=self.slots, limit=self.limit,
-                        dollars_per_work=self.price[p]) for p, ids in live.items() if ids for rid in ids]
+                        dollars_per_work=self.price[p], prefill_tps=self.prefill_tps[p],
+                        pending_prefill=self.pending_prefill.get(rid, 0.0))
+                for p, ids in live.items() if ids for rid in ids]
         matched = self.index.match(hashes, [r.id for r in reps]) if hashes else {}
         order = rank(reps, matched, prompt_tokens=len(prompt_token_ids), output_tokens=int(params.max_tokens),
-                     block_tokens=max(1, self.block_tokens), weights=self.weights)
+                     block_tokens=max(1, self.block_tokens), weights=self.weights, ttft_target_s=self.ttft_target_s,
+                     affinity_key=hashes[0] if hashes else b"")
         return [(r.pool, r.id) for r in order] + [(p, None) for p, ids in live.items() if ids is None], hashes
 
-    def _admitted(self, pool: str, replica: str, hashes: list) -> None:
+    def _admitted(self, pool: str, replica: str, hashes: list, prompt_tokens: int) -> float:
+        """Count an admitted request; returns the prompt tokens it will prefill there (pending until its first
+        token)."""
         self.routed[pool] = self.routed.get(pool, 0) + 1
         self.replica_load[replica] = self.replica_load.get(replica, 0) + 1
+        held = 0
         if hashes:
             held = self.index.match(hashes, [replica])[replica]
             self.blocks["hit"] += held
             self.blocks["miss"] += len(hashes) - held
             self.index.record(replica, hashes)
+        todo = float(max(1, prompt_tokens - held * self.block_tokens))
+        self.pending_prefill[replica] = self.pending_prefill.get(replica, 0.0) + todo
+        return todo
+
+    def _prefilled(self, replica: str, tokens: float) -> None:
+        left = self.pending_prefill.get(replica, 0.0) - tokens
+        if left > 0.5:
+            self.pending_prefill[replica] = left
+        else:
+            self.pending_prefill.pop(replica, None)
 
     def _released(self, replica: str) -> None:
         n = self.replica_load.get(replica, 0) - 1
@@ -336,8 +397,8 @@ class RemoteEngine:
             if first.get("accepted"):
                 actual = str(first.get("replica") or replica or pool)
                 served_by.append(actual)
-                self._admitted(pool, actual, hashes)
-                return _RemoteStream(pool, gen, done)
+                todo = self._admitted(pool, actual, hashes, len(prompt_token_ids))
+                return _RemoteStream(pool, gen, done, lambda rid=actual, n=todo: self._prefilled(rid, n))
             done()
             if first.get("rejected") == "prompt_too_long":
                 raise PromptTooLong(first["prompt_tokens"], first["max_context_tokens"], first["message"])
@@ -411,7 +472,7 @@ class OpenAIIngress:
             app = serve.get_replica_context().app_name
         except Exception:  # outside a replica
             app = None
-        info = await self._describe(engines)
+        info = await self._describe(engines)  # None: every pool at zero (the deployment starts asleep)
         self.engine = RemoteEngine(engines, info, cfg, app)
         await self.engine.prime()
         self.metrics = RuntimeMetrics(cfg.model_name, cfg.metrics_labels)
@@ -420,26 +481,37 @@ class OpenAIIngress:
         if app is not None and board_key is not None:
             initial = cfg.placement.to_json() if cfg.placement is not None else None
             own = {p.name: p.placement.to_json() for p in cfg.pools if p.placement is not None}
+            def shape(i: dict[str, Any]) -> tuple[int, int]:
+                return int(i["num_moe_layers"]), int(i["num_experts"])
+
+            known = shape(info) if info else (cfg.placement.num_layers, cfg.placement.num_experts) \
+                if cfg.placement is not None else (1, 1)
             self.admin = BoardClient(board_key, lambda: get_board(app), [p.name for p in cfg.pools], initial,
-                                     (int(info["num_moe_layers"]), int(info["num_experts"])), initial_by_pool=own)
+                                     known, initial_by_pool=own)
+            self.engine.on_info.append(lambda i, board=self.admin: setattr(board, "shape", shape(i)))
             self.admin.start()
 
     @staticmethod
-    async def _describe(engines: dict[str, DeploymentHandle]) -> dict[str, Any]:
-        """The model's facts from the first pool that has a replica: a pool at zero answers nothing, so every
-        pool is asked and the first answer wins (the ingress starts once any pool serves)."""
+    async def _describe(engines: dict[str, DeploymentHandle]) -> dict[str, Any] | None:
+        """The model's facts from the first pool that answers within DESCRIBE_S, else None: a pool at zero
+        answers nothing, and an ingress whose pools are all at zero must still start, to hold the first request
+        and export the demand that wakes them (RemoteEngine.wait_ready learns the facts then)."""
         calls = [h.describe.remote() for h in engines.values()]
         pending = {asyncio.ensure_future(_await(c)) for c in calls}
+        end = time.monotonic() + DESCRIBE_S
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            while pending and time.monotonic() < end:
+                done, pending = await asyncio.wait(pending, timeout=max(0.0, end - time.monotonic()),
+                                                   return_when=asyncio.FIRST_COMPLETED)
                 for d in done:
                     if d.exception() is None:
                         return d.result()
-            raise RuntimeError("no engine pool could describe the model")
+            return None
         finally:
             for c in calls:
                 c.cancel()
+            for f in pending:
+                f.cancel()
 
     def __serve_build_asgi_app__(self):
         from moe_runtime.server import build_http_app

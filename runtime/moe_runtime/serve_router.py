@@ -13,11 +13,15 @@ as soon as Serve does: no polling of the controller.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from typing import List, Optional
 
-from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+from ray.serve.request_router import PendingRequest, RunningReplica
+
+try:  # the router Serve uses by default; its mixins keep Serve's FIFO, locality and probing behaviour
+    from ray.serve._private.request_router import PowerOfTwoChoicesRequestRouter as _Base
+except ImportError:  # pragma: no cover (older Ray)
+    from ray.serve.request_router import RequestRouter as _Base
 
 ROUTE_KWARG = "route_to"
 
@@ -50,8 +54,8 @@ def _publish(app: str, deployment: str, ids: list[str]) -> None:
         _version += 1
 
 
-class HintRouter(RequestRouter):
-    """Offer the replica the ingress chose (``route_to``) first, then two random others."""
+class HintRouter(_Base):
+    """Offer the replica the ingress chose (``route_to``) first, then Serve's own choice (power of two)."""
 
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -62,6 +66,5 @@ class HintRouter(RequestRouter):
                               pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
         want = pending_request.kwargs.get(ROUTE_KWARG) if pending_request is not None else None
         hinted = [r for r in candidate_replicas if want is not None and r.replica_id.unique_id == want]
-        rest = [r for r in candidate_replicas if not hinted or r is not hinted[0]]
-        others = random.sample(rest, min(2, len(rest)))
-        return [ranked for ranked in (hinted, others) if ranked]
+        fallback = await super().choose_replicas(candidate_replicas, pending_request)
+        return [hinted, *fallback] if hinted else fallback

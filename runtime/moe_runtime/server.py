@@ -150,9 +150,28 @@ class _Handler:
 
     def __init__(self, engine: AsyncEngine, pool: str, metrics: RuntimeMetrics, default_max_tokens: int):
         self.engine, self.pool, self.metrics = engine, pool, metrics
-        self.codec = TextCodec(engine.tokenizer)
         self.default_max_tokens = default_max_tokens
-        self._token_chars = max_token_chars(engine.tokenizer)
+        self.codec: TextCodec | None = None
+        self._token_chars = 0
+        if engine.tokenizer is not None:
+            self._know(engine.tokenizer)
+
+    def _know(self, tokenizer) -> None:
+        self.codec = TextCodec(tokenizer)
+        self._token_chars = max_token_chars(tokenizer)
+
+    async def ready(self) -> None:
+        """The tokenizer, before a request is read further: an engine that starts without it (a Serve ingress
+        whose pools are all at zero) gets it from its first replica, holding the request meanwhile."""
+        if self.codec is not None:
+            return
+        try:
+            await self.engine.wait_ready()
+        except NoReplicaReady as exc:
+            raise oa.APIError(503, str(exc), type="service_unavailable", code="no_replica_ready",
+                              retry_after_s=exc.retry_after_s) from None
+        if self.codec is None:
+            self._know(self.engine.tokenizer)
 
     def precheck_chars(self, chars: int, param: str) -> None:
         """Refuse, before tokenizing it, a prompt of ``chars`` characters that cannot fit the context whatever its
@@ -329,6 +348,7 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
     async def completions(request: Request):
         t0 = time.perf_counter()
         req: oa.CompletionRequest = await read(request, oa.CompletionRequest)
+        await handler.ready()
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             prompt = prompt[0]
@@ -350,6 +370,7 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
     async def chat(request: Request):
         t0 = time.perf_counter()
         req: oa.ChatRequest = await read(request, oa.ChatRequest)
+        await handler.ready()
         handler.precheck_chars(sum(len(m.text()) for m in req.messages), "messages")
 
         def tokenize() -> list[int]:  # template and tokenizer run off the event loop

@@ -309,3 +309,21 @@ def test_a_replica_serve_no_longer_runs_is_forgotten_by_the_index(info):
     _serve_says("app-gone", {"cheap": ["c2"]})  # c1 was restarted as c2: its cache is gone
     asyncio.run(turn(list(range(20)), "b"))
     assert eng.index.replicas() == ["c2"] and eng.router_figures()["prefix_blocks"]["hit"] == 0
+
+
+def test_a_request_counts_as_pending_prefill_on_its_replica_until_its_first_token(info):
+    """What the router predicts a replica's next first token from (routing.rank's TTFT headroom)."""
+    h = FakeHandle(ACCEPT, tokens=3)
+    _serve_says("app-pending", {"cheap": ["c1"], "dear": []})
+    eng = RemoteEngine({"cheap": h, "dear": FakeHandle(ACCEPT)}, info, _cfg(), "app-pending")
+
+    async def go():
+        stream = await eng.generate(list(range(10)), SamplingParams(max_tokens=3), "p")
+        before = dict(eng.pending_prefill)
+        await stream.__anext__()
+        after = dict(eng.pending_prefill)
+        [ev async for ev in stream]
+        return before, after
+
+    before, after = asyncio.run(go())
+    assert before == {"c1": 10.0} and after == {}

@@ -179,6 +179,7 @@ def build_render_input(
         admin_token_secret=admin_secret_name(manifest_name) if spec.rebalance.enabled else None,
         # the TPOT target sizes the scale-down drain only while the autoscaler holds TPOT near it (render/drain.py)
         seconds_per_token=spec.autoscaling.slo.tpot_p95_seconds if spec.autoscaling.enabled else None,
+        ttft_target_s=spec.autoscaling.slo.ttft_p95_seconds,
     )
 
 

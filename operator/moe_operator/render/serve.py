@@ -61,7 +61,8 @@ def _routing(r: RenderInput) -> dict[str, Any]:
     """The router's pool prices (moe_runtime.routing), for apps of two or more pools whose plan gives every
     pool's rates: $ per work unit = price per replica-hour / 3600 / decode tokens/s (a generated token is one
     work unit, as in the autoscaler), prompt and cached prompt tokens weighted by the mean rate ratio over pools
-    (the autoscaler's weights_from_capacities). Single-pool apps render without it: one pool has no price to
+    (the autoscaler's weights_from_capacities); each pool's prefill rate and the SLO's TTFT, from which the
+    router predicts a replica's next first token. Single-pool apps render without it: one pool has no price to
     compare, and their args stay as before."""
     caps = [p.capacity for p in r.pools]
     if len(caps) < 2 or any(c is None or c["decode_tps"] <= 0 or c["prefill_tps"] <= 0
@@ -73,6 +74,8 @@ def _routing(r: RenderInput) -> dict[str, Any]:
         "cached_prompt_weight": round(sum(c["decode_tps"] / c["cached_prefill_tps"] for c in caps) / n, 9),
         "dollars_per_work": {p.name: float(f"{p.capacity['price_per_hour'] / 3600 / p.capacity['decode_tps']:.6g}")
                              for p in r.pools},
+        "prefill_tps": {p.name: float(f"{p.capacity['prefill_tps']:.6g}") for p in r.pools},
+        **({"ttft_target_s": r.ttft_target_s} if r.ttft_target_s else {}),
     }}
 
 

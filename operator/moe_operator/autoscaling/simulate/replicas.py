@@ -157,6 +157,8 @@ class PrefixAwareRouter:
         self._blocks, self._bt = replay.blocks, replay.block_tokens
         self._prompt, self._out = replay.prompt_tokens, replay.output_tokens
         self._dpw = {p.name: routing.dollars_per_work(p.price_per_hour, p.capacity) for p in replay.pools}
+        self._ttft = replay.ttft_target
+        self._whole = replay.prompt_tokens
         self._cap = dict(replay.cache_blocks)
         self._index = {name: routing.PrefixIndex(max(1, n)) for name, n in self._cap.items()}
 
@@ -164,17 +166,21 @@ class PrefixAwareRouter:
         blocks = self._blocks[i] if self._blocks is not None else ()
         view, pos, matched = [], {}, {}
         by_pool: dict[str, list[str]] = {}
+        whole = self._whole
         for k, r in enumerate(replicas):
             name, slots = r.pool.name, r.prof.max_batch
+            # prompt tokens queued there for prefill, as the live router counts them (routed, no first token yet)
+            pending = sum(whole[j] for j in r.waiting) + sum(whole[j] for j in r.prefill)
             view.append(routing.Replica(r.rid, name, len(r.waiting) + r.nrun, slots, slots + self.max_queue,
-                                        self._dpw[name]))
+                                        self._dpw[name], r.prof.prefill_tps, float(pending)))
             pos[r.rid] = k
             by_pool.setdefault(name, []).append(r.rid)
         if blocks:
             for name, ids in by_pool.items():
                 matched.update(self._index[name].match(blocks, ids))
         ranked = routing.rank(view, matched, prompt_tokens=int(self._prompt[i]), output_tokens=int(self._out[i]),
-                              block_tokens=self._bt, weights=self._w, balance=self.balance)
+                              block_tokens=self._bt, weights=self._w, balance=self.balance,
+                              ttft_target_s=self._ttft, affinity_key=str(blocks[0]).encode() if blocks else b"")
         if ranked:
             k = pos[ranked[0].id]
         else:
