@@ -39,7 +39,7 @@ MAX_RETIRED = 64  # retired replicas whose counters are kept by id (one that ans
 HANDLE_QUEUE = 16  # requests Serve may queue per engine deployment when every replica is at max_ongoing (-> 429)
 INGRESS_MAX_ONGOING = 1024  # concurrent HTTP requests per ingress replica; the proxy answers 503 beyond
 DEFAULT_CACHE_BLOCKS = 4096  # the router index's blocks per replica when the engine does not say its cache size
-DESCRIBE_S = 60.0  # how long the ingress waits at start for a replica to describe the model (else: lazily)
+DESCRIBE_S = 10.0  # how long the ingress waits at start for a replica to describe the model (else: lazily)
 PRIME_S = 2.0  # how long the ingress's first call to a pool waits (it only makes Serve start that pool's router)
 
 

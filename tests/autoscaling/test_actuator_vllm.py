@@ -31,16 +31,22 @@ def rendered(example: str, replicas: dict[str, int] | None = None) -> tuple[dict
 def llm_configs(rs: dict) -> dict[str, dict]:
     """{pool: LLMConfig dict} of a rendered vLLM RayService."""
     out = {}
-    for app in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]:
+    for app in _llm_apps(rs):
         for cfg in app["args"].get("llm_configs") or [app["args"]["llm_config"]]:
             pool = next(k[5:] for k in cfg["placement_group_config"]["bundle_per_worker"] if k.startswith("pool-"))
             out[pool] = cfg
     return out
 
 
+def _llm_apps(rs: dict) -> list[dict]:
+    """The Ray Serve LLM apps of a vLLM RayService (not the router app of two-pool deployments)."""
+    return [a for a in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+            if str(a.get("import_path", "")).startswith("ray.serve.llm:")]
+
+
 def overrides(rs: dict) -> dict[str, list[dict]]:
-    """{app name: its deployments[] overrides} of a vLLM RayService."""
-    return {a["name"]: a.get("deployments") for a in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]}
+    """{app name: its deployments[] overrides} of a vLLM RayService's Ray Serve LLM apps."""
+    return {a["name"]: a.get("deployments") for a in _llm_apps(rs)}
 
 
 def args_of(rs: dict) -> dict[str, dict]:
@@ -62,6 +68,8 @@ def test_vllm_pools_scale_through_the_deployment_override_never_args(example):
     # only the overrides' num_replicas moved: put the old counts back and it is the rendered config again
     back = yaml.safe_load(live["spec"]["serveConfigV2"])
     for app in back["applications"]:
+        if not app["import_path"].startswith("ray.serve.llm:"):
+            continue   # the router app of a two-pool deployment has no replica count of a pool
         cfg = (app["args"].get("llm_configs") or [app["args"]["llm_config"]])[0]
         pool = next(k[5:] for k in cfg["placement_group_config"]["bundle_per_worker"] if k.startswith("pool-"))
         dp = cfg["engine_kwargs"].get("data_parallel_size", 1) if app["import_path"].endswith("dp_openai_app") else 1

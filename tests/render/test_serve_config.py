@@ -134,3 +134,23 @@ def test_a_two_pool_torch_app_prices_its_pools_for_the_router_and_a_one_pool_app
     one = plan_and_render("one", "ns", load_manifest(ROOT / "examples" / "tiny-moe.yaml").spec,
                           Catalog.default()).rayservice
     assert "routing" not in yaml.safe_load(one["spec"]["serveConfigV2"])["applications"][0]["args"]
+
+
+@pytest.mark.parametrize("example", ["tiny-moe", "qwen3-moe-mixed"])
+def test_a_pool_that_starts_at_zero_renders_one_serve_replica_and_no_pods(example):
+    """Serve's REST schema refuses num_replicas 0 (KubeRay submits serveConfigV2 through it): a pool at zero is a
+    worker group of 0 pods under one Serve replica that cannot be placed (llm_names.serve_count)."""
+    m = load_manifest(ROOT / "examples" / f"{example}.yaml")
+    pools = [p.model_copy(update={"min_replicas": 0, "initial_replicas": 0}) for p in m.spec.pools]
+    s = m.spec.model_copy(update={"pools": pools})
+    rs = plan_and_render("zero", "ns", s, Catalog.default()).rayservice
+    groups = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert all(g["replicas"] == 0 for g in groups if g["groupName"] in {p.name for p in pools})
+    cfg = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    counts = [d["num_replicas"] for a in cfg["applications"] for d in a.get("deployments", [])]
+    assert counts and min(counts) >= 1
+    schema = pytest.importorskip("ray.serve.schema")
+    schema.ServeDeploySchema.model_validate({"applications": cfg["applications"]})
+    from moe_operator.autoscaling.actuator import serve_replicas
+
+    assert set(serve_replicas(rs).values()) == {0}

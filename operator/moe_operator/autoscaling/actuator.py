@@ -28,20 +28,12 @@ import yaml
 
 from moe_operator.errors import UserError
 from moe_operator.render.inputs import pool_resource, resource_pool
-from moe_operator.render.llm_names import llm_deployment_name, serve_replicas_per_replica
+from moe_operator.render.llm_names import llm_deployment_name, serve_count, serve_replicas_per_replica
 
 
 def engine_deployment(pool: str) -> str:
     """Name of the pool's Serve deployment (contracts section 3)."""
     return f"engine-{pool}"
-
-
-def serve_count(replicas: int) -> int:
-    """The Serve ``num_replicas`` of a pool that has ``replicas``: never below 1, because Serve's REST schema
-    (``ServeDeploySchema``, what KubeRay submits the config through) refuses 0. A pool at zero keeps one Serve
-    replica that cannot be placed, since its worker group has no pods, so it costs nothing and serves nothing.
-    The router then sees no running replica and holds requests (docs/routing.md, "Wake from zero")."""
-    return max(1, int(replicas))
 
 
 def _group_for(groups: list[dict], pool: str) -> dict | None:

@@ -53,3 +53,11 @@ def serve_replicas_per_replica(import_path: str, cfg: Mapping[str, Any]) -> int:
         return 1
     dp = (cfg.get("engine_kwargs") or {}).get("data_parallel_size", 1)
     return int(dp) if isinstance(dp, int) and dp > 0 else 1
+
+
+def serve_count(replicas: int) -> int:
+    """The Serve ``num_replicas`` of a pool that has ``replicas`` (render and actuator): never below 1, because
+    Serve's REST schema (``ServeDeploySchema``, what KubeRay submits serveConfigV2 through) refuses 0. A pool at
+    zero keeps one Serve replica that cannot be placed, since its worker group has no pods: it costs nothing,
+    serves nothing, and the router holds requests for it (docs/routing.md, "Wake from zero")."""
+    return max(1, int(replicas))

@@ -22,7 +22,7 @@ import yaml
 from .drain import drain_timeout_s
 from .fastyaml import BaseDumper, load
 from .inputs import PoolRender, RenderInput
-from .llm_names import llm_deployment_name, serve_replicas_per_replica
+from .llm_names import llm_deployment_name, serve_count, serve_replicas_per_replica
 from .templates import env
 
 DEVICE = {"cpu": "cpu", "nvidia": "cuda", "huawei": "npu"}
@@ -174,7 +174,7 @@ def vllm_apps(r: RenderInput) -> list[dict[str, Any]]:
             "import_path": import_path,
             "args": args,
             "deployments": [{"name": llm_deployment_name(import_path, cfg),
-                             "num_replicas": pool.replicas * serve_replicas_per_replica(import_path, cfg),
+                             "num_replicas": serve_count(pool.replicas) * serve_replicas_per_replica(import_path, cfg),
                              "graceful_shutdown_timeout_s": drain_s(r)}],
         })
     from .vllm_router import router_app, routed
