@@ -109,7 +109,10 @@ class RoutingConfig(_Strict):
     cached_prompt_weight: float = Field(default=0.01, ge=0)
     dollars_per_work: dict[str, float] = Field(default_factory=dict)  # pool -> $ per work unit
     prefill_tps: dict[str, float] = Field(default_factory=dict)  # pool -> one replica's prompt tokens/s
-    ttft_target_s: float | None = Field(default=None, gt=0)  # the SLO's TTFT: headroom ends where it is missed
+    decode_tps: dict[str, float] = Field(default_factory=dict)  # pool -> one replica's tokens/s at a full batch
+    ttft_target_s: float | None = Field(default=None, gt=0)  # the SLO: headroom ends where it would be missed
+    tpot_target_s: float | None = Field(default=None, gt=0)
+    prefill_chunk_tokens: int = Field(default=0, ge=0)  # prompt tokens per step beside decode; 0: whole prompts
     # cost-prefix: moe_runtime.routing.rank; least-loaded: fewest in flight per slot (prices and prefixes ignored),
     # the baseline benchmarks print beside it
     policy: Literal["cost-prefix", "least-loaded"] = "cost-prefix"

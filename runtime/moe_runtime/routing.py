@@ -9,10 +9,10 @@ cached rate. So prefix affinity and pool cost are one trade, priced: a hit on a 
 cheap one only when the saved prefill is worth more than the price gap. Guards keep that from hurting latency
 or one replica:
   * headroom: a replica is preferred only while it runs fewer requests than its batch slots (it admits at once)
-    and, where the TTFT target is known, while its predicted TTFT meets it: the prefill queued there (prompt
-    tokens routed and not yet prefilled) plus this request's own, at the pool's prefill rate. Cost decides only
-    among replicas that would meet the SLO; the fleet is paid for either way, and the autoscaler turns an idle
-    dear pool into savings;
+    and, where the SLO is known, while its predicted TTFT and TPOT meet it: the prefill queued there (prompt
+    tokens routed and not yet prefilled) plus this request's own, at the pool's prefill rate; the decode step
+    with this request in its batch (the caller's step model). Cost decides only among replicas that would meet
+    the SLO; the fleet is paid for either way, and the autoscaler turns an idle dear pool into savings;
   * bounded load (consistent hashing with bounded loads, Mirrokni, Thorup and Zadimoghaddam 2018): a replica's
     held prefix counts only while its load is under ``balance`` x its pool's mean plus one, so one hot prefix
     cannot swamp one replica, and a replica serving one conversation keeps it at light load;
@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+FIXED_STEP_SHARE = 0.6  # share of a full decode step that the batch does not change (simulate/serving.py's default)
 BALANCE = 1.25  # the bounded-load factor c of Mirrokni et al.: a replica takes affinity traffic up to c x mean load
 _ROOT = b"moe-prefix"
 
@@ -60,6 +61,7 @@ class Replica:
     dollars_per_work: float
     prefill_tps: float = math.inf      # its pool's prefill rate, prompt tokens/s (inf: unknown, never the limit)
     pending_prefill: float = 0.0       # prompt tokens routed to it and not prefilled yet
+    tpot_s: float = 0.0                # this request's predicted time per output token there (predicted_tpot)
 
 
 def block_hashes(token_ids: Sequence[int], block_tokens: int) -> list[bytes]:
@@ -127,11 +129,13 @@ def request_work(prompt_tokens: int, cached_tokens: int, output_tokens: int, w: 
 
 def rank(replicas: Sequence[Replica], matched: Mapping[str, int], *, prompt_tokens: int, output_tokens: int,
          block_tokens: int, weights: Weights = Weights(), balance: float = BALANCE,
-         ttft_target_s: float | None = None, affinity_key: bytes = b"") -> list[Replica]:
+         ttft_target_s: float | None = None, tpot_target_s: float | None = None,
+         affinity_key: bytes = b"") -> list[Replica]:
     """The replicas to try for one request, best first (module docstring). ``matched``: leading blocks each
-    replica holds (``PrefixIndex.match``); a replica absent from it holds none. ``ttft_target_s``: the SLO's
-    TTFT (None: headroom is batch slots alone). ``affinity_key``: the prompt's first block hash (rendezvous
-    tie-break). Replicas at their limit are left out: an empty list means every replica is full."""
+    replica holds (``PrefixIndex.match``); a replica absent from it holds none. ``ttft_target_s`` and
+    ``tpot_target_s``: the SLO (None: that side does not bound headroom). ``affinity_key``: the prompt's
+    first block hash (rendezvous tie-break). Replicas at their limit are left out: an empty list means every
+    replica is full."""
     open_ = [r for r in replicas if r.load < r.limit]
     pool_load: dict[str, list[int]] = {}
     for r in open_:
@@ -145,11 +149,78 @@ def rank(replicas: Sequence[Replica], matched: Mapping[str, int], *, prompt_toke
         dollars = r.dollars_per_work * work if work > 0 else 0.0
         ttft = (r.pending_prefill + prompt_tokens - cached) / r.prefill_tps if r.prefill_tps > 0 else math.inf
         spread = hashlib.blake2b(affinity_key + r.id.encode(), digest_size=8).digest()
-        if r.load < r.slots and (ttft_target_s is None or ttft <= ttft_target_s):
+        if r.load < r.slots and (ttft_target_s is None or ttft <= ttft_target_s) \
+                and (tpot_target_s is None or r.tpot_s <= tpot_target_s):
             return (0, dollars, r.load / max(1, r.slots), spread)
         return (1, ttft, (r.load - r.slots + 1) / max(1, r.slots), dollars, spread)
 
     return sorted(open_, key=key)
+
+
+def predicted_tpot(step_s: float, prefill_tokens_per_s: float, prefill_tps: float, chunk_tokens: float) -> float:
+    """Seconds per output token on a replica whose decode step is ``step_s`` (its batch with the request in it),
+    while prompts arrive there at ``prefill_tokens_per_s`` (uncached tokens) and it prefills ``prefill_tps``.
+
+    A continuous-batching engine carries a chunk of ``chunk_tokens`` of prefill in every step while any prefill
+    is pending (vLLM's chunked prefill): such a step lasts ``step_s + chunk_s``, and prefill then gets
+    ``chunk_s / (step_s + chunk_s)`` of the engine. Keeping up with the arrivals needs prefill pending for a share
+    ``p = (prefill_tokens_per_s / prefill_tps) x (step_s + chunk_s) / chunk_s`` of the time (at most all), so a
+    sequence makes ``p / (step_s + chunk_s) + (1 - p) / step_s`` tokens per second, and its TPOT is the inverse.
+    Where the arrivals outrun the engine TPOT is the full chunked step (and TTFT grows without bound, which the
+    TTFT side sees).
+
+    ``chunk_tokens`` 0: the engine prefills whole prompts between decode steps (the torch engine), so decode gets
+    the ``1 - prefill_tokens_per_s / prefill_tps`` of the time prefill leaves it."""
+    if prefill_tps <= 0 or not math.isfinite(prefill_tps):
+        return step_s
+    if chunk_tokens <= 0:
+        left = 1.0 - prefill_tokens_per_s / prefill_tps
+        return step_s / left if left > 0 else math.inf
+    chunk_s = chunk_tokens / prefill_tps
+    share = min(1.0, prefill_tokens_per_s / prefill_tps * (step_s + chunk_s) / chunk_s)
+    if step_s <= 0:
+        return share * chunk_s
+    return 1.0 / (share / (step_s + chunk_s) + (1.0 - share) / step_s)   # time per token = 1 / tokens per s
+
+
+class ArrivalWindow:
+    """Prompt tokens sent to each replica, with their times, to rate them over a recent window (what
+    ``predicted_tpot`` takes as the prefill arrival rate); entries older than ``keep_s`` are dropped."""
+
+    def __init__(self, keep_s: float = 3600.0):
+        self.keep_s = keep_s
+        self._sent: dict[str, deque] = {}
+
+    def add(self, replica: str, t: float, tokens: float) -> None:
+        q = self._sent.setdefault(replica, deque())
+        q.append((t, float(tokens)))
+        while q and q[0][0] < t - self.keep_s:
+            q.popleft()
+
+    def rate(self, replica: str, now: float, window_s: float) -> float:
+        """Tokens per second sent to ``replica`` over the last ``window_s`` seconds."""
+        q = self._sent.get(replica)
+        if not q or window_s <= 0:
+            return 0.0
+        total = 0.0
+        for t, n in reversed(q):
+            if t < now - window_s:
+                break
+            total += n
+        return total / window_s
+
+    def forget(self, replica: str) -> None:
+        self._sent.pop(replica, None)
+
+
+def decode_step_s(batch: int, slots: int, decode_tps: float, fixed_share: float = FIXED_STEP_SHARE) -> float:
+    """One decode step of ``batch`` sequences when a full batch of ``slots`` makes ``decode_tps`` tokens/s and
+    ``fixed_share`` of a step does not depend on the batch (weights streamed once per step): the step model of
+    ``moectl simulate``'s replica profile (simulate/serving.py)."""
+    if decode_tps <= 0 or not math.isfinite(decode_tps):
+        return 0.0
+    full = slots / decode_tps
+    return full * (fixed_share + (1.0 - fixed_share) * min(batch, slots) / max(1, slots))
 
 
 def dollars_per_work(price_per_hour: float, capacity_work_per_s: float) -> float:

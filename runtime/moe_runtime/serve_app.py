@@ -31,7 +31,8 @@ from moe_runtime.engine.api import (EngineStats, NoReplicaReady, PromptTooLong, 
                                     TokenEvent)
 from moe_runtime.metrics import RuntimeMetrics, merge_stats
 from moe_runtime.placement_board import BoardClient, BoardReporter, config_key, get_board
-from moe_runtime.routing import PrefixIndex, Replica, Weights, block_hashes, rank
+from moe_runtime.routing import (ArrivalWindow, PrefixIndex, Replica, Weights, block_hashes, decode_step_s,
+                                 predicted_tpot, rank)
 
 STALE_SNAPSHOT_S = 60.0  # a replica silent this long is retired: its gauges stop adding, its counters stay
 METRICS_TTL_S = 1.0  # a /metrics scrape within this long of the last collection is answered from it, seconds
@@ -39,6 +40,8 @@ MAX_RETIRED = 64  # retired replicas whose counters are kept by id (one that ans
 HANDLE_QUEUE = 16  # requests Serve may queue per engine deployment when every replica is at max_ongoing (-> 429)
 INGRESS_MAX_ONGOING = 1024  # concurrent HTTP requests per ingress replica; the proxy answers 503 beyond
 DEFAULT_CACHE_BLOCKS = 4096  # the router index's blocks per replica when the engine does not say its cache size
+HINT_ROUTER = "moe_runtime.serve_router:HintRouter"  # the engine deployments' Serve request router
+SNAPSHOT_S = 5.0  # the longest /metrics waits for a replica's snapshot
 DESCRIBE_S = 10.0  # how long the ingress waits at start for a replica to describe the model (else: lazily)
 PRIME_S = 2.0  # how long the ingress's first call to a pool waits (it only makes Serve start that pool's router)
 
@@ -218,6 +221,10 @@ class RemoteEngine:
         self.price = {p: (r.dollars_per_work.get(p, 1.0) if r is not None and not plain else 1.0) for p in handles}
         self.prefill_tps = {p: (r.prefill_tps.get(p, math.inf) if r is not None else math.inf) for p in handles}
         self.ttft_target_s = r.ttft_target_s if r is not None and not plain else None
+        self.tpot_target_s = r.tpot_target_s if r is not None and not plain else None
+        self.decode_tps = {p: (r.decode_tps.get(p, math.inf) if r is not None else math.inf) for p in handles}
+        self.chunk_tokens = r.prefill_chunk_tokens if r is not None else 0
+        self.sent = ArrivalWindow()  # prompt tokens sent to each replica: its prefill arrival rate
         self.pending_prefill: dict[str, float] = {}  # replica -> prompt tokens routed there, not prefilled yet
         self.slots, self.limit = cfg.max_batch_size, cfg.max_batch_size + cfg.max_queue
         self.block_tokens = cfg.cache.block_tokens if cfg.cache.prefix and not plain else 0
@@ -318,14 +325,23 @@ class RemoteEngine:
         """(pool, replica or None) in the order to try, and the prompt's block hashes: the ranked replicas of
         the pools whose replicas are known, then one plain call to each pool whose set is not known yet."""
         hashes = block_hashes(prompt_token_ids, self.block_tokens) if self.block_tokens else []
-        reps = [Replica(id=rid, pool=p, load=self.replica_load.get(rid, 0), slots=self.slots, limit=self.limit,
-                        dollars_per_work=self.price[p], prefill_tps=self.prefill_tps[p],
-                        pending_prefill=self.pending_prefill.get(rid, 0.0))
-                for p, ids in live.items() if ids for rid in ids]
+        now, n_out = time.monotonic(), max(1, int(params.max_tokens))
+        reps = []
+        for p, ids in live.items():
+            for rid in ids or ():
+                load = self.replica_load.get(rid, 0)
+                step = decode_step_s(load + 1, self.slots, self.decode_tps[p])
+                life = n_out * step   # the window: prompts sent there over one decode life of this request
+                rate = self.sent.rate(rid, now, life) + len(prompt_token_ids) / life if life > 0 else 0.0
+                reps.append(Replica(id=rid, pool=p, load=load, slots=self.slots, limit=self.limit,
+                                    dollars_per_work=self.price[p], prefill_tps=self.prefill_tps[p],
+                                    pending_prefill=self.pending_prefill.get(rid, 0.0),
+                                    tpot_s=predicted_tpot(step, rate, self.prefill_tps[p], self.chunk_tokens)))
         matched = self.index.match(hashes, [r.id for r in reps]) if hashes else {}
         order = rank(reps, matched, prompt_tokens=len(prompt_token_ids), output_tokens=int(params.max_tokens),
                      block_tokens=max(1, self.block_tokens), weights=self.weights, ttft_target_s=self.ttft_target_s,
-                     affinity_key=hashes[0] if hashes else b"")
+                     tpot_target_s=self.tpot_target_s,
+                     affinity_key=hashes[0] if hashes else _whole_prompt_key(prompt_token_ids))
         return [(r.pool, r.id) for r in order] + [(p, None) for p, ids in live.items() if ids is None], hashes
 
     def _admitted(self, pool: str, replica: str, hashes: list, prompt_tokens: int) -> float:
@@ -341,6 +357,7 @@ class RemoteEngine:
             self.index.record(replica, hashes)
         todo = float(max(1, prompt_tokens - held * self.block_tokens))
         self.pending_prefill[replica] = self.pending_prefill.get(replica, 0.0) + todo
+        self.sent.add(replica, time.monotonic(), todo)
         return todo
 
     def _prefilled(self, replica: str, tokens: float) -> None:
@@ -371,6 +388,7 @@ class RemoteEngine:
             for rid in self.index.replicas():
                 if rid not in running:  # scaled down or restarted: its cache went with it
                     self.index.forget(rid)
+                    self.sent.forget(rid)
         attempts, hashes = self._attempts(live, prompt_token_ids, params)
         retries: list[float] = []  # each full replica's own estimate
         for pool, replica in attempts:
@@ -407,10 +425,21 @@ class RemoteEngine:
         raise QueueFull(retry_after, f"every replica's queue is full; retry after {retry_after:.1f} s")
 
     async def _refresh_pool(self, pool: str) -> None:
-        """Sample snapshots until every known replica answered once (routing is random, so ask a few times)."""
+        """Sample snapshots until every known replica answered once (routing is random, so ask a few times).
+        A pool Serve says is at zero is not asked, and no answer is waited for past SNAPSHOT_S: a call to a
+        pool without a running replica would wait for one for ever, and /metrics with it."""
+        live = self._live().get(pool)
+        if live is not None and not live:
+            return
         tries = 2 * max(1, len(self._snaps[pool])) + 2
-        results = await asyncio.gather(*(self.handles[pool].snapshot.remote() for _ in range(tries)),
-                                       return_exceptions=True)
+        calls = [self.handles[pool].snapshot.remote() for _ in range(tries)]
+        pending = [asyncio.ensure_future(_await(c)) for c in calls]
+        done, late = await asyncio.wait(pending, timeout=SNAPSHOT_S)
+        for c, f in zip(calls, pending):
+            if f in late:
+                f.cancel()
+                c.cancel()
+        results = [f.result() for f in done if not f.cancelled() and f.exception() is None]
         for r in results:
             if isinstance(r, dict):
                 self._snaps[pool][r["replica"]] = (EngineStats(**r["stats"]), time.time())
@@ -520,6 +549,11 @@ class OpenAIIngress:
                               admin=self.admin)
 
 
+def _whole_prompt_key(ids: list[int]) -> bytes:
+    """The rendezvous key of a prompt shorter than one cache block: its own hash, so short prompts spread too."""
+    return block_hashes(ids, len(ids))[0] if ids else b""
+
+
 async def _await(response):
     return await response
 
@@ -538,8 +572,10 @@ def engine_deployment_options(cfg: RuntimeConfig, pool) -> dict[str, Any]:
         # meanwhile): the longest request the config allows at the default decode speed. serveConfigV2 sets the
         # spec's own (the TPOT target's) figure.
         "graceful_shutdown_timeout_s": drain_timeout_s(cfg.max_context_tokens),
-        # Serve sends a call to the replica the ingress chose (its route_to), else to two random others.
-        "request_router_config": RequestRouterConfig(request_router_class=serve_router.HintRouter),
+        # Serve sends a call to the replica the ingress chose (its route_to), else as it would. By import path:
+        # a class object is pickled by value, and its copy would publish replica sets to a copy of the module
+        # the ingress never reads.
+        "request_router_config": RequestRouterConfig(request_router_class=HINT_ROUTER),
     }
 
 

@@ -2,8 +2,8 @@
 
 The ingress decides which replica serves a request (``moe_runtime.routing``) and names it in the call's
 ``route_to`` keyword. ``HintRouter``, the engine deployments' Ray Serve request router, honours that name: it
-offers the named replica first and, if that replica is gone or refuses, two random others (Serve's power of two
-choices), so a stale hint costs one probe, never a lost request.
+offers the named replica alone for the first few routing rounds and then, if that replica is gone or refuses,
+Serve's own choice (power of two) beside it, so a stale hint costs a few probes, never a lost request.
 
 Serve builds one router per deployment handle, in the process that holds the handle (the ingress replica), and
 tells it the deployment's running replicas (``update_replicas``). ``HintRouter`` publishes that set here, per
@@ -13,7 +13,9 @@ as soon as Serve does: no polling of the controller.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
+from collections import OrderedDict
 from typing import List, Optional
 
 from ray.serve.request_router import PendingRequest, RunningReplica
@@ -24,6 +26,8 @@ except ImportError:  # pragma: no cover (older Ray)
     from ray.serve.request_router import RequestRouter as _Base
 
 ROUTE_KWARG = "route_to"
+HINT_TRIES = 3  # routing rounds that offer only the chosen replica (probe deadlines 0.1 + 0.2 + 0.4 s at most)
+MAX_TRACKED = 4096  # requests whose rounds are counted at once (a request cancelled before routing is dropped)
 
 # (app, deployment) -> ids of its running replicas, as Serve says. Written by the routers (Serve runs them in its
 # own event loop thread), read by the ingress: whole-value assignments only, so no lock is needed.
@@ -48,10 +52,13 @@ async def wait_for_change(timeout_s: float) -> None:
 
 
 def _publish(app: str, deployment: str, ids: list[str]) -> None:
-    global _version
-    if _live.get((app, deployment)) != ids:
-        _live[(app, deployment)] = ids
-        _version += 1
+    """Record a replica set in the module the ingress reads: ``sys.modules``'s, not this function's globals.
+    Serve pickles the router class by value, so its methods run over a copy of this module's globals, a fresh
+    one on every call."""
+    home = importlib.import_module(__name__)
+    if home._live.get((app, deployment)) != ids:
+        home._live[(app, deployment)] = ids
+        home._version += 1
 
 
 class HintRouter(_Base):
@@ -66,5 +73,20 @@ class HintRouter(_Base):
                               pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
         want = pending_request.kwargs.get(ROUTE_KWARG) if pending_request is not None else None
         hinted = [r for r in candidate_replicas if want is not None and r.replica_id.unique_id == want]
+        if hinted:
+            # Serve probes a replica's queue length with a deadline (0.1 s, doubling on each round): on a busy
+            # node the chosen replica can miss it, and a ranking that offered others beside it would send the
+            # request elsewhere (its prefix cache lost). The first HINT_TRIES rounds offer the chosen one alone.
+            tries = self.__dict__.setdefault("_hint_tries", OrderedDict())
+            key = pending_request.metadata.internal_request_id
+            tries[key] = n = tries.get(key, 0) + 1
+            while len(tries) > MAX_TRACKED:
+                tries.popitem(last=False)
+            if n <= HINT_TRIES:
+                return [hinted]
         fallback = await super().choose_replicas(candidate_replicas, pending_request)
         return [hinted, *fallback] if hinted else fallback
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id, result) -> None:
+        super().on_request_routed(pending_request, replica_id, result)
+        self.__dict__.get("_hint_tries", {}).pop(pending_request.metadata.internal_request_id, None)

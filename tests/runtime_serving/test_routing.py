@@ -149,3 +149,36 @@ def test_new_prompts_spread_over_idle_replicas_by_their_first_block():
     again = rank(reps, {}, prompt_tokens=100, output_tokens=10, block_tokens=64,
                  affinity_key=block_hashes([0] * 64, 64)[0])[0].id
     assert again == picks[0]
+
+
+def test_predicted_tpot_follows_the_prefill_that_keeps_arriving():
+    """Chunked prefill (vLLM): no arrivals = the decode step; arrivals at the engine's prefill rate = every step
+    carries a chunk; in between, time per token = 1 / tokens per second over both kinds of step. Whole-prompt
+    prefill (the torch engine): decode gets the time prefill leaves."""
+    from moe_runtime.routing import predicted_tpot
+
+    step, tps, chunk = 0.03, 5000.0, 2048
+    chunk_s = chunk / tps
+    assert predicted_tpot(step, 0.0, tps, chunk) == pytest.approx(step)
+    assert predicted_tpot(step, tps, tps, chunk) == pytest.approx(step + chunk_s)
+    # one 7000-token prompt per 10 s: prefill pending 15% of the time, 1.3% of the steps
+    p = 700 / tps * (step + chunk_s) / chunk_s
+    assert predicted_tpot(step, 700.0, tps, chunk) == pytest.approx(1 / (p / (step + chunk_s) + (1 - p) / step))
+    assert step < predicted_tpot(step, 700.0, tps, chunk) < 0.04
+    assert predicted_tpot(step, 2500.0, tps, 0) == pytest.approx(step / 0.5)
+    assert predicted_tpot(step, 6000.0, tps, 0) == float("inf")
+
+
+def test_arrival_window_rates_recent_tokens_only():
+    from moe_runtime.routing import ArrivalWindow
+
+    w = ArrivalWindow(keep_s=100.0)
+    w.add("r", 0.0, 1000)
+    w.add("r", 50.0, 500)
+    w.add("r", 59.0, 100)
+    assert w.rate("r", 60.0, 20.0) == pytest.approx(600 / 20)
+    assert w.rate("r", 60.0, 100.0) == pytest.approx(1600 / 100)
+    w.add("r", 200.0, 1)  # older than keep_s: dropped
+    assert w.rate("r", 200.0, 1000.0) == pytest.approx(1 / 1000)
+    w.forget("r")
+    assert w.rate("r", 200.0, 10.0) == 0.0

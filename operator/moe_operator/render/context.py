@@ -180,6 +180,7 @@ def build_render_input(
         # the TPOT target sizes the scale-down drain only while the autoscaler holds TPOT near it (render/drain.py)
         seconds_per_token=spec.autoscaling.slo.tpot_p95_seconds if spec.autoscaling.enabled else None,
         ttft_target_s=spec.autoscaling.slo.ttft_p95_seconds,
+        tpot_target_s=spec.autoscaling.slo.tpot_p95_seconds,
     )
 
 

@@ -98,4 +98,5 @@ class RenderInput:
     labels: dict[str, str] = field(default_factory=dict)
     admin_token_secret: str | None = None   # Secret whose key `token` becomes env MOE_ADMIN_TOKEN (spec.rebalance)
     seconds_per_token: float | None = None  # the TPOT target sizing the scale-down drain (drain.py); None: default
-    ttft_target_s: float | None = None  # the SLO's TTFT: the router's headroom ends where it would be missed
+    ttft_target_s: float | None = None  # the SLO: the router's headroom ends where it would be missed
+    tpot_target_s: float | None = None

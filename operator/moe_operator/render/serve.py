@@ -75,7 +75,9 @@ def _routing(r: RenderInput) -> dict[str, Any]:
         "dollars_per_work": {p.name: float(f"{p.capacity['price_per_hour'] / 3600 / p.capacity['decode_tps']:.6g}")
                              for p in r.pools},
         "prefill_tps": {p.name: float(f"{p.capacity['prefill_tps']:.6g}") for p in r.pools},
+        "decode_tps": {p.name: float(f"{p.capacity['decode_tps']:.6g}") for p in r.pools},
         **({"ttft_target_s": r.ttft_target_s} if r.ttft_target_s else {}),
+        **({"tpot_target_s": r.tpot_target_s} if r.tpot_target_s else {}),
     }}
 
 

@@ -157,7 +157,9 @@ class PrefixAwareRouter:
         self._blocks, self._bt = replay.blocks, replay.block_tokens
         self._prompt, self._out = replay.prompt_tokens, replay.output_tokens
         self._dpw = {p.name: routing.dollars_per_work(p.price_per_hour, p.capacity) for p in replay.pools}
-        self._ttft = replay.ttft_target
+        self._ttft, self._tpot = replay.ttft_target, replay.tpot_target
+        self._arr = replay._arr
+        self._sent = routing.ArrivalWindow()
         self._whole = replay.prompt_tokens
         self._cap = dict(replay.cache_blocks)
         self._index = {name: routing.PrefixIndex(max(1, n)) for name, n in self._cap.items()}
@@ -167,12 +169,18 @@ class PrefixAwareRouter:
         view, pos, matched = [], {}, {}
         by_pool: dict[str, list[str]] = {}
         whole = self._whole
+        now = float(self._arr[i])
         for k, r in enumerate(replicas):
             name, slots = r.pool.name, r.prof.max_batch
             # prompt tokens queued there for prefill, as the live router counts them (routed, no first token yet)
             pending = sum(whole[j] for j in r.waiting) + sum(whole[j] for j in r.prefill)
+            prof = r.prof
+            step = prof.step_base_s + prof.step_per_seq_s * min(r.nrun + 1, slots)   # its batch with this request
+            life = max(1.0, float(self._out[i])) * step   # the window: prompts sent there over one decode life
+            rate = self._sent.rate(r.rid, now, life) + whole[i] / life
+            tpot = routing.predicted_tpot(step, rate, prof.prefill_tps, prof.prefill_chunk_tokens)
             view.append(routing.Replica(r.rid, name, len(r.waiting) + r.nrun, slots, slots + self.max_queue,
-                                        self._dpw[name], r.prof.prefill_tps, float(pending)))
+                                        self._dpw[name], prof.prefill_tps, float(pending), tpot))
             pos[r.rid] = k
             by_pool.setdefault(name, []).append(r.rid)
         if blocks:
@@ -180,13 +188,15 @@ class PrefixAwareRouter:
                 matched.update(self._index[name].match(blocks, ids))
         ranked = routing.rank(view, matched, prompt_tokens=int(self._prompt[i]), output_tokens=int(self._out[i]),
                               block_tokens=self._bt, weights=self._w, balance=self.balance,
-                              ttft_target_s=self._ttft, affinity_key=str(blocks[0]).encode() if blocks else b"")
+                              ttft_target_s=self._ttft, tpot_target_s=self._tpot,
+                              affinity_key=str(blocks[0]).encode() if blocks else b"")
         if ranked:
             k = pos[ranked[0].id]
         else:
             self.full += 1
             k = least_loaded(replicas, i)
         chosen = replicas[k]
+        self._sent.add(chosen.rid, float(self._arr[i]), whole[i])
         if blocks and self._cap[chosen.pool.name] > 0:
             self._index[chosen.pool.name].record(chosen.rid, blocks)
         return k
@@ -632,3 +642,4 @@ class ReplicaReplay(ReplayResults):
     @property
     def done(self) -> bool:
         return self.finished >= self.n
+
