@@ -80,7 +80,7 @@ class WakeTimeout(Exception):
 
 
 class WaitingFull(Exception):
-    """The bounded wake queue is full: answer 429 with Retry-After at once."""
+    """The bounded wake queue is full: answer 503 with Retry-After at once (as the torch ingress does)."""
 
 
 class WakeQueue:

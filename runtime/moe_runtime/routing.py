@@ -23,13 +23,15 @@ or one replica:
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 FIXED_STEP_SHARE = 0.6  # share of a full decode step that the batch does not change (simulate/serving.py's default)
+MAX_INDEX_BLOCKS = 1 << 18  # the most blocks the router's index keeps per replica (~30 MB), whatever its cache
 BALANCE = 1.25  # the bounded-load factor c of Mirrokni et al.: a replica takes affinity traffic up to c x mean load
 _ROOT = b"moe-prefix"
 
@@ -89,7 +91,7 @@ class PrefixIndex:
     def __init__(self, blocks_per_replica: int):
         if blocks_per_replica < 1:
             raise ValueError("blocks_per_replica must be >= 1")
-        self.capacity = int(blocks_per_replica)
+        self.capacity = min(int(blocks_per_replica), MAX_INDEX_BLOCKS)
         self._held: dict[str, OrderedDict] = {}
 
     def match(self, hashes: Sequence, replicas: Iterable[str]) -> dict[str, int]:
@@ -151,7 +153,7 @@ def rank(replicas: Sequence[Replica], matched: Mapping[str, int], *, prompt_toke
         spread = hashlib.blake2b(affinity_key + r.id.encode(), digest_size=8).digest()
         if r.load < r.slots and (ttft_target_s is None or ttft <= ttft_target_s) \
                 and (tpot_target_s is None or r.tpot_s <= tpot_target_s):
-            return (0, dollars, r.load / max(1, r.slots), spread)
+            return (0, dollars, work, r.load / max(1, r.slots), spread)   # work: a free pool still uses its cache
         return (1, ttft, (r.load - r.slots + 1) / max(1, r.slots), dollars, spread)
 
     return sorted(open_, key=key)
@@ -185,29 +187,34 @@ def predicted_tpot(step_s: float, prefill_tokens_per_s: float, prefill_tps: floa
 
 class ArrivalWindow:
     """Prompt tokens sent to each replica, with their times, to rate them over a recent window (what
-    ``predicted_tpot`` takes as the prefill arrival rate); entries older than ``keep_s`` are dropped."""
+    ``predicted_tpot`` takes as the prefill arrival rate). Cumulative sums and a binary search: a query costs
+    O(log n) whatever the window a client's ``max_tokens`` asks for; windows are capped at ``keep_s``, and
+    entries older than it are dropped."""
 
-    def __init__(self, keep_s: float = 3600.0):
+    def __init__(self, keep_s: float = 600.0):
         self.keep_s = keep_s
-        self._sent: dict[str, deque] = {}
+        self._sent: dict[str, tuple[list[float], list[float], list[int]]] = {}   # times, cumulative, [start]
 
     def add(self, replica: str, t: float, tokens: float) -> None:
-        q = self._sent.setdefault(replica, deque())
-        q.append((t, float(tokens)))
-        while q and q[0][0] < t - self.keep_s:
-            q.popleft()
+        times, cums, start = self._sent.setdefault(replica, ([], [], [0]))
+        times.append(t)
+        cums.append((cums[-1] if cums else 0.0) + float(tokens))
+        lo = bisect.bisect_left(times, t - self.keep_s, start[0])
+        start[0] = lo
+        if lo > 1024 and lo > len(times) // 2:   # compact: the live entries move to the front
+            del times[:lo], cums[:lo]
+            start[0] = 0
 
     def rate(self, replica: str, now: float, window_s: float) -> float:
-        """Tokens per second sent to ``replica`` over the last ``window_s`` seconds."""
-        q = self._sent.get(replica)
-        if not q or window_s <= 0:
+        """Tokens per second sent to ``replica`` over the last ``window_s`` seconds (at most ``keep_s``)."""
+        entry = self._sent.get(replica)
+        window_s = min(window_s, self.keep_s)
+        if entry is None or window_s <= 0 or len(entry[0]) <= entry[2][0]:
             return 0.0
-        total = 0.0
-        for t, n in reversed(q):
-            if t < now - window_s:
-                break
-            total += n
-        return total / window_s
+        times, cums, start = entry
+        i = bisect.bisect_left(times, now - window_s, start[0])
+        before = cums[i - 1] if i > 0 else 0.0
+        return (cums[-1] - before) / window_s
 
     def forget(self, replica: str) -> None:
         self._sent.pop(replica, None)

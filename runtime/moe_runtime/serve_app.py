@@ -200,6 +200,16 @@ class _RemoteStream:
             self._gen.cancel()
             self._finish()
 
+    def __del__(self):
+        # the last guard against a stream nobody closed (a response that never started): its replica's load
+        # and prefill would otherwise stay counted in the router for good
+        if not self._closed:
+            try:
+                self._gen.cancel()
+            except Exception:  # noqa: BLE001 (interpreter shutdown, a gone actor: nothing left to cancel)
+                pass
+            self._finish()
+
 
 class RemoteEngine:
     """``AsyncEngine`` over the ``engine-<pool>`` deployments, as seen from the ingress."""
@@ -331,12 +341,15 @@ class RemoteEngine:
             for rid in ids or ():
                 load = self.replica_load.get(rid, 0)
                 step = decode_step_s(load + 1, self.slots, self.decode_tps[p])
-                life = n_out * step   # the window: prompts sent there over one decode life of this request
-                rate = self.sent.rate(rid, now, life) + len(prompt_token_ids) / life if life > 0 else 0.0
+                # prompts sent there over one decode life of this request, this one's included: its prefill
+                # stretches the others' steps (their TPOT), spread over at least the TTFT target
+                window = max(n_out * step, self.ttft_target_s or 0.0)
+                rate = self.sent.rate(rid, now, window) + len(prompt_token_ids) / window if window > 0 else 0.0
                 reps.append(Replica(id=rid, pool=p, load=load, slots=self.slots, limit=self.limit,
                                     dollars_per_work=self.price[p], prefill_tps=self.prefill_tps[p],
                                     pending_prefill=self.pending_prefill.get(rid, 0.0),
-                                    tpot_s=predicted_tpot(step, rate, self.prefill_tps[p], self.chunk_tokens)))
+                                    tpot_s=predicted_tpot(step, rate, self.prefill_tps[p], self.chunk_tokens)
+                                    if n_out > 1 else 0.0))   # one token has no TPOT
         matched = self.index.match(hashes, [r.id for r in reps]) if hashes else {}
         order = rank(reps, matched, prompt_tokens=len(prompt_token_ids), output_tokens=int(params.max_tokens),
                      block_tokens=max(1, self.block_tokens), weights=self.weights, ttft_target_s=self.ttft_target_s,
@@ -346,9 +359,8 @@ class RemoteEngine:
 
     def _admitted(self, pool: str, replica: str, hashes: list, prompt_tokens: int) -> float:
         """Count an admitted request; returns the prompt tokens it will prefill there (pending until its first
-        token)."""
+        token). Its load was counted when it was routed."""
         self.routed[pool] = self.routed.get(pool, 0) + 1
-        self.replica_load[replica] = self.replica_load.get(replica, 0) + 1
         held = 0
         if hashes:
             held = self.index.match(hashes, [replica])[replica]
@@ -382,6 +394,7 @@ class RemoteEngine:
                        request_id: str) -> AsyncIterator[TokenEvent]:
         from ray.serve.exceptions import BackPressureError
 
+        deadline = time.monotonic() + self.wake_deadline_s   # the longest this request waits to be admitted
         live = await self._wait_for_a_replica()
         if all(ids is not None for ids in live.values()):
             running = {rid for ids in live.values() for rid in ids}
@@ -392,10 +405,14 @@ class RemoteEngine:
         attempts, hashes = self._attempts(live, prompt_token_ids, params)
         retries: list[float] = []  # each full replica's own estimate
         for pool, replica in attempts:
+            # the replica's load counts from the decision, not from the admission: requests decided at the same
+            # moment would otherwise all see it idle and all go to it
+            served_by: list[str] = [replica] if replica else []
+            if replica:
+                self.replica_load[replica] = self.replica_load.get(replica, 0) + 1
             gen = self.handles[pool].options(stream=True).generate.remote(
                 prompt_token_ids, asdict(params), request_id, route_to=replica)
             self.inflight[pool] += 1
-            served_by: list[str] = []
 
             def done(p=pool, by=served_by):
                 self.inflight[p] -= 1
@@ -403,10 +420,20 @@ class RemoteEngine:
                     self._released(rid)
 
             try:
-                first = await gen.__anext__()
+                # Serve holds a call to a pool without a running replica for ever (one that went to zero after
+                # the ranking, or one whose replicas are not known yet): the wait is bounded by the deadline
+                first = await asyncio.wait_for(gen.__anext__(), max(0.001, deadline - time.monotonic()))
             except BackPressureError:
                 done()
                 self.front_rejections[pool] += 1
+                continue
+            except asyncio.TimeoutError:
+                done()
+                gen.cancel()
+                if time.monotonic() >= deadline:
+                    raise NoReplicaReady(self.wake_deadline_s / 2, "no replica admitted the request within "
+                                         f"{self.wake_deadline_s:.0f} s; retry after "
+                                         f"{self.wake_deadline_s / 2:.0f} s") from None
                 continue
             except BaseException:
                 done()
@@ -414,7 +441,12 @@ class RemoteEngine:
                 raise
             if first.get("accepted"):
                 actual = str(first.get("replica") or replica or pool)
-                served_by.append(actual)
+                if actual != replica:   # Serve placed it elsewhere (the chosen replica was gone or refused)
+                    if replica:
+                        served_by.remove(replica)
+                        self._released(replica)
+                    served_by.append(actual)
+                    self.replica_load[actual] = self.replica_load.get(actual, 0) + 1
                 todo = self._admitted(pool, actual, hashes, len(prompt_token_ids))
                 return _RemoteStream(pool, gen, done, lambda rid=actual, n=todo: self._prefilled(rid, n))
             done()

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from typing import List, Optional
 
-from ray.serve.request_router import PendingRequest, RunningReplica
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 try:  # the router Serve uses by default; its mixins keep Serve's FIFO, locality and probing behaviour
     from ray.serve._private.request_router import PowerOfTwoChoicesRequestRouter as _Base
@@ -63,6 +63,10 @@ def _publish(app: str, deployment: str, ids: list[str]) -> None:
 
 class HintRouter(_Base):
     """Offer the replica the ingress chose (``route_to``) first, then Serve's own choice (power of two)."""
+
+    # The power-of-two router's FIFO mixin hands a chosen replica to the oldest pending request, not to the one
+    # it was chosen for; under load request A's hinted replica would serve B. The base class matches the request.
+    _fulfill_next_pending_request = RequestRouter._fulfill_next_pending_request
 
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
         super().update_replicas(replicas)

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from moe_runtime import openai_api as oa
 from moe_runtime.engine.api import AsyncEngine, NoReplicaReady, PromptTooLong, QueueFull, TokenEvent, Usage
@@ -389,9 +390,12 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
         stream = await handler.start(ids, params, rid)
         events = handler.events(stream, t0, len(ids), req.stop)
         if req.stream:
-            return StreamingResponse(_sse_body(events, rid, req, chat), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Request-Id": rid})
-        task = asyncio.create_task(_collect(events))
+            # the body closes the stream when it ends; the background task when the body never ran (client gone
+            # before the first byte): an unclosed stream would hold its replica's load and prefill in the router
+            return StreamingResponse(_sse_body(events, stream, rid, req, chat), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Request-Id": rid},
+                                     background=BackgroundTask(_close, stream))
+        task = asyncio.create_task(_collect(events, stream))
         watcher = asyncio.create_task(_watch_disconnect(request, task))
         try:
             text, finish, usage, err = await task
@@ -405,7 +409,7 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
         build = oa.chat_json if chat else oa.completion_json
         return JSONResponse(build(rid, engine.model_name, text, finish, usage), headers={"X-Request-Id": rid})
 
-    async def _collect(events) -> tuple[str, str | None, Usage | None, str | None]:
+    async def _collect(events, stream) -> tuple[str, str | None, Usage | None, str | None]:
         parts: list[str] = []
         finish = usage = err = None
         try:
@@ -414,9 +418,10 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
                 finish, usage, err = fin or finish, u or usage, e or err
         finally:
             await events.aclose()
+            await _close(stream)  # events' own finally does not run when it never started
         return "".join(parts), finish, usage, err
 
-    async def _sse_body(events, rid: str, req, chat: bool) -> AsyncIterator[str]:
+    async def _sse_body(events, stream, rid: str, req, chat: bool) -> AsyncIterator[str]:
         model_name = engine.model_name
         obj = "chat.completion.chunk" if chat else "text_completion"
         try:
@@ -436,5 +441,13 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
             yield "data: [DONE]\n\n"
         finally:
             await events.aclose()  # client gone or done: cancels the engine sequence
+            await _close(stream)
 
     return app
+
+
+async def _close(stream) -> None:
+    """Close an engine stream (idempotent): cancels its sequence and releases what the router counted for it."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -27,6 +27,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from ray import serve
+from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from .pool_choice import Pool, WaitingFull, WakeQueue, WakeTimeout, decide, estimate_tokens
@@ -35,6 +36,10 @@ from .routing import Weights
 log = logging.getLogger(__name__)
 app = FastAPI()
 BACKPRESSURE_CODES = {429, 503}
+
+
+class _BadRequest(Exception):
+    """The body does not validate as Ray Serve LLM's request type (HTTP 400)."""
 
 
 def _error(status: int, message: str, kind: str, retry_after_s: int | None = None) -> JSONResponse:
@@ -169,13 +174,16 @@ class VLLMRouter:
             return _error(404, f'model "{body.get("model")}" is not served here; /v1/models lists "{self.model}"',
                           "invalid_request_error")
         body["model"] = self.model
-        call = self._request(method, body, request)
+        try:
+            call = self._request(method, body, request)
+        except _BadRequest as exc:
+            return _error(400, str(exc), "invalid_request_error")
         await self._refresh(self.status_period_s)
         try:
             if not any(n > 0 for n in self.replicas.values()):
                 await self.wake.wait(self._any_up)   # polls every wake.poll_s while held
         except WaitingFull:
-            return _error(429, "every pool is at zero replicas and the wake queue is full", "rate_limit_error",
+            return _error(503, "every pool is at zero replicas and the wake queue is full", "service_unavailable",
                           self.retry_after_s)
         except WakeTimeout:
             return _error(503, f"no pool came up within {self.wake.timeout_s:g} s", "service_unavailable",
@@ -194,7 +202,10 @@ class VLLMRouter:
         """(request, raw request info) as Ray Serve LLM's server takes them."""
         if self._types is None:
             return body, None
-        req = self._types[method].model_validate(body)
+        try:
+            req = self._types[method].model_validate(body)
+        except ValueError as exc:  # pydantic's ValidationError: the client's body, a 400 (never a 500)
+            raise _BadRequest(str(exc).splitlines()[0][:300]) from None
         if method == "chat":
             req = self._types["sanitize"](req)
         return req, self._types["raw"].from_starlette_request(request)
@@ -212,14 +223,23 @@ class VLLMRouter:
                 released = True
                 self.in_flight[pool.name] -= 1
 
+        gen = None
         try:
             gen = getattr(self._handle(pool), method).remote(*call)
-            first = await gen.__anext__()
+            # Serve holds a call to a pool without a running replica for ever (it reached zero after the last
+            # status read): bounded by the wake deadline, then the next pool
+            first = await asyncio.wait_for(gen.__anext__(), self.wake.timeout_s)
         except BackPressureError:
             release()
             return None
+        except asyncio.TimeoutError:
+            release()
+            gen.cancel()
+            return None
         except BaseException:
             release()
+            if gen is not None:
+                gen.cancel()
             raise
         err = _error_of(first[0] if isinstance(first, list) and first else first)
         if err is not None:
@@ -231,7 +251,15 @@ class VLLMRouter:
             release()
             return JSONResponse(first if isinstance(first, dict) else first.model_dump())
 
+        finished = False
+
+        def close() -> None:   # idempotent: the body's end, or the response's background task if it never ran
+            release()
+            if not finished:
+                gen.cancel()
+
         async def chunks() -> AsyncIterator[str]:
+            nonlocal finished
             try:
                 done = False
                 for item in (first,):
@@ -244,10 +272,11 @@ class VLLMRouter:
                     yield packet
                 if not done:
                     yield "data: [DONE]\n\n"
+                finished = True
             finally:
-                release()
+                close()
 
-        return StreamingResponse(chunks(), media_type="text/event-stream")
+        return StreamingResponse(chunks(), media_type="text/event-stream", background=BackgroundTask(close))
 
 
 def build_app(args: dict):

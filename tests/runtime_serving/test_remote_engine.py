@@ -26,6 +26,7 @@ class FakeGen:
         return self
 
     async def __anext__(self):
+        await asyncio.sleep(0)   # a remote answer: other requests are decided meanwhile
         if self.cancelled or not self.items:
             raise StopAsyncIteration
         return self.items.pop(0)
@@ -327,3 +328,77 @@ def test_a_request_counts_as_pending_prefill_on_its_replica_until_its_first_toke
 
     before, after = asyncio.run(go())
     assert before == {"c1": 10.0} and after == {}
+
+
+def test_a_call_serve_would_hold_for_ever_ends_at_the_deadline_with_503(info):
+    """A pool whose replica set is not known yet (or that went to zero after the ranking): Serve holds the call
+    until a replica exists. The ingress gives up at wake_deadline_s, cancels the call and answers 503."""
+    from moe_runtime.engine.api import NoReplicaReady
+
+    class Silent(FakeHandle):
+        def __init__(self):
+            super().__init__(ACCEPT)
+            outer = self
+
+            class _Gen:
+                cancelled = False
+
+                def __aiter__(self):
+                    return self
+
+                async def __anext__(self):
+                    await asyncio.sleep(3600)
+
+                def cancel(self):
+                    self.cancelled = True
+
+            class _M:
+                def remote(self, *a, **k):
+                    g = _Gen()
+                    outer.gens.append(g)
+                    return g
+
+            self.generate = _M()
+
+    h = Silent()
+    eng = RemoteEngine({"cheap": h}, info, _cfg(pools=[{"name": "cheap"}], routing=None, wake_deadline_s=0.3))
+    with pytest.raises(NoReplicaReady):
+        asyncio.run(asyncio.wait_for(eng.generate([1, 2], SamplingParams(), "x"), 5))
+    assert h.gens and all(g.cancelled for g in h.gens) and eng.inflight == {"cheap": 0}
+
+
+def test_a_stream_nobody_closes_still_releases_its_replica(info):
+    """A response that never started (client gone before the first byte) leaves its stream unclosed: when it is
+    dropped, the router's load and pending prefill for that replica are released, so the replica is not
+    counted busy for ever."""
+    import gc
+
+    h = FakeHandle(ACCEPT, tokens=3)
+    _serve_says("app-leak", {"cheap": ["c1"], "dear": []})
+    eng = RemoteEngine({"cheap": h, "dear": FakeHandle(ACCEPT)}, info, _cfg(), "app-leak")
+
+    async def go():
+        stream = await eng.generate(list(range(10)), SamplingParams(max_tokens=3), "leak")
+        assert eng.replica_load == {"c1": 1} and eng.pending_prefill == {"c1": 10.0}
+        del stream
+        gc.collect()
+
+    asyncio.run(go())
+    assert eng.replica_load == {} and eng.pending_prefill == {} and h.gens[0].cancelled
+
+
+def test_requests_decided_at_the_same_moment_spread_instead_of_piling_on_one_replica(info):
+    """Twenty identical prompts arrive together: each replica's load counts from the routing decision, so they
+    spread 7/7/6 over three replicas of one pool instead of all seeing the same idle replica."""
+    h = FakeHandle(ACCEPT, tokens=2)
+    _serve_says("app-burst", {"cheap": ["r1", "r2", "r3"], "dear": []})
+    eng = RemoteEngine({"cheap": h, "dear": FakeHandle(ACCEPT)}, info,
+                       _cfg(max_batch_size=20, cache={"prefix": False}), "app-burst")
+
+    async def go():
+        return await asyncio.gather(*(eng.generate([5, 6, 7], SamplingParams(max_tokens=2), f"b{i}")
+                                      for i in range(20)))
+
+    asyncio.run(go())
+    counts = sorted(h.routes.count(r) for r in ("r1", "r2", "r3"))
+    assert counts == [6, 7, 7], h.routes

@@ -1,20 +1,24 @@
 """The router on real Ray Serve, local (issue 12 acceptance), driven by the official openai client.
 
-Two CPU pools at different prices, two replicas each (examples/tiny-moe-two-pools.yaml's shape, rendered as
-``moectl up`` renders it). Multi-turn conversations, each turn sent after the last one finished:
-  * the prompt-cache hit ratio over 4 replicas (the usage's ``prompt_tokens_details.cached_tokens``, which the
+``examples/tiny-moe-two-pools.yaml`` as ``moectl up`` renders and deploys it (``cli.up.serve_config_for``, the
+pools' Ray resources advertised by the local Ray): two CPU pools at 1:4 prices, two replicas each, one endpoint.
+Multi-turn conversations, each turn sent after the last one finished:
+  * the prompt-cache hit ratio over the 4 replicas (the usage's ``prompt_tokens_details.cached_tokens``, which the
     engines report) is at least 0.9x that of the same conversations on one replica; least-loaded routing over the
     same 4 replicas is printed beside it;
   * while the cheaper pool has headroom, at least 80% of the tokens go to it (the engines' own token counters by
     pool, from /metrics);
-  * a pool at zero replicas wakes: with every pool at zero, a request waits (moe_router_waiting_requests counts
-    it) and completes once a replica is started.
+  * a deployment at zero wakes: with every pool's replica unplaceable, a request waits (moe_router_waiting_requests
+    counts it) and completes once a node with the pool's resource joins.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -28,18 +32,6 @@ openai = pytest.importorskip("openai")
 CONVERSATIONS = 8
 TURNS = 4
 HANG_S = 300
-
-
-def _cfg(replicas: dict[str, int], policy: str = "cost-prefix"):
-    from moe_runtime.config import RuntimeConfig
-
-    return RuntimeConfig(
-        model_name="tiny-moe", model_source="builtin://tiny-moe", device="cpu",
-        pools=[{"name": p, "num_replicas": n, "ray_actor_options": {"num_cpus": 0.25}} for p, n in replicas.items()],
-        max_batch_size=8, max_queue=16, max_context_tokens=2048, cache={"prefix": True, "block_tokens": 16},
-        routing={"prompt_weight": 0.2, "cached_prompt_weight": 0.01, "policy": policy,
-                 "dollars_per_work": {p: (1e-7 if p == "cheap" else 4e-7) for p in replicas}},
-        wake_deadline_s=120)
 
 
 def _conversations(url: str) -> tuple[int, int]:
@@ -82,14 +74,48 @@ def _waiting(url: str) -> float:
     return float(m.group(1)) if m else -1.0
 
 
+EXAMPLE = "examples/tiny-moe-two-pools.yaml"
+
+
+@contextlib.contextmanager
 def _serve(replicas: dict[str, int], policy: str = "cost-prefix"):
+    """The example's app, as moectl up renders it, with ``replicas`` per pool (a pool left out is dropped) and the
+    router's ``policy``; yields its base URL."""
     try:
         from ray import serve  # noqa: F401
     except ImportError as exc:
         need("ray[serve]", str(exc))
-    from ray_support import serve_runtime
+    from moe_operator.cli.up import _pool_resources, serve_config_for
+    from moe_runtime import local
+    from ray_support import start_local_ray
+    from runtime_serving.serving_support import free_port
 
-    return serve_runtime("router-test", _cfg(replicas, policy), {"MOE_TORCH_THREADS": "1"})
+    root = Path(__file__).resolve().parents[2]
+    name, _, config = serve_config_for(str(root / EXAMPLE))
+    app = config["applications"][0]
+    app["args"]["pools"] = [p for p in app["args"]["pools"] if p["name"] in replicas]
+    app["args"]["routing"]["policy"] = policy
+    app["deployments"] = [d for d in app["deployments"]
+                          if not d["name"].startswith("engine-") or d["name"][len("engine-"):] in replicas]
+    config = local.with_replicas(config, replicas)
+    for d in config["applications"][0]["deployments"]:
+        if d["name"].startswith("engine-"):
+            d["ray_actor_options"] = {**d["ray_actor_options"], "num_cpus": 0.25}
+    saved = os.environ.get("MOE_TORCH_THREADS")
+    os.environ["MOE_TORCH_THREADS"] = "1"
+    ray = start_local_ray(num_cpus=2, resources=_pool_resources(config))
+    try:
+        port = free_port()
+        local.deploy(config, port=port)
+        local.wait_running(name, 300)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        local.shutdown()
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("MOE_TORCH_THREADS", None)
+        else:
+            os.environ["MOE_TORCH_THREADS"] = saved
 
 
 def test_prefix_aware_routing_keeps_the_hit_ratio_and_the_cheap_pool_takes_the_tokens():

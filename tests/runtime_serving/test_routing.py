@@ -178,7 +178,31 @@ def test_arrival_window_rates_recent_tokens_only():
     w.add("r", 59.0, 100)
     assert w.rate("r", 60.0, 20.0) == pytest.approx(600 / 20)
     assert w.rate("r", 60.0, 100.0) == pytest.approx(1600 / 100)
-    w.add("r", 200.0, 1)  # older than keep_s: dropped
-    assert w.rate("r", 200.0, 1000.0) == pytest.approx(1 / 1000)
+    w.add("r", 200.0, 1)  # the others are older than keep_s: dropped; a window is capped at keep_s
+    assert w.rate("r", 200.0, 1000.0) == pytest.approx(1 / 100)
     w.forget("r")
     assert w.rate("r", 200.0, 10.0) == 0.0
+
+
+def test_arrival_window_costs_log_n_and_stays_bounded():
+    """A client's huge max_tokens (a long window) must not make each routing decision scan every entry."""
+    from moe_runtime.routing import ArrivalWindow
+
+    w = ArrivalWindow(keep_s=600.0)
+    for k in range(200_000):
+        w.add("r", k * 0.01, 10)
+    times, cums, start = w._sent["r"]
+    assert len(times) - start[0] <= 60_001 and len(times) < 130_000   # only the last 600 s are kept
+    assert w.rate("r", 2000.0, 1e12) == pytest.approx(10 / 0.01, rel=1e-3)
+
+
+def test_a_free_pool_still_prefers_the_replica_holding_the_prefix():
+    reps = [_rep("a", dpw=0.0), _rep("b", dpw=0.0)]
+    assert rank(reps, {"b": 10}, prompt_tokens=800, output_tokens=10, block_tokens=64)[0].id == "b"
+
+
+def test_the_index_never_grows_past_its_cap():
+    from moe_runtime import routing
+
+    idx = PrefixIndex(blocks_per_replica=10**12)
+    assert idx.capacity == routing.MAX_INDEX_BLOCKS

@@ -41,6 +41,8 @@ def serve_config_for(path: str) -> tuple[str, str, dict]:
 
     As the operator renders it.
     """
+    from dataclasses import replace
+
     import yaml
 
     from moe_operator.api import load_manifest
@@ -60,6 +62,9 @@ def serve_config_for(path: str) -> tuple[str, str, dict]:
             raise UserError(f"{path}: pool {pool.name} needs {pool.devices_per_replica} devices per replica; "
                             "moectl up runs one process per replica on this machine")
     r = build_render_input(manifest.metadata.name, "default", spec, catalog, _plan_or_none(spec, catalog))
+    # the plan prices the pools for the router; its expert placement (shard actors asking for devices) is a
+    # cluster's: locally every replica keeps its experts in its own process, as before
+    r = replace(r, pools=tuple(replace(p, placement=None) for p in r.pools))
     config = yaml.safe_load(serve_config(r))
     return manifest.metadata.name, r.served_model_name, config
 

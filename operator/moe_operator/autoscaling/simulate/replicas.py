@@ -176,9 +176,12 @@ class PrefixAwareRouter:
             pending = sum(whole[j] for j in r.waiting) + sum(whole[j] for j in r.prefill)
             prof = r.prof
             step = prof.step_base_s + prof.step_per_seq_s * min(r.nrun + 1, slots)   # its batch with this request
-            life = max(1.0, float(self._out[i])) * step   # the window: prompts sent there over one decode life
-            rate = self._sent.rate(r.rid, now, life) + whole[i] / life
-            tpot = routing.predicted_tpot(step, rate, prof.prefill_tps, prof.prefill_chunk_tokens)
+            # prompts sent there over one decode life of this request, this one's included (its prefill stretches
+            # the others' steps), spread over at least the TTFT target: the live router's rule
+            window = max(max(1.0, float(self._out[i])) * step, self._ttft or 0.0)
+            rate = self._sent.rate(r.rid, now, window) + whole[i] / window
+            tpot = routing.predicted_tpot(step, rate, prof.prefill_tps, prof.prefill_chunk_tokens) \
+                if self._out[i] > 1 else 0.0
             view.append(routing.Replica(r.rid, name, len(r.waiting) + r.nrun, slots, slots + self.max_queue,
                                         self._dpw[name], prof.prefill_tps, float(pending), tpot))
             pos[r.rid] = k
