@@ -31,20 +31,17 @@ def start_local_ray(attempts: int = 3, **kwargs):
 
 
 @contextlib.contextmanager
-def serve_runtime(app_name: str, cfg, env: dict[str, str]):
-    """The torch runtime's Serve app on a free loopback port; ``env`` is set before Ray starts (the local Ray
-    workers inherit it) and restored afterwards. Yields the app's base URL."""
+def ray_session(env: dict[str, str], **ray_kwargs):
+    """A local Ray (``start_local_ray(**ray_kwargs)``) with ``env`` set before it starts (its workers inherit it);
+    on exit Serve and Ray are shut down and ``env`` restored. Yields a free loopback port for Serve's proxy."""
     from moe_runtime import local
     from runtime_serving.serving_support import free_port
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    ray = start_local_ray(num_cpus=2)
+    ray = start_local_ray(**{"num_cpus": 2, **ray_kwargs})
     try:
-        port = free_port()
-        local.deploy(local.serve_config(app_name, cfg), port=port)
-        local.wait_running(app_name, 300)
-        yield f"http://127.0.0.1:{port}"
+        yield free_port()
     finally:
         local.shutdown()
         ray.shutdown()
@@ -53,3 +50,15 @@ def serve_runtime(app_name: str, cfg, env: dict[str, str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def serve_runtime(app_name: str, cfg, env: dict[str, str]):
+    """The torch runtime's Serve app on a free loopback port; ``env`` is set before Ray starts (the local Ray
+    workers inherit it) and restored afterwards. Yields the app's base URL."""
+    from moe_runtime import local
+
+    with ray_session(env) as port:
+        local.deploy(local.serve_config(app_name, cfg), port=port)
+        local.wait_running(app_name, 300)
+        yield f"http://127.0.0.1:{port}"

@@ -41,17 +41,23 @@ SLO = {"ttftP95Seconds": 2.0, "tpotP95Seconds": 0.1}
 TICK_S = 5
 
 
-def manifest(name: str, url: str) -> str:
+def manifest(name: str, url: str, pool: dict | None = None, autoscaling: dict | None = None) -> str:
+    """A one-pool torch MoEDeployment scraping ``url``; ``pool`` and ``autoscaling`` override fields (None drops
+    one)."""
+    def over(base: dict, changes: dict | None) -> dict:
+        return {k: v for k, v in {**base, **(changes or {})}.items() if v is not None}
+
     return json.dumps({
         "apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
         "metadata": {"name": name,
                      "annotations": {"autoscaling.moe-operator.io/capacity": json.dumps({"cpu": CAPACITY})}},
         "spec": {"model": {"source": "builtin://tiny-moe", "architecture": "tiny", "servedModelName": "m"},
                  "engine": "torch",
-                 "pools": [{"name": "cpu", "accelerator": "cpu", "devicesPerReplica": 1, "minReplicas": 1,
-                            "maxReplicas": 3, "pricePerDeviceHour": 0.05}],
-                 "autoscaling": {"enabled": True, "intervalSeconds": TICK_S, "targetUtilization": TARGET_UTILIZATION,
-                                 "slo": SLO, "metrics": {"scrape": {"url": url}, "staleAfterSeconds": 30}}}})
+                 "pools": [over({"name": "cpu", "accelerator": "cpu", "devicesPerReplica": 1, "minReplicas": 1,
+                                 "maxReplicas": 3, "pricePerDeviceHour": 0.05}, pool)],
+                 "autoscaling": over({"enabled": True, "intervalSeconds": TICK_S,
+                                      "targetUtilization": TARGET_UTILIZATION, "slo": SLO,
+                                      "metrics": {"scrape": {"url": url}, "staleAfterSeconds": 30}}, autoscaling)}})
 
 
 @pytest.mark.timing_sensitive

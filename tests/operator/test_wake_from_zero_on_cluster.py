@@ -7,7 +7,6 @@ worker group) and the running RayCluster from 0 to 1, and kwok's worker pod foll
 Waits are on events (the operator's decision log lines, the RayService, the RayCluster), never a fixed sleep."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -15,23 +14,16 @@ import pytest
 from exporter import RouterAtZero
 from moe_operator.autoscaling.actuator import serve_replicas
 from operator_harness import get, wait_for
-from test_autoscale_on_cluster import CAPACITY, SLO, TICK_S, decisions, log_lines
+from test_autoscale_on_cluster import TICK_S, decisions, log_lines
+from test_autoscale_on_cluster import manifest as autoscale_manifest
 
 pytestmark = pytest.mark.cluster_logs("ray-operator", "kube-apiserver")
 
 
 def manifest(name: str, url: str) -> str:
-    return json.dumps({
-        "apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
-        "metadata": {"name": name,
-                     "annotations": {"autoscaling.moe-operator.io/capacity": json.dumps({"cpu": CAPACITY})}},
-        "spec": {"model": {"source": "builtin://tiny-moe", "architecture": "tiny", "servedModelName": "m"},
-                 "engine": "torch",
-                 "pools": [{"name": "cpu", "accelerator": "cpu", "devicesPerReplica": 1, "minReplicas": 0,
-                            "replicas": 0, "maxReplicas": 2, "pricePerDeviceHour": 0.05}],
-                 "autoscaling": {"enabled": True, "intervalSeconds": TICK_S, "slo": SLO,
-                                 "scaleToZero": {"enabled": True, "idleSeconds": 600},
-                                 "metrics": {"scrape": {"url": url}, "staleAfterSeconds": 30}}}})
+    """The autoscale test's deployment, starting at zero with scale to zero on."""
+    return autoscale_manifest(name, url, {"minReplicas": 0, "replicas": 0, "maxReplicas": 2},
+                              {"targetUtilization": None, "scaleToZero": {"enabled": True, "idleSeconds": 600}})
 
 
 @pytest.mark.timing_sensitive

@@ -14,7 +14,6 @@ Multi-turn conversations, each turn sent after the last one finished:
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import threading
 import urllib.request
@@ -87,8 +86,7 @@ def _serve(replicas: dict[str, int], policy: str = "cost-prefix"):
         need("ray[serve]", str(exc))
     from moe_operator.cli.up import _pool_resources, serve_config_for
     from moe_runtime import local
-    from ray_support import start_local_ray
-    from runtime_serving.serving_support import free_port
+    from ray_support import ray_session
 
     root = Path(__file__).resolve().parents[2]
     name, _, config = serve_config_for(str(root / EXAMPLE))
@@ -101,21 +99,10 @@ def _serve(replicas: dict[str, int], policy: str = "cost-prefix"):
     for d in config["applications"][0]["deployments"]:
         if d["name"].startswith("engine-"):
             d["ray_actor_options"] = {**d["ray_actor_options"], "num_cpus": 0.25}
-    saved = os.environ.get("MOE_TORCH_THREADS")
-    os.environ["MOE_TORCH_THREADS"] = "1"
-    ray = start_local_ray(num_cpus=2, resources=_pool_resources(config))
-    try:
-        port = free_port()
+    with ray_session({"MOE_TORCH_THREADS": "1"}, resources=_pool_resources(config)) as port:
         local.deploy(config, port=port)
         local.wait_running(name, 300)
         yield f"http://127.0.0.1:{port}"
-    finally:
-        local.shutdown()
-        ray.shutdown()
-        if saved is None:
-            os.environ.pop("MOE_TORCH_THREADS", None)
-        else:
-            os.environ["MOE_TORCH_THREADS"] = saved
 
 
 def test_prefix_aware_routing_keeps_the_hit_ratio_and_the_cheap_pool_takes_the_tokens():

@@ -54,26 +54,11 @@ def serve_port():
         from require import need
 
         need("ray[serve]", str(exc))
-    from ray_support import start_local_ray
-    from moe_runtime import local as rt
+    from ray_support import ray_session
 
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), saved) if p)   # workers import the fake app
-    ray = start_local_ray(num_cpus=2)
-    try:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)   # workers import the fake app
+    with ray_session({"PYTHONPATH": path}) as port:
         yield port
-    finally:
-        rt.shutdown()
-        ray.shutdown()
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
 
 
 def replica_ids(app: str, deployment: str) -> set[str]:

@@ -49,26 +49,11 @@ def endpoint():
         from require import need
 
         need("ray[serve]", str(exc))
-    from moe_runtime import local as rt
-    from ray_support import start_local_ray
+    from ray_support import ray_session
 
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), saved) if p)   # workers import the fake
-    ray = start_local_ray(num_cpus=2, resources={ROUTER_RESOURCE: 100})
-    try:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)   # workers import the fake
+    with ray_session({"PYTHONPATH": path}, resources={ROUTER_RESOURCE: 100}) as port:
         yield port
-    finally:
-        rt.shutdown()
-        ray.shutdown()
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
 
 
 def deploy(cfg: dict, port: int) -> None:
