@@ -106,6 +106,7 @@ class VLLMRouter:
         self.replicas: dict[str, int] = {}
         self.in_flight = {p.name: 0 for p in self.pools}
         self._read_at = -1e9
+        self._reading: asyncio.Future | None = None   # the serve.status() read in flight (_refresh)
         self._handles: dict[str, Any] = {}
         self._types = _request_types()
 
@@ -122,8 +123,15 @@ class VLLMRouter:
         return out
 
     async def _refresh(self, max_age_s: float) -> None:
+        """Replica counts at most ``max_age_s`` old. One read at a time: requests that find it stale while a read
+        is in flight wait for that read, so many waiting requests cost the controller one call, not one each."""
         if time.monotonic() - self._read_at < max_age_s:
             return
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read())
+        await asyncio.shield(self._reading)
+
+    async def _read(self) -> None:
         try:
             self.replicas = await asyncio.to_thread(self._read_replicas)
             self._read_at = time.monotonic()

@@ -73,3 +73,31 @@ def test_the_wake_queue_answers_past_its_deadline_and_never_hangs():
     with pytest.raises(WakeTimeout):
         asyncio.run(q.wait(never))
     assert WaitingFull is not WakeTimeout
+
+
+def test_requests_that_find_the_counts_stale_share_one_status_read():
+    """Many requests waiting at zero each find the replica counts stale: they wait for one serve.status() read,
+    not one each (the controller serves every tenant)."""
+    import asyncio
+    import threading
+    import time
+
+    from moe_runtime import vllm_router
+
+    cls = vllm_router.VLLMRouter.func_or_class
+    router = cls.__new__(cls)
+    router.replicas, router._read_at, router._reading = {}, -1e9, None
+    calls = []
+
+    def read():
+        calls.append(threading.get_ident())
+        time.sleep(0.2)
+        return {"a": 1}
+
+    router._read_replicas = read
+
+    async def go():
+        await asyncio.gather(*(router._refresh(0.5) for _ in range(20)))
+
+    asyncio.run(go())
+    assert len(calls) == 1 and router.replicas == {"a": 1}
