@@ -117,6 +117,17 @@ class RoutingConfig(_Strict):
     # the baseline benchmarks print beside it
     policy: Literal["cost-prefix", "least-loaded"] = "cost-prefix"
 
+    @model_validator(mode="after")
+    def _finite(self) -> "RoutingConfig":
+        """Prices and rates rank replicas: a negative or NaN one would invert or break the order."""
+        import math
+
+        for name in ("dollars_per_work", "prefill_tps", "decode_tps"):
+            bad = {p: v for p, v in getattr(self, name).items() if not (math.isfinite(v) and v >= 0)}
+            if bad:
+                raise ValueError(f"routing.{name} must be finite and >= 0, got {bad}")
+        return self
+
 
 class RuntimeConfig(_Strict):
     """Everything one replica of the torch engine needs, plus the pools the app deploys."""

@@ -36,6 +36,7 @@ from .routing import Weights
 log = logging.getLogger(__name__)
 app = FastAPI()
 BACKPRESSURE_CODES = {429, 503}
+STATUS_WAIT_S = 5.0  # the longest a request waits for a serve.status() read
 
 
 class _BadRequest(Exception):
@@ -107,6 +108,7 @@ class VLLMRouter:
         self.in_flight = {p.name: 0 for p in self.pools}
         self._read_at = -1e9
         self._reading: asyncio.Future | None = None   # the serve.status() read in flight (_refresh)
+        self.status_wait_s = STATUS_WAIT_S
         self._handles: dict[str, Any] = {}
         self._types = _request_types()
 
@@ -129,7 +131,10 @@ class VLLMRouter:
             return
         if self._reading is None or self._reading.done():
             self._reading = asyncio.ensure_future(self._read())
-        await asyncio.shield(self._reading)
+        try:   # a controller that does not answer holds no request longer than this: the last counts stand
+            await asyncio.wait_for(asyncio.shield(self._reading), self.status_wait_s)
+        except asyncio.TimeoutError:
+            log.warning("serve.status() took over %.0f s, keeping the last replica counts", self.status_wait_s)
 
     async def _read(self) -> None:
         try:

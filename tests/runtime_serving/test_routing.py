@@ -206,3 +206,13 @@ def test_the_index_never_grows_past_its_cap():
 
     idx = PrefixIndex(blocks_per_replica=10**12)
     assert idx.capacity == routing.MAX_INDEX_BLOCKS
+
+
+def test_routing_config_refuses_prices_and_rates_that_would_break_the_order():
+    from moe_runtime.config import RoutingConfig
+
+    for field in ("dollars_per_work", "prefill_tps", "decode_tps"):
+        for bad in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"routing.{field}"):
+                RoutingConfig.model_validate({field: {"a": bad}})
+    assert RoutingConfig.model_validate({"dollars_per_work": {"a": 0.0}}).dollars_per_work == {"a": 0.0}

@@ -86,7 +86,7 @@ def test_requests_that_find_the_counts_stale_share_one_status_read():
 
     cls = vllm_router.VLLMRouter.func_or_class
     router = cls.__new__(cls)
-    router.replicas, router._read_at, router._reading = {}, -1e9, None
+    router.replicas, router._read_at, router._reading, router.status_wait_s = {}, -1e9, None, 5.0
     calls = []
 
     def read():
@@ -101,3 +101,37 @@ def test_requests_that_find_the_counts_stale_share_one_status_read():
 
     asyncio.run(go())
     assert len(calls) == 1 and router.replicas == {"a": 1}
+
+
+def test_a_controller_that_does_not_answer_holds_no_request_past_the_status_wait():
+    import asyncio
+    import time
+
+    from moe_runtime import vllm_router
+
+    cls = vllm_router.VLLMRouter.func_or_class
+    router = cls.__new__(cls)
+    router.replicas, router._read_at, router._reading, router.status_wait_s = {"a": 2}, -1e9, None, 0.2
+    router._read_replicas = lambda: time.sleep(2) or {"a": 0}
+
+    async def go():
+        t0 = time.monotonic()
+        await router._refresh(0.5)
+        return time.monotonic() - t0
+
+    assert asyncio.run(go()) < 1.0 and router.replicas == {"a": 2}   # the last counts stand
+
+
+def test_a_body_ray_serve_llm_refuses_is_a_400_not_a_500():
+    import pydantic
+
+    from moe_runtime import vllm_router
+
+    class Chat(pydantic.BaseModel):
+        messages: list
+
+    cls = vllm_router.VLLMRouter.func_or_class
+    router = cls.__new__(cls)
+    router._types = {"chat": Chat, "completions": Chat}
+    with pytest.raises(vllm_router._BadRequest):
+        router._request("completions", {"messages": 3}, None)
