@@ -11,15 +11,18 @@ or one replica:
   * headroom: a replica is preferred only while it runs fewer requests than its batch slots (it admits at once)
     and, where the SLO is known, while its predicted TTFT and TPOT meet it: the prefill queued there (prompt
     tokens routed and not yet prefilled) plus this request's own, at the pool's prefill rate; the decode step
-    with this request in its batch (the caller's step model). Cost decides only among replicas that would meet
-    the SLO; the fleet is paid for either way, and the autoscaler turns an idle dear pool into savings;
+    with this request in its batch (the caller's step model); and while this prompt's prefill would push no
+    request decoding there past its TPOT target (``InterferenceLedger``: the tail a mean rate cannot see).
+    Cost decides only among replicas that would meet the SLO; the fleet is paid for either way, and the
+    autoscaler turns an idle dear pool into savings;
   * bounded load (consistent hashing with bounded loads, Mirrokni, Thorup and Zadimoghaddam 2018): a replica's
     held prefix counts only while its load is under ``balance`` x its pool's mean plus one, so one hot prefix
     cannot swamp one replica, and a replica serving one conversation keeps it at light load;
   * spread: among equals (a new prompt on idle replicas), rendezvous hashing of the prompt's first block picks
     the replica, so new conversations spread over the pool's caches and each lands where its prefix would;
-  * fall over: replicas without headroom come after all those with it, soonest predicted first token first; a
-    replica at its limit (slots + queue) is never ranked, so an empty ranking means every pool is full (429).
+  * fall over: replicas without headroom come after all those with it: those that keep the TTFT target first,
+    then those that break the fewest requests in flight, then the soonest predicted first token; a replica at
+    its limit (slots + queue) is never ranked, so an empty ranking means every pool is full (429).
 """
 from __future__ import annotations
 
@@ -64,6 +67,7 @@ class Replica:
     prefill_tps: float = math.inf      # its pool's prefill rate, prompt tokens/s (inf: unknown, never the limit)
     pending_prefill: float = 0.0       # prompt tokens routed to it and not prefilled yet
     tpot_s: float = 0.0                # this request's predicted time per output token there (predicted_tpot)
+    breaks: int = 0                    # requests in flight there whose TPOT this prompt's prefill would break
 
 
 def block_hashes(token_ids: Sequence[int], block_tokens: int) -> list[bytes]:
@@ -151,12 +155,80 @@ def rank(replicas: Sequence[Replica], matched: Mapping[str, int], *, prompt_toke
         dollars = r.dollars_per_work * work if work > 0 else 0.0
         ttft = (r.pending_prefill + prompt_tokens - cached) / r.prefill_tps if r.prefill_tps > 0 else math.inf
         spread = hashlib.blake2b(affinity_key + r.id.encode(), digest_size=8).digest()
-        if r.load < r.slots and (ttft_target_s is None or ttft <= ttft_target_s) \
+        late = ttft_target_s is not None and ttft > ttft_target_s
+        if r.load < r.slots and not late and not r.breaks \
                 and (tpot_target_s is None or r.tpot_s <= tpot_target_s):
             return (0, dollars, work, r.load / max(1, r.slots), spread)   # work: a free pool still uses its cache
-        return (1, ttft, (r.load - r.slots + 1) / max(1, r.slots), dollars, spread)
+        return (1, late, r.breaks, ttft, (r.load - r.slots + 1) / max(1, r.slots), dollars, spread)
 
     return sorted(open_, key=key)
+
+
+def tpot_slack_s(output_tokens: float, step_s: float, tpot_target_s: float | None) -> float | None:
+    """Seconds of other prompts' prefill a request can have interleaved with its decode and still meet the TPOT
+    target: ``(output_tokens - 1) x (target - step_s)``. A prefill of ``e`` seconds run beside a decoding
+    sequence stretches its life by ``e`` (chunked: each step carries ``c`` seconds of prompt and still makes one
+    token; whole-prompt: the decode stops for ``e``), so its TPOT holds while the prefill beside it stays under
+    this. None: nothing to protect (one token has no TPOT; no target); 0: the step alone misses the target."""
+    if tpot_target_s is None or output_tokens <= 1:
+        return None
+    return max(0.0, (output_tokens - 1.0) * (tpot_target_s - step_s))
+
+
+class InterferenceLedger:
+    """The TPOT slack of the requests in flight on each replica (``tpot_slack_s``), to count the requests a new
+    prompt's prefill would push past the TPOT target there (``Replica.breaks``).
+
+    An engine prefills in arrival order, so a request's decode is stretched by the prefill routed to its
+    replica after it, while it runs, and by nothing ahead of it. Per replica the ledger keeps the prefill seconds
+    routed there so far (``T``); a request sent when ``T`` became ``t0`` with slack ``s`` meets its TPOT while
+    ``T <= t0 + s``, so a new prefill of ``e`` seconds breaks the requests whose threshold lies in ``[T, T + e)``
+    (those already past it are lost either way). A mean arrival rate cannot see this: a short answer lives for
+    a fraction of a second, and one long prompt landing beside it decides its TPOT."""
+
+    def __init__(self):
+        self._routed: dict[str, float] = {}                   # replica -> prefill seconds routed there so far
+        self._thresholds: dict[str, list[float]] = {}        # replica -> sorted thresholds of its requests
+        self._of: dict[object, tuple[str, float]] = {}       # request -> (replica, threshold)
+
+    def breaks(self, replica: str, prefill_s: float) -> int:
+        """Requests in flight on ``replica`` whose TPOT a prefill of ``prefill_s`` seconds there would break."""
+        th = self._thresholds.get(replica)
+        if not th or prefill_s <= 0:
+            return 0
+        t = self._routed.get(replica, 0.0)
+        return bisect.bisect_left(th, t + prefill_s) - bisect.bisect_left(th, t)
+
+    def add(self, replica: str, request: object, prefill_s: float, slack_s: float | None) -> None:
+        """``request`` was sent to ``replica`` with a prefill of ``prefill_s`` seconds there: it stretches the
+        requests in flight, then it is in flight itself with ``slack_s`` (None: nothing to protect)."""
+        self.finish(request)
+        t = self._routed.get(replica, 0.0) + max(0.0, prefill_s)
+        self._routed[replica] = t
+        if slack_s is not None:
+            bisect.insort(self._thresholds.setdefault(replica, []), t + slack_s)
+            self._of[request] = (replica, t + slack_s)
+
+    def finish(self, request: object) -> None:
+        """``request`` finished, failed or was refused: no prefill can stretch it any more."""
+        entry = self._of.pop(request, None)
+        if entry is None:
+            return
+        th = self._thresholds.get(entry[0])
+        if th:
+            i = bisect.bisect_left(th, entry[1])
+            if i < len(th) and th[i] == entry[1]:
+                del th[i]
+
+    def forget(self, replica: str) -> None:
+        """The replica is gone: its requests went with it."""
+        self._routed.pop(replica, None)
+        self._thresholds.pop(replica, None)
+        for k in [k for k, (rid, _) in self._of.items() if rid == replica]:
+            del self._of[k]
+
+    def __len__(self) -> int:
+        return len(self._of)
 
 
 def predicted_tpot(step_s: float, prefill_tokens_per_s: float, prefill_tps: float, chunk_tokens: float) -> float:

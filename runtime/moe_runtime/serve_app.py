@@ -31,8 +31,8 @@ from moe_runtime.engine.api import (EngineStats, NoReplicaReady, PromptTooLong, 
                                     TokenEvent)
 from moe_runtime.metrics import RuntimeMetrics, merge_stats
 from moe_runtime.placement_board import BoardClient, BoardReporter, config_key, get_board
-from moe_runtime.routing import (ArrivalWindow, PrefixIndex, Replica, Weights, block_hashes, decode_step_s,
-                                 predicted_tpot, rank)
+from moe_runtime.routing import (ArrivalWindow, InterferenceLedger, PrefixIndex, Replica, Weights, block_hashes,
+                                 decode_step_s, predicted_tpot, rank, tpot_slack_s)
 
 STALE_SNAPSHOT_S = 60.0  # a replica silent this long is retired: its gauges stop adding, its counters stay
 METRICS_TTL_S = 1.0  # a /metrics scrape within this long of the last collection is answered from it, seconds
@@ -236,6 +236,7 @@ class RemoteEngine:
         self.chunk_tokens = r.prefill_chunk_tokens if r is not None else 0
         self.sent = ArrivalWindow()  # prompt tokens sent to each replica: its prefill arrival rate
         self.pending_prefill: dict[str, float] = {}  # replica -> prompt tokens routed there, not prefilled yet
+        self.ledger = InterferenceLedger()  # the TPOT slack of the requests in flight on each replica
         self.slots, self.limit = cfg.max_batch_size, cfg.max_batch_size + cfg.max_queue
         self.block_tokens = cfg.cache.block_tokens if cfg.cache.prefix and not plain else 0
         self.index = PrefixIndex(DEFAULT_CACHE_BLOCKS)
@@ -331,16 +332,25 @@ class RemoteEngine:
             self.waiting -= 1
 
     def _attempts(self, live: dict[str, list[str] | None], prompt_token_ids: list[int],
-                  params: SamplingParams) -> tuple[list[tuple[str, str | None]], list]:
-        """(pool, replica or None) in the order to try, and the prompt's block hashes: the ranked replicas of
-        the pools whose replicas are known, then one plain call to each pool whose set is not known yet."""
+                  params: SamplingParams) -> tuple[list[tuple[str, str | None]], list, dict[str, float | None]]:
+        """(pool, replica or None) in the order to try, the prompt's block hashes, and the request's TPOT slack
+        on each ranked replica: the ranked replicas of the pools whose replicas are known, then one plain call to
+        each pool whose set is not known yet."""
         hashes = block_hashes(prompt_token_ids, self.block_tokens) if self.block_tokens else []
         now, n_out = time.monotonic(), max(1, int(params.max_tokens))
-        reps = []
+        ids_known = [rid for ids in live.values() for rid in ids or ()]
+        matched = self.index.match(hashes, ids_known) if hashes else {}
+        n_prompt = len(prompt_token_ids)
+        reps, slack = [], {}
         for p, ids in live.items():
             for rid in ids or ():
                 load = self.replica_load.get(rid, 0)
                 step = decode_step_s(load + 1, self.slots, self.decode_tps[p])
+                # the client's max_tokens stands for the output: the slack is an upper bound when it asks for
+                # more than it gets (docs/routing.md); its prefill there, as the sequences decoding feel it
+                slack[rid] = tpot_slack_s(n_out, step, self.tpot_target_s)
+                held = min(matched.get(rid, 0) * max(1, self.block_tokens), max(0, n_prompt - 1))
+                prefill_s = (n_prompt - held) / self.prefill_tps[p] if self.prefill_tps[p] > 0 else 0.0
                 # prompts sent there over one decode life of this request, this one's included: its prefill
                 # stretches the others' steps (their TPOT), spread over at least the TTFT target
                 window = max(n_out * step, self.ttft_target_s or 0.0)
@@ -349,17 +359,20 @@ class RemoteEngine:
                                     dollars_per_work=self.price[p], prefill_tps=self.prefill_tps[p],
                                     pending_prefill=self.pending_prefill.get(rid, 0.0),
                                     tpot_s=predicted_tpot(step, rate, self.prefill_tps[p], self.chunk_tokens)
-                                    if n_out > 1 else 0.0))   # one token has no TPOT
-        matched = self.index.match(hashes, [r.id for r in reps]) if hashes else {}
+                                    if n_out > 1 else 0.0,   # one token has no TPOT
+                                    breaks=self.ledger.breaks(rid, prefill_s) if self.tpot_target_s else 0))
         order = rank(reps, matched, prompt_tokens=len(prompt_token_ids), output_tokens=int(params.max_tokens),
                      block_tokens=max(1, self.block_tokens), weights=self.weights, ttft_target_s=self.ttft_target_s,
                      tpot_target_s=self.tpot_target_s,
                      affinity_key=hashes[0] if hashes else _whole_prompt_key(prompt_token_ids))
-        return [(r.pool, r.id) for r in order] + [(p, None) for p, ids in live.items() if ids is None], hashes
+        return ([(r.pool, r.id) for r in order] + [(p, None) for p, ids in live.items() if ids is None], hashes,
+                slack)
 
-    def _admitted(self, pool: str, replica: str, hashes: list, prompt_tokens: int) -> float:
+    def _admitted(self, pool: str, replica: str, hashes: list, prompt_tokens: int, ticket: object = None,
+                  slack_s: float | None = None) -> float:
         """Count an admitted request; returns the prompt tokens it will prefill there (pending until its first
-        token). Its load was counted when it was routed."""
+        token). Its load was counted when it was routed; its prefill stretches the requests decoding there
+        and it is in flight with ``slack_s`` until its stream ends (``InterferenceLedger``)."""
         self.routed[pool] = self.routed.get(pool, 0) + 1
         held = 0
         if hashes:
@@ -370,6 +383,8 @@ class RemoteEngine:
         todo = float(max(1, prompt_tokens - held * self.block_tokens))
         self.pending_prefill[replica] = self.pending_prefill.get(replica, 0.0) + todo
         self.sent.add(replica, time.monotonic(), todo)
+        if math.isfinite(self.prefill_tps.get(pool, math.inf)) and self.prefill_tps[pool] > 0:
+            self.ledger.add(replica, ticket, todo / self.prefill_tps[pool], slack_s if ticket is not None else None)
         return todo
 
     def _prefilled(self, replica: str, tokens: float) -> None:
@@ -402,7 +417,9 @@ class RemoteEngine:
                 if rid not in running:  # scaled down or restarted: its cache went with it
                     self.index.forget(rid)
                     self.sent.forget(rid)
-        attempts, hashes = self._attempts(live, prompt_token_ids, params)
+                    self.ledger.forget(rid)
+        attempts, hashes, slack = self._attempts(live, prompt_token_ids, params)
+        ticket = object()   # this call's entry in the ledger (request ids come from clients and may repeat)
         retries: list[float] = []  # each full replica's own estimate
         for pool, replica in attempts:
             # the replica's load counts from the decision, not from the admission: requests decided at the same
@@ -416,6 +433,7 @@ class RemoteEngine:
 
             def done(p=pool, by=served_by):
                 self.inflight[p] -= 1
+                self.ledger.finish(ticket)
                 for rid in by:
                     self._released(rid)
 
@@ -447,7 +465,7 @@ class RemoteEngine:
                         self._released(replica)
                     served_by.append(actual)
                     self.replica_load[actual] = self.replica_load.get(actual, 0) + 1
-                todo = self._admitted(pool, actual, hashes, len(prompt_token_ids))
+                todo = self._admitted(pool, actual, hashes, len(prompt_token_ids), ticket, slack.get(actual))
                 return _RemoteStream(pool, gen, done, lambda rid=actual, n=todo: self._prefilled(rid, n))
             done()
             if first.get("rejected") == "prompt_too_long":

@@ -286,3 +286,41 @@ def test_prefix_aware_does_not_pile_long_prompts_onto_the_cheap_pool():
         met[(name, guarded)] = float((run_until_done(r).ttft <= 3.0).mean())
     assert met[("prefix-aware", True)] >= met[("least-loaded", True)] - 0.01 >= 0.98
     assert met[("prefix-aware", False)] < 0.9
+
+
+def test_prefix_aware_keeps_short_answers_clear_of_long_prefills():
+    """Code completion (the Azure code trace's shape): bursts of 1k-7k-token prompts with 5-20-token answers and a
+    loose 10 s TTFT target. A short answer carries well under a second of others' prefill before its TPOT misses
+    0.1 s, so where one long prompt lands decides it. The router counts, per replica, the requests a prefill would
+    push past the target (routing.InterferenceLedger) and sends it where it breaks none: TPOT attainment at least
+    least-loaded's. Without the ledger (the mean-rate guard alone, the rule before) the cheap pool's replicas
+    took the bursts and far more short answers missed."""
+    rng = np.random.default_rng(7)
+    rows, outs, t = [], [], 0.0
+    while len(rows) < 600:    # a burst of 2-6 requests within 0.3 s every ~2 s
+        t += float(rng.exponential(2.0))
+        for _ in range(int(rng.integers(2, 7))):
+            rows.append((t + float(rng.uniform(0, 0.3)), [200_000 + len(rows)], int(rng.integers(1000, 7500))))
+            outs.append(float(rng.integers(5, 21)))
+    order = np.argsort([r[0] for r in rows], kind="stable")
+    tr = blocks_trace(rows, output=np.array(outs)[order])
+    prof = ServingProfile(max_batch=32, kv_tokens=10_000_000, prefill_tps=8000.0, cached_prefill_tps=80_000.0,
+                          step_base_s=0.0192, step_per_seq_s=0.0004, prefill_chunk_tokens=2048)
+    pools = [pool("cheap", price=1.0, capacity=1000.0), pool("dear", price=1.6, capacity=1000.0)]
+
+    class Blind(routing.InterferenceLedger):
+        def breaks(self, replica, prefill_s):
+            return 0
+
+    met = {}
+    for name, ledger in (("least-loaded", True), ("prefix-aware", True), ("prefix-aware", False)):
+        router = make_router(name)
+        r = ReplicaReplay(tr, pools, W, 10.0, 0.1, cold_start=False, profiles={p.name: prof for p in pools},
+                          router=router)
+        if not ledger:
+            router._ledger = Blind()
+        r.apply({"cheap": 3, "dear": 3}, 0.0)
+        done = run_until_done(r)
+        met[(name, ledger)] = float((done.tpot <= 0.1).mean())
+    assert met[("prefix-aware", True)] >= met[("least-loaded", True)] - 0.01
+    assert met[("prefix-aware", False)] < met[("prefix-aware", True)] - 0.05, met

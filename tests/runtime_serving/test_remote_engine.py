@@ -402,3 +402,29 @@ def test_requests_decided_at_the_same_moment_spread_instead_of_piling_on_one_rep
     asyncio.run(go())
     counts = sorted(h.routes.count(r) for r in ("r1", "r2", "r3"))
     assert counts == [6, 7, 7], h.routes
+
+
+def test_a_long_prompt_goes_around_a_short_answer_it_would_stretch_past_its_tpot(info):
+    """A 3-token answer decodes on the cheap replica with ~0.2 s of TPOT slack; a 40-token prompt is 0.4 s of
+    prefill there (100 tokens/s), which would push it past 0.1 s per token: the prompt goes to the dear pool.
+    Once the answer's stream ends the same prompt goes to the cheap replica (routing.InterferenceLedger)."""
+    cfg = _cfg(routing={"prompt_weight": 0.2, "cached_prompt_weight": 0.01,
+                        "dollars_per_work": {"cheap": 1e-6, "dear": 4e-6},
+                        "prefill_tps": {"cheap": 100.0, "dear": 100.0}, "decode_tps": {"cheap": 1000.0, "dear": 1000.0},
+                        "ttft_target_s": 100.0, "tpot_target_s": 0.1})
+    cheap, dear = FakeHandle(ACCEPT, tokens=3), FakeHandle(ACCEPT, tokens=3)
+    _serve_says("app-tpot", {"cheap": ["c1"], "dear": ["d1"]})
+    eng = RemoteEngine({"cheap": cheap, "dear": dear}, info, cfg, "app-tpot")
+    long_prompt = [0] * 40
+
+    async def go():
+        short = await eng.generate([1, 2, 3], SamplingParams(max_tokens=3), "short")
+        around = await eng.generate(long_prompt, SamplingParams(max_tokens=3), "long")
+        [ev async for ev in short]
+        [ev async for ev in around]
+        after = await eng.generate(long_prompt, SamplingParams(max_tokens=3), "later")
+        [ev async for ev in after]
+        return short.pool, around.pool, after.pool
+
+    assert asyncio.run(go()) == ("cheap", "dear", "cheap")
+    assert len(eng.ledger) == 0   # every stream that ended left the ledger

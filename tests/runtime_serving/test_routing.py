@@ -216,3 +216,54 @@ def test_routing_config_refuses_prices_and_rates_that_would_break_the_order():
             with pytest.raises(ValueError, match=f"routing.{field}"):
                 RoutingConfig.model_validate({field: {"a": bad}})
     assert RoutingConfig.model_validate({"dollars_per_work": {"a": 0.0}}).dollars_per_work == {"a": 0.0}
+
+
+def test_tpot_slack_is_the_prefill_a_decode_can_absorb():
+    """(out - 1) x (target - step): 13 tokens at a 20 ms step against 100 ms carry 0.96 s of others' prefill."""
+    from moe_runtime.routing import tpot_slack_s
+
+    assert tpot_slack_s(13, 0.02, 0.1) == pytest.approx(0.96)
+    assert tpot_slack_s(1, 0.02, 0.1) is None       # one token has no TPOT
+    assert tpot_slack_s(50, 0.02, None) is None     # no target: nothing to protect
+    assert tpot_slack_s(50, 0.2, 0.1) == 0.0        # the step alone misses: no slack, never negative
+
+
+def test_the_ledger_counts_the_requests_a_prefill_would_break():
+    """Prefill routed after a request stretches it; prefill routed before it does not; a finished request is
+    out of reach; a request already past its threshold is not counted again."""
+    from moe_runtime.routing import InterferenceLedger
+
+    led = InterferenceLedger()
+    led.add("r", "short", 0.5, 0.3)      # its own 0.5 s prefill stretches nobody: it was alone
+    assert led.breaks("r", 0.2) == 0
+    assert led.breaks("r", 0.31) == 1
+    assert led.breaks("other", 5.0) == 0
+    led.add("r", "long", 0.2, 10.0)      # 0.2 s behind "short": 0.1 s of its slack is left
+    assert led.breaks("r", 0.11) == 1 and led.breaks("r", 0.09) == 0
+    assert led.breaks("r", 10.5) == 2
+    led.add("r", "big", 1.0, None)       # breaks "short" (nothing protects it now), "long" keeps 9 s
+    assert led.breaks("r", 0.5) == 0 and led.breaks("r", 9.5) == 1
+    led.finish("long")
+    assert led.breaks("r", 100.0) == 0 and len(led) == 1   # "short" stays in flight, already lost
+    led.finish("short")
+    led.finish("never-added")
+    assert len(led) == 0
+    led.add("r", "x", 0.0, 1.0)
+    led.forget("r")
+    assert led.breaks("r", 5.0) == 0 and len(led) == 0
+
+
+def test_a_prefill_that_would_break_a_short_answer_goes_elsewhere_even_if_dearer():
+    """The cheap replica is decoding a short answer with 0.2 s of slack; a 4000-token prompt (0.5 s of prefill
+    there) would push it past its TPOT target, so the request goes to the dear replica; a short prompt fits."""
+    cheap = Replica(**{**_rep("c1", "cheap", load=1).__dict__, "prefill_tps": 8000.0, "breaks": 1})
+    dear = Replica(**{**_rep("d1", "dear", dpw=DEAR).__dict__, "prefill_tps": 8000.0})
+    args = dict(prompt_tokens=4000, output_tokens=10, block_tokens=64, ttft_target_s=10.0, tpot_target_s=0.1)
+    assert [r.id for r in rank([cheap, dear], {}, **args)] == ["d1", "c1"]
+    fits = Replica(**{**cheap.__dict__, "breaks": 0})
+    assert rank([fits, dear], {}, **args)[0].id == "c1"
+    # no replica without a break: the one that breaks the fewest, among those that keep the TTFT target
+    worse = Replica(**{**dear.__dict__, "breaks": 3})
+    assert rank([worse, cheap], {}, **args)[0].id == "c1"
+    late = Replica(**{**cheap.__dict__, "pending_prefill": 200_000.0})
+    assert rank([worse, late], {}, **args)[0].id == "d1"   # a TTFT miss is worse than TPOT breaks

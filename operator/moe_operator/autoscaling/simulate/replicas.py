@@ -163,6 +163,7 @@ class PrefixAwareRouter:
         self._whole = replay.prompt_tokens
         self._cap = dict(replay.cache_blocks)
         self._index = {name: routing.PrefixIndex(max(1, n)) for name, n in self._cap.items()}
+        self._ledger = routing.InterferenceLedger()
 
     def __call__(self, replicas: list, i: int) -> int:
         blocks = self._blocks[i] if self._blocks is not None else ()
@@ -170,6 +171,13 @@ class PrefixAwareRouter:
         by_pool: dict[str, list[str]] = {}
         whole = self._whole
         now = float(self._arr[i])
+        if blocks:
+            for r in replicas:
+                by_pool.setdefault(r.pool.name, []).append(r.rid)
+            for name, ids in by_pool.items():
+                matched.update(self._index[name].match(blocks, ids))
+        prompt, bt = int(self._prompt[i]), self._bt
+        slack = {}
         for k, r in enumerate(replicas):
             name, slots = r.pool.name, r.prof.max_batch
             # prompt tokens queued there for prefill, as the live router counts them (routed, no first token yet)
@@ -182,15 +190,15 @@ class PrefixAwareRouter:
             rate = self._sent.rate(r.rid, now, window) + whole[i] / window
             tpot = routing.predicted_tpot(step, rate, prof.prefill_tps, prof.prefill_chunk_tokens) \
                 if self._out[i] > 1 else 0.0
+            # its prefill there, as the requests decoding there would feel it (routing.InterferenceLedger)
+            prefill_s = (prompt - min(matched.get(r.rid, 0) * bt, max(0, prompt - 1))) / prof.prefill_tps
+            slack[r.rid] = (prefill_s, routing.tpot_slack_s(self._out[i], step, self._tpot))
             view.append(routing.Replica(r.rid, name, len(r.waiting) + r.nrun, slots, slots + self.max_queue,
-                                        self._dpw[name], prof.prefill_tps, float(pending), tpot))
+                                        self._dpw[name], prof.prefill_tps, float(pending), tpot,
+                                        self._ledger.breaks(r.rid, prefill_s)))
             pos[r.rid] = k
-            by_pool.setdefault(name, []).append(r.rid)
-        if blocks:
-            for name, ids in by_pool.items():
-                matched.update(self._index[name].match(blocks, ids))
-        ranked = routing.rank(view, matched, prompt_tokens=int(self._prompt[i]), output_tokens=int(self._out[i]),
-                              block_tokens=self._bt, weights=self._w, balance=self.balance,
+        ranked = routing.rank(view, matched, prompt_tokens=prompt, output_tokens=int(self._out[i]),
+                              block_tokens=bt, weights=self._w, balance=self.balance,
                               ttft_target_s=self._ttft, tpot_target_s=self._tpot,
                               affinity_key=str(blocks[0]).encode() if blocks else b"")
         if ranked:
@@ -200,11 +208,17 @@ class PrefixAwareRouter:
             k = least_loaded(replicas, i)
         chosen = replicas[k]
         self._sent.add(chosen.rid, float(self._arr[i]), whole[i])
+        self._ledger.add(chosen.rid, i, *slack[chosen.rid])
         if blocks and self._cap[chosen.pool.name] > 0:
             self._index[chosen.pool.name].record(chosen.rid, blocks)
         return k
 
+    def finished(self, i: int) -> None:
+        """Request ``i`` made its last token (the live router sees its stream end)."""
+        self._ledger.finish(i)
+
     def forget(self, replica) -> None:
+        self._ledger.forget(replica.rid)
         index = self._index.get(replica.pool.name)
         if index is not None:
             index.forget(replica.rid)
@@ -360,6 +374,7 @@ class ReplicaReplay(ReplayResults):
         bind = getattr(router, "bind", None)
         if bind is not None:
             bind(self)
+        self._on_finish = getattr(router, "finished", None)   # routers that track requests in flight
         self._first = [0.0] * n
         self.pending: deque = deque()   # arrived, no replica to route to
         self.next_arrival = 0
@@ -505,6 +520,7 @@ class ReplicaReplay(ReplayResults):
         gen = p_tok = c_tok = 0.0
         started = finished = 0
         win_ttft, win_tpot, win_wait = self._win_ttft, self._win_tpot, self._win_wait
+        on_finish = self._on_finish
         last = r.last_event
         while True:
             while waiting and nrun < max_b:            # admit (FIFO, no overtaking)
@@ -586,6 +602,8 @@ class ReplicaReplay(ReplayResults):
                     i = heapq.heappop(dec)[1]
                     tpot[i] = v = (t - first[i]) / (out[i] - 1.0)
                     win_tpot.append(v)
+                    if on_finish is not None:
+                        on_finish(i)
                     kv -= kvn[i]
                     nrun -= 1
                     finished += 1
