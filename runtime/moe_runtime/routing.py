@@ -64,7 +64,7 @@ class Replica:
     slots: int
     limit: int
     dollars_per_work: float
-    prefill_tps: float = math.inf      # its pool's prefill rate, prompt tokens/s (inf: unknown, never the limit)
+    prefill_tps: float = math.inf      # its prefill rate now, prompt tokens/s (prefill_rate; inf: unknown)
     pending_prefill: float = 0.0       # prompt tokens routed to it and not prefilled yet
     tpot_s: float = 0.0                # this request's predicted time per output token there (predicted_tpot)
     breaks: int = 0                    # requests in flight there whose TPOT this prompt's prefill would break
@@ -229,6 +229,19 @@ class InterferenceLedger:
 
     def __len__(self) -> int:
         return len(self._of)
+
+
+def prefill_rate(prefill_tps: float, step_s: float, chunk_tokens: float) -> float:
+    """Prompt tokens/s a replica prefills while its decode batch, of step ``step_s``, runs beside: with chunked
+    prefill (vLLM) each step carries ``chunk_tokens`` of prompt, so prefill gets ``c / (step + c)`` of the engine
+    (``c`` = the chunk's prefill time); with whole-prompt prefill (``chunk_tokens`` 0: the torch engine) or no
+    batch, decode waits and prefill runs at the full rate. The TTFT prediction divides the queued prompt by this:
+    the full rate alone predicted first tokens ~20% early on a busy replica and let the cheap pool fill past its
+    TTFT target."""
+    if chunk_tokens <= 0 or step_s <= 0 or prefill_tps <= 0 or not math.isfinite(prefill_tps):
+        return prefill_tps
+    chunk_s = chunk_tokens / prefill_tps
+    return prefill_tps * chunk_s / (step_s + chunk_s)
 
 
 def predicted_tpot(step_s: float, prefill_tokens_per_s: float, prefill_tps: float, chunk_tokens: float) -> float:

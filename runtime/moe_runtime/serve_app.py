@@ -32,7 +32,7 @@ from moe_runtime.engine.api import (EngineStats, NoReplicaReady, PromptTooLong, 
 from moe_runtime.metrics import RuntimeMetrics, merge_stats
 from moe_runtime.placement_board import BoardClient, BoardReporter, config_key, get_board
 from moe_runtime.routing import (ArrivalWindow, InterferenceLedger, PrefixIndex, Replica, Weights, block_hashes,
-                                 decode_step_s, predicted_tpot, rank, tpot_slack_s)
+                                 decode_step_s, predicted_tpot, prefill_rate, rank, tpot_slack_s)
 
 STALE_SNAPSHOT_S = 60.0  # a replica silent this long is retired: its gauges stop adding, its counters stay
 METRICS_TTL_S = 1.0  # a /metrics scrape within this long of the last collection is answered from it, seconds
@@ -355,8 +355,11 @@ class RemoteEngine:
                 # stretches the others' steps (their TPOT), spread over at least the TTFT target
                 window = max(n_out * step, self.ttft_target_s or 0.0)
                 rate = self.sent.rate(rid, now, window) + len(prompt_token_ids) / window if window > 0 else 0.0
+                # its queue prefills at the rate its decode batch leaves (the load stands for the batch)
+                busy = decode_step_s(load, self.slots, self.decode_tps[p]) if load else 0.0
                 reps.append(Replica(id=rid, pool=p, load=load, slots=self.slots, limit=self.limit,
-                                    dollars_per_work=self.price[p], prefill_tps=self.prefill_tps[p],
+                                    dollars_per_work=self.price[p],
+                                    prefill_tps=prefill_rate(self.prefill_tps[p], busy, self.chunk_tokens),
                                     pending_prefill=self.pending_prefill.get(rid, 0.0),
                                     tpot_s=predicted_tpot(step, rate, self.prefill_tps[p], self.chunk_tokens)
                                     if n_out > 1 else 0.0,   # one token has no TPOT

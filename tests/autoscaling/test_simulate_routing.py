@@ -324,3 +324,36 @@ def test_prefix_aware_keeps_short_answers_clear_of_long_prefills():
         met[(name, ledger)] = float((done.tpot <= 0.1).mean())
     assert met[("prefix-aware", True)] >= met[("least-loaded", True)] - 0.01
     assert met[("prefix-aware", False)] < met[("prefix-aware", True)] - 0.05, met
+
+
+def test_the_router_s_ttft_prediction_is_the_replica_model_s_on_a_busy_replica(monkeypatch):
+    """The prefix-aware router predicts each first token from the prompt queued on its replica at the rate the
+    decode batch leaves the prefill (routing.prefill_rate). On replicas that decode all the time the prediction
+    must match what the replica model then does: the full prefill rate predicted ~20% early and let the cheap
+    pool fill past a tight TTFT target."""
+    rng = np.random.default_rng(3)
+    n = 300
+    rows = [(float(t), [300_000 + i], int(p)) for i, (t, p) in
+            enumerate(zip(np.sort(rng.uniform(0, 300, n)), rng.integers(2000, 6000, n)))]
+    tr = blocks_trace(rows, output=200.0)   # ~6 sequences decoding at a time, all on the cheap replica
+    prof = ServingProfile(max_batch=16, kv_tokens=10_000_000, prefill_tps=20_000.0, cached_prefill_tps=200_000.0,
+                          step_base_s=0.02, step_per_seq_s=0.001, prefill_chunk_tokens=2048)
+    predicted = []
+    real_rank = routing.rank
+
+    def spy(view, matched, **kw):
+        out = real_rank(view, matched, **kw)
+        r = out[0]
+        # requests that find no prompt queued there: their first token is their own prefill beside the batch
+        predicted.append(kw["prompt_tokens"] / r.prefill_tps if r.pending_prefill == 0 else np.nan)
+        return out
+
+    monkeypatch.setattr(routing, "rank", spy)
+    pools = [pool("cheap", price=1.0, capacity=1000.0), pool("dear", price=1.5, capacity=1000.0)]
+    r = ReplicaReplay(tr, pools, W, 100.0, 1.0, cold_start=False, profiles={p.name: prof for p in pools},
+                      router=make_router("prefix-aware"))
+    r.apply({"cheap": 1, "dear": 1}, 0.0)
+    actual = run_until_done(r).ttft
+    ratio = (actual / np.array(predicted))[20:]   # past the first requests, the replica decodes
+    ratio = ratio[np.isfinite(ratio)]
+    assert len(ratio) > 100 and 0.95 <= float(np.median(ratio)) <= 1.05, float(np.median(ratio))

@@ -267,3 +267,14 @@ def test_a_prefill_that_would_break_a_short_answer_goes_elsewhere_even_if_dearer
     assert rank([worse, cheap], {}, **args)[0].id == "c1"
     late = Replica(**{**cheap.__dict__, "pending_prefill": 200_000.0})
     assert rank([worse, late], {}, **args)[0].id == "d1"   # a TTFT miss is worse than TPOT breaks
+
+
+def test_prefill_rate_is_what_the_decode_batch_leaves_with_chunked_prefill():
+    """Each chunked step carries c s of prompt beside a step_s decode: prefill gets c / (step_s + c) of the
+    engine. Whole-prompt prefill (chunk 0) and an idle replica prefill at the full rate."""
+    from moe_runtime.routing import prefill_rate
+
+    assert prefill_rate(8000.0, 0.03, 2048) == pytest.approx(8000.0 * 0.256 / (0.03 + 0.256))
+    assert prefill_rate(8000.0, 0.0, 2048) == 8000.0
+    assert prefill_rate(8000.0, 0.03, 0) == 8000.0
+    assert prefill_rate(float("inf"), 0.03, 2048) == float("inf")

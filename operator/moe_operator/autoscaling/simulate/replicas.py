@@ -193,8 +193,12 @@ class PrefixAwareRouter:
             # its prefill there, as the requests decoding there would feel it (routing.InterferenceLedger)
             prefill_s = (prompt - min(matched.get(r.rid, 0) * bt, max(0, prompt - 1))) / prof.prefill_tps
             slack[r.rid] = (prefill_s, routing.tpot_slack_s(self._out[i], step, self._tpot))
+            # the rate its queue prefills at while its decode batch runs beside (routing.prefill_rate)
+            busy = prof.step_base_s + prof.step_per_seq_s * min(len(r.dec), slots) if r.dec else 0.0
             view.append(routing.Replica(r.rid, name, len(r.waiting) + r.nrun, slots, slots + self.max_queue,
-                                        self._dpw[name], prof.prefill_tps, float(pending), tpot,
+                                        self._dpw[name],
+                                        routing.prefill_rate(prof.prefill_tps, busy, prof.prefill_chunk_tokens),
+                                        float(pending), tpot,
                                         self._ledger.breaks(r.rid, prefill_s)))
             pos[r.rid] = k
         ranked = routing.rank(view, matched, prompt_tokens=prompt, output_tokens=int(self._out[i]),
