@@ -169,7 +169,11 @@ def tpot_slack_s(output_tokens: float, step_s: float, tpot_target_s: float | Non
     target: ``(output_tokens - 1) x (target - step_s)``. A prefill of ``e`` seconds run beside a decoding
     sequence stretches its life by ``e`` (chunked: each step carries ``c`` seconds of prompt and still makes one
     token; whole-prompt: the decode stops for ``e``), so its TPOT holds while the prefill beside it stays under
-    this. None: nothing to protect (one token has no TPOT; no target); 0: the step alone misses the target."""
+    this. None: nothing to protect (one token has no TPOT; no target); 0: the step alone misses the target.
+
+    Callers pass the step of a full batch: the batch may fill while the request decodes (the router itself
+    admits up to the slots), and with the step of the batch it joined, short answers on a filling replica
+    missed by the few ms per token the batch added."""
     if tpot_target_s is None or output_tokens <= 1:
         return None
     return max(0.0, (output_tokens - 1.0) * (tpot_target_s - step_s))

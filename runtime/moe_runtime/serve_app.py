@@ -348,7 +348,8 @@ class RemoteEngine:
                 step = decode_step_s(load + 1, self.slots, self.decode_tps[p])
                 # the client's max_tokens stands for the output: the slack is an upper bound when it asks for
                 # more than it gets (docs/routing.md); its prefill there, as the sequences decoding feel it
-                slack[rid] = tpot_slack_s(n_out, step, self.tpot_target_s)
+                slack[rid] = tpot_slack_s(n_out, decode_step_s(self.slots, self.slots, self.decode_tps[p]),
+                                          self.tpot_target_s)   # at a full batch: it may fill meanwhile
                 held = min(matched.get(rid, 0) * max(1, self.block_tokens), max(0, n_prompt - 1))
                 prefill_s = (n_prompt - held) / self.prefill_tps[p] if self.prefill_tps[p] > 0 else 0.0
                 # prompts sent there over one decode life of this request, this one's included: its prefill

@@ -192,7 +192,9 @@ class PrefixAwareRouter:
                 if self._out[i] > 1 else 0.0
             # its prefill there, as the requests decoding there would feel it (routing.InterferenceLedger)
             prefill_s = (prompt - min(matched.get(r.rid, 0) * bt, max(0, prompt - 1))) / prof.prefill_tps
-            slack[r.rid] = (prefill_s, routing.tpot_slack_s(self._out[i], step, self._tpot))
+            # its slack at a full batch: the batch may fill while it decodes (routing.tpot_slack_s)
+            full = prof.step_base_s + prof.step_per_seq_s * slots
+            slack[r.rid] = (prefill_s, routing.tpot_slack_s(self._out[i], full, self._tpot))
             # the rate its queue prefills at while its decode batch runs beside (routing.prefill_rate)
             busy = prof.step_base_s + prof.step_per_seq_s * min(len(r.dec), slots) if r.dec else 0.0
             view.append(routing.Replica(r.rid, name, len(r.waiting) + r.nrun, slots, slots + self.max_queue,
