@@ -7,18 +7,29 @@ inside the LLM server), so it ranks pools, not replicas: one ``routing.Replica``
 ``limit`` = slots + running replicas x maxQueue, priced at the pool's $ per work unit from the plan. Prefix
 affinity inside a pool is left to Ray Serve LLM's own request router on the pool's LLM server deployment.
 ``routing.rank`` is used unchanged: cheapest pool with headroom first, then the least queued, a full pool never.
+
+Headroom also holds the SLO where the plan gives the pool's rates and the spec its targets, as the torch
+ingress does per replica, here per pool: the predicted TTFT (prompt tokens this router sent to the pool and has
+not seen a first token of, plus this prompt, at the pool's prefill rate: its running replicas' rates, each at
+what its decode batch leaves, ``routing.prefill_rate``) and the decode step of a replica at the pool's mean load
+against the TPOT target. Without these, a batch-slots-only headroom filled the cheap pool with long prompts (the
+simulator's Mooncake replay: 44% SLO attainment against least-loaded's 92%, docs/benchmarks.md). Not here: the
+per-replica TPOT ledger (``routing.InterferenceLedger``): the router does not know which replica Serve picks.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping, Sequence
 
-from .routing import Replica, Weights, rank
+from .routing import Replica, Weights, decode_step_s, prefill_rate, rank
 
 CHARS_PER_TOKEN = 4        # rough prompt size without a tokenizer: it scales every pool's dollars alike
 DEFAULT_OUTPUT_TOKENS = 256
+CHUNK_TOKENS = 2048        # vLLM's max_num_batched_tokens for online serving (its default on most GPUs; the
+                           # simulator's DEFAULT_PREFILL_CHUNK_TOKENS): the prompt a step carries beside decode
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,8 @@ class Pool:
     max_num_seqs: int
     max_queue: int
     dollars_per_work: float = 0.0
+    prefill_tps: float = math.inf   # one replica's prompt tokens/s (the plan's; inf: unknown, TTFT not predicted)
+    decode_tps: float = math.inf    # one replica's generated tokens/s at a full batch (the plan's)
 
 
 @dataclass(frozen=True)
@@ -57,21 +70,32 @@ def estimate_tokens(body: Mapping) -> tuple[int, int]:
 
 
 def decide(pools: Sequence[Pool], replicas: Mapping[str, int], in_flight: Mapping[str, int], *,
-           prompt_tokens: int, output_tokens: int, weights: Weights = Weights()) -> Decision:
+           prompt_tokens: int, output_tokens: int, weights: Weights = Weights(),
+           pending_prefill: Mapping[str, float] | None = None, ttft_target_s: float | None = None,
+           tpot_target_s: float | None = None) -> Decision:
     """The pools to try for one request, best first. ``replicas``: running replicas per pool (a pool at zero is
-    skipped); ``in_flight``: requests this router has on each pool now."""
+    skipped); ``in_flight``: requests this router has on each pool now; ``pending_prefill``: prompt tokens it
+    sent to each pool and has not seen a first token of; the targets: the SLO (None: that side is not guarded)."""
     entries = []
+    pending_prefill = pending_prefill or {}
     for p in pools:
         n = int(replicas.get(p.name, 0))
         if n <= 0:
             continue
-        slots = n * max(1, p.max_num_seqs)
-        entries.append(Replica(id=p.name, pool=p.name, load=int(in_flight.get(p.name, 0)), slots=slots,
-                               limit=slots + n * max(0, p.max_queue), dollars_per_work=p.dollars_per_work))
+        seqs = max(1, p.max_num_seqs)
+        slots = n * seqs
+        load = int(in_flight.get(p.name, 0))
+        per = load / n   # Serve's router spreads a pool's requests over its replicas
+        busy = decode_step_s(math.ceil(per), seqs, p.decode_tps) if load else 0.0
+        entries.append(Replica(id=p.name, pool=p.name, load=load, slots=slots,
+                               limit=slots + n * max(0, p.max_queue), dollars_per_work=p.dollars_per_work,
+                               prefill_tps=n * prefill_rate(p.prefill_tps, busy, CHUNK_TOKENS),
+                               pending_prefill=float(pending_prefill.get(p.name, 0.0)),
+                               tpot_s=decode_step_s(math.ceil(per) + 1, seqs, p.decode_tps)))
     if not entries:
         return Decision("wait")
     order = rank(entries, {}, prompt_tokens=prompt_tokens, output_tokens=output_tokens, block_tokens=1,
-                 weights=weights)
+                 weights=weights, ttft_target_s=ttft_target_s, tpot_target_s=tpot_target_s)
     return Decision("route", tuple(r.pool for r in order)) if order else Decision("full")
 
 

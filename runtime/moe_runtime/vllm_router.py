@@ -106,6 +106,10 @@ class VLLMRouter:
         self.status_period_s = float(config.get("status_period_s", 2.0))
         self.replicas: dict[str, int] = {}
         self.in_flight = {p.name: 0 for p in self.pools}
+        self.pending_prefill = {p.name: 0.0 for p in self.pools}   # prompt tokens sent, no first token seen yet
+        slo = config.get("slo") or {}
+        self.ttft_target_s = float(slo["ttft_s"]) if slo.get("ttft_s") else None
+        self.tpot_target_s = float(slo["tpot_s"]) if slo.get("tpot_s") else None
         self._read_at = -1e9
         self._reading: asyncio.Future | None = None   # the serve.status() read in flight (_refresh)
         self.status_wait_s = STATUS_WAIT_S
@@ -203,10 +207,11 @@ class VLLMRouter:
                           self.retry_after_s)
         prompt, output = estimate_tokens(body)
         decision = decide(self.pools, self.replicas, self.in_flight, prompt_tokens=prompt, output_tokens=output,
-                          weights=self.weights)
+                          weights=self.weights, pending_prefill=self.pending_prefill,
+                          ttft_target_s=self.ttft_target_s, tpot_target_s=self.tpot_target_s)
         by_name = {p.name: p for p in self.pools}
         for name in decision.pools:
-            response = await self._try(by_name[name], method, call, bool(body.get("stream")))
+            response = await self._try(by_name[name], method, call, bool(body.get("stream")), prompt)
             if response is not None:
                 return response
         return _error(429, "every pool is full", "rate_limit_error", self.retry_after_s)
@@ -223,15 +228,28 @@ class VLLMRouter:
             req = self._types["sanitize"](req)
         return req, self._types["raw"].from_starlette_request(request)
 
-    async def _try(self, pool: Pool, method: str, call: tuple[Any, Any], stream: bool) -> Response | None:
-        """The pool's answer, or None when it pushed back (the caller falls over to the next pool)."""
+    async def _try(self, pool: Pool, method: str, call: tuple[Any, Any], stream: bool,
+                   prompt_tokens: int = 0) -> Response | None:
+        """The pool's answer, or None when it pushed back (the caller falls over to the next pool). Its prompt
+        counts as the pool's pending prefill until the first answer arrives (a stream's first chunk follows the
+        first token; a whole answer, the last: the pending count errs late, never early)."""
         from ray.serve.exceptions import BackPressureError
 
         self.in_flight[pool.name] += 1
+        self.pending_prefill[pool.name] += prompt_tokens
+        prefilled = False
+
+        def first_token():
+            nonlocal prefilled
+            if not prefilled:
+                prefilled = True
+                self.pending_prefill[pool.name] = max(0.0, self.pending_prefill[pool.name] - prompt_tokens)
+
         released = False
 
         def release():
             nonlocal released
+            first_token()
             if not released:
                 released = True
                 self.in_flight[pool.name] -= 1
@@ -242,6 +260,7 @@ class VLLMRouter:
             # Serve holds a call to a pool without a running replica for ever (it reached zero after the last
             # status read): bounded by the wake deadline, then the next pool
             first = await asyncio.wait_for(gen.__anext__(), self.wake.timeout_s)
+            first_token()
         except BackPressureError:
             release()
             return None

@@ -135,3 +135,90 @@ def test_a_body_ray_serve_llm_refuses_is_a_400_not_a_500():
     router._types = {"chat": Chat, "completions": Chat}
     with pytest.raises(vllm_router._BadRequest):
         router._request("completions", {"messages": 3}, None)
+
+
+SLOW = Pool("ascend", "m-ascend", "LLMServer:m", max_num_seqs=16, max_queue=8, dollars_per_work=1e-6,
+            prefill_tps=4000.0, decode_tps=400.0)
+FAST = Pool("h100", "m-h100", "LLMServer:m", max_num_seqs=16, max_queue=8, dollars_per_work=3e-6,
+            prefill_tps=12000.0, decode_tps=1200.0)
+
+
+def test_the_cheap_pool_keeps_the_request_only_while_its_predicted_first_token_meets_the_target():
+    """Free slots alone once filled the cheap pool with long prompts (the simulator: 44% SLO). One ascend replica
+    with 6000 prompt tokens waiting for a first token and a 3000-token prompt: (6000 + 3000) / the 4000 tokens/s
+    its decode batch leaves > 2 s, so the dear pool, idle, goes first; with no target the cheap pool's free slot
+    wins, and with nothing queued it meets the target."""
+    args = dict(prompt_tokens=3000, output_tokens=100, ttft_target_s=2.0)
+    replicas, in_flight = {"ascend": 1, "h100": 1}, {"ascend": 3}
+    queued = decide([FAST, SLOW], replicas, in_flight, pending_prefill={"ascend": 6000.0}, **args)
+    assert queued.pools == ("h100", "ascend")
+    assert decide([FAST, SLOW], replicas, in_flight, pending_prefill={"ascend": 6000.0}, prompt_tokens=3000,
+                  output_tokens=100).pools[0] == "ascend"
+    assert decide([FAST, SLOW], replicas, in_flight, pending_prefill={}, **args).pools[0] == "ascend"
+    # two running replicas prefill twice as fast: the same queue meets the target
+    assert decide([FAST, SLOW], {"ascend": 2, "h100": 1}, in_flight, pending_prefill={"ascend": 4000.0},
+                  **args).pools[0] == "ascend"
+
+
+def test_a_busy_pool_prefills_at_the_rate_its_decode_batch_leaves():
+    """vLLM carries a 2048-token chunk beside each decode step: on a replica decoding 8 sequences the prefill
+    runs at c / (step + c) of its rate, so a queue that meets the target on an idle pool misses it on a busy one."""
+    from moe_runtime.pool_choice import CHUNK_TOKENS
+    from moe_runtime.routing import decode_step_s
+
+    step = decode_step_s(8, 16, 400.0)
+    chunk_s = CHUNK_TOKENS / 4000.0
+    rate = 4000.0 * chunk_s / (step + chunk_s)
+    pending = rate + 4000.0 - 100.0   # with the prompt, midway between what each rate prefills in 2 s
+    assert 2.0 * rate < pending + 100 < 2.0 * 4000.0
+    args = dict(prompt_tokens=100, output_tokens=10, ttft_target_s=2.0, pending_prefill={"ascend": pending})
+    assert decide([FAST, SLOW], {"ascend": 1, "h100": 1}, {"ascend": 8}, **args).pools[0] == "h100"
+    assert decide([FAST, SLOW], {"ascend": 1, "h100": 1}, {"ascend": 0}, **args).pools[0] == "ascend"
+
+
+def test_the_router_counts_a_prompt_as_pending_until_the_pool_answers():
+    """VLLMRouter._try: the prompt is pending prefill on its pool from the call until the first answer (a
+    stream's first chunk), and not after a pool pushes back."""
+    from moe_runtime import vllm_router
+
+    cls = vllm_router.VLLMRouter.func_or_class
+    router = cls.__new__(cls)
+    router.in_flight, router.pending_prefill = {"ascend": 0}, {"ascend": 0.0}
+    router.wake = WakeQueue(max_waiting=1, timeout_s=5)
+    seen = []
+
+    class Gen:
+        def __init__(self):
+            self.items = [{"choices": [{"text": "a"}]}, {"choices": [{"text": "b"}]}]
+
+        async def __anext__(self):
+            seen.append(router.pending_prefill["ascend"])
+            await asyncio.sleep(0)
+            if not self.items:
+                raise StopAsyncIteration
+            return self.items.pop(0)
+
+        def __aiter__(self):
+            return self
+
+        def cancel(self):
+            pass
+
+    class Handle:
+        def __init__(self):
+            self.completions = self
+
+        def remote(self, *args):
+            return Gen()
+
+    router._handle = lambda pool: Handle()
+
+    async def go():
+        resp = await router._try(SLOW, "completions", ({}, None), True, prompt_tokens=700)
+        after_first = router.pending_prefill["ascend"]
+        body = [chunk async for chunk in resp.body_iterator]
+        return after_first, body
+
+    after_first, body = asyncio.run(go())
+    assert seen[0] == 700.0 and after_first == 0.0 and router.pending_prefill["ascend"] == 0.0
+    assert router.in_flight["ascend"] == 0 and body[-1].strip() == "data: [DONE]"

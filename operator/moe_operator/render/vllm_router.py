@@ -46,13 +46,18 @@ def router_app(r: RenderInput, pool_apps: list[dict[str, Any]], routing: dict[st
     pools rank by load alone). Streams pass through the router, so a router replica that stops drains as long as
     an engine replica does (``drain_s``)."""
     prices = routing.get("dollars_per_work") or {}
+    rates = {k: routing.get(k) or {} for k in ("prefill_tps", "decode_tps")}
     pools = [{"name": p.name, "app_name": app["name"], "deployment": app["deployments"][0]["name"],
               "max_num_seqs": r.max_batch_size, "max_queue": r.max_queue,
-              "dollars_per_work": float(prices.get(p.name, 0.0))}
+              "dollars_per_work": float(prices.get(p.name, 0.0)),
+              **{k: float(v[p.name]) for k, v in rates.items() if p.name in v}}
              for p, app in zip(r.pools, pool_apps)]
     args: dict[str, Any] = {"model_name": r.served_model_name, "pools": pools}
     if routing:
         args["weights"] = {"prompt": routing["prompt_weight"], "cached_prompt": routing["cached_prompt_weight"]}
+        slo = {"ttft_s": routing.get("ttft_target_s"), "tpot_s": routing.get("tpot_target_s")}
+        if any(slo.values()):
+            args["slo"] = {k: v for k, v in slo.items() if v}
     args.update(wake={"timeout_s": WAKE_TIMEOUT_S, "max_waiting": max(1, r.max_queue) * len(pools)},
                 retry_after_s=RETRY_AFTER_S)
     return {
