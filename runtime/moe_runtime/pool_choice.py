@@ -14,7 +14,8 @@ not seen a first token of, plus this prompt, at the pool's prefill rate: its run
 what its decode batch leaves, ``routing.prefill_rate``) and the decode step of a replica at the pool's mean load
 against the TPOT target. Without these, a batch-slots-only headroom filled the cheap pool with long prompts (the
 simulator's Mooncake replay: 44% SLO attainment against least-loaded's 92%, docs/benchmarks.md). Not here: the
-per-replica TPOT ledger (``routing.InterferenceLedger``): the router does not know which replica Serve picks.
+per-replica TPOT ledger (``routing.InterferenceLedger``): the router does not know which replica Serve picks; and
+both figures assume Serve spreads a pool's requests evenly (its prefix-affinity router may not).
 """
 from __future__ import annotations
 
@@ -87,10 +88,12 @@ def decide(pools: Sequence[Pool], replicas: Mapping[str, int], in_flight: Mappin
         load = int(in_flight.get(p.name, 0))
         per = load / n   # Serve's router spreads a pool's requests over its replicas
         busy = decode_step_s(math.ceil(per), seqs, p.decode_tps) if load else 0.0
+        # the queue spreads over the pool's replicas; this prompt is prefilled on one of them:
+        # TTFT = pending / (n x rate) + prompt / rate = (pending / n + prompt) / rate
         entries.append(Replica(id=p.name, pool=p.name, load=load, slots=slots,
                                limit=slots + n * max(0, p.max_queue), dollars_per_work=p.dollars_per_work,
-                               prefill_tps=n * prefill_rate(p.prefill_tps, busy, CHUNK_TOKENS),
-                               pending_prefill=float(pending_prefill.get(p.name, 0.0)),
+                               prefill_tps=prefill_rate(p.prefill_tps, busy, CHUNK_TOKENS),
+                               pending_prefill=float(pending_prefill.get(p.name, 0.0)) / n,
                                tpot_s=decode_step_s(math.ceil(per) + 1, seqs, p.decode_tps)))
     if not entries:
         return Decision("wait")

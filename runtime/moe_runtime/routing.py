@@ -21,8 +21,9 @@ or one replica:
   * spread: among equals (a new prompt on idle replicas), rendezvous hashing of the prompt's first block picks
     the replica, so new conversations spread over the pool's caches and each lands where its prefix would;
   * fall over: replicas without headroom come after all those with it: those that keep the TTFT target first,
-    then those that break the fewest requests in flight, then the soonest predicted first token; a replica at
-    its limit (slots + queue) is never ranked, so an empty ranking means every pool is full (429).
+    then those with a free batch slot, then those that break the fewest requests in flight, then the soonest
+    predicted first token; a replica at its limit (slots + queue) is never ranked, so an empty ranking means
+    every pool is full (429).
 """
 from __future__ import annotations
 
@@ -156,10 +157,12 @@ def rank(replicas: Sequence[Replica], matched: Mapping[str, int], *, prompt_toke
         ttft = (r.pending_prefill + prompt_tokens - cached) / r.prefill_tps if r.prefill_tps > 0 else math.inf
         spread = hashlib.blake2b(affinity_key + r.id.encode(), digest_size=8).digest()
         late = ttft_target_s is not None and ttft > ttft_target_s
-        if r.load < r.slots and not late and not r.breaks \
+        full = r.load >= r.slots
+        if not full and not late and not r.breaks \
                 and (tpot_target_s is None or r.tpot_s <= tpot_target_s):
             return (0, dollars, work, r.load / max(1, r.slots), spread)   # work: a free pool still uses its cache
-        return (1, late, r.breaks, ttft, (r.load - r.slots + 1) / max(1, r.slots), dollars, spread)
+        # a full batch: the request waits for a slot, which the TTFT prediction does not see; worse than a break
+        return (1, late, full, r.breaks, ttft, (r.load - r.slots + 1) / max(1, r.slots), dollars, spread)
 
     return sorted(open_, key=key)
 
@@ -169,14 +172,15 @@ def tpot_slack_s(output_tokens: float, step_s: float, tpot_target_s: float | Non
     target: ``(output_tokens - 1) x (target - step_s)``. A prefill of ``e`` seconds run beside a decoding
     sequence stretches its life by ``e`` (chunked: each step carries ``c`` seconds of prompt and still makes one
     token; whole-prompt: the decode stops for ``e``), so its TPOT holds while the prefill beside it stays under
-    this. None: nothing to protect (one token has no TPOT; no target); 0: the step alone misses the target.
+    this. None: nothing to protect (one token has no TPOT; no target; or the step alone misses the target: the
+    request is lost whatever lands beside it, and counting it would keep every prompt off its replica).
 
     Callers pass the step of a full batch: the batch may fill while the request decodes (the router itself
     admits up to the slots), and with the step of the batch it joined, short answers on a filling replica
     missed by the few ms per token the batch added."""
-    if tpot_target_s is None or output_tokens <= 1:
+    if tpot_target_s is None or output_tokens <= 1 or not tpot_target_s > step_s:
         return None
-    return max(0.0, (output_tokens - 1.0) * (tpot_target_s - step_s))
+    return (output_tokens - 1.0) * (tpot_target_s - step_s)
 
 
 class InterferenceLedger:
@@ -230,6 +234,9 @@ class InterferenceLedger:
         self._thresholds.pop(replica, None)
         for k in [k for k, (rid, _) in self._of.items() if rid == replica]:
             del self._of[k]
+
+    def replicas(self) -> list[str]:
+        return list(self._routed)
 
     def __len__(self) -> int:
         return len(self._of)
@@ -307,6 +314,9 @@ class ArrivalWindow:
 
     def forget(self, replica: str) -> None:
         self._sent.pop(replica, None)
+
+    def replicas(self) -> list[str]:
+        return list(self._sent)
 
 
 def decode_step_s(batch: int, slots: int, decode_tps: float, fixed_share: float = FIXED_STEP_SHARE) -> float:

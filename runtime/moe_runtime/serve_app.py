@@ -417,11 +417,12 @@ class RemoteEngine:
         live = await self._wait_for_a_replica()
         if all(ids is not None for ids in live.values()):
             running = {rid for ids in live.values() for rid in ids}
-            for rid in self.index.replicas():
-                if rid not in running:  # scaled down or restarted: its cache went with it
-                    self.index.forget(rid)
-                    self.sent.forget(rid)
-                    self.ledger.forget(rid)
+            known = {*self.index.replicas(), *self.ledger.replicas(), *self.sent.replicas(), *self.pending_prefill}
+            for rid in known - running:  # scaled down or restarted: its cache and requests went with it
+                self.index.forget(rid)
+                self.sent.forget(rid)
+                self.ledger.forget(rid)
+                self.pending_prefill.pop(rid, None)
         attempts, hashes, slack = self._attempts(live, prompt_token_ids, params)
         ticket = object()   # this call's entry in the ledger (request ids come from clients and may repeat)
         retries: list[float] = []  # each full replica's own estimate

@@ -22,6 +22,7 @@ as the plain JSON dict. No ``from __future__ import annotations``: FastAPI must 
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import Any, AsyncIterator
 
@@ -231,8 +232,9 @@ class VLLMRouter:
     async def _try(self, pool: Pool, method: str, call: tuple[Any, Any], stream: bool,
                    prompt_tokens: int = 0) -> Response | None:
         """The pool's answer, or None when it pushed back (the caller falls over to the next pool). Its prompt
-        counts as the pool's pending prefill until the first answer arrives (a stream's first chunk follows the
-        first token; a whole answer, the last: the pending count errs late, never early)."""
+        counts as the pool's pending prefill until its first token: a stream's first chunk; for a whole answer,
+        which arrives with the last token, the predicted first token (its share of the queue and its own prompt
+        at one replica's prefill rate), or the answer if that comes first."""
         from ray.serve.exceptions import BackPressureError
 
         self.in_flight[pool.name] += 1
@@ -259,6 +261,10 @@ class VLLMRouter:
             gen = getattr(self._handle(pool), method).remote(*call)
             # Serve holds a call to a pool without a running replica for ever (it reached zero after the last
             # status read): bounded by the wake deadline, then the next pool
+            if not stream and math.isfinite(pool.prefill_tps) and pool.prefill_tps > 0:
+                n = max(1, self.replicas.get(pool.name, 1))
+                ahead = (self.pending_prefill[pool.name] - prompt_tokens) / n + prompt_tokens
+                asyncio.get_running_loop().call_later(max(0.0, ahead) / pool.prefill_tps, first_token)
             first = await asyncio.wait_for(gen.__anext__(), self.wake.timeout_s)
             first_token()
         except BackPressureError:

@@ -428,3 +428,44 @@ def test_a_long_prompt_goes_around_a_short_answer_it_would_stretch_past_its_tpot
 
     assert asyncio.run(go()) == ("cheap", "dear", "cheap")
     assert len(eng.ledger) == 0   # every stream that ended left the ledger
+
+
+def test_a_replica_gone_from_serve_leaves_the_ledger_even_without_a_prefix_index(info):
+    """Short prompts (under one cache block) never enter the prefix index: the replica's ledger, arrival and
+    pending entries must still go when Serve no longer runs it."""
+    cfg = _cfg(cache={"block_tokens": 64},
+               routing={"prompt_weight": 0.2, "cached_prompt_weight": 0.01,
+                        "dollars_per_work": {"cheap": 1e-6, "dear": 4e-6},
+                        "prefill_tps": {"cheap": 100.0, "dear": 100.0}, "decode_tps": {"cheap": 1e3, "dear": 1e3},
+                        "ttft_target_s": 100.0, "tpot_target_s": 0.1})
+    h = FakeHandle(ACCEPT, tokens=2)
+    _serve_says("app-churn", {"cheap": ["c1"], "dear": []})
+    eng = RemoteEngine({"cheap": h, "dear": FakeHandle(ACCEPT)}, info, cfg, "app-churn")
+
+    async def turn(rid):
+        stream = await eng.generate([1, 2, 3], SamplingParams(max_tokens=2), rid)
+        [ev async for ev in stream]
+
+    asyncio.run(turn("a"))
+    assert eng.ledger.replicas() == ["c1"] and eng.index.replicas() == []
+    _serve_says("app-churn", {"cheap": ["c2"]})
+    asyncio.run(turn("b"))
+    assert eng.ledger.replicas() == ["c2"] and set(eng.sent.replicas()) == {"c2"}
+
+
+def test_the_slack_is_taken_at_a_full_batch_step(info):
+    """The batch may fill while a short answer decodes: its slack is (n - 1) x (target - the full batch's step).
+    Slots 2 at 20 tokens/s: a full step is 0.1 s, the TPOT target itself, so a short answer has no slack to
+    protect (None) and a long prompt may land beside it; with the step of its own batch (0.06 s) it had 0.08 s."""
+    cfg = _cfg(routing={"prompt_weight": 0.2, "cached_prompt_weight": 0.01,
+                        "dollars_per_work": {"cheap": 1e-6, "dear": 4e-6},
+                        "prefill_tps": {"cheap": 100.0, "dear": 100.0}, "decode_tps": {"cheap": 20.0, "dear": 20.0},
+                        "ttft_target_s": 100.0, "tpot_target_s": 0.1})
+    _serve_says("app-full", {"cheap": ["c1"], "dear": ["d1"]})
+    eng = RemoteEngine({"cheap": FakeHandle(ACCEPT), "dear": FakeHandle(ACCEPT)}, info, cfg, "app-full")
+    attempts, _, slack = eng._attempts({"cheap": ["c1"], "dear": ["d1"]}, [1, 2, 3], SamplingParams(max_tokens=3))
+    assert slack == {"c1": None, "d1": None}
+    cfg.routing.decode_tps.update({"cheap": 40.0, "dear": 40.0})   # full step 0.05 s: 2 x 0.05 of slack
+    eng = RemoteEngine({"cheap": FakeHandle(ACCEPT), "dear": FakeHandle(ACCEPT)}, info, cfg, "app-full")
+    _, _, slack = eng._attempts({"cheap": ["c1"], "dear": ["d1"]}, [1, 2, 3], SamplingParams(max_tokens=3))
+    assert slack["c1"] == pytest.approx(2 * (0.1 - 0.05))

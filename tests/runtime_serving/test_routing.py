@@ -225,7 +225,8 @@ def test_tpot_slack_is_the_prefill_a_decode_can_absorb():
     assert tpot_slack_s(13, 0.02, 0.1) == pytest.approx(0.96)
     assert tpot_slack_s(1, 0.02, 0.1) is None       # one token has no TPOT
     assert tpot_slack_s(50, 0.02, None) is None     # no target: nothing to protect
-    assert tpot_slack_s(50, 0.2, 0.1) == 0.0        # the step alone misses: no slack, never negative
+    assert tpot_slack_s(50, 0.2, 0.1) is None       # the step alone misses: lost whatever lands beside it
+    assert tpot_slack_s(50, 0.1, 0.1) is None
 
 
 def test_the_ledger_counts_the_requests_a_prefill_would_break():
@@ -267,6 +268,9 @@ def test_a_prefill_that_would_break_a_short_answer_goes_elsewhere_even_if_dearer
     assert rank([worse, cheap], {}, **args)[0].id == "c1"
     late = Replica(**{**cheap.__dict__, "pending_prefill": 200_000.0})
     assert rank([worse, late], {}, **args)[0].id == "d1"   # a TTFT miss is worse than TPOT breaks
+    # a full batch means waiting for a slot, which the TTFT prediction does not see: worse than one break
+    packed = Replica(**{**dear.__dict__, "load": 60, "limit": 100})
+    assert rank([packed, cheap], {}, **args)[0].id == "c1"
 
 
 def test_prefill_rate_is_what_the_decode_batch_leaves_with_chunked_prefill():

@@ -155,9 +155,24 @@ def test_the_cheap_pool_keeps_the_request_only_while_its_predicted_first_token_m
     assert decide([FAST, SLOW], replicas, in_flight, pending_prefill={"ascend": 6000.0}, prompt_tokens=3000,
                   output_tokens=100).pools[0] == "ascend"
     assert decide([FAST, SLOW], replicas, in_flight, pending_prefill={}, **args).pools[0] == "ascend"
-    # two running replicas prefill twice as fast: the same queue meets the target
-    assert decide([FAST, SLOW], {"ascend": 2, "h100": 1}, in_flight, pending_prefill={"ascend": 4000.0},
+    # two running replicas share the queue (3000 each ahead of this prompt): the same 6000 meets the target
+    assert decide([FAST, SLOW], {"ascend": 2, "h100": 1}, in_flight, pending_prefill={"ascend": 6000.0},
                   **args).pools[0] == "ascend"
+    # ... but one prompt is prefilled on one replica: 12000 tokens miss 2 s however many replicas are idle
+    big = dict(args, prompt_tokens=12_000)
+    assert decide([FAST, SLOW], {"ascend": 8, "h100": 1}, {}, pending_prefill={}, **big).pools[0] == "h100"
+
+
+def test_the_cheap_pool_keeps_the_request_only_while_its_decode_step_meets_the_tpot_target():
+    """A replica's decode step at the pool's mean load (a 16-slot replica at 40 tokens/s: 0.4 s a step when
+    full, 0.25 s nearly empty) against a 0.3 s TPOT target: the cheap pool goes first while lightly loaded."""
+    slow = Pool("ascend", "m-ascend", "LLMServer:m", max_num_seqs=16, max_queue=8, dollars_per_work=1e-6,
+                decode_tps=40.0)
+    args = dict(prompt_tokens=10, output_tokens=100, tpot_target_s=0.3)
+    assert decide([FAST, slow], {"ascend": 1, "h100": 1}, {"ascend": 1}, **args).pools[0] == "ascend"
+    assert decide([FAST, slow], {"ascend": 1, "h100": 1}, {"ascend": 12}, **args).pools[0] == "h100"
+    assert decide([FAST, slow], {"ascend": 1, "h100": 1}, {"ascend": 12}, prompt_tokens=10,
+                  output_tokens=100).pools[0] == "ascend"
 
 
 def test_a_busy_pool_prefills_at_the_rate_its_decode_batch_leaves():
@@ -222,3 +237,60 @@ def test_the_router_counts_a_prompt_as_pending_until_the_pool_answers():
     after_first, body = asyncio.run(go())
     assert seen[0] == 700.0 and after_first == 0.0 and router.pending_prefill["ascend"] == 0.0
     assert router.in_flight["ascend"] == 0 and body[-1].strip() == "data: [DONE]"
+
+
+def _bare_router():
+    from moe_runtime import vllm_router
+
+    cls = vllm_router.VLLMRouter.func_or_class
+    router = cls.__new__(cls)
+    router.in_flight, router.pending_prefill, router.replicas = {"ascend": 0}, {"ascend": 0.0}, {"ascend": 1}
+    router.wake = WakeQueue(max_waiting=1, timeout_s=5)
+    return router
+
+
+def test_a_whole_answer_stops_counting_as_pending_at_its_predicted_first_token():
+    """stream=false (the OpenAI client's default): the answer comes with the last token, so the prompt would count
+    as unprefilled for the whole decode; it stops at its predicted first token instead (400 tokens at 4000/s:
+    0.1 s), long before a 1 s answer."""
+    router = _bare_router()
+    seen = []
+
+    class Gen:
+        async def __anext__(self):
+            await asyncio.sleep(0.05)
+            seen.append(router.pending_prefill["ascend"])
+            await asyncio.sleep(0.95)
+            seen.append(router.pending_prefill["ascend"])
+            return {"choices": [{"text": "done"}]}
+
+        def cancel(self):
+            pass
+
+    class Handle:
+        completions = None
+
+    h = Handle()
+    h.completions = type("M", (), {"remote": staticmethod(lambda *a: Gen())})()
+    router._handle = lambda pool: h
+    resp = asyncio.run(router._try(SLOW, "completions", ({}, None), False, prompt_tokens=400))
+    assert resp.status_code == 200 and seen == [400.0, 0.0] and router.pending_prefill["ascend"] == 0.0
+
+
+def test_a_pool_that_pushes_back_keeps_no_pending_prefill():
+    from ray.serve.exceptions import BackPressureError
+
+    router = _bare_router()
+
+    class Gen:
+        async def __anext__(self):
+            raise BackPressureError(num_queued_requests=1, max_queued_requests=1)
+
+        def cancel(self):
+            pass
+
+    h = type("H", (), {})()
+    h.completions = type("M", (), {"remote": staticmethod(lambda *a: Gen())})()
+    router._handle = lambda pool: h
+    assert asyncio.run(router._try(SLOW, "completions", ({}, None), True, prompt_tokens=900)) is None
+    assert router.pending_prefill["ascend"] == 0.0 and router.in_flight["ascend"] == 0
