@@ -263,6 +263,21 @@ def test_new_prefixes_spread_over_idle_replicas():
     assert len(chosen) > 1
 
 
+def three_routers(tr, pools, prof, fleet, targets, blind):
+    """The trace replayed to the end by least-loaded, prefix-aware, and prefix-aware with ``blind(router)``
+    switching one of its guards off ("blind"), each on ``fleet`` with (TTFT, TPOT) ``targets``."""
+    out = {}
+    for key, name in (("least-loaded", "least-loaded"), ("prefix-aware", "prefix-aware"), ("blind", "prefix-aware")):
+        router = make_router(name)
+        r = ReplicaReplay(tr, pools, W, *targets, cold_start=False, profiles={p.name: prof for p in pools},
+                          router=router)
+        if key == "blind":
+            blind(router)
+        r.apply(dict(fleet), 0.0)
+        out[key] = run_until_done(r)
+    return out
+
+
 def test_prefix_aware_does_not_pile_long_prompts_onto_the_cheap_pool():
     """Long prompts, a 3 s TTFT target: the cheap pool takes requests only while its predicted first token meets
     the target, so attainment stays at least-loaded's. Without that guard (headroom = batch slots alone, the rule
@@ -275,17 +290,14 @@ def test_prefix_aware_does_not_pile_long_prompts_onto_the_cheap_pool():
     prof = ServingProfile(max_batch=32, kv_tokens=10_000_000, prefill_tps=8000.0, cached_prefill_tps=80_000.0,
                           step_base_s=0.02, step_per_seq_s=0.001)
     pools = [pool("cheap", price=1.0, capacity=1000.0), pool("dear", price=1.5, capacity=1000.0)]
-    met = {}
-    for name, guarded in (("least-loaded", True), ("prefix-aware", True), ("prefix-aware", False)):
-        router = make_router(name)
-        r = ReplicaReplay(tr, pools, W, 3.0, 1.0, cold_start=False, profiles={p.name: prof for p in pools},
-                          router=router)
-        if not guarded:
-            router._ttft = None   # the rule before: no TTFT prediction in the headroom
-        r.apply({"cheap": 2, "dear": 2}, 0.0)
-        met[(name, guarded)] = float((run_until_done(r).ttft <= 3.0).mean())
-    assert met[("prefix-aware", True)] >= met[("least-loaded", True)] - 0.01 >= 0.98
-    assert met[("prefix-aware", False)] < 0.9
+
+    def blind(router):
+        router._ttft = None   # the rule before: no TTFT prediction in the headroom
+
+    done = three_routers(tr, pools, prof, {"cheap": 2, "dear": 2}, (3.0, 1.0), blind)
+    met = {k: float((r.ttft <= 3.0).mean()) for k, r in done.items()}
+    assert met["prefix-aware"] >= met["least-loaded"] - 0.01 >= 0.98
+    assert met["blind"] < 0.9
 
 
 def test_prefix_aware_keeps_short_answers_clear_of_long_prefills():
@@ -312,18 +324,13 @@ def test_prefix_aware_keeps_short_answers_clear_of_long_prefills():
         def breaks(self, replica, prefill_s):
             return 0
 
-    met = {}
-    for name, ledger in (("least-loaded", True), ("prefix-aware", True), ("prefix-aware", False)):
-        router = make_router(name)
-        r = ReplicaReplay(tr, pools, W, 10.0, 0.1, cold_start=False, profiles={p.name: prof for p in pools},
-                          router=router)
-        if not ledger:
-            router._ledger = Blind()
-        r.apply({"cheap": 3, "dear": 3}, 0.0)
-        done = run_until_done(r)
-        met[(name, ledger)] = float((done.tpot <= 0.1).mean())
-    assert met[("prefix-aware", True)] >= met[("least-loaded", True)] - 0.01
-    assert met[("prefix-aware", False)] < met[("prefix-aware", True)] - 0.05, met
+    def blind(router):
+        router._ledger = Blind()
+
+    done = three_routers(tr, pools, prof, {"cheap": 3, "dear": 3}, (10.0, 0.1), blind)
+    met = {k: float((r.tpot <= 0.1).mean()) for k, r in done.items()}
+    assert met["prefix-aware"] >= met["least-loaded"] - 0.01
+    assert met["blind"] < met["prefix-aware"] - 0.05, met
 
 
 def test_the_router_s_ttft_prediction_is_the_replica_model_s_on_a_busy_replica(monkeypatch):
