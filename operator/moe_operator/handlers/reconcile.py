@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,10 +173,35 @@ def _pools_word(r) -> str:
     return ", ".join(f"{p.name}: {p.replicas}x{p.devices_per_replica} {p.accelerator}" for p in r.pools)
 
 
+# The handlers, the drift sweep and the RayService watch reconcile one object in different threads, each from the
+# object as it read it: two at once both find a problem missing from the status and both warn. A Warning identical
+# to one posted for the same object within this window is such a twin; the status dedupes the rest.
+WARNING_REPEAT_S = 60.0
+_warned: dict[tuple, float] = {}      # (object uid, reason, message) -> monotonic time posted
+_warned_lock = threading.Lock()
+
+
+def _first_warning(body: dict[str, Any], reason: str, message: str) -> bool:
+    meta = body["metadata"]
+    key = (meta.get("uid") or (meta.get("namespace"), meta.get("name")), reason, message)
+    now = time.monotonic()
+    with _warned_lock:
+        last = _warned.get(key)
+        if last is not None and now - last < WARNING_REPEAT_S:
+            return False
+        _warned[key] = now
+        if len(_warned) > 1024:       # bounded: entries past the window decide nothing
+            for k in [k for k, t in _warned.items() if now - t >= WARNING_REPEAT_S]:
+                del _warned[k]
+        return True
+
+
 def apply_outcome(body: dict[str, Any], outcome: Outcome, patch: Any | None = None) -> None:
     """Post the Events and write the status keys that changed (none changed: no write)."""
     metrics.record(body["metadata"]["namespace"], body["metadata"]["name"], outcome.status)
     for type_, reason, message in outcome.events:
+        if type_ == "Warning" and not _first_warning(body, reason, message):
+            continue
         kube.post_event(body, type_, reason, message)   # direct API call: kopf.info needs kopf's handler context
     delta = status.changed(body.get("status") or {}, outcome.status)
     if not delta:
