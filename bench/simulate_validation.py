@@ -6,6 +6,11 @@ A benchmark that prints figures (not a test). Steps:
   2. Profiling run against that fleet: a lull of single requests of varied prompt lengths, then bursts of
      1, 2, 4, 8 requests; `calibrate.fit_profile` fits the per-replica ServingProfile (calibrated at N replicas:
      on a 2-core machine the replicas share the CPU, so per-replica capacity depends on the fleet size).
+     Calibration and replay alternate: a profile is measured right before each replay (the second one on the
+     fixed fleet after its replay, just before the autoscaled server starts), and each replay is predicted with
+     its own profile, so a machine whose speed drifts over half an hour is measured next to the windows it
+     predicts. Each replay is also predicted with the other profile: how far the calibration's own noise moves
+     the figures (reported, not the acceptance).
   3. Replay a scaled-down shared trace for --duration seconds (a) against the fixed fleet, then (b) against a
      second `moectl up` with the autoscaler on (min 1, max --autoscale-max; capacity annotation = the
      calibration, so the live and the simulated autoscaler use the same capacity figures). The live
@@ -642,6 +647,7 @@ def main(argv=None) -> int:
           f"modified in the tree: {report['git']['dirty_policy_files'] or 'none'}); load {loadavg()}", flush=True)
     docs: dict[str, dict] = {}
     fixed_label = f"fixed-{args.replicas}"
+    profile2 = None      # the profile measured right before the autoscaled replay (None: the first one serves both)
 
     def auto_spec(cap):
         spec_auto = derive_spec(base, lo=1, hi=args.autoscale_max, interval=args.interval,
@@ -653,6 +659,10 @@ def main(argv=None) -> int:
     if args.from_dir is not None:
         prof = json.loads((args.from_dir / "profile-replay.json").read_text())
         profile, cap, report["calibration"] = calibrate(prof["requests"], args, max_batch, max_ctx)
+        prof2 = args.from_dir / "profile-replay-2.json"
+        if prof2.is_file():     # runs before the alternation had one profile for both replays
+            profile2, cap, report["calibration_2"] = calibrate(
+                json.loads(prof2.read_text())["requests"], args, max_batch, max_ctx)
         for label in (fixed_label, "autoscaled"):
             f_ = args.from_dir / f"replay-{label}.json"
             if f_.is_file():
@@ -687,6 +697,14 @@ def main(argv=None) -> int:
             p_auto = auto_spec(cap)
             if not args.skip_fixed:
                 docs[fixed_label] = live_run(fixed_label, srv, planned, args, args.replicas, args.out)
+            if not args.skip_autoscaled:
+                # the autoscaled replay's own profile, measured next to it (same fleet size as the first)
+                print(f"profiling again before the autoscaled replay (load {loadavg()})", flush=True)
+                prun2, _ = run_replay(prof_plan, srv.url, 64, args.timeout)
+                (args.out / "profile-replay-2.json").write_text(json.dumps({"requests": prun2.records}, indent=1))
+                profile2, cap, report["calibration_2"] = calibrate(prun2.records, args, max_batch, max_ctx)
+                report["calibration_2"]["load"] = loadavg()
+                p_auto = auto_spec(cap)
             left = srv.stop()
             servers.remove(srv)
             print(f"fixed fleet stopped ({len(left)} leftover processes killed)", flush=True)
@@ -716,8 +734,26 @@ def main(argv=None) -> int:
         report["results"].append(analyse(fixed_label, docs[fixed_label], args, profile, fixed_pools, settings,
                                          {POOL: args.replicas}, args.replicas))
     if "autoscaled" in docs:
-        report["results"].append(analyse("autoscaled", docs["autoscaled"], args, profile, pools, settings, {POOL: 1},
-                                         None))
+        report["results"].append(analyse("autoscaled", docs["autoscaled"], args, profile2 or profile, pools, settings,
+                                         {POOL: 1}, None))
+    if profile2 is not None:
+        # Sensitivity, not the acceptance: each replay predicted with the other replay's profile. The spread
+        # between the two is what the calibration's own noise (two profiling runs on one machine, minutes
+        # apart) does to the figures.
+        print("\n(sensitivity, not the acceptance) each replay predicted with the other replay's profile:")
+        cross = []
+        if fixed_label in docs:
+            fixed_pools = [replace(pools[0], min_replicas=args.replicas, max_replicas=args.replicas)]
+            cross.append(analyse(f"{fixed_label} with profile 2", docs[fixed_label], args, profile2, fixed_pools,
+                                 settings, {POOL: args.replicas}, args.replicas, quiet=True))
+        if "autoscaled" in docs:
+            cross.append(analyse("autoscaled with profile 1", docs["autoscaled"], args, profile, pools, settings,
+                                 {POOL: 1}, None, quiet=True))
+        for res in cross:
+            for line in res["acceptance"]:
+                print("  " + line)
+        report["cross_profile"] = [{k: res[k] for k in ("label", "aggregates", "overall", "acceptance")}
+                                   for res in cross]
     # Diagnostic, not the acceptance: how much slower than in the profiling run would the engine have to be for
     # the model to match the measured run? Prefill rates divided by kp, decode step times multiplied by kd,
     # searched on a grid on the fixed-fleet run. kp, kd near 1 with large errors: the model is wrong; k well
