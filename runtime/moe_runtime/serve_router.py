@@ -64,9 +64,26 @@ def _publish(app: str, deployment: str, ids: list[str]) -> None:
 class HintRouter(_Base):
     """Offer the replica the ingress chose (``route_to``) first, then Serve's own choice (power of two)."""
 
-    # The power-of-two router's FIFO mixin hands a chosen replica to the oldest pending request, not to the one
-    # it was chosen for; under load request A's hinted replica would serve B. The base class matches the request.
-    _fulfill_next_pending_request = RequestRouter._fulfill_next_pending_request
+    def _fulfill_next_pending_request(self, replica: RunningReplica, request_metadata=None) -> None:
+        """Hand ``replica`` to the request it was chosen for.
+
+        Not FIFO: the power-of-two router's FIFO mixin hands a chosen replica to the oldest pending request, so
+        under load request A's hinted replica would serve B. Not by internal request id alone either (Serve's
+        RequestRouter): calls a replica makes while it handles one request share that request's id, Serve's id
+        index keeps only the first of them, and the others were never handed a replica. /metrics asks each pool
+        for 2n+2 snapshots at once, so all but one waited out SNAPSHOT_S (5 s) on every scrape, which is
+        ``moectl up``'s scrape timeout: its autoscaler saw no metrics under load. Serve passes the routed
+        request's own metadata object (``_fulfill_pending_requests``), so identity finds it."""
+        queue = getattr(self, "_pending_requests_to_fulfill", None)
+        if request_metadata is not None and queue is not None:
+            for pr in queue:
+                if pr.metadata is request_metadata and not pr.future.done():
+                    self._cancel_routing_task_for_pending_request(pr)
+                    self._record_queue_wait_time(pr)
+                    pr.future.set_result(replica)
+                    self._remove_pending_request_from_indices(pr)
+                    return
+        RequestRouter._fulfill_next_pending_request(self, replica, request_metadata)
 
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
         super().update_replicas(replicas)

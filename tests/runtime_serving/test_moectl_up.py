@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -147,6 +148,46 @@ def test_up_metrics_carry_the_pool_and_pass_promtool(up):
         need("promtool", "Debian's prometheus package provides it")
     run = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and not (run.stdout + run.stderr).strip(), run.stdout + run.stderr
+
+
+@pytest.mark.timing_sensitive  # an answer well inside SNAPSHOT_S (5 s): the defect made every one take 5 s exactly
+def test_up_metrics_answer_at_once_while_streams_are_in_flight(up):
+    """/metrics asks each pool for several snapshots at once, inside one HTTP request, so the calls share Serve's
+    internal request id. serve_router.HintRouter once matched a routed replica to its request by that id alone,
+    and all but one call waited until /metrics gave up on them after SNAPSHOT_S: 5 s, moectl up's scrape timeout,
+    so its autoscaler saw no metrics while the fleet was busy and never scaled up (the simulator validation's
+    live run stayed at 1 replica for 10 minutes). Streams are in flight (first chunk read) while it scrapes."""
+    from moe_runtime.serve_app import SNAPSHOT_S
+
+    first, stop = [threading.Event() for _ in range(2)], threading.Event()
+
+    def stream(i: int) -> None:
+        body = {"model": "tiny-moe", "prompt": f"Stream {i} of two.", "max_tokens": 1500, "temperature": 0,
+                "stream": True}
+        with httpx.stream("POST", up.base_url + "/v1/completions", json=body, timeout=300) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    first[i].set()
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        assert all(e.wait(120) for e in first), "the streams never started"
+        took = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = httpx.get(up.base_url + "/metrics", timeout=60)
+            took.append(round(time.monotonic() - t0, 3))
+            assert r.status_code == 200 and "moe_tokens_total" in r.text
+        assert max(took) < SNAPSHOT_S - 1, f"/metrics took {took} s with streams in flight"
+        assert any(t.is_alive() for t in threads), "the streams ended before the scrapes did: nothing was in flight"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
 
 
 def _sum(text: str, prefix: str) -> float:
