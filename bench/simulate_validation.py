@@ -66,7 +66,8 @@ sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "runtime")]
 from moe_operator.autoscaling.from_spec import CAPACITY_ANNOTATION, pool_models_from_spec, settings_from_spec  # noqa: E402
 from moe_operator.autoscaling.policy import History, decide  # noqa: E402
 from moe_operator.autoscaling.simulate.calibrate import fit_profile  # noqa: E402
-from moe_operator.autoscaling.simulate.replicas import ReplicaReplay  # noqa: E402
+from moe_operator.autoscaling.simulate.replicas import (DEFAULT_MAX_QUEUE, ROUTERS,  # noqa: E402
+                                                      ReplicaReplay, make_router)
 from moe_operator.autoscaling.simulate.traces import Trace  # noqa: E402
 from moe_operator.loadtest import replay as lt  # noqa: E402
 
@@ -286,10 +287,12 @@ class OursFrom:
 
 
 def simulate(trace: Trace, sent: list[dict], pools, settings, profile, policy, initial: dict, first_decision_s: float,
-             drain_s: float = 900.0) -> tuple[list[dict], list[tuple[float, int]], float]:
-    """Replica-model run: sim records (replay-shaped, one per sent request), asked replicas per second, wall."""
+             drain_s: float = 900.0, router: str = "prefix-aware",
+             max_queue: int = DEFAULT_MAX_QUEUE) -> tuple[list[dict], list[tuple[float, int]], float]:
+    """Replica-model run: sim records (replay-shaped, one per sent request), asked replicas per second, wall.
+    ``router``: the simulator's router (replicas.ROUTERS); the live torch ingress runs prefix-aware."""
     r = ReplicaReplay(trace, pools, settings.weights, settings.ttft_p95_s or np.inf, settings.tpot_p95_s or np.inf,
-                      cold_start=True, profiles={POOL: profile})
+                      cold_start=True, profiles={POOL: profile}, router=make_router(router, max_queue=max_queue))
     r.fleet.cold_start = False
     r.apply(initial, 0.0)
     r.fleet.cold_start = True
@@ -500,7 +503,8 @@ def analyse(label, doc, args, profile, pools, settings, initial, fixed_n, quiet=
     else:
         first = settings.interval_s
         policy = lambda obs, r, now: {POOL: fixed_n}   # noqa: E731 (constant schedule)
-    sim_recs, asked, sim_wall = simulate(trace, sent, pools, settings, profile, policy, initial, max(1.0, first))
+    sim_recs, asked, sim_wall = simulate(trace, sent, pools, settings, profile, policy, initial, max(1.0, first),
+                                         router=args.router, max_queue=args.max_queue)
     horizon = max(wall_s, sim_wall)
     meas_w, meas_s = lt.summarize(records, args.window, horizon)
     pred_w, pred_s = lt.summarize(sim_recs, args.window, horizon)
@@ -620,6 +624,8 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch threads per engine replica (MOE_TORCH_THREADS; default 1: one core per replica; "
                          "0: torch's default)")
+    ap.add_argument("--router", default="prefix-aware", choices=ROUTERS,
+                    help="the simulator's router (default prefix-aware: what the live torch ingress runs)")
     ap.add_argument("--timeout", type=float, default=180.0)
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--skip-autoscaled", action="store_true")
@@ -638,6 +644,7 @@ def main(argv=None) -> int:
     base = yaml.safe_load((ROOT / "examples" / "tiny-moe.yaml").read_text())
     max_batch = int(base["spec"]["serving"]["maxBatchSize"])
     max_ctx = int(base["spec"]["model"]["maxContextTokens"])
+    args.max_queue = int(base["spec"]["serving"].get("maxQueue", DEFAULT_MAX_QUEUE))   # the live router's limit
     started = time.time()
     report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "git": git_state(),
               "load_at_start": loadavg(), "engine_prefill": "prefill-first (whole prompt between decode steps): "
