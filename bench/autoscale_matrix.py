@@ -95,10 +95,16 @@ def _trace(case: dict, pools, weights, shipped, dep, traces_dir: str):
                                max_context=int(dep.spec.model.max_context_tokens))
 
 
-def run_case(case: dict, traces_dir: str, model: str | None, full: bool = False):
-    """Simulate one case; a summary dict (``full``: also the simulate output, trace and pools, for a plot)."""
+def run_case(case: dict, traces_dir: str, model: str | None, full: bool = False, router: str | None = None):
+    """Simulate one case; a summary dict (``full``: also the simulate output, trace and pools, for a plot).
+
+    ``router``: the replica model's router; None routes as ``moectl simulate`` does by default (the router the
+    spec's deployment runs live, with its prefix caches sized from the spec)."""
+    from moe_operator.autoscaling.from_spec import live_router
+    from moe_operator.autoscaling.simulate.prefix_cache import cache_blocks_from_spec
     from moe_operator.autoscaling.simulate.run import simulate
     from moe_operator.autoscaling.simulate.synthetic import widest_capacity
+    from moe_operator.cli._common import load_catalog
 
     t0, c0 = time.perf_counter(), time.process_time()
     dep, pools, weights, shipped, settings = _load(case["spec_path"], case["budget"], case.get("tight"))
@@ -107,12 +113,18 @@ def run_case(case: dict, traces_dir: str, model: str | None, full: bool = False)
     kw = {"model": model} if model else {}
     if "max_context_tokens" in accepts:          # the replica model sizes KV from the spec's context
         kw["max_context_tokens"] = int(dep.spec.model.max_context_tokens)
+    if (model or "replica") == "replica" and "router" in accepts:   # as the CLI: the live router, the spec's caches
+        router = router or live_router(dep.spec)
+        kw.update(router=router, max_queue=int(dep.spec.serving.max_queue),
+                  cache_blocks=cache_blocks_from_spec(dep.spec, load_catalog(None), trace.block_tokens))
+    else:
+        router = None
     out = simulate(trace, pools, settings, POLICIES, dep.spec.serving.max_batch_size, **kw)
     work = weights.prompt * trace.prompt + weights.cached_prompt * trace.cached + weights.generated * trace.output
     widest = widest_capacity(pools, settings.max_hourly_cost)
     row = dict(case)
     row.update({
-        "requests": len(trace), "durationSeconds": round(trace.duration_s, 1),
+        "requests": len(trace), "durationSeconds": round(trace.duration_s, 1), "router": router,
         "load": round(float(work.sum()) / max(trace.duration_s, 1.0) / widest, 4) if widest > 0 else None,
         "maxHourlyCost": settings.max_hourly_cost, "maxCostPerMillionTokens": settings.max_cost_per_million,
         "optimumCost": round(out["optimum"].cost, 4), "coldStartOptimumCost": round(out["cold_start_optimum"].cost, 4),
@@ -125,9 +137,9 @@ def run_case(case: dict, traces_dir: str, model: str | None, full: bool = False)
 
 
 def _worker(args):
-    case, traces_dir, model = args
+    case, traces_dir, model, router = args
     try:
-        return run_case(case, traces_dir, model)
+        return run_case(case, traces_dir, model, router=router)
     except Exception as exc:   # one broken case must not lose the others
         return dict(case, error=f"{type(exc).__name__}: {exc}")
 
@@ -332,6 +344,9 @@ def main(argv=None) -> int:
     ap.add_argument("--plot-worst", metavar="PNG", help="plot the worst case (demand vs capacity, replicas)")
     ap.add_argument("--traces-dir", default=str(TRACES), help=f"real traces (default {TRACES})")
     ap.add_argument("--model", help="serving model passed to simulate(model=...) when it takes one")
+    ap.add_argument("--router", choices=("least-loaded", "prefix-aware", "random"), default=None,
+                    help="the replica model's router for every case (default: each spec's live router, as moectl "
+                         "simulate; before 2026-12-07 the matrix ran least-loaded everywhere)")
     ap.add_argument("--tight-budget", type=float, metavar="F",
                     help="also run each spec with maxHourlyCost = F x the cost of every pool at maxReplicas (the "
                          "shipped budgets never bind: their fleets at maxReplicas cost less)")
@@ -352,7 +367,7 @@ def main(argv=None) -> int:
     cases = build_cases(args.quick, args.tight_budget)
     t0 = time.perf_counter()
     rows: dict[str, dict] = {}
-    work = [(c, args.traces_dir, args.model) for c in cases]
+    work = [(c, args.traces_dir, args.model, args.router) for c in cases]
     print(f"{len(cases)} cases x {len(POLICIES)} policies, {args.jobs} job(s)", file=sys.stderr)
     if args.jobs > 1:
         ctx = multiprocessing.get_context("fork")
@@ -402,7 +417,7 @@ def main(argv=None) -> int:
         from moe_operator.autoscaling.simulate.plots import plot_results
 
         case = next(c for c in cases if c["case"] == summary["worst"])
-        _, out, trace, pools = run_case(case, args.traces_dir, args.model, full=True)
+        _, out, trace, pools = run_case(case, args.traces_dir, args.model, full=True, router=args.router)
         png = plot_results(out["results"], [p.name for p in pools], args.plot_worst, f"worst case: {case['case']}")
         print(f"plot: {png}")
     return 0
