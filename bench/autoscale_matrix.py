@@ -98,9 +98,8 @@ def _trace(case: dict, pools, weights, shipped, dep, traces_dir: str):
 def run_case(case: dict, traces_dir: str, model: str | None, full: bool = False, router: str | None = None):
     """Simulate one case; a summary dict (``full``: also the simulate output, trace and pools, for a plot).
 
-    ``router``: the replica model's router; None routes as ``moectl simulate`` does by default (the router the
-    spec's deployment runs live, with its prefix caches sized from the spec)."""
-    from moe_operator.autoscaling.from_spec import live_router
+    ``router``: the replica model's router; None routes as ``moectl simulate`` does by default (least-loaded),
+    with the prefix caches sized from the spec as the CLI sizes them."""
     from moe_operator.autoscaling.simulate.prefix_cache import cache_blocks_from_spec
     from moe_operator.autoscaling.simulate.run import simulate
     from moe_operator.autoscaling.simulate.synthetic import widest_capacity
@@ -113,8 +112,8 @@ def run_case(case: dict, traces_dir: str, model: str | None, full: bool = False,
     kw = {"model": model} if model else {}
     if "max_context_tokens" in accepts:          # the replica model sizes KV from the spec's context
         kw["max_context_tokens"] = int(dep.spec.model.max_context_tokens)
-    if (model or "replica") == "replica" and "router" in accepts:   # as the CLI: the live router, the spec's caches
-        router = router or live_router(dep.spec)
+    if (model or "replica") == "replica" and "router" in accepts:   # as the CLI: its router, the spec's caches
+        router = router or "least-loaded"
         kw.update(router=router, max_queue=int(dep.spec.serving.max_queue),
                   cache_blocks=cache_blocks_from_spec(dep.spec, load_catalog(None), trace.block_tokens))
     else:
@@ -345,8 +344,8 @@ def main(argv=None) -> int:
     ap.add_argument("--traces-dir", default=str(TRACES), help=f"real traces (default {TRACES})")
     ap.add_argument("--model", help="serving model passed to simulate(model=...) when it takes one")
     ap.add_argument("--router", choices=("least-loaded", "prefix-aware", "random"), default=None,
-                    help="the replica model's router for every case (default: each spec's live router, as moectl "
-                         "simulate; before 2026-12-07 the matrix ran least-loaded everywhere)")
+                    help="the replica model's router for every case (default least-loaded, as moectl simulate; "
+                         "prefix-aware is the live torch ingress's rank, ~20x slower on multi-pool synthetic hours)")
     ap.add_argument("--tight-budget", type=float, metavar="F",
                     help="also run each spec with maxHourlyCost = F x the cost of every pool at maxReplicas (the "
                          "shipped budgets never bind: their fleets at maxReplicas cost less)")

@@ -248,22 +248,6 @@ def test_the_cli_reports_the_router_and_hits_and_refuses_router_with_the_fluid_m
 
 
 
-@pytest.mark.parametrize("example, expected", [
-    ("examples/tiny-moe.yaml", "prefix-aware"),               # torch: the ingress ranks with moe_runtime.routing
-    ("examples/tiny-moe-two-pools.yaml", "prefix-aware"),
-    ("bench/autoscale_two_pool.yaml", "prefix-aware"),        # vLLM, two pools: the router app, then prefix affinity
-    ("examples/deepseek-v3-h800.yaml", "least-loaded"),       # vLLM, one pool: Serve's power of two choices
-])
-def test_without_router_the_cli_replays_with_the_router_the_deployment_runs(tmp_path, capsys, example, expected):
-    """A replay is only worth tuning on when it routes as the fleet will: the default follows the deployment."""
-    from pathlib import Path
-    spec = Path(__file__).resolve().parents[2] / example
-    f = tmp_path / "conv.jsonl"
-    f.write_text("".join(json.dumps({"timestamp": int(t * 1000), "input_length": n, "output_length": 20,
-                                     "hash_ids": bl}) + "\n" for t, bl, n in conversations(n_conv=4, turns=2)))
-    assert main(["simulate", "--trace", str(f), "--spec", str(spec), "--policy", "static-peak", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["router"] == expected
-
 # ---- what the simulator showed about moe_runtime.routing: each failed before routing.py's fix -------------------
 
 def test_index_keeps_a_prompt_s_head_as_a_vllm_replica_does():

@@ -135,19 +135,3 @@ def settings_from_spec(autoscaling, weights: WorkWeights | None = None) -> Setti
         weights=weights or WorkWeights(),
     )
 
-
-def live_router(spec: Any) -> str:
-    """The replica model's name (simulate.replicas.ROUTERS) for the router a MoEDeployment runs live, so that
-    ``moectl simulate`` replays traffic the way the fleet will route it (docs/routing.md):
-
-    * engine torch: the ingress ranks every replica with ``moe_runtime.routing`` (prefix, $/token, SLO
-      headroom): ``prefix-aware`` is that code;
-    * engine vllm with two or more pools: the router app picks the pool by $/token under the SLO and Ray Serve
-      LLM's prefix-affinity router picks the replica (render/vllm_router.py ``routed``): ``prefix-aware`` is
-      its nearest model;
-    * engine vllm with one pool: Serve's power-of-two-choices router, which sends to the shorter of two queues:
-      ``least-loaded``.
-    """
-    if spec.engine == "torch" or len(spec.pools) >= 2:
-        return "prefix-aware"
-    return "least-loaded"

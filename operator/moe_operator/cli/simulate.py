@@ -43,10 +43,9 @@ def register(subparsers) -> None:
                    help="serving model: replica (per-replica engines: batch slots, KV, chunked prefill; default) or "
                         "fluid (the whole fleet as one FIFO queue)")
     p.add_argument("--router", default=None, choices=("least-loaded", "prefix-aware", "random"),
-                   help="how the replica model routes requests to replicas; default: the router the deployment "
-                        "runs live (prefix-aware for engine torch and for vLLM with two or more pools: prefix "
-                        "cache, $/token, SLO headroom; least-loaded for one vLLM pool: Serve's power of two "
-                        "choices); random for comparison")
+                   help="how the replica model routes requests to replicas: least-loaded (default), prefix-aware "
+                        "(the live torch ingress's own rank: prefix cache, $/token, SLO headroom; ~20x slower on "
+                        "a busy multi-pool hour) or random")
     p.add_argument("--prefix-cache", default="replica", choices=("replica", "fleet"),
                    help="replica model with a trace that records prompt blocks (Mooncake): each replica's own LRU "
                         "cache, sized from the spec (default), or the trace's hits for one unlimited fleet-wide "
@@ -120,7 +119,7 @@ def _calibrate(values: list[str], deployment, pool_names: list[str]) -> tuple[di
 
 def run(args: argparse.Namespace) -> int:
     from moe_operator.api import load_manifest
-    from moe_operator.autoscaling.from_spec import live_router, pool_models_from_spec, settings_from_spec
+    from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_from_spec
     from moe_operator.autoscaling.simulate.run import simulate
     from moe_operator.autoscaling.simulate.traces import load_trace
 
@@ -142,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--router routes between replicas: use it with --model replica")
     if args.prefix_cache != "replica" and args.model != "replica":
         raise UserError("--prefix-cache chooses the replica model's caches: use it with --model replica")
-    router = args.router or live_router(deployment.spec)
+    router = args.router or "least-loaded"
     profiles, calibration = (
         _calibrate(args.calibrate, deployment, [p.name for p in pools]) if args.calibrate else ({}, {})
     )
