@@ -75,15 +75,21 @@ class HintRouter(_Base):
         ``moectl up``'s scrape timeout: its autoscaler saw no metrics under load. Serve passes the routed
         request's own metadata object (``_fulfill_pending_requests``), so identity finds it."""
         queue = getattr(self, "_pending_requests_to_fulfill", None)
-        if request_metadata is not None and queue is not None:
-            for pr in queue:
-                if pr.metadata is request_metadata and not pr.future.done():
-                    self._cancel_routing_task_for_pending_request(pr)
-                    self._record_queue_wait_time(pr)
-                    pr.future.set_result(replica)
-                    self._remove_pending_request_from_indices(pr)
-                    return
-        RequestRouter._fulfill_next_pending_request(self, replica, request_metadata)
+        helpers = [getattr(self, n, None) for n in ("_cancel_routing_task_for_pending_request",
+                                                     "_record_queue_wait_time", "_remove_pending_request_from_indices")]
+        if request_metadata is None or queue is None or not all(helpers):   # another Ray: its own exact match
+            RequestRouter._fulfill_next_pending_request(self, replica, request_metadata)
+            return
+        cancel_task, record_wait, unindex = helpers
+        for pr in queue:
+            if pr.metadata is request_metadata and not pr.future.done():
+                cancel_task(pr)
+                record_wait(pr)
+                pr.future.set_result(replica)
+                unindex(pr)
+                return
+        # Its own request was cancelled meanwhile: give the replica to nobody (a sibling with the same id has its
+        # own routing task, and perhaps another hint), rather than to whichever request Serve's id index holds.
 
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
         super().update_replicas(replicas)

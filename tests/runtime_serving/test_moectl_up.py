@@ -157,7 +157,7 @@ def test_up_metrics_answer_at_once_while_streams_are_in_flight(up):
     and all but one call waited until /metrics gave up on them after SNAPSHOT_S: 5 s, moectl up's scrape timeout,
     so its autoscaler saw no metrics while the fleet was busy and never scaled up (the simulator validation's
     live run stayed at 1 replica for 10 minutes). Streams are in flight (first chunk read) while it scrapes."""
-    from moe_runtime.serve_app import SNAPSHOT_S
+    from moe_runtime.serve_app import METRICS_TTL_S, SNAPSHOT_S
 
     first, stop = [threading.Event() for _ in range(2)], threading.Event()
 
@@ -165,6 +165,8 @@ def test_up_metrics_answer_at_once_while_streams_are_in_flight(up):
         body = {"model": "tiny-moe", "prompt": f"Stream {i} of two.", "max_tokens": 1500, "temperature": 0,
                 "stream": True}
         with httpx.stream("POST", up.base_url + "/v1/completions", json=body, timeout=300) as r:
+            if r.status_code != 200:
+                return           # refused: its event stays unset and the test says the streams never started
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     first[i].set()
@@ -178,6 +180,7 @@ def test_up_metrics_answer_at_once_while_streams_are_in_flight(up):
         assert all(e.wait(120) for e in first), "the streams never started"
         took = []
         for _ in range(3):
+            time.sleep(METRICS_TTL_S)     # each scrape starts a collection of its own (not the last one's answer)
             t0 = time.monotonic()
             r = httpx.get(up.base_url + "/metrics", timeout=60)
             took.append(round(time.monotonic() - t0, 3))
