@@ -247,7 +247,6 @@ def test_the_cli_reports_the_router_and_hits_and_refuses_router_with_the_fluid_m
     assert doc["policies"]["static-peak"]["cacheHitRatio"] == pytest.approx(doc["trace"]["cacheHitRatio"], abs=1e-4)
 
 
-
 # ---- what the simulator showed about moe_runtime.routing: each failed before routing.py's fix -------------------
 
 def test_index_keeps_a_prompt_s_head_as_a_vllm_replica_does():

@@ -134,4 +134,3 @@ def settings_from_spec(autoscaling, weights: WorkWeights | None = None) -> Setti
         burst_reserve_s=None if a.burst_reserve_seconds is None else float(a.burst_reserve_seconds),
         weights=weights or WorkWeights(),
     )
-
