@@ -109,10 +109,15 @@ class RuntimeMetrics:
         """Replicas per pool that reported to the placement board within 10 s (empty: the gauge is not exported)."""
         self._ready = dict(ready_by_pool)
 
-    def update_router(self, waiting: int, routed: dict[str, int], prefix_blocks: dict[str, int]) -> None:
+    def update_router(self, waiting: int, routed: dict[str, int], prefix_blocks: dict[str, int],
+                      snapshot_timeouts: dict[str, int] | None = None,
+                      collection_seconds: float | None = None) -> None:
         """The ingress router's figures: requests held because no replica is ready (pool "" = any pool), requests
-        it sent to each pool, and prompt blocks it found held (hit) or not (miss) on the replica it chose."""
-        self._router = {"waiting": int(waiting), "routed": dict(routed), "blocks": dict(prefix_blocks)}
+        it sent to each pool, and prompt blocks it found held (hit) or not (miss) on the replica it chose; and of
+        the collection behind this very /metrics: replica snapshots each pool left unanswered (its figures are then
+        partly stale) and how long the last collection took (None: none finished yet)."""
+        self._router = {"waiting": int(waiting), "routed": dict(routed), "blocks": dict(prefix_blocks),
+                        "timeouts": dict(snapshot_timeouts or {}), "collection": collection_seconds}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -188,4 +193,16 @@ class RuntimeMetrics:
             for result in ("hit", "miss"):
                 blocks.add_metric([*self._lv(""), result], float(self._router["blocks"].get(result, 0)))
             families += [waiting, routed, blocks]
+            if self._router["timeouts"]:
+                late = CounterMetricFamily("moe_metrics_snapshot_timeouts_total", "Replica snapshots this /metrics "
+                                           "asked a pool for and got no answer to in time: the pool's figures "
+                                           "are partly stale while it rises.", labels=names)
+                for pool, n in sorted(self._router["timeouts"].items()):
+                    late.add_metric(self._lv(pool), float(n))
+                families.append(late)
+            if self._router["collection"] is not None:
+                took = GaugeMetricFamily("moe_metrics_collection_seconds", "How long the last collection of the "
+                                         "replicas' snapshots behind /metrics took, seconds.", labels=names)
+                took.add_metric(self._lv(""), float(self._router["collection"]))
+                families.append(took)
         return families

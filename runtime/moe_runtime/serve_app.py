@@ -250,6 +250,10 @@ class RemoteEngine:
         # pool -> replica id -> counters of a retired replica ("" = the oldest ones, summed): bounded by MAX_RETIRED
         self._retired: dict[str, dict[str, EngineStats]] = {}
         self.front_rejections: dict[str, int] = {p: 0 for p in handles}
+        # how complete and how quick /metrics' collections are, exported beside them: snapshot calls a pool left
+        # unanswered within SNAPSHOT_S (its figures are then partly stale), and the last collection's duration
+        self.snapshot_timeouts: dict[str, int] = {p: 0 for p in handles}
+        self.collection_seconds: float | None = None
         self._collection: asyncio.Future | None = None  # the last (or in-flight) stats collection
         self._collected_at = float("-inf")  # monotonic time the last collection started
         if info:
@@ -407,7 +411,8 @@ class RemoteEngine:
 
     def router_figures(self) -> dict[str, Any]:
         """What /metrics exports of the router (RuntimeMetrics.update_router)."""
-        return {"waiting": self.waiting, "routed": dict(self.routed), "prefix_blocks": dict(self.blocks)}
+        return {"waiting": self.waiting, "routed": dict(self.routed), "prefix_blocks": dict(self.blocks),
+                "snapshot_timeouts": dict(self.snapshot_timeouts), "collection_seconds": self.collection_seconds}
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[TokenEvent]:
@@ -490,6 +495,7 @@ class RemoteEngine:
         calls = [self.handles[pool].snapshot.remote() for _ in range(tries)]
         pending = [asyncio.ensure_future(_await(c)) for c in calls]
         done, late = await asyncio.wait(pending, timeout=SNAPSHOT_S)
+        self.snapshot_timeouts[pool] = self.snapshot_timeouts.get(pool, 0) + len(late)
         for c, f in zip(calls, pending):
             if f in late:
                 f.cancel()
@@ -518,7 +524,9 @@ class RemoteEngine:
                 retired[""] = merge_stats([retired.pop(oldest)] + ([retired.pop("")] if "" in retired else []))
 
     async def _collect(self) -> dict[str, EngineStats]:
+        t0 = time.monotonic()
         await asyncio.gather(*(self._refresh_pool(p) for p in self.handles))
+        self.collection_seconds = time.monotonic() - t0
         self._retire(time.time())
         out = {}
         for pool, snaps in self._snaps.items():

@@ -210,6 +210,41 @@ def test_gone_replicas_leave_the_snapshot_table_but_not_the_counters(info, monke
     assert asyncio.run(eng.stats_by_pool())["a"].tokens["generated"] == 10 * (sa.MAX_RETIRED + 4) + 12 + 1
 
 
+def test_snapshots_a_pool_leaves_unanswered_are_counted_and_exported_with_the_collection_time(info, monkeypatch):
+    """/metrics tells how complete it is: snapshot calls a pool did not answer within SNAPSHOT_S (a hung pool, or
+    the stall HintRouter once caused) are counted per pool, and the collection's duration is exported, so an SRE
+    (and test_moectl_up) can see a stale pool instead of reading its last figures as current."""
+    import moe_runtime.serve_app as sa
+    from moe_runtime.metrics import RuntimeMetrics
+
+    monkeypatch.setattr(sa, "SNAPSHOT_S", 0.05)
+    monkeypatch.setattr(sa, "METRICS_TTL_S", 0.0, raising=False)
+    hung = FakeHandle(ACCEPT, replicas=1)
+
+    class _Never:
+        def remote(self, *args, **kw):
+            class Call:
+                def __await__(self):
+                    return asyncio.Event().wait().__await__()   # no replica ever answers
+
+                def cancel(self):
+                    pass
+            return Call()
+    hung.snapshot = _Never()
+    eng = RemoteEngine({"ok": FakeHandle(ACCEPT, replicas=2), "hung": hung}, info)
+    for _ in range(2):
+        asyncio.run(eng.stats_by_pool())
+    figures = eng.router_figures()
+    assert figures["snapshot_timeouts"] == {"ok": 0, "hung": 2 * (2 * 1 + 2)}  # 2n+2 calls, n = 0 known replicas
+    assert sa.SNAPSHOT_S <= figures["collection_seconds"] < 5
+    metrics = RuntimeMetrics("tiny-moe")
+    metrics.update_router(**figures)
+    text = metrics.render().decode()
+    assert 'moe_metrics_snapshot_timeouts_total{model="tiny-moe",pool="hung"} 8.0' in text
+    assert 'moe_metrics_snapshot_timeouts_total{model="tiny-moe",pool="ok"} 0.0' in text
+    assert 'moe_metrics_collection_seconds{model="tiny-moe",pool=""} ' in text
+
+
 def _serve_says(app: str, live: dict[str, list[str]]) -> None:
     """What serve_router.HintRouter publishes when Serve tells it a deployment's running replicas."""
     from moe_runtime import serve_router
