@@ -75,3 +75,11 @@ def test_tls_is_verified_a_self_signed_server_is_refused(server, kind, tmp_path,
     src = sources(s.url)[kind]
     src.observe()
     assert src.last_error is None, src.last_error
+
+
+def test_a_scrape_waits_longer_than_the_ingress_waits_for_its_replicas():
+    """The Serve ingress answers /metrics at SNAPSHOT_S with whatever replicas answered; a scraper with the same
+    deadline would drop that answer on a busy fleet, which is when the autoscaler needs it (moectl up's scrapes
+    gave up at 5 s = SNAPSHOT_S). Its default deadline leaves the proxy at least as long again."""
+    serve_app = pytest.importorskip("moe_runtime.serve_app")
+    assert ScrapeSource("http://127.0.0.1:1/metrics").timeout_s >= 2 * serve_app.SNAPSHOT_S

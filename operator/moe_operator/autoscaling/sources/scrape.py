@@ -133,6 +133,13 @@ def observation_between(prev: Snapshot, cur: Snapshot) -> Observation | None:
         ready={p: n for p, n in cur.ready.items() if p}, served_by_pool=by_pool or None)
 
 
+# Longer than the Serve ingress waits for its replicas' snapshots (moe_runtime.serve_app.SNAPSHOT_S, 5 s) plus the
+# proxy's share: when a replica is slow the ingress answers at SNAPSHOT_S with what it has (and counts the rest in
+# moe_metrics_snapshot_timeouts_total); a scraper that gave up at the same 5 s would see nothing instead. Prometheus's
+# own default scrape_timeout is 10 s too.
+SCRAPE_TIMEOUT_S = 10.0
+
+
 class ScrapeSource:
     """Scrapes ``url`` each ``observe()``; ``fetch`` (url -> text) and ``clock`` are injectable for tests.
 
@@ -141,7 +148,8 @@ class ScrapeSource:
     nothing more."""
 
     def __init__(self, url: str, model: str | None = None, fetch: Callable[[str], str] | None = None,
-                 clock: Callable[[], float] = time.time, timeout_s: float = 5.0, max_bytes: int = 16 * 1024 * 1024):
+                 clock: Callable[[], float] = time.time, timeout_s: float = SCRAPE_TIMEOUT_S,
+                 max_bytes: int = 16 * 1024 * 1024):
         self.url, self.model, self.clock, self.timeout_s, self.max_bytes = url, model, clock, timeout_s, max_bytes
         self.fetch = fetch or self._http_get
         self._client = None
