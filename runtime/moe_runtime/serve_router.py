@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from collections import OrderedDict
 from typing import List, Optional
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
@@ -27,7 +26,6 @@ except ImportError:  # pragma: no cover (older Ray)
 
 ROUTE_KWARG = "route_to"
 HINT_TRIES = 3  # routing rounds that offer only the chosen replica (probe deadlines 0.1 + 0.2 + 0.4 s at most)
-MAX_TRACKED = 4096  # requests whose rounds are counted at once (a request cancelled before routing is dropped)
 
 # (app, deployment) -> ids of its running replicas, as Serve says. Written by the routers (Serve runs them in its
 # own event loop thread), read by the ingress: whole-value assignments only, so no lock is needed.
@@ -104,16 +102,11 @@ class HintRouter(_Base):
             # Serve probes a replica's queue length with a deadline (0.1 s, doubling on each round): on a busy
             # node the chosen replica can miss it, and a ranking that offered others beside it would send the
             # request elsewhere (its prefix cache lost). The first HINT_TRIES rounds offer the chosen one alone.
-            tries = self.__dict__.setdefault("_hint_tries", OrderedDict())
-            key = pending_request.metadata.internal_request_id
-            tries[key] = n = tries.get(key, 0) + 1
-            while len(tries) > MAX_TRACKED:
-                tries.popitem(last=False)
+            # Counted on the call's own PendingRequest (Serve keeps its per-call routing state there too): calls
+            # that share an internal request id (one HTTP request's calls) would share a count keyed by it.
+            n = pending_request.__dict__.get("_moe_hint_rounds", 0) + 1
+            pending_request._moe_hint_rounds = n
             if n <= HINT_TRIES:
                 return [hinted]
         fallback = await super().choose_replicas(candidate_replicas, pending_request)
         return [hinted, *fallback] if hinted else fallback
-
-    def on_request_routed(self, pending_request: PendingRequest, replica_id, result) -> None:
-        super().on_request_routed(pending_request, replica_id, result)
-        self.__dict__.get("_hint_tries", {}).pop(pending_request.metadata.internal_request_id, None)
