@@ -227,7 +227,7 @@ def test_a_posted_placement_reaches_every_replica_while_requests_stream_unchange
             v = seen["view"] = get_experts(app)
             return len(v["replicas"]) == REPLICAS and all(x["placementId"] == pid for x in v["replicas"])
 
-        assert wait_for(applied, 30, 0.2), get_experts(app)
+        assert wait_for(applied, 120, 0.2), get_experts(app)
         t_done = time.monotonic()
         open_at_done = [p for p, s in streams.items() if not s.done.is_set()]
         # each replica's first report of pid counted its tokens after its swap (placement_board.BoardReporter.tick)
@@ -257,7 +257,7 @@ def test_a_posted_placement_reaches_every_replica_while_requests_stream_unchange
         return [x["replica"] for x in get_experts(app)["replicas"]
                 if routed_tokens(x) > routed_at_done.get(x["replica"], float("inf"))]
 
-    witnessed = wait_for(routed_after_swap, 30, 0.5)
+    witnessed = wait_for(routed_after_swap, 120, 0.5)
     durations = {p: round(s.times[-1] - s.times[0], 1) for p, s in streams.items()}
     print(f"\nadmin move: POST -> {REPLICAS} replicas on the new placement in {t_done - t_post:.2f} s; "
           f"{len(streams)} streams of {LONG_TOKENS} tokens ({sorted(durations.values())} s), {len(spanning)} open "
@@ -286,7 +286,7 @@ def test_a_failing_move_is_reported_and_a_board_restart_keeps_the_posted_placeme
         return v["placementId"] == bad_id and len(v["replicas"]) == REPLICAS and all(
             x["placementId"] == running and "did not load within 3 s" in (x["error"] or "") for x in v["replicas"])
 
-    assert wait_for(failing, 30, 0.5), get_experts(app)
+    assert wait_for(failing, 120, 0.5), get_experts(app)
     ids = tiny_ref.tokenizer.encode(PROMPTS[0])  # still serving, on the old placement
     body = complete(app, ids, 8)
     assert body["choices"][0]["text"] == text_of(tiny_ref.tokenizer, reference(tiny_ref.model, ids,
@@ -302,8 +302,8 @@ def test_a_failing_move_is_reported_and_a_board_restart_keeps_the_posted_placeme
             return False
 
     t_kill = time.monotonic()
-    assert wait_for(restarted, 30, 0.5)
-    assert wait_for(failing, 30, 0.5), get_experts(app)
+    assert wait_for(restarted, 120, 0.5)
+    assert wait_for(failing, 120, 0.5), get_experts(app)
     print(f"\nboard restart: killed -> posted placement restored and {REPLICAS} replicas reporting in "
           f"{time.monotonic() - t_kill:.2f} s")
     # posting the placement the replicas run clears their errors; nothing moves
@@ -315,7 +315,7 @@ def test_a_failing_move_is_reported_and_a_board_restart_keeps_the_posted_placeme
         return v["placementId"] == running and len(v["replicas"]) == REPLICAS and all(
             x["placementId"] == running and x["error"] is None for x in v["replicas"])
 
-    assert wait_for(recovered, 30, 0.5), get_experts(app)
+    assert wait_for(recovered, 120, 0.5), get_experts(app)
 
 
 def test_admin_auth_and_bad_bodies(app):
@@ -348,4 +348,4 @@ def test_ready_replicas_gauge(app):
         line = [x for x in text.splitlines() if x.startswith('moe_ready_replicas{model="tiny-moe",pool="cpu"}')]
         return float(line[0].split()[-1]) if line else None
 
-    assert wait_for(lambda: gauge() == REPLICAS, 15, 0.5), gauge()
+    assert wait_for(lambda: gauge() == REPLICAS, 60, 0.5), gauge()

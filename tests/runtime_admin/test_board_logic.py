@@ -126,11 +126,16 @@ class LocalBoard:
             setattr(self, name, _M(name))
 
 
-@pytest.mark.timing_sensitive  # the tick after the failure must come inside the 50 ms backoff
 def test_the_reporter_accumulates_adopts_applies_and_retries_after_a_failure(monkeypatch):
+    """The retry backoff runs on the module's monotonic clock, driven here by hand: no wall-clock window to miss."""
+    import time
+    from types import SimpleNamespace
+
     import moe_runtime.placement_board as pb
 
-    monkeypatch.setattr(pb, "APPLY_BACKOFF_S", (0.05, 0.2))
+    now = [1000.0]
+    monkeypatch.setattr(pb, "time", SimpleNamespace(monotonic=lambda: now[0], time=time.time))
+    monkeypatch.setattr(pb, "APPLY_BACKOFF_S", (5.0, 20.0))
     board, engine = LocalBoard(), FakeEngine(fail=1)
     r = BoardReporter(engine, "cpu", "r1", "k", lambda: board, P0, period_s=0.01)
     pid = placement_id(P1)
@@ -143,9 +148,10 @@ def test_the_reporter_accumulates_adopts_applies_and_retries_after_a_failure(mon
         await r.tick()
         await r._apply_task  # first attempt fails: reported, the old id stays
         assert r.running_id == INITIAL_ID and "could not start" in r.error
+        now[0] += 4.9
         await r.tick()  # inside the backoff: no new attempt
         assert engine.calls == 1
-        await asyncio.sleep(0.06)
+        now[0] += 0.2
         await r.tick()
         await r._apply_task
         assert r.running_id == pid and r.error is None and engine.applied == [P1]
@@ -157,7 +163,6 @@ def test_the_reporter_accumulates_adopts_applies_and_retries_after_a_failure(mon
     assert last["expertTokens"] == [[6, 0, 12, 0], [0, 18, 0, 0]]  # 6 ticks of deltas, cumulative
 
 
-@pytest.mark.timing_sensitive  # two 10 ms report periods must fit in 0.1 s
 def test_the_reporter_survives_a_board_that_fails_and_finds_it_again():
     calls = {"n": 0}
     board = LocalBoard()
@@ -172,7 +177,10 @@ def test_the_reporter_survives_a_board_that_fails_and_finds_it_again():
 
     async def main():
         task = asyncio.create_task(r.run())
-        await asyncio.sleep(0.1)
+        for _ in range(1000):   # until its report arrives (two 10 ms periods; 10 s at most on a starved machine)
+            if board.state.ready("k", 0.0) == {"cpu": 1}:
+                break
+            await asyncio.sleep(0.01)
         task.cancel()
 
     asyncio.run(main())
@@ -373,7 +381,7 @@ def test_board_calls_time_out_and_only_an_unreachable_board_is_503(monkeypatch):
     assert r.status_code == 503 and r.json()["error"]["code"] == "board_unavailable", r.text
 
 
-@pytest.mark.timing_sensitive  # calls 0.1 s apart must keep a 0.2 s idle timer alive
+@pytest.mark.timing_sensitive  # calls 0.1 s apart must keep a 2 s idle timer alive (a 1.9 s stall would not)
 def test_the_board_actor_class_serves_calls_and_exits_when_idle(monkeypatch):
     """The actor's own methods (run here as a plain object) and its idle exit (Ray's exit_actor stubbed)."""
     ray = pytest.importorskip("ray")
@@ -383,7 +391,7 @@ def test_the_board_actor_class_serves_calls_and_exits_when_idle(monkeypatch):
     monkeypatch.setattr(ray.actor, "exit_actor", lambda: exits.append(True))
 
     async def main():
-        b = PlacementBoard(idle_exit_s=0.2)
+        b = PlacementBoard(idle_exit_s=2.0)
         assert (await b.report("k", "cpu", rep("r1", INITIAL_ID, [[1]], placement=P0)))["placementId"] == INITIAL_ID
         assert await b.set_desired("k", "cpu", "p-1", P1, 10.0)
         assert (await b.view("k"))["cpu"]["placementId"] == "p-1" and await b.ready("k") == {"cpu": 1}
@@ -392,7 +400,10 @@ def test_the_board_actor_class_serves_calls_and_exits_when_idle(monkeypatch):
             await asyncio.sleep(0.1)
             await b.keepalive("k", {})
         assert not exits
-        await asyncio.sleep(0.5)
+        for _ in range(200):   # idle from here: the watchdog (checking every 2 s) exits within 4 s; 20 s at most
+            if exits:
+                break
+            await asyncio.sleep(0.1)
         return b
 
     b = asyncio.run(main())
