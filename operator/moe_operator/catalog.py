@@ -20,6 +20,10 @@ Vendor = Literal["nvidia", "huawei", "cpu"]
 AscendScheme = Literal["mindcluster", "hami"]
 Dtype = Literal["bf16", "fp16", "fp8", "int8"]
 ASCEND_SCHEMES = ("mindcluster", "hami")
+# Per vendor, kept here once (planning and render read them): devices one node holds (HGX/DGX boards and Atlas 800
+# servers carry 8; a CPU "pool" is one process per pod), and the torch device type the runtime runs on.
+DEVICES_PER_NODE: dict[str, int] = {"nvidia": 8, "huawei": 8, "cpu": 1}
+TORCH_DEVICE: dict[str, str] = {"nvidia": "cuda", "huawei": "npu", "cpu": "cpu"}
 
 
 def _camel(name: str) -> str:

@@ -136,12 +136,13 @@ def _reconciled(counted: dict[str, int] | None, kuberay_ready: bool = True, repl
     """(status as the reconcile writes it, the live RayService) for GOOD at ``replicas``."""
     from moe_operator.catalog import Catalog
     from moe_operator.render.context import build_render_input
-    from moe_operator.render.pipeline import parse_spec, plan
+    from moe_operator.planning import plan_deployment
+    from moe_operator.render.pipeline import parse_spec
     from moe_operator.render.images import Images
     from bad_specs import GOOD
 
     spec = parse_spec({**GOOD, "pools": [{**GOOD["pools"][0], "replicas": replicas}]})
-    p = plan(spec, Catalog.default(), "m")
+    p = plan_deployment(spec, Catalog.default(), "m")
     r = build_render_input("m", "ns", spec, Catalog.default(), p, Images(), {})
     live = {"status": {"conditions": [{"type": "Ready", "status": "True" if kuberay_ready else "False",
                                        "reason": "x"}]}}

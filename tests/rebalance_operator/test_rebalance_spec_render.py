@@ -12,7 +12,7 @@ from moe_operator.api import MoEDeploymentSpec
 from moe_operator.catalog import Catalog
 from moe_operator.handlers.admin_secret import new_token, secret_body, token_of
 from moe_operator.render.context import build_render_input
-from moe_operator.render.pipeline import plan
+from moe_operator.planning import plan_deployment
 from moe_operator.render.rayservice import render_rayservice
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def test_vllm_is_refused_with_the_crds_sentence():
 def render(enabled: bool) -> dict:
     s = MoEDeploymentSpec.model_validate(spec(enabled=enabled))
     catalog = Catalog.default()
-    return render_rayservice(build_render_input("m", "ns", s, catalog, plan(s, catalog, "m")))
+    return render_rayservice(build_render_input("m", "ns", s, catalog, plan_deployment(s, catalog, "m")))
 
 
 def containers(rs: dict) -> list[dict]:

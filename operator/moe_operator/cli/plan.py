@@ -1,6 +1,6 @@
 """``moectl plan -f spec.yaml [--json]``: fit, parallelism, placement, capacity and cost per pool.
 
-Same code path as the operator (``render.pipeline.plan``). ``--json`` prints ``DeploymentPlan`` as JSON
+Same code path as the operator (``planning.plan_deployment``). ``--json`` prints ``DeploymentPlan`` as JSON
 (``version`` field; documented in docs/operator.md and docs/capacity-model.md) for scripts and dashboards.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 import json
 
 from moe_operator.api import load_manifest
-from moe_operator.render.pipeline import plan
+from moe_operator.planning import plan_deployment
 
 from ._common import add_input_flags, load_catalog, write_stdout
 
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     m = load_manifest(args.filename)
-    result = plan(m.spec, load_catalog(args.catalog), m.metadata.name)
+    result = plan_deployment(m.spec, load_catalog(args.catalog), m.metadata.name)
     if args.json:
         write_stdout(json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
         return 0

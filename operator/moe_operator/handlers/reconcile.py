@@ -18,7 +18,8 @@ from kubernetes.client.rest import ApiException
 
 from moe_operator.errors import SpecInvalid, UserError
 from moe_operator.render.context import build_render_input
-from moe_operator.render.pipeline import parse_spec, plan
+from moe_operator.planning import plan_deployment
+from moe_operator.render.pipeline import parse_spec
 from moe_operator.render.rayservice import render_rayservice
 
 from . import admin_secret, drift, kube, metrics, netpol, readiness, status, trace, upgrade
@@ -50,7 +51,7 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
     try:
         spec = parse_spec(body.get("spec") or {})
         catalog = CONFIG.catalog()
-        p = plan(spec, catalog, name)
+        p = plan_deployment(spec, catalog, name)
         live = None if fresh else kube.get_rayservice(namespace, name)
         r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
     except SpecInvalid as exc:
@@ -234,7 +235,7 @@ def warm_up() -> float:
     try:
         spec = parse_spec(WARM_SPEC)
         catalog = CONFIG.catalog()
-        p = plan(spec, catalog, "warm-up")
+        p = plan_deployment(spec, catalog, "warm-up")
         r = build_render_input("warm-up", "default", spec, catalog, p, CONFIG.images, {})
         desired = render_rayservice(r)
         drift.drifted(desired, desired)

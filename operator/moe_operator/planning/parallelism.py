@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from moe_operator.catalog import DEVICES_PER_NODE
 from moe_operator.errors import SpecInvalid
 from moe_operator.planning.model import ModelFacts
 
-NODE_DEVICES = 8            # accelerators per node (HGX / Atlas 800 boards): tensor parallelism stays inside one
+NODE_DEVICES = DEVICES_PER_NODE["nvidia"]   # per node (HGX / Atlas 800 boards): tensor parallelism stays inside one
 MAX_DEVICES = 128           # the API's devicesPerReplica maximum
 
 
@@ -92,3 +93,19 @@ def choose_parallelism(devices: int, facts: ModelFacts, node_devices: int = NODE
         expert_tensor_parallel=etp,
         experts_per_shard=facts.num_experts // ep,
     )
+
+
+def hosts_per_replica(vendor: str, devices_per_replica: int) -> tuple[int, int]:
+    """(devices per pod, pods per replica) for a replica of ``devices_per_replica`` devices: a replica needing more
+    than a node spans devicesPerReplica / DEVICES_PER_NODE pods (KubeRay numOfHosts), one per node."""
+    per_node = DEVICES_PER_NODE[vendor]
+    if vendor == "cpu" or devices_per_replica <= per_node:
+        return devices_per_replica, 1
+    if devices_per_replica % per_node:
+        raise SpecInvalid(
+            f"devicesPerReplica {devices_per_replica} spans nodes of {per_node} devices unevenly; "
+            f"use a multiple of {per_node} (e.g. {per_node * (devices_per_replica // per_node + 1)}) or at most "
+            f"{per_node}",
+            reason="DevicesDoNotDivide",
+        )
+    return per_node, devices_per_replica // per_node

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from moe_operator.catalog import Accelerator
+from moe_operator.catalog import TORCH_DEVICE, Accelerator
 from moe_operator.planning.model import ModelFacts
 from moe_operator.planning.parallelism import NODE_DEVICES, Parallelism
 from moe_operator.planning.placement import Device, static_placement, to_placement_json
-
-# Placement JSON ``device`` per vendor: the torch device type the runtime's shard actors use.
-TORCH_DEVICE = {"nvidia": "cuda", "huawei": "npu", "cpu": "cpu"}
 
 
 def shard_devices(par: Parallelism, accelerator: Accelerator, redundant_slots: int = 0) -> list[Device]:

@@ -5,7 +5,7 @@ output is deterministic (golden-tested in tests/render).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .context import build_render_input
 from .images import Images
@@ -13,10 +13,16 @@ from .inputs import PoolRender, RenderInput
 from .rayservice import LABEL_DEPLOYMENT, LABEL_POOL, render_rayservice
 from .serve import dump
 
+if TYPE_CHECKING:
+    from moe_operator.api import MoEDeploymentSpec
+    from moe_operator.catalog import Catalog
+    from moe_operator.planning.plan import DeploymentPlan
 
-def render_for(name: str, namespace: str, spec: Any, catalog: Any, plan: Any = None,
+
+def render_for(name: str, namespace: str, spec: MoEDeploymentSpec, catalog: Catalog, plan: DeploymentPlan | None = None,
                images: Images | None = None, replicas: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """The RayService object for one MoEDeployment."""
+    """The RayService object for one MoEDeployment; ``plan`` None renders each replica as one tensor-parallel
+    group per host, without planned capacities or placement."""
     return render_rayservice(build_render_input(name, namespace, spec, catalog, plan, images, replicas))
 
 

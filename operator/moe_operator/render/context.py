@@ -7,17 +7,19 @@ planning does that and raises SpecInvalid first.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from moe_operator.catalog import Catalog
 from moe_operator.errors import SpecInvalid
+from moe_operator.planning.parallelism import hosts_per_replica
 
 from .images import Images
 from .inputs import PoolRender, RenderInput
 
-# Devices one node holds (HGX/DGX boards and Atlas 800 servers carry 8); a replica needing more spans
-# devicesPerReplica / 8 pods (KubeRay numOfHosts), one per node.
-DEVICES_PER_NODE = {"nvidia": 8, "huawei": 8, "cpu": 1}
+if TYPE_CHECKING:   # the types of the seam; planning is imported by the caller, which made the plan
+    from moe_operator.api import MoEDeploymentSpec
+    from moe_operator.planning.plan import DeploymentPlan, PoolPlan
+
 # Host resources per device, requested by each worker pod (the Ray object store and tokenizers live here).
 CPU_PER_DEVICE = {"nvidia": 8, "huawei": 8, "cpu": 8}
 MEMORY_GIB_PER_DEVICE = {"nvidia": 64, "huawei": 64, "cpu": 16}
@@ -33,21 +35,6 @@ RAY_ACCELERATOR_TYPE = {
 }
 
 
-def hosts_per_replica(vendor: str, devices_per_replica: int) -> tuple[int, int]:
-    """(devices per pod, pods per replica) for a replica of ``devices_per_replica`` devices."""
-    per_node = DEVICES_PER_NODE[vendor]
-    if vendor == "cpu" or devices_per_replica <= per_node:
-        return devices_per_replica, 1
-    if devices_per_replica % per_node:
-        raise SpecInvalid(
-            f"devicesPerReplica {devices_per_replica} spans nodes of {per_node} devices unevenly; "
-            f"use a multiple of {per_node} (e.g. {per_node * (devices_per_replica // per_node + 1)}) or at most "
-            f"{per_node}",
-            reason="DevicesDoNotDivide",
-        )
-    return per_node, devices_per_replica // per_node
-
-
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
 _SUFFIX = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
@@ -61,50 +48,19 @@ def quantity_bytes(q: str) -> int:
     return int(float(m.group(1)) * _SUFFIX[m.group(2)])
 
 
-def _plan_pool(plan: Any, name: str) -> Any:
-    if plan is None:
-        return None
-    pools = getattr(plan, "pools", None) or []
-    if isinstance(pools, Mapping):
-        return pools.get(name)
-    for p in pools:
-        if getattr(p, "name", None) == name:
-            return p
-    return None
-
-
-def _first(obj: Any, *names: str, default: Any = None) -> Any:
-    """The first attribute of ``obj`` among ``names`` that is set (plan objects name parallel sizes plainly)."""
-    for n in names:
-        value = getattr(obj, n, None) if obj is not None else None
-        if value is not None:
-            return value
-    return default
-
-
-def _placement_json(pp: Any) -> dict[str, Any] | None:
-    placement = _first(pp, "placement_json", "placement")
-    if placement is None:
-        return None
-    if hasattr(placement, "to_json"):
-        return placement.to_json()
-    return dict(placement) if isinstance(placement, Mapping) else None
-
-
-def _capacity(pp: Any) -> dict[str, float] | None:
-    """One replica's planned rates and price from the plan's pool (None without a plan)."""
-    cap = getattr(pp, "capacity", None)
-    if cap is None:
-        return None
-    return {k: float(getattr(cap, k)) for k in ("prefill_tps", "cached_prefill_tps", "decode_tps", "price_per_hour")}
+def _capacity(pp: PoolPlan) -> dict[str, float]:
+    """One replica's planned rates and price, as the ingress's router reads them (RuntimeConfig.routing)."""
+    cap = pp.capacity
+    return {"prefill_tps": float(cap.prefill_tps), "cached_prefill_tps": float(cap.cached_prefill_tps),
+            "decode_tps": float(cap.decode_tps), "price_per_hour": float(cap.price_per_hour)}
 
 
 def build_render_input(
     manifest_name: str,
     namespace: str,
-    spec: Any,
+    spec: MoEDeploymentSpec,
     catalog: Catalog,
-    plan: Any = None,
+    plan: DeploymentPlan | None = None,
     images: Images | None = None,
     replicas: Mapping[str, int] | None = None,
 ) -> RenderInput:
@@ -121,12 +77,13 @@ def build_render_input(
     for p in spec.pools:
         acc = catalog.get(p.accelerator)
         per_pod, hosts = hosts_per_replica(acc.vendor, p.devices_per_replica)
-        pp = _plan_pool(plan, p.name)
-        par = _first(pp, "parallelism", default=pp)
-        devices = p.devices_per_replica
-        tp = int(_first(par, "tensor_parallel", "tp", "tensor_parallel_size", default=per_pod))
-        dp = int(_first(par, "data_parallel", "dp", "data_parallel_size", default=max(1, devices // tp)))
-        ep = int(_first(par, "expert_parallel", "ep", "expert_parallel_size", default=devices))
+        pp = plan.pool(p.name) if plan is not None else None   # a plan without the spec's pool is a bug: KeyError
+        if pp is not None:
+            par = pp.parallelism
+            tp, dp, ep = par.tensor_parallel, par.data_parallel, par.expert_parallel
+        else:   # no plan (moectl up where planning cannot size the spec): one TP group per host
+            tp = per_pod
+            dp, ep = max(1, p.devices_per_replica // tp), p.devices_per_replica
         want = replicas.get(p.name, p.initial_replicas)
         count = acc.vendor if acc.vendor != "cpu" else "cpu"
         pools.append(PoolRender(
@@ -149,8 +106,8 @@ def build_render_input(
             node_selector=dict(sorted({**acc.node_selector, **p.node_selector}.items())),
             tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in p.tolerations],
             ray_accelerator_type=RAY_ACCELERATOR_TYPE.get(p.accelerator),
-            placement=_placement_json(pp),
-            capacity=_capacity(pp),
+            placement=dict(pp.placement) if pp is not None else None,
+            capacity=_capacity(pp) if pp is not None else None,
         ))
     disk = spec.cache.disk_tier
     return RenderInput(

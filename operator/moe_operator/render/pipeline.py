@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from moe_operator.api import MoEDeploymentSpec
 from moe_operator.api.manifest import format_validation_error
 from moe_operator.errors import SpecInvalid
+from moe_operator.planning import DeploymentPlan, plan_deployment
 
 from . import render_for
 from .images import Images
@@ -21,7 +22,7 @@ from .images import Images
 @dataclass
 class Rendered:
     spec: MoEDeploymentSpec
-    plan: Any
+    plan: DeploymentPlan
     rayservice: dict[str, Any]
 
 
@@ -33,15 +34,8 @@ def parse_spec(raw: Mapping[str, Any]) -> MoEDeploymentSpec:
         raise SpecInvalid(f"spec is invalid: {format_validation_error(exc)}", reason="SchemaInvalid") from None
 
 
-def plan(spec: MoEDeploymentSpec, catalog: Any, name: str) -> Any:
-    """The DeploymentPlan from moe_operator.planning (raises SpecInvalid when the spec cannot be served)."""
-    from moe_operator.planning import plan_deployment
-
-    return plan_deployment(spec, catalog, name)
-
-
 def plan_and_render(name: str, namespace: str, raw_spec: Mapping[str, Any] | MoEDeploymentSpec, catalog: Any,
                     images: Images | None = None, replicas: Mapping[str, int] | None = None) -> Rendered:
     spec = raw_spec if isinstance(raw_spec, MoEDeploymentSpec) else parse_spec(raw_spec)
-    p = plan(spec, catalog, name)
+    p = plan_deployment(spec, catalog, name)   # raises SpecInvalid when the spec cannot be served
     return Rendered(spec, p, render_for(name, namespace, spec, catalog, p, images, replicas))

@@ -19,19 +19,20 @@ from typing import Any
 
 import yaml
 
+from moe_operator.catalog import TORCH_DEVICE
+
 from .drain import drain_timeout_s
 from .fastyaml import BaseDumper, load
 from .inputs import PoolRender, RenderInput
 from .llm_names import llm_deployment_name, serve_count, serve_replicas_per_replica
 from .templates import env
 
-DEVICE = {"cpu": "cpu", "nvidia": "cuda", "huawei": "npu"}
 
 
 def runtime_args(r: RenderInput) -> dict[str, Any]:
     """``RuntimeConfig`` (moe_runtime.config) as snake_case args of the torch app."""
     vendors = {p.vendor for p in r.pools}
-    device = DEVICE[next(iter(vendors))] if len(vendors) == 1 else "auto"
+    device = TORCH_DEVICE[next(iter(vendors))] if len(vendors) == 1 else "auto"
     placement = next((p.placement for p in r.pools if p.placement), None)   # the first pool's: older runtimes
     return {
         "model_name": r.served_model_name,
@@ -89,7 +90,7 @@ def _own(p: PoolRender, app: dict[str, Any]) -> dict[str, Any]:
     """The pool's device, dtype and expert shards where they differ from the app's (pools of one app may be different
     vendors, or shard differently). Only then: a changed ``args`` makes Serve replace every replica, so apps whose
     pools agree render exactly as before."""
-    own = {"device": DEVICE[p.vendor], "dtype": _dtype({p.vendor}), "placement": p.placement}
+    own = {"device": TORCH_DEVICE[p.vendor], "dtype": _dtype({p.vendor}), "placement": p.placement}
     return {k: v for k, v in own.items() if v != app[k]}
 
 
