@@ -108,11 +108,6 @@ class Catalog:
         """The shipped catalog (data/accelerators.yaml)."""
         return cls(_default_accelerators())
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], ascend_scheme: AscendScheme = "mindcluster") -> "Catalog":
-        """Build from ``{accelerators: {key: {camelCase fields}}}``."""
-        return cls(parse_entries(data.get("accelerators") or {}, {}, Accelerator, "accelerator"), ascend_scheme)
-
     def with_overrides(self, config: Mapping[str, Any] | None) -> "Catalog":
         """A new catalog with a cluster admin's overrides applied.
 

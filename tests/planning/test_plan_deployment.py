@@ -10,7 +10,7 @@ from hf_configs import DEEPSEEK_V3, MIXTRAL_8X7B, QWEN3_30B_A3B
 from moe_operator.api import MoEDeploymentSpec
 from moe_operator.catalog import Catalog
 from moe_operator.errors import SpecInvalid
-from moe_operator.planning import capacity_for_pool, plan_deployment, pool_capacity
+from moe_operator.planning import plan_deployment, pool_capacity
 from moe_operator.planning.fit import memory_fit
 from moe_operator.planning.model import model_facts
 
@@ -70,7 +70,7 @@ def test_deepseek_plan_has_every_part():
     assert h800.roofline.compute_dtype == "fp8"
     assert p.pool("h200").capacity.decode_tps > 0
     assert (
-        capacity_for_pool(MoEDeploymentSpec.model_validate(DEEPSEEK), "h200", Catalog.default())
+        pool_capacity(MoEDeploymentSpec.model_validate(DEEPSEEK), "h200", Catalog.default())
         == p.pool("h200").capacity
     )
 

@@ -11,7 +11,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     # Lazy: `from moe_operator.planning import plan_deployment` without importing every module at package import.
-    if name in {"plan_deployment", "DeploymentPlan", "PoolPlan", "capacity_for_pool", "pool_capacity"}:
+    if name in {"plan_deployment", "DeploymentPlan", "PoolPlan", "pool_capacity"}:
         from moe_operator.planning import plan
 
         return getattr(plan, name)

@@ -129,11 +129,6 @@ class ModelFacts(BaseModel):
         """All routed experts in all MoE layers."""
         return self.params_per_expert * self.num_experts * self.num_moe_layers
 
-    @property
-    def always_active_params(self) -> int:
-        """Parameters every token uses: everything but the routed experts."""
-        return self.total_params - self.routed_expert_params
-
     def kv_bytes_per_token(self, bytes_per_element: float = 2.0) -> float:
         """KV-cache bytes one token occupies (bf16 cache by default; MLA stores the compressed latent + rope key)."""
         return self.kv_elements_per_token * bytes_per_element

@@ -188,11 +188,6 @@ def pool_capacity(spec: Any, pool: Any, catalog: Catalog) -> PoolCapacity:
     )
 
 
-def capacity_for_pool(spec: Any, pool_name: str, catalog: Catalog) -> PoolCapacity:
-    """``pool_capacity`` by pool name."""
-    return pool_capacity(spec, pool_name, catalog)
-
-
 def _plan_pool(spec: Any, pool: Any, facts: ModelFacts, catalog: Catalog, quant: str) -> PoolPlan:
     where = f"pool {pool.name!r}: "
     try:

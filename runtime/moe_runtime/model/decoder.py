@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from moe_runtime.quant import make_linear, weight_bytes
+from moe_runtime.quant import make_linear
 
 from .config import MoEConfig
 from .kv import SeqKV
@@ -87,7 +87,3 @@ class MoEForCausalLM(nn.Module):
         if not all_logits:
             x = x[torch.tensor([s + c - 1 for s, c in zip(starts, counts)], device=self.device)]
         return self.lm_head(x).float()
-
-    def dense_weight_bytes(self) -> int:
-        """Bytes of the weights held in this process, excluding the routed experts' backend."""
-        return weight_bytes(self) - (weight_bytes(self.backend) if isinstance(self.backend, nn.Module) else 0)
