@@ -67,7 +67,7 @@ STATES: dict[tuple[str, str], State] = {}
 
 
 @dataclass
-class Word:
+class PoolOutcome:
     """One pool's outcome of a tick: the status entry's kind and sentence, and the figures when computed."""
 
     reason: str
@@ -164,42 +164,45 @@ def post_placement(url: str, token: str, pool: str, placement: dict) -> str:
 
 
 def decide_pool(pool_doc: dict[str, Any] | None, pool_name: str, settings, mem: PoolMemory,
-                entry: dict | None, now: float) -> Word:
-    """The pool's word for this tick, from its part of the GET answer (no I/O; ``mem.counts`` is advanced)."""
+                entry: dict | None, now: float) -> PoolOutcome:
+    """The pool's outcome of this tick, from its part of the GET answer (no I/O; ``mem.counts`` is advanced)."""
     if pool_doc is None:
         mem.counts = None
-        return Word("Waiting", f"the runtime reports no replica of pool {pool_name} yet")
+        return PoolOutcome("Waiting", f"the runtime reports no replica of pool {pool_name} yet")
     placement = pool_doc.get("placement")
     pid = pool_doc.get("placementId")
     if not placement:
-        return Word("Failed", f"pool {pool_name} runs without expert shards (placement null): nothing to rebalance",
-                    pid)
+        return PoolOutcome("Failed", f"pool {pool_name} runs without expert shards (placement null): nothing to "
+                           "rebalance", pid)
     shape = placement_shape(placement)
     counts = replica_counts(pool_doc)
     loads = window_loads(mem.counts, counts, shape)[0]   # (the count of restarted replicas is not needed here)
     mem.counts = counts
     done, total = applied(pool_doc)
     if total and done < total:
-        return Word("Rebalancing", f"{done} of {total} replicas run placement {pid}", pid, replicas=(done, total))
+        return PoolOutcome("Rebalancing", f"{done} of {total} replicas run placement {pid}", pid,
+                           replicas=(done, total))
     if entry is not None and entry.get("reason") == "Rebalancing" and total and entry.get("placementId") == pid:
-        return Word("Rebalanced", f"every replica ({total}) runs placement {pid}", pid, replicas=(done, total))
+        return PoolOutcome("Rebalanced", f"every replica ({total}) runs placement {pid}", pid,
+                           replicas=(done, total))
     if loads is None:
-        return Word("Waiting", "first look at the expert loads: the window starts now", pid, replicas=(done, total))
+        return PoolOutcome("Waiting", "first look at the expert loads: the window starts now", pid,
+                           replicas=(done, total))
     # one pool = one accelerator type: every device has the same speed, and imbalance and gain are ratios, so 1.0
     devices = pool_devices(placement, 1.0, settings.redundant_slots)
     d = should_rebalance(loads, placement, devices, redundant_slots=settings.redundant_slots,
                          min_gain=settings.min_gain, last_applied_at=mem.last_applied_at,
                          cooldown_s=float(settings.cooldown_seconds), now=now)
     if d.kind == "apply":
-        return Word("Rebalancing", d.reason, pid, d, (done, total))
+        return PoolOutcome("Rebalancing", d.reason, pid, d, (done, total))
     if d.kind == "no_traffic":
-        return Word("NoTraffic", d.reason, pid, d, (done, total))
+        return PoolOutcome("NoTraffic", d.reason, pid, d, (done, total))
     if d.kind == "cooldown":   # keep whatever the status says
-        return Word(entry.get("reason") if entry else "Rebalanced", d.reason, pid, d, (done, total))
-    return Word("Balanced", d.reason, pid, d, (done, total))
+        return PoolOutcome(entry.get("reason") if entry else "Rebalanced", d.reason, pid, d, (done, total))
+    return PoolOutcome("Balanced", d.reason, pid, d, (done, total))
 
 
-def _entry(pool: str, w: Word, now: float, old: dict | None) -> dict[str, Any]:
+def _entry(pool: str, w: PoolOutcome, now: float, old: dict | None) -> dict[str, Any]:
     e: dict[str, Any] = {k: v for k, v in (old or {}).items()}
     e.update({"pool": pool, "reason": w.reason, "message": w.message[:2048], "time": rfc3339(now)})
     if w.placement_id:
@@ -227,7 +230,7 @@ def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
         return None
     old_list = list((body.get("status") or {}).get("rebalance") or [])
     old = {e.get("pool"): e for e in old_list}
-    words: dict[str, Word] = {}
+    outcomes: dict[str, PoolOutcome] = {}
     url = runtime_url(body)
     try:
         token = admin_secret.read_token(ns, name, body["metadata"].get("uid"))
@@ -246,36 +249,36 @@ def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
             try:
                 w = decide_pool(answer.get(p.name), p.name, settings, mem, old.get(p.name), now)
             except UserError as exc:
-                w = Word("Failed", f"pool {p.name}: {exc}")
+                w = PoolOutcome("Failed", f"pool {p.name}: {exc}")
             if w.decision is not None and w.decision.apply:
                 try:
                     new_id = post_placement(url, token, p.name, w.decision.placement)
                 except AdminError as exc:
-                    w = Word(exc.kind, f"pool {p.name}: {exc}", w.placement_id, w.decision, w.replicas)
+                    w = PoolOutcome(exc.kind, f"pool {p.name}: {exc}", w.placement_id, w.decision, w.replicas)
                 else:
                     mem.last_applied_at = now
                     d = w.decision
-                    w = Word("Rebalancing", f"posted placement {new_id}: {d.reason}", new_id, d, (0, w.replicas[1]),
-                             posted=True)
+                    w = PoolOutcome("Rebalancing", f"posted placement {new_id}: {d.reason}", new_id, d,
+                                    (0, w.replicas[1]), posted=True)
                     kube.post_event(body, "Normal", "Rebalanced",
                                     f"pool {p.name}: imbalance {d.imbalance_before:.3f} -> {d.imbalance_after:.3f}, "
                                     f"step time {d.gain:.1%} shorter; placement {new_id}")
-            words[p.name] = w
+            outcomes[p.name] = w
     except AdminError as exc:
         for m in state.pools.values():
             m.counts = None   # the window restarts once the runtime answers again
-        words = {p.name: Word(exc.kind, str(exc)) for p in dep.spec.pools}
+        outcomes = {p.name: PoolOutcome(exc.kind, str(exc)) for p in dep.spec.pools}
     note = ignored_annotation_note(body)
     if note:
-        for w in words.values():
+        for w in outcomes.values():
             w.message += note
-    failures = sorted({w.message for w in words.values() if w.reason in ("Failed", "Unauthorized")})
+    failures = sorted({w.message for w in outcomes.values() if w.reason in ("Failed", "Unauthorized")})
     if failures and state.last_error != failures[0]:
         kube.post_event(body, "Warning", "RebalanceFailed", failures[0])
     state.last_error = failures[0] if failures else None
     new_list, write = [], False
     for p in dep.spec.pools:
-        w, prev = words[p.name], old.get(p.name)
+        w, prev = outcomes[p.name], old.get(p.name)
         if prev is None or w.posted or (w.reason != prev.get("reason") and w.reason not in QUIET):
             new_list.append(_entry(p.name, w, now, prev))
             write = True
@@ -283,7 +286,7 @@ def tick(body: dict[str, Any], now: float | None = None) -> dict | None:
             new_list.append(prev)
     if write:
         kube.patch_moed_status(ns, name, {"rebalance": new_list})
-    for p, w in words.items():
+    for p, w in outcomes.items():
         if w.decision is not None and w.reason != "NoTraffic":   # no traffic: no imbalance to speak of
             metrics.record_rebalance(ns, name, p, w.decision, w.posted)
         log.info("rebalance %s/%s pool %s: %s: %s", ns, name, p, w.reason, w.message)
