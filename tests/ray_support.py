@@ -14,7 +14,7 @@ from require import need
 def start_local_ray(attempts: int = 3, **kwargs):
     import ray
 
-    from moe_runtime.local import serve_env_defaults
+    from moe_runtime.local_serve import serve_env_defaults
 
     serve_env_defaults()   # a proxy slower than Serve's 5 s ready check is killed on a loaded machine
     options = {"num_cpus": 2, "include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": False}
@@ -34,7 +34,7 @@ def start_local_ray(attempts: int = 3, **kwargs):
 def ray_session(env: dict[str, str], **ray_kwargs):
     """A local Ray (``start_local_ray(**ray_kwargs)``) with ``env`` set before it starts (its workers inherit it);
     on exit Serve and Ray are shut down and ``env`` restored. Yields a free loopback port for Serve's proxy."""
-    from moe_runtime import local
+    from moe_runtime import local_serve as local
     from runtime_serving.serving_support import free_port
 
     saved = {k: os.environ.get(k) for k in env}
@@ -56,7 +56,7 @@ def ray_session(env: dict[str, str], **ray_kwargs):
 def serve_runtime(app_name: str, cfg, env: dict[str, str]):
     """The torch runtime's Serve app on a free loopback port; ``env`` is set before Ray starts (the local Ray
     workers inherit it) and restored afterwards. Yields the app's base URL."""
-    from moe_runtime import local
+    from moe_runtime import local_serve as local
 
     with ray_session(env) as port:
         local.deploy(local.serve_config(app_name, cfg), port=port)

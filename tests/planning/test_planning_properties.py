@@ -10,7 +10,7 @@ from moe_operator.planning.capacity import replica_capacity, replica_throughput
 from moe_operator.planning.cost import cost_per_million_tokens
 from moe_operator.planning.model import model_facts
 from moe_operator.planning.parallelism import choose_parallelism
-from moe_operator.planning.static import initial_placement
+from moe_operator.planning.initial_placement import initial_placement
 
 CATALOG = Catalog.default()
 

@@ -64,7 +64,7 @@ def runtime():
         import httpx  # noqa: F401
         from ray import serve  # noqa: F401
 
-        from moe_runtime import local
+        from moe_runtime import local_serve as local
         from moe_runtime.config import RuntimeConfig
     except ImportError as exc:
         need("ray[serve]", str(exc))

@@ -65,7 +65,7 @@ def app():
     try:
         from ray import serve  # noqa: F401
 
-        from moe_runtime import local  # noqa: F401
+        from moe_runtime import local_serve as local  # noqa: F401
         from moe_runtime.config import RuntimeConfig
     except ImportError as exc:
         need("ray[serve]", str(exc))

@@ -1,8 +1,8 @@
 """Drain-aware scale-down on real Ray Serve, local (issue 13 acceptance): 20 streaming chat completions in flight while
 the engine deployment goes from 3 replicas to 1.
 
-The scale is the one ``moectl up``'s autoscaler makes (``moe_runtime.local.scale``: the serveConfigV2 applied again
-with the pool's new ``num_replicas``). Serve picks the two replicas to stop, routes them nothing new and lets them
+The scale is the one ``moectl up``'s autoscaler makes (``moe_runtime.local_serve.scale``: the serveConfigV2 applied
+again with the pool's new ``num_replicas``). Serve picks the two replicas to stop, routes them nothing new and lets them
 finish their streams for up to ``graceful_shutdown_timeout_s`` (moe_runtime.drain): every one of the 20 requests ends
 with finish_reason "length" and exactly the tokens it asked for. The old behaviour, the replicas removed first (the
 actuator patched the worker pods' count and KubeRay deleted pods at random, streams and all), is the second test:
@@ -46,7 +46,7 @@ def app():
     try:
         from ray import serve  # noqa: F401
 
-        from moe_runtime import local
+        from moe_runtime import local_serve as local
         from moe_runtime.config import RuntimeConfig
     except ImportError as exc:
         need("ray[serve]", str(exc))
@@ -62,7 +62,7 @@ def app():
 
 def scale(app: dict, n: int) -> None:
     """What moectl up's autoscaler does (cli/up.py apply): the applied config again with the pool's new count."""
-    from moe_runtime import local
+    from moe_runtime import local_serve as local
 
     app["config"] = local.scale(app["config"], {POOL: n}, "127.0.0.1", app["port"])
 
@@ -88,7 +88,7 @@ def states() -> dict[str, int]:
 
 
 def settled(n: int) -> bool:
-    from moe_runtime import local
+    from moe_runtime import local_serve as local
 
     status, _, deps = local.app_status(APP)
     return status == "RUNNING" and deps.get(DEPLOYMENT) == "HEALTHY" and states() == {"RUNNING": n}

@@ -271,10 +271,11 @@ def test_up_stops_cleanly_on_sigterm(up):
 
 
 def test_the_runtime_and_the_operator_agree_on_the_serve_config_shape():
-    """moe_runtime.local.serve_config (for scripts without the operator) builds what moe_operator.render renders."""
+    """moe_runtime.local_serve.serve_config (for scripts without the operator) builds what moe_operator.render
+    renders."""
     from moe_operator.cli.up import serve_config_for
     from moe_runtime.config import RuntimeConfig
-    from moe_runtime.local import serve_config
+    from moe_runtime.local_serve import serve_config
 
     name, _, rendered = serve_config_for(str(EXAMPLE))
     cfg = RuntimeConfig.model_validate(rendered["applications"][0]["args"])

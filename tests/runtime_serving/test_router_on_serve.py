@@ -85,7 +85,7 @@ def _serve(replicas: dict[str, int], policy: str = "cost-prefix"):
     except ImportError as exc:
         need("ray[serve]", str(exc))
     from moe_operator.cli.up import _pool_resources, serve_config_for
-    from moe_runtime import local
+    from moe_runtime import local_serve as local
     from ray_support import ray_session
 
     root = Path(__file__).resolve().parents[2]
@@ -137,7 +137,7 @@ def test_a_deployment_at_zero_wakes_on_the_first_request_which_completes():
         from ray.cluster_utils import Cluster
     except ImportError as exc:
         need("ray[serve]", str(exc))
-    from moe_runtime import local
+    from moe_runtime import local_serve as local
     from moe_runtime.config import RuntimeConfig
     from runtime_serving.serving_support import free_port
 

@@ -3,7 +3,7 @@ replicas and keeps the running ones, for a plain and a data-parallel app rendere
 
 vLLM cannot run here, so the apps' import_path is swapped for ``vllm_shape_app`` (same builder signature and
 deployment names as Ray Serve LLM); everything else is the serveConfigV2 the render and the actuator produce,
-applied through Serve's declarative config API as ``moectl up`` does (moe_runtime.local.deploy). Control: the
+applied through Serve's declarative config API as ``moectl up`` does (moe_runtime.local_serve.deploy). Control: the
 old way (the count inside args) replaces the running replica.
 """
 from __future__ import annotations
@@ -114,7 +114,7 @@ def wait_for(want: dict[tuple[str, str], int], timeout: float = 300,
 
 @pytest.mark.timing_sensitive
 def test_vllm_scale_through_the_override_keeps_running_replicas(serve_port):
-    from moe_runtime import local as rt
+    from moe_runtime import local_serve as rt
 
     t0 = time.monotonic()
     before = {ex: rendered(ex) for ex in EXAMPLES}

@@ -57,7 +57,7 @@ def endpoint():
 
 
 def deploy(cfg: dict, port: int) -> None:
-    from moe_runtime import local as rt
+    from moe_runtime import local_serve as rt
 
     rt.deploy(cfg, port=port)
     for app in cfg["applications"]:

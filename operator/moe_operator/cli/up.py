@@ -126,7 +126,7 @@ def autoscaler_for(path: str, args: argparse.Namespace, config: dict, emit=print
         source = PrometheusSource(url, model=model, window=f"{args.rate_window}s")
     initial = {p.name: int(p.num_replicas) for p in _pools_of(config)}
     app_name = config["applications"][0]["name"]
-    from moe_runtime import local
+    from moe_runtime import local_serve as local
 
     state = {"config": config}
 
@@ -185,7 +185,7 @@ def _stop_children(keep: set[int], grace_s: float = 5.0) -> None:
 
 def _ray_init(ray, console, attempts: int = 3, **kw) -> None:
     """ray.init, retried when the raylet misses Ray's fixed 30 s registration wait (a busy machine)."""
-    from moe_runtime.local import serve_env_defaults
+    from moe_runtime.local_serve import serve_env_defaults
 
     serve_env_defaults()
     for attempt in range(1, attempts + 1):
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a TCP port")
 
-    from moe_runtime import local  # noqa: PLC0415 (torch and ray are only needed from here on)
+    from moe_runtime import local_serve as local  # noqa: PLC0415 (torch and ray are only needed from here on)
 
     loop, interval = autoscaler_for(args.filename, args, config, emit=lambda line: print(line, flush=True))
 

@@ -1,2 +1,2 @@
 """kopf handlers (thin glue): importing this package registers them with kopf's default registry."""
-from . import autoscale, moedeployment, periodic, podwatch, rayservice, rebalance  # noqa: F401
+from . import autoscale, drift_sweep, moedeployment, podwatch, rayservice, rebalance  # noqa: F401

@@ -1,4 +1,4 @@
-"""kopf handlers of MoEDeployment: create/update/resume reconcile, delete reports (drift: see periodic.py)."""
+"""kopf handlers of MoEDeployment: create/update/resume reconcile, delete reports (drift: see drift_sweep.py)."""
 from __future__ import annotations
 
 import kopf

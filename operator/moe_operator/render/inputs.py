@@ -17,7 +17,8 @@ POOL_RESOURCE_PREFIX = "pool-"
 def pool_resource(pool: str) -> str:
     """The custom Ray resource a pool's workers advertise and its replicas request (contracts section 3).
 
-    The one definition in the operator; moe_runtime.local keeps its own copy (the runtime never imports the operator).
+    The one definition in the operator; moe_runtime.local_serve keeps its own copy (the runtime never imports the
+    operator).
     """
     return POOL_RESOURCE_PREFIX + pool
 

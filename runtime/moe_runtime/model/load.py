@@ -64,9 +64,9 @@ def load_model(directory: str | Path, *, device: str = "cpu", dtype: str = "floa
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if placement is None:
-        from moe_runtime.experts.local import LocalExperts
+        from moe_runtime.experts.in_process import InProcessExperts
 
-        backend = LocalExperts.load(reader, cfg, dev, dt, quant)
+        backend = InProcessExperts.load(reader, cfg, dev, dt, quant)
     else:
         from moe_runtime.experts.placement import ExpertPlacement
         from moe_runtime.experts.sharded import ShardedExperts

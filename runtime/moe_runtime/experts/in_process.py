@@ -7,13 +7,13 @@ from torch import nn
 from .bank import ExpertBank, load_bank
 
 
-class LocalExperts(nn.Module):
+class InProcessExperts(nn.Module):
     def __init__(self, banks: list[ExpertBank]):
         super().__init__()
         self.banks = nn.ModuleList(banks)
 
     @classmethod
-    def load(cls, reader, cfg, device, dtype, quant: str = "none") -> "LocalExperts":
+    def load(cls, reader, cfg, device, dtype, quant: str = "none") -> "InProcessExperts":
         return cls(
             [
                 load_bank(reader, cfg, layer, list(range(cfg.num_experts)), device, dtype, quant)
