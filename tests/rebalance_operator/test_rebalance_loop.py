@@ -218,7 +218,7 @@ def test_unknown_pool_on_post_is_a_failure_not_admin_off(world):
 
 
 def test_status_times_round_trip():
-    from moe_operator.autoscaling.report import parse_rfc3339, rfc3339
+    from moe_operator.api.times import parse_rfc3339, rfc3339
 
     assert rfc3339(1764365100.9) == "2025-11-28T21:25:00Z"
     assert parse_rfc3339("2025-11-28T21:25:00Z") == 1764365100.0

@@ -5,30 +5,13 @@ Pure: the kopf timer merges the returned dict into status and appends ``last_dec
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Mapping, Sequence
+
+from moe_operator.api.times import rfc3339
 
 from .model import PoolModel
 from .observation import Observation
 from .policy import Decision
-
-
-RFC3339 = "%Y-%m-%dT%H:%M:%SZ"   # the one time format of status fields and Events (UTC, whole seconds)
-
-
-def rfc3339(t: float) -> str:
-    """Unix seconds -> ``2026-11-28T21:25:00Z`` (the operator's every status and Event time)."""
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime(RFC3339)
-
-
-def parse_rfc3339(text: str | None) -> float | None:
-    """The inverse of ``rfc3339``: Unix seconds, or None for an empty or malformed text."""
-    if not text:
-        return None
-    try:
-        return datetime.strptime(text, RFC3339).replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return None
 
 
 def status_fields(decision: Decision, pools: Sequence[PoolModel], observation: Observation | None,

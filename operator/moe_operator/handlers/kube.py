@@ -226,7 +226,7 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
     Sent as a plain dict and the reply left unparsed (``_preload_content=False``): nothing reads it, and building
     and parsing CoreV1Event models cost more CPU than the request itself during a 200-object burst.
     """
-    from moe_operator.autoscaling.report import rfc3339
+    from moe_operator.api.times import rfc3339
 
     meta = body["metadata"]
     now = rfc3339(time.time())

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moe_operator import boundedhttp
-from moe_operator.autoscaling.report import parse_rfc3339, rfc3339
+from moe_operator.api.times import parse_rfc3339, rfc3339
 from moe_operator.errors import UserError
 from moe_operator.planning.expert_window import (
     Counts,

@@ -9,7 +9,7 @@ import time
 from typing import Any, Iterable, Mapping
 
 from moe_operator.api.status import Condition
-from moe_operator.autoscaling.report import rfc3339
+from moe_operator.api.times import rfc3339
 from moe_operator.render.inputs import RenderInput
 
 # the schema's bound on a condition message (api/status.py owns it); a longer one fails the whole status patch
