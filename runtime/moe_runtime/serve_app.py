@@ -25,6 +25,7 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 from moe_runtime import serve_router
+from moe_runtime.checkpoint.tokenizer import ModelTokenizer
 from moe_runtime.config import RuntimeConfig
 from moe_runtime.drain import drain_timeout_s
 from moe_runtime.engine.api import (EngineStats, NoReplicaReady, PromptTooLong, QueueFull, SamplingParams,
@@ -134,34 +135,6 @@ class EngineDeployment:
         await self.engine.stop()
 
 
-class RemoteTokenizer:
-    """The engine's tokenizer rebuilt in the ingress from its tokenizer.json (so text never crosses to the engine)."""
-
-    def __init__(self, info: dict[str, Any]):
-        from tokenizers import Tokenizer
-
-        self._tok = Tokenizer.from_str(info["tokenizer_json"])
-        self.eos_token_id = info.get("eos_token_id")
-        self.chat_template = info.get("chat_template")
-        self.bos_token = info.get("bos_token") or ""
-        self.eos_token = info.get("eos_token") or ""
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
-
-    def get_vocab_size(self) -> int:
-        return self._tok.get_vocab_size()
-
-    def get_vocab(self, with_added_tokens: bool = True) -> dict[str, int]:
-        return self._tok.get_vocab(with_added_tokens=with_added_tokens)
-
-    def to_str(self) -> str:
-        return self._tok.to_str()
-
-
 class _RemoteStream:
     """Async iterator over one engine replica's TokenEvents; ``aclose`` cancels the remote sequence.
     ``first`` runs once, at the first token or the end (the request's prefill is no longer pending)."""
@@ -221,7 +194,7 @@ class RemoteEngine:
         self.app = app  # the Serve app (None outside Serve: no replica set is known, Serve picks replicas)
         self.model_name: str = info["model_name"] if info else cfg.model_name
         self.max_context_tokens: int = info["max_context_tokens"] if info else cfg.max_context_tokens
-        self.tokenizer: RemoteTokenizer | None = None  # None until a replica described the model (wait_ready)
+        self.tokenizer: ModelTokenizer | None = None  # None until a replica described the model (wait_ready)
         self.on_info: list = []  # callbacks(info) run when the model's facts arrive
         self.inflight = {p: 0 for p in handles}
         # routing (moe_runtime.routing): prices, this router's in-flight count per replica, its prefix index
@@ -262,7 +235,7 @@ class RemoteEngine:
     def _learn(self, info: dict[str, Any]) -> None:
         """The model's facts from a replica's ``describe``: the tokenizer, the context, the cache's size."""
         self.model_name, self.max_context_tokens = info["model_name"], info["max_context_tokens"]
-        self.tokenizer = RemoteTokenizer(info)
+        self.tokenizer = ModelTokenizer.from_info(info)
         self.index = PrefixIndex(int(info.get("cache_blocks") or DEFAULT_CACHE_BLOCKS))
         for callback in self.on_info:
             callback(info)

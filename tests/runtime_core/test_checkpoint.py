@@ -97,3 +97,20 @@ def test_model_source_resolution(monkeypatch, tmp_path):
     assert resolve_source("/data/m") == __import__("pathlib").Path("/data/m")
     with pytest.raises(CheckpointError, match="download s3:// or hf://"):
         resolve_source("hf://org/name")
+
+
+def test_the_ingress_tokenizer_from_a_replicas_description_tokenizes_as_the_engine_does(tiny_dir):
+    """The Serve ingress tokenizes prompts with ``ModelTokenizer.from_info`` over what a replica's ``describe``
+    sends (tokenizer.json text, special tokens, the engine's eos id): the same ids both ways, or prefix-cache
+    hashes and max_tokens checks would disagree with the engine's."""
+    from moe_runtime.checkpoint.tokenizer import ModelTokenizer, load_tokenizer
+
+    engine = load_tokenizer(tiny_dir)
+    info = {"tokenizer_json": engine.to_str(), "eos_token_id": engine.eos_token_id, "eos_token": engine.eos_token,
+            "bos_token": engine.bos_token, "chat_template": engine.chat_template}
+    ingress = ModelTokenizer.from_info(info)
+    text = "Count slowly: one, two, three; then Ünïcödé and 12345."
+    assert ingress.encode(text) == engine.encode(text) and ingress.encode(text)
+    assert ingress.decode(engine.encode(text)) == engine.decode(engine.encode(text))
+    assert ingress.eos_token_id == engine.eos_token_id and ingress.get_vocab_size() == engine.get_vocab_size()
+    assert ModelTokenizer.from_info({**info, "eos_token_id": None, "bos_token": None}).bos_token == ""

@@ -21,6 +21,16 @@ class ModelTokenizer:
         self.eos_token_id = inner.token_to_id(eos_token) if eos_token else None
         self.chat_template = chat_template
 
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "ModelTokenizer":
+        """The engine's tokenizer rebuilt in the Serve ingress from its ``describe`` (tokenizer.json text and the
+        special tokens), so prompts are tokenized there and text never crosses to the engine. The engine's own
+        eos id is kept as it reported it; absent special tokens are "" (what the chat template gets)."""
+        tok = cls(Tokenizer.from_str(info["tokenizer_json"]), info.get("eos_token") or "",
+                  info.get("bos_token") or "", info.get("chat_template"))
+        tok.eos_token_id = info.get("eos_token_id")
+        return tok
+
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self.inner.encode(text, add_special_tokens=add_special_tokens).ids
 
