@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from typing import Callable, Mapping, Sequence
+
+from moe_operator.api.times import rfc3339
 
 from .model import PoolModel, Settings
 from .observation import Observation
@@ -24,7 +25,7 @@ def decision_line(now: float, decision: Decision, ready: Mapping[str, int] | Non
     ``autoscale 2026-01-01T00:00:00Z cpu=2 (ready cpu=1) <reason>``; ``?`` when ready is unknown; the reason
     starts with ``scale up``/``scale down`` (replicas changed), ``keep`` or ``hold:`` (stale or missing metrics).
     """
-    at = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = rfc3339(now)
     replicas = " ".join(f"{k}={v}" for k, v in decision.replicas.items())
     seen = " ".join(f"{k}={'?' if ready is None else int(ready.get(k, 0))}" for k in decision.replicas)
     return f"autoscale {at} {replicas} (ready {seen}) {decision.reason}"
