@@ -3,7 +3,8 @@ import subprocess
 import sys
 
 PURE = ["moe_operator.autoscaling.policy", "moe_operator.autoscaling.limits", "moe_operator.autoscaling.mix",
-        "moe_operator.autoscaling.actuator", "moe_operator.autoscaling.observation", "moe_operator.autoscaling.model"]
+        "moe_operator.autoscaling.actuator", "moe_operator.autoscaling.observation", "moe_operator.autoscaling.model",
+        "moe_operator.autoscaling.step", "moe_operator.autoscaling.local_loop"]
 FORBIDDEN = ["kopf", "kubernetes", "ray", "torch", "httpx", "prometheus_api_client", "prometheus_client"]
 
 

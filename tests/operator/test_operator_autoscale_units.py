@@ -202,8 +202,10 @@ def test_ready_replicas_from_the_runtime_gauge_else_the_raycluster(monkeypatch):
     monkeypatch.setattr(kube, "replace_raycluster_with_retry", lambda ns, name, mutate: mutate(rc))
     monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch", scope=None: source)
     monkeypatch.setattr(autoscale, "STATES", {})
-    seen, real_decide = [], autoscale.decide
-    monkeypatch.setattr(autoscale, "decide", lambda obs, *a: (seen.append(dict(obs.ready)), real_decide(obs, *a))[1])
+    from moe_operator.autoscaling import step   # the tick's observe -> ready -> decide (shared with moectl up)
+
+    seen, real_decide = [], step.decide
+    monkeypatch.setattr(step, "decide", lambda obs, *a: (seen.append(dict(obs.ready)), real_decide(obs, *a))[1])
     body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
             "metadata": {"name": m.metadata.name, "namespace": "default", "generation": 1, "uid": "u-1"},
             "spec": {**m.spec.model_dump(by_alias=True, exclude_none=True),

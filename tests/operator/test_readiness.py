@@ -241,8 +241,10 @@ def test_a_pool_with_one_of_two_pods_not_ready_is_decided_with_1_ready(monkeypat
     monkeypatch.setattr(kube, "ray_worker_pods", lambda ns, name: list(pods))
     monkeypatch.setattr(autoscale, "_source", lambda state, spec, model, engine="torch", scope=None: source)
     monkeypatch.setattr(autoscale, "STATES", {})
-    seen, real_decide = [], autoscale.decide
-    monkeypatch.setattr(autoscale, "decide", lambda obs, *a: (seen.append(dict(obs.ready)), real_decide(obs, *a))[1])
+    from moe_operator.autoscaling import step   # the tick's observe -> ready -> decide (shared with moectl up)
+
+    seen, real_decide = [], step.decide
+    monkeypatch.setattr(step, "decide", lambda obs, *a: (seen.append(dict(obs.ready)), real_decide(obs, *a))[1])
     body = {"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
             "metadata": {"name": "m", "namespace": "default", "generation": 1, "uid": "u-1"},
             "spec": {**spec, "autoscaling": {"enabled": True, "intervalSeconds": 10}}}

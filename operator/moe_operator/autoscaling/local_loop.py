@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from moe_operator.api.times import rfc3339
 
 from .model import PoolModel, Settings
 from .observation import Observation
-from .policy import Decision, History, decide
+from .policy import Decision, History
+from .step import observe_and_decide
 
 
 def decision_line(now: float, decision: Decision, ready: Mapping[str, int] | None = None) -> str:
@@ -60,13 +61,8 @@ class LocalAutoscaler:
 
     def tick(self, now: float | None = None) -> Tick:
         now = time.time() if now is None else now
-        obs = self.source.observe() if self.source is not None else None
-        ready = self.ready()
-        if obs is not None and ready is not None:
-            obs = replace(obs, ready={p.name: int(ready.get(p.name, 0)) for p in self.pools})
-        d = decide(obs, self.pools, self.settings, self.history, now)
-        if d.held and getattr(self.source, "last_error", None):
-            d = replace(d, reasons=[*d.reasons, str(self.source.last_error)])
+        ready = self.ready()   # Serve's RUNNING replicas: the runtime's /metrics sums a pool into one series
+        obs, d = observe_and_decide(self.source, self.pools, self.settings, self.history, now, lambda _seen: ready)
         changed = dict(d.replicas) != self.applied
         if changed:
             try:

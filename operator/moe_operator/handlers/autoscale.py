@@ -25,8 +25,8 @@ from kubernetes.client.rest import ApiException
 
 from moe_operator.autoscaling import actuator, report
 from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_from_spec
-from moe_operator.autoscaling.policy import decide
 from moe_operator.autoscaling.restore import restore_history
+from moe_operator.autoscaling.step import observe_and_decide
 
 from . import kube, loops, metrics, readiness
 from .config import CONFIG
@@ -215,17 +215,12 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         log.info("autoscaler: %s/%s: history restored, desired %s (from %s)", ns, name, _fmt(state.history.desired),
                  origin)
     source = _source(state, a.metrics, dep.spec.model.served_model_name or name, dep.spec.engine, {"namespace": ns})
-    obs = source.observe() if source is not None else None
-    if obs is not None:   # pods Ready and, where the runtime's moe_ready_replicas reports a pool, serving
-        from dataclasses import replace
-
-        ready = readiness.for_autoscaler(pool_names, counted, obs.ready, fallback)
-        obs = replace(obs, ready=ready)
-    d = decide(obs, pools, settings, state.history, now)
-    if d.held and getattr(source, "last_error", None):
-        d = replace_reasons(d, [*d.reasons, str(source.last_error)])
-    elif d.held and source is None:
-        d = replace_reasons(d, [*d.reasons, "no metrics source: set spec.autoscaling.metrics or MOE_PROMETHEUS_URL"])
+    # ready: pods Ready and, where the runtime's moe_ready_replicas reports a pool, serving
+    obs, d = observe_and_decide(source, pools, settings, state.history, now,
+                                lambda seen: readiness.for_autoscaler(pool_names, counted, seen, fallback),
+                                no_source="no metrics source: set spec.autoscaling.metrics or MOE_PROMETHEUS_URL")
+    if obs is not None:
+        ready = obs.ready
     state.history = d.history
     desired = {p: int(d.replicas.get(p, 0)) for p in pool_names}
     scaled = desired != {p: current.get(p, 0) for p in pool_names}
@@ -285,12 +280,6 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         kube.patch_moed_status(ns, name, delta)
     log.info("autoscale %s/%s %s %s", ns, name, _fmt(desired), d.reason)
     return delta or None
-
-
-def replace_reasons(d, reasons: list[str]):
-    from dataclasses import replace
-
-    return replace(d, reasons=reasons)
 
 
 def _fmt(replicas: dict[str, int]) -> str:
