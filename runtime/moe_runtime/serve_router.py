@@ -69,8 +69,8 @@ class HintRouter(_Base):
         under load request A's hinted replica would serve B. Not by internal request id alone either (Serve's
         RequestRouter): calls a replica makes while it handles one request share that request's id, Serve's id
         index keeps only the first of them, and the others were never handed a replica. /metrics asks each pool
-        for 2n+2 snapshots at once, so all but one waited out SNAPSHOT_S (5 s) on every scrape, which is
-        ``moectl up``'s scrape timeout: its autoscaler saw no metrics under load. Serve passes the routed
+        for 2n+2 snapshots at once, so all but one waited out SNAPSHOT_S (5 s) on every scrape, which was
+        ``moectl up``'s scrape timeout then: its autoscaler saw no metrics under load. Serve passes the routed
         request's own metadata object (``_fulfill_pending_requests``), so identity finds it."""
         queue = getattr(self, "_pending_requests_to_fulfill", None)
         helpers = [getattr(self, n, None) for n in ("_cancel_routing_task_for_pending_request",

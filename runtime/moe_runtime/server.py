@@ -24,6 +24,9 @@ from moe_runtime.engine.api import AsyncEngine, NoReplicaReady, PromptTooLong, Q
 from moe_runtime.metrics import CONTENT_TYPE, RuntimeMetrics
 
 DISCONNECT_POLL_S = 0.2  # how often a non-streaming request checks that its client is still there
+# /metrics waits this long for the placement board's moe_ready_replicas (beside the replicas' snapshots, which wait
+# at most serve_app.SNAPSHOT_S); a slower or restarting board leaves the gauge out of that scrape
+BOARD_READY_S = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -308,18 +311,27 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
     async def health():
         return {"status": "ok", "model": engine.model_name}
 
+    async def board_ready() -> dict[str, int]:
+        try:
+            return await asyncio.wait_for(admin.ready(), BOARD_READY_S)
+        except Exception:  # noqa: BLE001 (board slow or unreachable: the gauge is absent rather than wrong)
+            return {}
+
     @app.get("/metrics")
     async def metrics_route():
-        by_pool = getattr(engine, "stats_by_pool", None)
-        metrics.update(await by_pool() if by_pool else {pool: engine.stats()})
-        router = getattr(engine, "router_figures", None)
-        if router is not None:
-            metrics.update_router(**router())
-        if admin is not None:
-            try:
-                metrics.update_ready(await admin.ready())
-            except Exception:  # noqa: BLE001 (board unreachable: the gauge is absent rather than wrong)
-                metrics.update_ready({})
+        # the board's count runs beside the replicas' snapshots, so a scrape waits for the slower of the two
+        ready = asyncio.ensure_future(board_ready()) if admin is not None else None
+        try:
+            by_pool = getattr(engine, "stats_by_pool", None)
+            metrics.update(await by_pool() if by_pool else {pool: engine.stats()})
+            router = getattr(engine, "router_figures", None)
+            if router is not None:
+                metrics.update_router(**router())
+            if ready is not None:
+                metrics.update_ready(await ready)
+        finally:   # the scraper left (its request cancelled): the board call goes with it
+            if ready is not None and not ready.done():
+                ready.cancel()
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     if admin is not None:

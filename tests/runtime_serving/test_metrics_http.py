@@ -150,3 +150,45 @@ def test_queue_wait_is_the_time_to_first_token_less_the_engines_prefill():
     asyncio.run(serve(None))                                                  # an engine without prefill_s
     v = read()
     assert v[("moe_queue_wait_seconds_count", None)] == 1 and v[("moe_ttft_seconds_count", None)] == 2
+
+
+@pytest.mark.timing_sensitive   # a 4 s bound on a 0.3 s wait, in process (no proxy, no Ray)
+def test_a_slow_placement_board_never_holds_up_the_scrape(monkeypatch):
+    """/metrics asks the placement board for moe_ready_replicas beside the replicas' snapshots, bounded by
+    BOARD_READY_S: a board that hangs (restarting) leaves the gauge out of that scrape instead of adding its own
+    timeout (10 s) to the snapshots' 5 s, past what a scraper waits. A board that answers gives the gauge."""
+    import asyncio
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from moe_runtime import server
+    from moe_runtime.engine.api import EngineStats
+
+    class Engine:   # /metrics reads stats() only
+        model_name, max_context_tokens, tokenizer = "tiny-moe", 64, None
+
+        def stats(self):
+            return EngineStats()
+
+    class Board:
+        def __init__(self, hang: bool):
+            self.hang = hang
+
+        async def ready(self):
+            if self.hang:
+                await asyncio.sleep(5)   # a restarting board: longer than BOARD_READY_S, short enough to end
+            return {"cpu": 2}
+
+    monkeypatch.setattr(server, "BOARD_READY_S", 0.3)
+    for hang in (True, False):
+        app = server.build_http_app(Engine(), pool="cpu", manage_engine=False, admin=Board(hang))
+        with TestClient(app) as http:
+            t0 = time.monotonic()
+            r = http.get("/metrics")
+            took = time.monotonic() - t0
+        assert r.status_code == 200 and "moe_tokens_total" in r.text
+        if hang:
+            assert took < 4 and "moe_ready_replicas" not in r.text, took   # 0.3 s bound; 5 s unbounded
+        else:
+            assert 'moe_ready_replicas{model="tiny-moe",pool="cpu"} 2.0' in r.text

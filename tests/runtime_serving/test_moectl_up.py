@@ -154,7 +154,7 @@ def test_up_metrics_carry_the_pool_and_pass_promtool(up):
 def test_up_metrics_collect_every_snapshot_at_once_while_streams_are_in_flight(up):
     """/metrics asks each pool for several snapshots at once, inside one HTTP request, so the calls share Serve's
     internal request id. serve_router.HintRouter once matched a routed replica to its request by that id alone,
-    and all but one call waited until /metrics gave up on them after SNAPSHOT_S: 5 s, moectl up's scrape timeout,
+    and all but one call waited until /metrics gave up on them after SNAPSHOT_S: 5 s, then moectl up's scrape timeout,
     so its autoscaler saw no metrics while the fleet was busy and never scaled up (the simulator validation's
     live run stayed at 1 replica for 10 minutes). Streams are in flight (first chunk read) while it scrapes.
 

@@ -133,10 +133,11 @@ def observation_between(prev: Snapshot, cur: Snapshot) -> Observation | None:
         ready={p: n for p, n in cur.ready.items() if p}, served_by_pool=by_pool or None)
 
 
-# Longer than the Serve ingress waits for its replicas' snapshots (moe_runtime.serve_app.SNAPSHOT_S, 5 s) plus the
-# proxy's share: when a replica is slow the ingress answers at SNAPSHOT_S with what it has (and counts the rest in
-# moe_metrics_snapshot_timeouts_total); a scraper that gave up at the same 5 s would see nothing instead. Prometheus's
-# own default scrape_timeout is 10 s too.
+# Longer than the Serve ingress takes at most (moe_runtime.serve_app.SNAPSHOT_S, 5 s, for its replicas' snapshots;
+# the board's moe_ready_replicas runs beside them, bounded by server.BOARD_READY_S, 2 s) plus the proxy's share: when
+# a replica is slow the ingress answers at SNAPSHOT_S with what it has (and counts the rest in
+# moe_metrics_snapshot_timeouts_total); a scraper that gave up at the same 5 s would see nothing instead.
+# Prometheus's own default scrape_timeout is 10 s too.
 SCRAPE_TIMEOUT_S = 10.0
 
 
