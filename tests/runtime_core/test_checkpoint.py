@@ -114,3 +114,8 @@ def test_the_ingress_tokenizer_from_a_replicas_description_tokenizes_as_the_engi
     assert ingress.decode(engine.encode(text)) == engine.decode(engine.encode(text))
     assert ingress.eos_token_id == engine.eos_token_id and ingress.get_vocab_size() == engine.get_vocab_size()
     assert ModelTokenizer.from_info({**info, "eos_token_id": None, "bos_token": None}).bos_token == ""
+    import copy
+    import pickle
+
+    for twin in (copy.copy(ingress), pickle.loads(pickle.dumps(ingress))):   # its __getattr__ once recursed here
+        assert twin.encode(text) == engine.encode(text)

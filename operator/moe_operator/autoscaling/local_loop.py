@@ -61,8 +61,13 @@ class LocalAutoscaler:
 
     def tick(self, now: float | None = None) -> Tick:
         now = time.time() if now is None else now
-        ready = self.ready()   # Serve's RUNNING replicas: the runtime's /metrics sums a pool into one series
-        obs, d = observe_and_decide(self.source, self.pools, self.settings, self.history, now, lambda _seen: ready)
+        seen: dict = {}
+
+        def serve_ready(_said):   # Serve's RUNNING replicas, read after the scrape: /metrics sums a pool in one series
+            seen["ready"] = self.ready()
+            return seen["ready"]
+        obs, d = observe_and_decide(self.source, self.pools, self.settings, self.history, now, serve_ready)
+        ready = seen["ready"] if "ready" in seen else self.ready()
         changed = dict(d.replicas) != self.applied
         if changed:
             try:

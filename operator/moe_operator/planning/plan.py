@@ -14,9 +14,9 @@ from moe_operator.errors import SpecInvalid
 from moe_operator.planning.capacity import PoolCapacity, replica_capacity, replica_throughput
 from moe_operator.planning.cost import CostSummary, cost_summary
 from moe_operator.planning.fit import MemoryFit, dense_bytes, memory_fit, not_fit_message
+from moe_operator.planning.initial_placement import initial_placement
 from moe_operator.planning.model import ModelFacts, model_facts
 from moe_operator.planning.parallelism import Parallelism, choose_parallelism, valid_device_counts
-from moe_operator.planning.initial_placement import initial_placement
 
 PLAN_VERSION = 1  # bumped when a field of the JSON changes meaning or disappears
 

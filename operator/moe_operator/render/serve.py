@@ -28,7 +28,6 @@ from .llm_names import llm_deployment_name, serve_count, serve_replicas_per_repl
 from .templates import env
 
 
-
 def runtime_args(r: RenderInput) -> dict[str, Any]:
     """``RuntimeConfig`` (moe_runtime.config) as snake_case args of the torch app."""
     vendors = {p.vendor for p in r.pools}

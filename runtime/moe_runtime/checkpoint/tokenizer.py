@@ -41,7 +41,10 @@ class ModelTokenizer:
         return self.inner.get_vocab_size()
 
     def __getattr__(self, name: str) -> Any:  # anything else: the tokenizers.Tokenizer's own API
-        return getattr(self.inner, name)
+        inner = self.__dict__.get("inner")   # not self.inner: an instance copy or pickle is rebuilding has none yet
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
 
 
 def _token_str(v: Any) -> str | None:
