@@ -134,8 +134,8 @@ def test_the_reporter_accumulates_adopts_applies_and_retries_after_a_failure(mon
     import moe_runtime.placement_board as pb
 
     now = [1000.0]
-    monkeypatch.setattr(pb, "time", SimpleNamespace(monotonic=lambda: now[0], time=time.time))
-    monkeypatch.setattr(pb, "APPLY_BACKOFF_S", (5.0, 20.0))
+    monkeypatch.setattr(pb.reporter, "time", SimpleNamespace(monotonic=lambda: now[0], time=time.time))
+    monkeypatch.setattr(pb.reporter, "APPLY_BACKOFF_S", (5.0, 20.0))
     board, engine = LocalBoard(), FakeEngine(fail=1)
     r = BoardReporter(engine, "cpu", "r1", "k", lambda: board, P0, period_s=0.01)
     pid = placement_id(P1)
@@ -350,7 +350,7 @@ def test_board_calls_time_out_and_only_an_unreachable_board_is_503(monkeypatch):
     actor error is 503 too; a programming error is the 500 it is, not a 503 board_unavailable."""
     import moe_runtime.placement_board as pb
 
-    monkeypatch.setattr(pb, "CALL_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(pb.client, "CALL_TIMEOUT_S", 0.2)
     board = LocalBoard()
     client = BoardClient("k", lambda: board, ["cpu"], P0, (2, 4))
     app = FastAPI()
@@ -394,7 +394,7 @@ def test_the_board_actor_class_serves_calls_and_exits_when_idle(monkeypatch):
     from moe_runtime.placement_board import PlacementBoard
 
     now = [1000.0]
-    monkeypatch.setattr(pb, "time", SimpleNamespace(monotonic=lambda: now[0], time=time.time))
+    monkeypatch.setattr(pb.actor, "time", SimpleNamespace(monotonic=lambda: now[0], time=time.time))
     exits = []
     monkeypatch.setattr(ray.actor, "exit_actor", lambda: exits.append(True))
 
