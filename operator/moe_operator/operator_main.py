@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--kuberay-pod-labels", metavar="K=V,...", default=None,
                      help="labels of KubeRay's operator pods (with --kuberay-namespace: both must match); "
                           "default app.kubernetes.io/name=kuberay-operator")
+    net.add_argument("--operator-namespace", metavar="NS", default=os.environ.get("POD_NAMESPACE", ""),
+                     help="namespace of this operator's pods, admitted to the dashboard (8265) to read which nodes "
+                          "hold Serve replicas before a scale-down (default env POD_NAMESPACE; empty: not admitted)")
+    net.add_argument("--operator-pod-labels", metavar="K=V,...", default="",
+                     help="labels of this operator's pods (with --operator-namespace: both must match)")
     net.add_argument("--metrics-namespace", metavar="NS", default="",
                      help="only pods of this namespace (Prometheus) may scrape Ray's metrics port; default: anyone")
     p.add_argument("--metrics-hosts", metavar="PATTERNS", default=os.environ.get("MOE_METRICS_HOSTS", ""),
@@ -67,7 +72,8 @@ def policy_settings(args: argparse.Namespace) -> PolicySettings | None:
     bad labels or a namespace that is no DNS label (it would never match KubeRay's or Prometheus' namespace)."""
     if not args.network_policy:
         return None
-    for flag, ns in (("--kuberay-namespace", args.kuberay_namespace), ("--metrics-namespace", args.metrics_namespace)):
+    for flag, ns in (("--kuberay-namespace", args.kuberay_namespace), ("--metrics-namespace", args.metrics_namespace),
+                     ("--operator-namespace", args.operator_namespace)):
         if ns and not _DNS_LABEL.match(ns):
             raise ValueError(f"{flag}: {ns!r} is not a namespace name (a DNS label: lower-case a-z, 0-9, '-')")
     try:
@@ -75,7 +81,14 @@ def policy_settings(args: argparse.Namespace) -> PolicySettings | None:
                   else PolicySettings().kuberay_pod_labels)
     except ValueError as exc:
         raise ValueError(f"--kuberay-pod-labels: {exc}") from None
-    return PolicySettings(args.kuberay_namespace, labels, args.metrics_namespace)
+    try:
+        own = PolicySettings.parse_labels(args.operator_pod_labels) if args.operator_pod_labels else {}
+    except ValueError as exc:
+        raise ValueError(f"--operator-pod-labels: {exc}") from None
+    if args.operator_namespace and not own:
+        raise ValueError("--operator-pod-labels: needed with --operator-namespace (an empty selector would admit "
+                         "every pod of that namespace to the Ray dashboard)")
+    return PolicySettings(args.kuberay_namespace, labels, args.metrics_namespace, args.operator_namespace, own)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,6 +87,12 @@ def test_network_policies_are_granted_where_the_operator_serves_and_the_flags_na
     assert "--kuberay-namespace=ray-system" in args
     assert "--kuberay-pod-labels=app.kubernetes.io/name=kuberay-operator" in args
     assert "--no-network-policy" not in args and not any(a.startswith("--metrics-namespace") for a in args)
+    # the operator's own pods are the dashboard peer the scale-down needs: the flags must select them
+    dep = next(o for o in objs if o["kind"] == "Deployment")
+    own = dict(kv.split("=", 1) for a in args if a.startswith("--operator-pod-labels=")
+               for kv in a.split("=", 1)[1].split(","))
+    assert own and own.items() <= dep["spec"]["template"]["metadata"]["labels"].items(), (own, dep)
+    assert f"--operator-namespace={dep['metadata']['namespace']}" in args
 
     ns = render(NAMESPACED, set_values=("networkPolicy.metricsNamespace=monitoring",
                                         "networkPolicy.kuberay.podLabels.tier=control"))

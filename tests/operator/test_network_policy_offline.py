@@ -123,8 +123,10 @@ def test_off_means_no_policy_calls(cluster, monkeypatch):
     assert c.calls == ["POST rs"]
 
 
-def test_the_operator_flags_switch_it_and_name_kuberay():
+def test_the_operator_flags_switch_it_and_name_kuberay(monkeypatch):
     from moe_operator.operator_main import build_parser, policy_settings
+
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
 
     default = policy_settings(build_parser().parse_args(["-A"]))
     assert default == PolicySettings()
@@ -134,6 +136,11 @@ def test_the_operator_flags_switch_it_and_name_kuberay():
         ["-A", "--kuberay-namespace", "kuberay", "--kuberay-pod-labels", "app=kuberay,tier=ctl",
          "--metrics-namespace", "monitoring"]))
     assert custom == PolicySettings("kuberay", {"app": "kuberay", "tier": "ctl"}, "monitoring")
+    own = policy_settings(build_parser().parse_args(
+        ["-A", "--operator-namespace", "moe-system", "--operator-pod-labels", "app=moe"]))
+    assert (own.operator_namespace, own.operator_pod_labels) == ("moe-system", {"app": "moe"})
+    with pytest.raises(ValueError, match="--operator-pod-labels: needed"):   # an empty selector admits every pod
+        policy_settings(build_parser().parse_args(["-A", "--operator-namespace", "moe-system"]))
 
 
 @pytest.mark.parametrize("fresh", [True, False])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
+from moe_operator.autoscaling import actuator
 from moe_operator.autoscaling.model import PoolModel, Settings
 from moe_operator.autoscaling.policy import decide
 from moe_operator.handlers import autoscale, leader, metrics
@@ -45,15 +46,15 @@ def test_every_contract_metric_is_exported_after_one_decision():
 def test_raycluster_patch_sets_only_the_pools_groups():
     rc = {"spec": {"workerGroupSpecs": [{"groupName": "cpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 2},
                                         {"groupName": "gpu", "replicas": 4, "minReplicas": 0, "maxReplicas": 4}]}}
-    assert autoscale.cluster_patch(rc, {"cpu": 3})
+    assert actuator.raycluster_grow(rc, {"cpu": 3})
     assert rc["spec"]["workerGroupSpecs"][0] == {"groupName": "cpu", "replicas": 3, "minReplicas": 1, "maxReplicas": 3}
     assert rc["spec"]["workerGroupSpecs"][1]["replicas"] == 4
-    assert not autoscale.cluster_patch(rc, {"cpu": 3})       # no change: no write
+    assert not actuator.raycluster_grow(rc, {"cpu": 3})       # no change: no write
 
 
 def test_merge_patch_replaces_lists_and_deletes_nulls():
     target = {"spec": {"a": 1, "groups": [{"x": 1}, {"y": 2}], "keep": {"k": 1}}}
-    autoscale.merge(target, {"spec": {"a": None, "groups": [{"x": 2}], "keep": {"n": 2}}})
+    actuator.merge(target, {"spec": {"a": None, "groups": [{"x": 2}], "keep": {"n": 2}}})
     assert target == {"spec": {"groups": [{"x": 2}], "keep": {"k": 1, "n": 2}}}
 
 

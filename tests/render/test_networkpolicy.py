@@ -52,6 +52,18 @@ def test_kuberay_reaches_the_dashboard_only_and_is_named_by_namespace_and_pod_la
     assert all(p["protocol"] == "TCP" for r in np["spec"]["ingress"] for p in r.get("ports") or [])
 
 
+def test_the_operator_reaches_the_dashboard_when_it_knows_its_namespace_and_labels():
+    """The scale-down reads which nodes hold Serve replicas from the dashboard (handlers/ray_dashboard.py)."""
+    import dataclasses
+
+    own = dataclasses.replace(SETTINGS, operator_namespace="moe-system",
+                              operator_pod_labels={"app.kubernetes.io/name": "moe-operator"})
+    rule = _rule_with_ports(render_networkpolicy("m1", "team-a", own), {8265})
+    assert rule["from"][1] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "moe-system"}},
+                               "podSelector": {"matchLabels": {"app.kubernetes.io/name": "moe-operator"}}}
+    assert len(_rule_with_ports(render_networkpolicy("m1", "team-a", SETTINGS), {8265})["from"]) == 1
+
+
 def test_gcs_and_the_client_port_are_not_open_to_anyone_else():
     np = render_networkpolicy("m1", "team-a", SETTINGS)
     open_ports = set().union(*(_ports(r) for r in np["spec"]["ingress"] if "ports" in r))

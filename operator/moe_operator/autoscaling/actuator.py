@@ -14,6 +14,8 @@ None when nothing would change, so the caller patches only when the decision cha
       count). An ``autoscaling_config`` in the LLMConfig would be a second autoscaler on the same deployment:
       refused, and so is an LLMConfig without ``num_replicas`` (Ray Serve LLM then adds its own autoscaler);
   * spec.rayClusterConfig.workerGroupSpecs[*].replicas/minReplicas/maxReplicas of the pool's worker group.
+The active RayCluster's worker groups (``raycluster_grow``, ``raycluster_remove``) follow Serve: raised with a
+scale-up, lowered only once the pods to remove hold no Serve replica (autoscaling/scale_down.py), by name.
 KubeRay leaves these fields out of the hash that decides whether a RayService needs a new RayCluster
 (``Replicas``, ``MinReplicas``, ``MaxReplicas``, ``WorkersToDelete`` are muted), so the cluster is scaled,
 never replaced. A merge patch replaces lists whole, so the worker group list is sent back complete and
@@ -179,3 +181,66 @@ def _replica_holders(config: Mapping[str, Any], strict: bool = True) -> dict[str
                 deployments.append(dep)
             out.setdefault(pool, []).append((dep, per))
     return out
+
+
+def raycluster_grow(rc: dict, replicas: Mapping[str, int]) -> bool:
+    """Raise the RayCluster's worker groups to ``replicas`` (per group name) in place; True when it changed.
+
+    Never lowers a group: the excess of a scale-down goes through ``raycluster_remove`` once Serve has drained it, so
+    a scale-up that follows a scale-down first reuses the pods still there. min/max are kept around the count."""
+    changed = False
+    for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []:
+        n = replicas.get(g.get("groupName"))
+        if n is None:
+            continue
+        n = max(int(n), int(g.get("replicas") or 0))
+        want = {"replicas": n, "minReplicas": min(int(g.get("minReplicas", n)), n),
+                "maxReplicas": max(int(g.get("maxReplicas", n)), n)}
+        for k, v in want.items():
+            if g.get(k) != v:
+                g[k] = v
+                changed = True
+    return changed
+
+
+def raycluster_remove(rc: dict, group: str, replicas: int, pods: tuple[str, ...] | list[str]) -> bool:
+    """Lower worker group ``group`` to ``replicas`` and name ``pods`` in ``scaleStrategy.workersToDelete`` (in place;
+    True when it changed). KubeRay v1.5.0 deletes the named pods, then compares the count: no random deletion. The
+    list stays in the spec (KubeRay does not clear it); the names are of deleted pods, so a later look ignores
+    them, and the next removal replaces them."""
+    for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []:
+        if g.get("groupName") != group:
+            continue
+        before = copy.deepcopy(g)
+        g["replicas"] = int(replicas)
+        g["minReplicas"] = min(int(g.get("minReplicas", replicas)), int(replicas))
+        if pods:
+            g.setdefault("scaleStrategy", {})["workersToDelete"] = list(pods)
+        return g != before
+    return False
+
+
+def merge(target: dict, patch: dict) -> dict:
+    """RFC 7386 JSON merge patch applied in place (lists replaced whole, None deletes)."""
+    for k, v in patch.items():
+        if v is None:
+            target.pop(k, None)
+        elif isinstance(v, dict) and isinstance(target.get(k), dict):
+            merge(target[k], v)
+        else:
+            target[k] = copy.deepcopy(v)
+    return target
+
+
+def drain_bound_s(rayservice: Mapping[str, Any], pool: str, default: int) -> int:
+    """The longest ``graceful_shutdown_timeout_s`` the pool's Serve deployments were rendered with (how long Serve
+    lets a stopping replica finish), else ``default``."""
+    raw = (rayservice.get("spec") or {}).get("serveConfigV2") or ""
+    try:
+        config = yaml.safe_load(raw) if isinstance(raw, str) else copy.deepcopy(raw)
+        holders = _replica_holders(config or {}, strict=False).get(pool) or []
+    except Exception:  # noqa: BLE001 - a hand-edited config: the default bound
+        return default
+    found = [h.get("graceful_shutdown_timeout_s") for h, _ in holders]
+    found = [int(v) for v in found if isinstance(v, (int, float)) and v >= 0]
+    return max(found) if found else default

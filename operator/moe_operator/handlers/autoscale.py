@@ -6,19 +6,19 @@ per object: timers put a finalizer on every MoEDeployment. A tick:
   2. ``policy.decide`` (pure) with the object's history kept in memory here (rebuilt from status.pools and
      status.lastDecisions on the first tick after a start, so a restart does not scale down early);
   3. when the replicas change: patches the RayService (Serve ``num_replicas`` and worker-group replicas, the
-     recorded desired state) AND the active RayCluster's worker-group replicas, because KubeRay v1.5.0 does not
-     copy replica-only RayService changes to the running cluster; posts one Event;
+     recorded desired state) AND raises the active RayCluster's worker-group replicas, because KubeRay v1.5.0 does
+     not copy replica-only RayService changes to the running cluster; posts one Event. A group above its pool's
+     count loses only pods the Ray dashboard shows holding no Serve replica, by name (``remove_drained``);
   4. writes the status keys that changed (none changed: no write).
 Stale or missing metrics: ``decide`` holds (never scales down) and the status says why.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client.rest import ApiException
@@ -27,6 +27,7 @@ from moe_operator.autoscaling import actuator, report
 from moe_operator.autoscaling.from_spec import pool_models_from_spec, settings_from_spec
 from moe_operator.autoscaling.restore import restore_history
 from moe_operator.autoscaling.step import observe_and_decide
+from moe_operator.render.drain import MAX_DRAIN_S
 
 from . import kube, loops, metrics, readiness
 from .config import CONFIG
@@ -46,6 +47,8 @@ class State:
     source_key: tuple | None = None
     held: bool | None = None
     error: str | None = None      # the last actuation error (its Warning Event is posted once)
+    drain_since: dict[str, float] = field(default_factory=dict)   # pool -> first tick its group had an excess
+    drain_warned: dict[str, int] = field(default_factory=dict)    # pool -> group size a ScaleDownWaiting was for
 
 
 STATES: dict[tuple[str, str], State] = {}
@@ -138,34 +141,6 @@ def _ready(rc: dict | None, pools: list[str]) -> dict[str, int]:
     return out
 
 
-def cluster_patch(rc: dict, replicas: dict[str, int]) -> bool:
-    """Set the RayCluster's worker-group replicas (min/max kept consistent) in place; True when it changed."""
-    changed = False
-    for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []:
-        n = replicas.get(g.get("groupName"))
-        if n is None:
-            continue
-        want = {"replicas": n, "minReplicas": min(int(g.get("minReplicas", n)), n),
-                "maxReplicas": max(int(g.get("maxReplicas", n)), n)}
-        for k, v in want.items():
-            if g.get(k) != v:
-                g[k] = v
-                changed = True
-    return changed
-
-
-def merge(target: dict, patch: dict) -> dict:
-    """RFC 7386 JSON merge patch applied in place (lists replaced whole, None deletes)."""
-    for k, v in patch.items():
-        if v is None:
-            target.pop(k, None)
-        elif isinstance(v, dict) and isinstance(target.get(k), dict):
-            merge(target[k], v)
-        else:
-            target[k] = copy.deepcopy(v)
-    return target
-
-
 def _conditions(old: list[dict], decision, generation) -> list[dict]:
     from .status import condition
 
@@ -237,12 +212,16 @@ def tick(body: dict, now: float | None = None) -> dict | None:
             return None
         state.error = None
         if patch is not None:
-            kube.replace_with_retry(ns, name, lambda cur: bool(merge(cur, patch)) or True)
-        if rc is not None:
-            kube.replace_raycluster_with_retry(ns, rc["metadata"]["name"], lambda cur: cluster_patch(cur, desired))
+            kube.replace_with_retry(ns, name, lambda cur: bool(actuator.merge(cur, patch)) or True)
+        if rc is not None:   # up only: a scale-down's pods go once Serve has drained them (remove_drained)
+            kube.replace_raycluster_with_retry(ns, rc["metadata"]["name"],
+                                               lambda cur: actuator.raycluster_grow(cur, desired))
         word = "ScaledUp" if sum(desired.values()) > sum(current.get(p, 0) for p in pool_names) else "ScaledDown"
         kube.post_event(body, "Normal", word, f"{_fmt(desired)}: {d.reason}"[:1024])
         metrics.DECISIONS.labels(ns, name, d.reason.split(":")[0].split(" ")[0] or "scale").inc()
+
+    if rc is not None:
+        remove_drained(body, state, rs, rc, desired, now)
 
     old = dict(body.get("status") or {})
     fields = report.status_fields(
@@ -280,6 +259,82 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         kube.patch_moed_status(ns, name, delta)
     log.info("autoscale %s/%s %s %s", ns, name, _fmt(desired), d.reason)
     return delta or None
+
+
+DRAIN_MARGIN_S = 60   # past the Serve drain bound: Serve's 2 s wait loop, a tick, the dashboard's own lag
+
+
+def remove_drained(body: dict, state: State, rs: dict, rc: dict, desired: dict[str, int], now: float) -> None:
+    """Lower each worker group above its pool's ``desired`` replicas by the pods that hold no Serve replica, named
+    in ``workersToDelete`` (autoscaling/scale_down.py); the rest waits for Serve's drain.
+
+    The Ray dashboard is read only while some group has an excess. When it cannot be read for longer than the pool's
+    drain bound (Serve's graceful_shutdown_timeout_s + DRAIN_MARGIN_S), the group is lowered without names (KubeRay
+    then picks the pods) and a Warning says so: a cost that never ends is worse than an unverified removal. When it
+    can be read and a pod still holds a replica past that bound, the pod is kept and a Warning says why."""
+    from moe_operator.autoscaling.scale_down import removal
+
+    from . import ray_dashboard
+
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    groups = {g.get("groupName"): g for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []}
+    excess = {p: groups[p] for p, n in desired.items() if p in groups and int(groups[p].get("replicas") or 0) > n}
+    for p in list(state.drain_since):
+        if p not in excess:
+            del state.drain_since[p]
+    if not excess:
+        return
+    view, error = None, None
+    try:
+        view = ray_dashboard.look(ray_dashboard.dashboard_url(body, rc["metadata"]["name"]))
+    except ray_dashboard.DashboardError as exc:
+        error = str(exc)
+    pods = None
+    for pool, g in excess.items():
+        since = state.drain_since.setdefault(pool, now)
+        bound = actuator.drain_bound_s(rs, pool, MAX_DRAIN_S) + DRAIN_MARGIN_S
+        have, want = int(g.get("replicas") or 0), int(desired[pool])
+        if view is None:
+            if now - since < bound:
+                log.info("autoscaler: %s/%s: pool %s keeps %d worker replica(s) above %d: %s", ns, name, pool,
+                         have - want, want, error)
+                continue
+            plan_replicas, names, note = want, (), (
+                f"pool {pool}: {have} -> {want} worker replicas without naming the pods (KubeRay picks them): the "
+                f"Ray dashboard was unreadable for {now - since:.0f} s, past the drain bound of {bound} s ({error})")
+        else:
+            if pods is None:
+                pods = kube.ray_worker_pods(ns, rc["metadata"]["name"])
+            r = removal(have, int(g.get("numOfHosts") or 1), want,
+                        [q for q in pods if (q.get("metadata") or {}).get("labels", {}).get("ray.io/group") == pool],
+                        view)
+            plan_replicas, names, note = r.replicas, r.pods, ""
+            if r.waiting and now - since >= bound and state.drain_warned.get(pool) != have:
+                state.drain_warned[pool] = have
+                kube.post_event(body, "Warning", "ScaleDownWaiting",
+                                f"pool {pool}: {r.waiting} {now - since:.0f} s after the scale-down, past the drain "
+                                f"bound of {bound} s; the pods are kept while they hold a Serve replica")
+            if not names:
+                continue
+        if kube.replace_raycluster_with_retry(
+                ns, rc["metadata"]["name"], lambda cur, p=pool, h=have, n=plan_replicas, k=names:
+                _group_size(cur, p) == h and actuator.raycluster_remove(cur, p, n, k)):
+            if note:
+                kube.post_event(body, "Warning", "ScaleDownUnverified", note[:1024])
+            else:
+                kube.post_event(body, "Normal", "DrainedWorkers",
+                                f"pool {pool}: {have} -> {plan_replicas} worker replicas, deleting idle pods "
+                                f"{', '.join(names)}"[:1024])
+            log.info("autoscaler: %s/%s: pool %s worker replicas %d -> %d, workersToDelete %s", ns, name, pool, have,
+                     plan_replicas, list(names))
+
+
+def _group_size(rc: dict, group: str) -> int | None:
+    """The worker group's replicas in ``rc`` as read now: a removal planned on another size is not written."""
+    for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []:
+        if g.get("groupName") == group:
+            return int(g.get("replicas") or 0)
+    return None
 
 
 def _fmt(replicas: dict[str, int]) -> str:

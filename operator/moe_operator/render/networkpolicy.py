@@ -8,6 +8,8 @@ to the dashboard (docs/security.md, "Ray's ports"), so the network is the gate:
   workers, raylets and object transfers use many ports;
 - KubeRay's operator (its namespace AND its pod labels, one peer, so a tenant's look-alike pod in another namespace
   does not pass): the dashboard only, where it deploys serveConfigV2 and reads Serve's status;
+- this operator, when it knows where it runs (``operator_namespace``, same AND rule): the dashboard only, where it
+  reads which nodes hold Serve replicas before a scale-down deletes pods (handlers/ray_dashboard.py, read-only);
 - anyone: Serve's HTTP port 8000 (the OpenAI API; the runtime admin API there needs the Bearer token);
 - Ray's metrics port 8080 (KubeRay adds ``metrics-export-port`` to every Ray container): anyone, or one namespace
   (Prometheus's) when ``metrics_namespace`` is set.
@@ -36,6 +38,8 @@ class PolicySettings:
     kuberay_namespace: str = "ray-system"
     kuberay_pod_labels: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"})
     metrics_namespace: str = ""   # "": Ray's metrics port is open like Serve's
+    operator_namespace: str = ""  # "": the operator runs outside the cluster (no peer; its dashboard reads fail)
+    operator_pod_labels: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def parse_labels(text: str) -> dict[str, str]:
@@ -57,6 +61,13 @@ def _namespace(name: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: name}}}
 
 
+def _operator_peer(settings: PolicySettings) -> list[dict[str, Any]]:
+    if not settings.operator_namespace:
+        return []
+    return [{**_namespace(settings.operator_namespace),
+             "podSelector": {"matchLabels": dict(settings.operator_pod_labels)}}]
+
+
 def render_networkpolicy(name: str, namespace: str, settings: PolicySettings,
                          labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The NetworkPolicy (networking.k8s.io/v1) named like the MoEDeployment ``name``; deterministic."""
@@ -76,7 +87,7 @@ def render_networkpolicy(name: str, namespace: str, settings: PolicySettings,
             "policyTypes": ["Ingress"],
             "ingress": [
                 {"from": [{"podSelector": {"matchLabels": dict(pods)}}]},
-                {"from": [kuberay], "ports": _tcp(DASHBOARD_PORT)},
+                {"from": [kuberay, *_operator_peer(settings)], "ports": _tcp(DASHBOARD_PORT)},
                 {"ports": _tcp(SERVE_PORT)},
                 metrics,
             ],

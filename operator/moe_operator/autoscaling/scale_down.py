@@ -1,0 +1,120 @@
+"""Which worker pods a scale-down may delete: only those that hold no Serve replica (issue 13). Pure.
+
+The actuator lowers a pool's Serve ``num_replicas`` first and leaves the RayCluster's worker group as it is; Serve
+then picks the replicas to stop and lets them drain (docs/operator.md, "Scale-down"). Each later tick reads Ray's
+view of the cluster through the dashboard (``handlers/ray_dashboard.py``) and removes the group's excess pods
+here: only pods whose IP holds no Serve replica (any application, any state: a STOPPING replica is still
+draining) and no bundle of a placement group (a multi-host replica's other hosts, Ray Serve names each replica's
+placement group after the replica), named in ``scaleStrategy.workersToDelete`` with ``replicas`` lowered by as
+many whole replicas (all ``numOfHosts`` pods of one replica go together). KubeRay v1.5.0 deletes the named pods
+first and only then compares the count (``raycluster_controller.go``), so nothing is deleted at random.
+
+A replica Serve has not placed yet (no node) could land on a pod that looks idle: then nothing is removed this
+tick. Inputs are the dashboard's JSON as Ray 2.60 answers it (``GET /api/serve/applications/``,
+``/api/v0/placement_groups?detail=1``, ``/api/v0/nodes``); anything malformed raises ValueError, and the caller
+keeps the pods.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+
+@dataclass(frozen=True)
+class RayView:
+    """What the Ray cluster holds, by node IP (the pod IP of a KubeRay worker)."""
+
+    busy_ips: frozenset[str]
+    unplaced: int = 0          # Serve replicas not on a node yet (PENDING_ALLOCATION / STARTING without a node)
+
+    def describe(self) -> str:
+        return f"{len(self.busy_ips)} nodes hold replicas" + (f", {self.unplaced} unplaced" if self.unplaced else "")
+
+
+def _state_rows(answer: Any, what: str) -> list[dict]:
+    """The rows of a Ray state API answer (``{"result": true, "data": {"result": {"result": [...]}}}``)."""
+    try:
+        if answer.get("result") is not True:
+            raise ValueError(f"{what}: the state API answered result={answer.get('result')!r}")
+        rows = answer["data"]["result"]["result"]
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{what}: not a Ray state API answer ({type(exc).__name__})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{what}: result is not a list of objects")
+    total = answer["data"]["result"].get("total")
+    if isinstance(total, int) and total > len(rows):
+        raise ValueError(f"{what}: {total} rows, {len(rows)} returned (truncated)")
+    return rows
+
+
+def ray_view(serve_details: Any, placement_groups: Any, nodes: Any) -> RayView:
+    """Busy node IPs from the dashboard's three answers; ValueError when one is not what Ray 2.60 sends."""
+    if not isinstance(serve_details, dict) or not isinstance(serve_details.get("applications"), dict):
+        raise ValueError("serve details: no applications map")
+    ip_of = {}
+    for n in _state_rows(nodes, "nodes"):
+        if isinstance(n.get("node_id"), str) and isinstance(n.get("node_ip"), str):
+            ip_of[n["node_id"]] = n["node_ip"]
+    busy: set[str] = set()
+    unplaced = 0
+    for app in serve_details["applications"].values():
+        deployments = (app or {}).get("deployments") if isinstance(app, dict) else None
+        if not isinstance(deployments, dict):
+            raise ValueError("serve details: an application without a deployments map")
+        for dep in deployments.values():
+            for r in (dep or {}).get("replicas") or []:
+                ip = r.get("node_ip") or ip_of.get(r.get("node_id") or "")
+                if ip:
+                    busy.add(ip)
+                else:
+                    unplaced += 1
+    for pg in _state_rows(placement_groups, "placement groups"):
+        if pg.get("state") == "REMOVED":
+            continue
+        for b in pg.get("bundles") or []:
+            node = b.get("node_id") if isinstance(b, dict) else None
+            if node is None:
+                if pg.get("state") != "CREATED":
+                    unplaced += 1   # a pending group may still take an idle-looking node
+                continue
+            if node not in ip_of:
+                raise ValueError("a placement group has a bundle on a node missing from the node list")
+            busy.add(ip_of[node])
+    return RayView(frozenset(busy), unplaced)
+
+
+@dataclass(frozen=True)
+class Removal:
+    """The worker group's new ``replicas`` and the pods to name in ``workersToDelete``."""
+
+    replicas: int
+    pods: tuple[str, ...]
+    waiting: str = ""           # why fewer (or none) were removed this tick; "" when the excess is gone
+
+
+def _live(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def removal(group_replicas: int, hosts: int, target: int, pods: Iterable[Mapping[str, Any]],
+            view: RayView) -> Removal:
+    """The excess of a worker group (``group_replicas`` replicas of ``hosts`` pods each, ``target`` wanted) that can
+    go now: whole replicas' worth of pods holding nothing, not-Ready pods first, then by name (deterministic)."""
+    hosts = max(1, int(hosts))
+    excess = int(group_replicas) - int(target)
+    if excess <= 0:
+        return Removal(int(group_replicas), ())
+    if view.unplaced:
+        return Removal(int(group_replicas), (), f"{view.unplaced} Serve replica(s) or bundle(s) not placed yet")
+    idle = [p for p in _live(pods) if (p.get("status") or {}).get("podIP") not in view.busy_ips]
+    idle.sort(key=lambda p: (_ready(p), p["metadata"]["name"]))
+    n = min(excess, len(idle) // hosts)
+    chosen = tuple(p["metadata"]["name"] for p in idle[:n * hosts])
+    waiting = "" if n == excess else (f"{excess - n} replica(s) still draining ({len(idle)} idle pod(s), "
+                                      f"{hosts} per replica)")
+    return Removal(int(group_replicas) - n, chosen, waiting)

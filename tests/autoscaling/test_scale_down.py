@@ -1,0 +1,109 @@
+"""Which worker pods a scale-down may delete (autoscaling/scale_down.py): only pods that hold no Serve replica and no
+placement-group bundle, in whole replicas; nothing while a replica is unplaced. The dashboard answers are Ray 2.60's
+own (tests/autoscaling/data/ray260_*.json: a local Ray with its dashboard, apps ``a`` (2 replicas) and ``b`` (1
+replica with a 2-bundle placement group), read with GET on the three paths handlers/ray_dashboard.py uses)."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from moe_operator.autoscaling.scale_down import RayView, ray_view, removal
+
+DATA = Path(__file__).parent / "data"
+
+
+def answers():
+    return [json.loads((DATA / f"ray260_{n}.json").read_text())
+            for n in ("api_serve_applications", "api_v0_placement_groups", "api_v0_nodes")]
+
+
+def pod(name: str, ip: str | None, ready: bool = True, terminating: bool = False, group: str = "cpu") -> dict:
+    meta = {"name": name, "labels": {"ray.io/group": group}}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-12-07T00:00:00Z"
+    status = {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    if ip:
+        status["podIP"] = ip
+    return {"metadata": meta, "status": status}
+
+
+def test_real_ray_answers_give_the_replica_node_as_busy():
+    view = ray_view(*answers())
+    assert view == RayView(frozenset({"192.0.2.2"}), 0)
+
+
+def test_a_placement_group_bundle_makes_its_node_busy_even_without_a_replica_there():
+    serve, pgs, nodes = answers()
+    for app in serve["applications"].values():
+        for dep in app["deployments"].values():
+            dep["replicas"] = []
+    nodes["data"]["result"]["result"].append({"node_id": "n2", "node_ip": "10.0.0.2"})
+    nodes["data"]["result"]["total"] += 1
+    pgs["data"]["result"]["result"][0]["bundles"][1]["node_id"] = "n2"
+    assert ray_view(serve, pgs, nodes).busy_ips == {"192.0.2.2", "10.0.0.2"}
+
+
+def test_unplaced_replicas_and_pending_bundles_are_counted():
+    serve, pgs, nodes = answers()
+    rep = serve["applications"]["a"]["deployments"]["A"]["replicas"][0]
+    rep["node_ip"] = rep["node_id"] = None
+    rep["state"] = "STARTING"
+    pgs["data"]["result"]["result"][0]["state"] = "PENDING"
+    pgs["data"]["result"]["result"][0]["bundles"][0]["node_id"] = None
+    assert ray_view(serve, pgs, nodes).unplaced == 2
+
+
+@pytest.mark.parametrize("breakage", ["no_apps", "state_failed", "truncated", "unknown_node", "not_a_list"])
+def test_answers_not_shaped_like_ray_260_raise(breakage):
+    serve, pgs, nodes = answers()
+    if breakage == "no_apps":
+        serve = {"applications": None}
+    elif breakage == "state_failed":
+        pgs["result"] = False
+    elif breakage == "truncated":
+        nodes["data"]["result"]["total"] = 5000
+    elif breakage == "unknown_node":
+        pgs["data"]["result"]["result"][0]["bundles"][0]["node_id"] = "nowhere"
+    else:
+        nodes["data"]["result"]["result"] = "x"
+    with pytest.raises(ValueError):
+        ray_view(serve, pgs, nodes)
+
+
+def test_removal_names_only_idle_pods_and_lowers_by_as_many():
+    pods = [pod("w-a", "10.0.0.1"), pod("w-b", "10.0.0.2"), pod("w-c", "10.0.0.3")]
+    r = removal(3, 1, 1, pods, RayView(frozenset({"10.0.0.2"})))
+    assert (r.replicas, r.pods, r.waiting) == (1, ("w-a", "w-c"), "")
+
+
+def test_removal_waits_for_pods_still_draining():
+    pods = [pod("w-a", "10.0.0.1"), pod("w-b", "10.0.0.2"), pod("w-c", "10.0.0.3")]
+    r = removal(3, 1, 1, pods, RayView(frozenset({"10.0.0.1", "10.0.0.2"})))
+    assert (r.replicas, r.pods) == (2, ("w-c",)) and "1 replica(s) still draining" in r.waiting
+    r = removal(3, 1, 1, pods, RayView(frozenset({"10.0.0.1", "10.0.0.2", "10.0.0.3"})))
+    assert (r.replicas, r.pods) == (3, ()) and r.waiting
+
+
+def test_removal_takes_whole_multi_host_replicas():
+    pods = [pod(f"w-{i}", f"10.0.0.{i}") for i in range(6)]           # 3 replicas of 2 hosts
+    r = removal(3, 2, 1, pods, RayView(frozenset({"10.0.0.0", "10.0.0.3"})))   # one replica's two hosts
+    assert (r.replicas, r.pods) == (1, ("w-1", "w-2", "w-4", "w-5"))
+    r = removal(3, 2, 1, pods, RayView(frozenset({"10.0.0.0", "10.0.0.2", "10.0.0.4"})))   # 3 idle: one replica
+    assert (r.replicas, len(r.pods)) == (2, 2) and r.waiting
+
+
+def test_nothing_goes_while_a_replica_is_unplaced_and_nothing_without_excess():
+    pods = [pod("w-a", "10.0.0.1"), pod("w-b", "10.0.0.2")]
+    assert removal(2, 1, 1, pods, RayView(frozenset(), unplaced=1)).pods == ()
+    assert removal(2, 1, 2, pods, RayView(frozenset())) == removal(2, 1, 3, pods, RayView(frozenset()))
+    assert removal(2, 1, 2, pods, RayView(frozenset())).pods == ()
+
+
+def test_unready_and_unscheduled_pods_go_first_and_terminating_ones_are_not_named():
+    pods = [pod("w-a", "10.0.0.1"), pod("w-b", None, ready=False), pod("w-c", "10.0.0.3", terminating=True),
+            pod("w-d", "10.0.0.4", ready=False)]
+    r = removal(4, 1, 2, copy.deepcopy(pods), RayView(frozenset()))
+    assert r.pods == ("w-b", "w-d")
