@@ -34,6 +34,8 @@ ALLOWED_IN_WATCHED = [
     ("watch", "pods", ""),
     ("get", "networkpolicies.networking.k8s.io", ""), ("create", "networkpolicies.networking.k8s.io", ""),
     ("update", "networkpolicies.networking.k8s.io", ""),
+    ("get", "persistentvolumeclaims", ""), ("create", "persistentvolumeclaims", ""),
+    ("patch", "persistentvolumeclaims", ""),
     ("list", "kopfpeerings.kopf.dev", ""), ("watch", "kopfpeerings.kopf.dev", ""),
 ]
 #: Secrets are granted by Roles only (issue 14 item 15): never in cluster mode's ClusterRole.
@@ -47,7 +49,8 @@ DENIED_EVERYWHERE = [
     ("create", "rayclusters.ray.io", ""), ("delete", "rayclusters.ray.io", ""),
     ("create", "deployments.apps", ""), ("create", "serviceaccounts", "token"), ("impersonate", "serviceaccounts", ""),
     ("create", "rolebindings.rbac.authorization.k8s.io", ""), ("escalate", "roles.rbac.authorization.k8s.io", ""),
-    ("list", "nodes", ""), ("delete", "events", ""), ("*", "*", ""),
+    ("list", "nodes", ""), ("delete", "events", ""), ("delete", "persistentvolumeclaims", ""),
+    ("list", "persistentvolumeclaims", ""), ("*", "*", ""),
 ]
 #: Rules every authenticated identity has (system:basic-user, system:discovery, system:public-info-viewer).
 DEFAULT_RESOURCES = {"selfsubjectaccessreviews.authorization.k8s.io", "selfsubjectrulesreviews.authorization.k8s.io",
@@ -220,6 +223,7 @@ def test_cluster_mode_rbac_is_exactly_what_the_operator_uses(cluster, release):
             ("events", ""): {"create"},
             ("pods", ""): {"list", "watch"},
             ("networkpolicies.networking.k8s.io", ""): {"get", "create", "update"},
+            ("persistentvolumeclaims", ""): {"get", "create", "patch"},
             ("clusterkopfpeerings.kopf.dev", ""): {"list", "watch"},
             ("clusterkopfpeerings.kopf.dev", "moe-operator"): {"get", "patch"},
             ("customresourcedefinitions.apiextensions.k8s.io", ""): {"list", "watch"},
@@ -264,6 +268,7 @@ def test_namespaced_mode_rbac_stays_in_the_watched_namespaces(cluster, release):
             ("pods", ""): {"list", "watch"},
             ("secrets", ""): {"get", "create"},
             ("networkpolicies.networking.k8s.io", ""): {"get", "create", "update"},
+            ("persistentvolumeclaims", ""): {"get", "create", "patch"},
             ("kopfpeerings.kopf.dev", ""): {"list", "watch"},
             ("kopfpeerings.kopf.dev", "moe-operator"): {"get", "patch"},
         }

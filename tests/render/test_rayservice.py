@@ -123,16 +123,17 @@ def test_live_replicas_are_kept_within_bounds():
     assert g["h800"]["replicas"] == 3 and g["npu"]["replicas"] == 2   # clamped to maxReplicas
 
 
-def test_pvc_model_and_disk_tier_are_mounted():
-    s = spec(model={"source": "pvc://weights/mixtral", "catalogName": "mixtral-8x7b"},
-             cache={"diskTier": {"enabled": True, "size": "100Gi", "storageClassName": "nvme", "path": "/cache"}})
+DISK = {"diskTier": {"enabled": True, "size": "100Gi", "storageClassName": "nvme", "path": "/cache"}}
+
+
+def test_pvc_model_is_mounted_and_a_vllm_pod_gets_no_cache_volume_it_cannot_use():
+    s = spec(model={"source": "pvc://weights/mixtral", "catalogName": "mixtral-8x7b"}, cache=DISK)
     pod = groups(render(s))["h800"]["template"]["spec"]
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["model"]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
-    claim = vols["prefix-cache"]["ephemeral"]["volumeClaimTemplate"]["spec"]
-    assert claim["storageClassName"] == "nvme" and claim["resources"]["requests"]["storage"] == "100Gi"
+    assert "prefix-cache" not in vols   # vLLM's prefix cache lives in GPU memory: the disk tier is the torch engine's
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
-    assert mounts["model"] == "/models" and mounts["prefix-cache"] == "/cache"
+    assert mounts["model"] == "/models" and "prefix-cache" not in mounts
     serve = yaml.safe_load(render(s)["spec"]["serveConfigV2"])
     assert (
         serve["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_source"] == "/models/mixtral"

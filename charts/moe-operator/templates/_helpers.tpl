@@ -88,6 +88,11 @@ watched namespace's Role (namespaced mode). Each rule names the code that needs 
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# The prefix cache's disk-tier claim of each pool (handlers/cache_claims.py: created owned by the MoEDeployment, read,
+# its storage request grown when the spec asks for more). No list, watch or delete (garbage collection removes them).
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, create, patch]
 {{- if .Values.networkPolicy.enabled }}
 # The NetworkPolicy of each MoEDeployment (handlers/netpol.py: created owned by it, read and replaced on drift), in
 # front of its Ray pods' dashboard and GCS. No list, watch or delete (garbage collection removes it with its owner).

@@ -104,10 +104,12 @@ class DiskTierSpec(ApiModel):
     enabled: bool = Field(default=False, description="Keep prompt KV blocks on disk as well as in memory.")
     size: str = Field(default="10Gi", pattern=QUANTITY, description="Disk budget per replica, a Kubernetes quantity.")
     storage_class_name: Optional[str] = Field(
-        default=None, max_length=253, description="StorageClass of the cache volume; empty uses the cluster default."
+        default=None, max_length=253,
+        description="StorageClass of the pool's shared cache claim (needs ReadWriteMany); empty: the cluster default."
     )
     path: str = Field(
-        default="/var/cache/moe", pattern=r"^/.*", max_length=256, description="Mount path of the cache volume."
+        default="/var/cache/moe", pattern=r"^/.*", max_length=256,
+        description="Mount path of the cache volume (torch engine; vLLM pods get none)."
     )
 
 

@@ -22,7 +22,7 @@ from moe_operator.planning import plan_deployment
 from moe_operator.render.pipeline import parse_spec
 from moe_operator.render.rayservice import render_rayservice
 
-from . import admin_secret, drift, kube, metrics, netpol, readiness, status, trace, upgrade
+from . import admin_secret, cache_claims, drift, kube, metrics, netpol, readiness, status, trace, upgrade
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,14 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
                             "operator neither adopts nor overwrites it, and starts no Ray pods without its own policy; "
                             "delete or rename that NetworkPolicy, or give this MoEDeployment another name",
                             spec_invalid=False)
+        writing = "PersistentVolumeClaim"
+        foreign = cache_claims.ensure(body, r)   # the disk tier's claims exist before the pods that mount them
+        if foreign is not None:
+            return _stopped(old, generation, "PrefixCacheClaimNotOwned",
+                            f"PersistentVolumeClaim {namespace}/{foreign} exists and is not owned by this "
+                            "MoEDeployment: the operator neither adopts nor mounts it (it would hold this "
+                            "deployment's prompt KV blocks); delete or rename that claim, or give this MoEDeployment "
+                            "another name", spec_invalid=False)
         writing = "RayService"
         if live is None:
             live = kube.create_rayservice_object(namespace, desired)   # the stored object: no GET after it

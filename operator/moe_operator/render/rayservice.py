@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .cache_claims import VOLUME_NAME as CACHE_VOLUME
+from .cache_claims import claim_name, has_disk_tier
 from .context import ADMIN_TOKEN_KEY
 from .drain import WORKER_TERMINATION_GRACE_S
 from .fastyaml import load
@@ -22,7 +24,7 @@ def _worker(r: RenderInput, pool: PoolRender, labels: dict[str, str]) -> dict[st
     if pool.resource_name:
         resources[pool.resource_name] = str(pool.devices_per_pod)
     volumes, mounts = worker_volumes(pool)
-    extra_volumes, extra_mounts = data_volumes(r)
+    extra_volumes, extra_mounts = data_volumes(r, pool.name)
     volumes, mounts = volumes + extra_volumes, mounts + extra_mounts
     return {
         "pool": pool,
@@ -40,21 +42,18 @@ def _worker(r: RenderInput, pool: PoolRender, labels: dict[str, str]) -> dict[st
 MODEL_MOUNT = "/models"
 
 
-def data_volumes(r: RenderInput) -> tuple[list[dict], list[dict]]:
-    """The model PVC (pvc://<claim>/<path> is read at /models/<path>) and the prefix cache's disk tier."""
+def data_volumes(r: RenderInput, pool: str) -> tuple[list[dict], list[dict]]:
+    """The model PVC (pvc://<claim>/<path> is read at /models/<path>) and, for the torch engine, the pool's shared
+    claim of the prefix cache's disk tier (render/cache_claims.py)."""
     volumes: list[dict] = []
     mounts: list[dict] = []
     if r.model_source.startswith("pvc://"):
         claim = r.model_source[len("pvc://"):].split("/", 1)[0]
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True})
-    if r.cache.get("disk_dir"):
-        claim_spec: dict = {"accessModes": ["ReadWriteOnce"],
-                            "resources": {"requests": {"storage": str(r.cache["disk_size"])}}}
-        if r.cache.get("storage_class"):
-            claim_spec["storageClassName"] = r.cache["storage_class"]
-        volumes.append({"name": "prefix-cache", "ephemeral": {"volumeClaimTemplate": {"spec": claim_spec}}})
-        mounts.append({"name": "prefix-cache", "mountPath": r.cache["disk_dir"]})
+    if has_disk_tier(r):
+        volumes.append({"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim_name(r.name, pool)}})
+        mounts.append({"name": CACHE_VOLUME, "mountPath": r.cache["disk_dir"]})
     return volumes, mounts
 
 

@@ -1,0 +1,81 @@
+"""The disk tier's claims of each MoEDeployment (render/cache_claims.py): created before its RayService.
+
+Owned by the MoEDeployment (``kopf.adopt``: garbage-collected with it, and the cache with them). A claim of the same
+name that it does not own is never adopted nor mounted: the reconcile stops before the RayService
+(``PrefixCacheClaimNotOwned``), since a stranger's volume would receive this tenant's KV blocks (prompt contents)
+and feed it blocks this tenant did not write. Most of a claim's spec is immutable, so an owned claim is only grown:
+when the spec asks for more (a larger ``size`` or ``maxReplicas``) its storage request is raised, which the
+StorageClass must allow (``allowVolumeExpansion``); a refusal is logged and the claim kept, never a failed reconcile
+(the runtime's writers stay within what the filesystem has). Claims of pools that are gone are left to the garbage
+collector with the MoEDeployment: their blocks may serve again if the pool comes back.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from kubernetes.client.rest import ApiException
+
+from moe_operator.render.cache_claims import render_cache_claims
+from moe_operator.render.context import quantity_bytes
+from moe_operator.render.inputs import RenderInput
+
+from . import kube
+
+log = logging.getLogger(__name__)
+
+
+def _get(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj = kube.core().read_namespaced_persistent_volume_claim(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return kube.api().api_client.sanitize_for_serialization(obj)
+
+
+def _requested(claim: dict[str, Any]) -> int:
+    try:
+        return quantity_bytes(str(claim["spec"]["resources"]["requests"]["storage"]))
+    except Exception:  # noqa: BLE001 - an unreadable request: treat as none, so a grow is attempted
+        return 0
+
+
+def ensure(body: dict[str, Any], r: RenderInput) -> str | None:
+    """Create or grow each pool's claim; the name of a claim this MoEDeployment does not own (left alone), else
+    None. API errors other than a refused expansion raise (kopf retries; the RayService is written after)."""
+    meta = body["metadata"]
+    ns, uid = meta["namespace"], meta.get("uid")
+    for want in render_cache_claims(r, r.labels):
+        kopf.adopt(want, owner=body)
+        name = want["metadata"]["name"]
+        live = _get(ns, name)
+        if live is None:
+            try:
+                kube.core().create_namespaced_persistent_volume_claim(ns, want)
+                kube.Writes.add("create")
+                log.info("created PersistentVolumeClaim %s/%s", ns, name)
+                continue
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                live = _get(ns, name)
+                if live is None:
+                    continue   # created and deleted meanwhile: the next reconcile creates it
+        if not kube.owned_by(live, uid):
+            return name
+        if _requested(live) < _requested(want):
+            size = want["spec"]["resources"]["requests"]["storage"]
+            try:
+                kube.core().patch_namespaced_persistent_volume_claim(
+                    name, ns, {"spec": {"resources": {"requests": {"storage": size}}}})
+                kube.Writes.add("patch")
+                log.info("grew PersistentVolumeClaim %s/%s to %s", ns, name, size)
+            except ApiException as exc:
+                if exc.status not in (403, 422):
+                    raise
+                log.warning("PersistentVolumeClaim %s/%s not grown to %s (%s): its StorageClass may not allow "
+                            "expansion; the disk tier keeps within what it has", ns, name, size, exc.reason)
+    return None
