@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from moe_operator.handlers import loops
 
-    # + the drift sweep and the step loop, + each periodic consumer's object threads (handlers/loops.py)
-    kube.POOL_SIZE = max(kube.POOL_SIZE, args.workers + 4 + loops.TICK_WORKERS * 2)
+    # + the step loop, + each periodic consumer's object threads (handlers/loops.py: autoscaler, rebalancer, drift)
+    kube.POOL_SIZE = max(kube.POOL_SIZE, args.workers + 4 + loops.TICK_WORKERS * len(loops.CONSUMERS))
 
     @kopf.on.startup()
     def _configure(settings: kopf.OperatorSettings, logger, **_):

@@ -32,7 +32,7 @@ def pod(name: str, ip: str | None, ready: bool = True, terminating: bool = False
 
 def test_real_ray_answers_give_the_replica_node_as_busy():
     view = ray_view(*answers())
-    assert view == RayView(frozenset({"192.0.2.2"}), 0)
+    assert view == RayView(frozenset({"192.0.2.2"}), frozenset(), {"192.0.2.2": frozenset({"a/A", "b/B"})})
 
 
 def test_a_placement_group_bundle_makes_its_node_busy_even_without_a_replica_there():
@@ -53,7 +53,7 @@ def test_unplaced_replicas_and_pending_bundles_are_counted():
     rep["state"] = "STARTING"
     pgs["data"]["result"]["result"][0]["state"] = "PENDING"
     pgs["data"]["result"]["result"][0]["bundles"][0]["node_id"] = None
-    assert ray_view(serve, pgs, nodes).unplaced == 2
+    assert ray_view(serve, pgs, nodes).unplaced == {"a/A", "b/B"}   # b's replica group: named after its replica
 
 
 @pytest.mark.parametrize("breakage", ["no_apps", "state_failed", "truncated", "unknown_node", "not_a_list"])
@@ -95,9 +95,15 @@ def test_removal_takes_whole_multi_host_replicas():
     assert (r.replicas, len(r.pods)) == (2, 2) and r.waiting
 
 
-def test_nothing_goes_while_a_replica_is_unplaced_and_nothing_without_excess():
-    pods = [pod("w-a", "10.0.0.1"), pod("w-b", "10.0.0.2")]
-    assert removal(2, 1, 1, pods, RayView(frozenset(), unplaced=1)).pods == ()
+def test_nothing_goes_while_a_replica_of_a_deployment_running_here_is_unplaced_and_nothing_without_excess():
+    pods = [pod("w-a", "10.0.0.1"), pod("w-b", "10.0.0.2"), pod("w-c", "10.0.0.3")]
+    busy = frozenset({"10.0.0.1"})
+    pending_here = RayView(busy, frozenset({"app/engine-cpu"}), {"10.0.0.1": frozenset({"app/engine-cpu"})})
+    r = removal(3, 1, 1, pods, pending_here)
+    assert r.pods == () and "app/engine-cpu is not placed" in r.waiting
+    # a pool parked at zero elsewhere keeps one Serve replica unplaced for ever: it must not block this pool
+    parked_elsewhere = RayView(busy, frozenset({"app/engine-gpu"}), {"10.0.0.1": frozenset({"app/engine-cpu"})})
+    assert removal(3, 1, 1, pods, parked_elsewhere).pods == ("w-b", "w-c")
     assert removal(2, 1, 2, pods, RayView(frozenset())) == removal(2, 1, 3, pods, RayView(frozenset()))
     assert removal(2, 1, 2, pods, RayView(frozenset())).pods == ()
 

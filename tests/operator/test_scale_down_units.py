@@ -104,3 +104,14 @@ def test_drain_bound_reads_the_rendered_graceful_timeout():
     assert actuator.drain_bound_s(RS, "cpu", 3600) == 100
     assert actuator.drain_bound_s(RS, "gpu", 3600) == 3600
     assert actuator.drain_bound_s({"spec": {"serveConfigV2": ": not yaml ["}}, "cpu", 7) == 7
+
+
+def test_a_pool_going_to_zero_drains_to_one_then_loses_its_last_pods(monkeypatch):
+    """At zero Serve keeps one replica (it cannot be refused 0): the others drain first, then the last pod goes."""
+    f = Fake(monkeypatch, {"10.0.0.0", "10.0.0.1", "10.0.0.2"})
+    state = autoscale.State()
+    autoscale.remove_drained(BODY, state, RS, f.rc, {"cpu": 0}, now=0.0)
+    assert f.group()["replicas"] == 3 and f.writes == 0
+    f.busy = {"10.0.0.2"}                                        # two drained; Serve's last replica on w-c
+    autoscale.remove_drained(BODY, state, RS, f.rc, {"cpu": 0}, now=10.0)
+    assert f.group()["replicas"] == 0 and f.group()["scaleStrategy"]["workersToDelete"] == ["w-a", "w-b", "w-c"]

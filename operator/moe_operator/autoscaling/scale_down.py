@@ -10,25 +10,40 @@ many whole replicas (all ``numOfHosts`` pods of one replica go together). KubeRa
 first and only then compares the count (``raycluster_controller.go``), so nothing is deleted at random.
 
 A replica Serve has not placed yet (no node) could land on a pod that looks idle: then nothing is removed this
-tick. Inputs are the dashboard's JSON as Ray 2.60 answers it (``GET /api/serve/applications/``,
-``/api/v0/placement_groups?detail=1``, ``/api/v0/nodes``); anything malformed raises ValueError, and the caller
-keeps the pods.
+tick from the pods where its deployment runs. Inputs are the dashboard's JSON as Ray 2.60 answers it
+(``GET /api/serve/applications/``, ``/api/v0/placement_groups?detail=1``, ``/api/v0/nodes``); anything malformed
+raises ValueError, and the caller keeps the pods.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 
 @dataclass(frozen=True)
 class RayView:
-    """What the Ray cluster holds, by node IP (the pod IP of a KubeRay worker)."""
+    """What the Ray cluster holds, by node IP (the pod IP of a KubeRay worker).
+
+    ``unplaced``: Serve deployments (``app/deployment``) with a replica or a placement-group bundle on no node yet;
+    ``on``: per node IP, the deployments with a replica there. An unplaced replica blocks removals only from pods
+    where its deployment runs (it may land on one of them), so a pool parked at zero, whose one Serve replica can
+    never be placed, blocks nothing elsewhere."""
 
     busy_ips: frozenset[str]
-    unplaced: int = 0          # Serve replicas not on a node yet (PENDING_ALLOCATION / STARTING without a node)
+    unplaced: frozenset[str] = frozenset()
+    on: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def describe(self) -> str:
-        return f"{len(self.busy_ips)} nodes hold replicas" + (f", {self.unplaced} unplaced" if self.unplaced else "")
+        return f"{len(self.busy_ips)} nodes hold replicas" + (f", {len(self.unplaced)} unplaced" if self.unplaced
+                                                                else "")
+
+
+def _replica_deployment(name: Any) -> str | None:
+    """``app/deployment`` of a Serve replica actor or placement group name (``SERVE_REPLICA::app#dep#id``)."""
+    if not isinstance(name, str) or not name.startswith("SERVE_REPLICA::"):
+        return None
+    parts = name[len("SERVE_REPLICA::"):].split("#")
+    return f"{parts[0]}/{parts[1]}" if len(parts) == 3 else None
 
 
 def _state_rows(answer: Any, what: str) -> list[dict]:
@@ -56,31 +71,34 @@ def ray_view(serve_details: Any, placement_groups: Any, nodes: Any) -> RayView:
         if isinstance(n.get("node_id"), str) and isinstance(n.get("node_ip"), str):
             ip_of[n["node_id"]] = n["node_ip"]
     busy: set[str] = set()
-    unplaced = 0
-    for app in serve_details["applications"].values():
+    unplaced: set[str] = set()
+    on: dict[str, set[str]] = {}
+    for app_name, app in serve_details["applications"].items():
         deployments = (app or {}).get("deployments") if isinstance(app, dict) else None
         if not isinstance(deployments, dict):
             raise ValueError("serve details: an application without a deployments map")
-        for dep in deployments.values():
+        for dep_name, dep in deployments.items():
             for r in (dep or {}).get("replicas") or []:
                 ip = r.get("node_ip") or ip_of.get(r.get("node_id") or "")
                 if ip:
                     busy.add(ip)
+                    on.setdefault(ip, set()).add(f"{app_name}/{dep_name}")
                 else:
-                    unplaced += 1
+                    unplaced.add(f"{app_name}/{dep_name}")
     for pg in _state_rows(placement_groups, "placement groups"):
         if pg.get("state") == "REMOVED":
             continue
         for b in pg.get("bundles") or []:
             node = b.get("node_id") if isinstance(b, dict) else None
             if node is None:
-                if pg.get("state") != "CREATED":
-                    unplaced += 1   # a pending group may still take an idle-looking node
+                owner = _replica_deployment(pg.get("name"))
+                if owner is not None and pg.get("state") != "CREATED":
+                    unplaced.add(owner)   # a pending replica group may still take an idle-looking node
                 continue
             if node not in ip_of:
                 raise ValueError("a placement group has a bundle on a node missing from the node list")
             busy.add(ip_of[node])
-    return RayView(frozenset(busy), unplaced)
+    return RayView(frozenset(busy), frozenset(unplaced), {ip: frozenset(d) for ip, d in on.items()})
 
 
 @dataclass(frozen=True)
@@ -109,9 +127,12 @@ def removal(group_replicas: int, hosts: int, target: int, pods: Iterable[Mapping
     excess = int(group_replicas) - int(target)
     if excess <= 0:
         return Removal(int(group_replicas), ())
-    if view.unplaced:
-        return Removal(int(group_replicas), (), f"{view.unplaced} Serve replica(s) or bundle(s) not placed yet")
-    idle = [p for p in _live(pods) if (p.get("status") or {}).get("podIP") not in view.busy_ips]
+    live = _live(pods)
+    here = set().union(*(view.on.get((p.get("status") or {}).get("podIP") or "", frozenset()) for p in live))
+    pending = sorted(here & view.unplaced)
+    if pending:
+        return Removal(int(group_replicas), (), f"a replica of {', '.join(pending)} is not placed yet")
+    idle = [p for p in live if (p.get("status") or {}).get("podIP") not in view.busy_ips]
     idle.sort(key=lambda p: (_ready(p), p["metadata"]["name"]))
     n = min(excess, len(idle) // hosts)
     chosen = tuple(p["metadata"]["name"] for p in idle[:n * hosts])

@@ -272,7 +272,7 @@ def remove_drained(body: dict, state: State, rs: dict, rc: dict, desired: dict[s
     drain bound (Serve's graceful_shutdown_timeout_s + DRAIN_MARGIN_S), the group is lowered without names (KubeRay
     then picks the pods) and a Warning says so: a cost that never ends is worse than an unverified removal. When it
     can be read and a pod still holds a replica past that bound, the pod is kept and a Warning says why."""
-    from moe_operator.autoscaling.scale_down import removal
+    from moe_operator.autoscaling.scale_down import Removal, removal
 
     from . import ray_dashboard
 
@@ -305,9 +305,13 @@ def remove_drained(body: dict, state: State, rs: dict, rc: dict, desired: dict[s
         else:
             if pods is None:
                 pods = kube.ray_worker_pods(ns, rc["metadata"]["name"])
-            r = removal(have, int(g.get("numOfHosts") or 1), want,
-                        [q for q in pods if (q.get("metadata") or {}).get("labels", {}).get("ray.io/group") == pool],
-                        view)
+            mine = [q for q in pods if (q.get("metadata") or {}).get("labels", {}).get("ray.io/group") == pool]
+            # At zero Serve keeps one replica (serve_count): the others drain first, as for any scale-down; the last
+            # goes with its pods, which the policy's scale-to-zero decision (idle for its whole window) allows.
+            r = removal(have, int(g.get("numOfHosts") or 1), max(want, 1), mine, view)
+            if want == 0 and r.replicas <= 1 and not r.waiting:
+                r = Removal(0, tuple(sorted({*r.pods, *(q["metadata"]["name"] for q in mine
+                                                        if not q["metadata"].get("deletionTimestamp"))})))
             plan_replicas, names, note = r.replicas, r.pods, ""
             if r.waiting and now - since >= bound and state.drain_warned.get(pool) != have:
                 state.drain_warned[pool] = have

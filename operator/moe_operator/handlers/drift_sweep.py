@@ -1,48 +1,45 @@
-"""The safety net: every ``--drift-interval`` seconds, re-check every MoEDeployment's RayService.
+"""The safety net: every ``--drift-interval`` seconds, re-check each MoEDeployment's RayService (and its policy, claims
+and status) with a non-strict reconcile.
 
-One list per interval instead of a kopf timer per object: kopf timers put a finalizer on every MoEDeployment
-(deletion then blocks whenever the operator is not running) and cost a task per object. Writes happen only when
-something drifted or the status changed (see drift.py, status.py).
+A consumer of handlers/loops.py, like the autoscaler and the rebalancer: it shares their one LIST per step, each
+object is reconciled in its own thread of the consumer's pool (a slow or hung object holds up no other), a failure
+is retried at the next interval and counted, and a sweep that hangs fails the liveness probe (``loops.health``).
+Not a kopf timer per object: kopf timers put a finalizer on every MoEDeployment (deletion then blocks whenever the
+operator is not running). Writes happen only when something drifted or the status changed (drift.py, status.py).
+An object is first checked one interval after the operator first lists it: the resume handler has just reconciled it.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
+from dataclasses import dataclass
+from typing import Any
 
-import kopf
-
-from . import kube, metrics
-from . import leader
+from . import loops
 from .config import CONFIG
 from .reconcile import apply_outcome, reconcile
 
-log = logging.getLogger(__name__)
+
+@dataclass
+class State:
+    next_at: float = 0.0
 
 
-def check_all() -> int:
-    """Reconcile (non-strict) every MoEDeployment in the watched namespaces; returns how many were checked."""
-    items = kube.list_moeds(CONFIG.namespaces)
-    for body in items:
-        if body["metadata"].get("deletionTimestamp"):
-            continue
-        try:
-            apply_outcome(body, reconcile(body, strict=False))
-        except Exception:  # noqa: BLE001 - one bad object must not stop the sweep
-            metrics.ERRORS.labels(body["metadata"]["namespace"], body["metadata"]["name"]).inc()
-            log.exception("drift check of %s/%s failed", body["metadata"]["namespace"], body["metadata"]["name"])
-    return len(items)
+STATES: dict[tuple[str, str], State] = {}
 
 
-async def _loop() -> None:
-    while True:
-        await asyncio.sleep(CONFIG.drift_interval_seconds)
-        try:
-            if await asyncio.to_thread(leader.is_active):
-                await asyncio.to_thread(check_all)   # Events go through kube.post_event (no kopf context needed)
-        except Exception:  # noqa: BLE001
-            log.exception("drift sweep failed")
+def tick(body: dict[str, Any], now: float) -> None:
+    """One object's check (a reconcile that leaves the autoscaler's sizes alone); its next one an interval later."""
+    meta = body["metadata"]
+    STATES.setdefault((meta["namespace"], meta["name"]), State()).next_at = now + CONFIG.drift_interval_seconds
+    apply_outcome(body, reconcile(body, strict=False))
 
 
-@kopf.on.startup()
-async def start_drift_sweeps(**_) -> None:
-    asyncio.get_running_loop().create_task(_loop())
+def tick_due(now: float, bodies: list[dict[str, Any]]) -> int:
+    """Check every listed MoEDeployment whose interval has passed (objects seen for the first time wait one)."""
+    for body in bodies:
+        meta = body["metadata"]
+        STATES.setdefault((meta["namespace"], meta["name"]), State(now + CONFIG.drift_interval_seconds))
+    return loops.run_due(bodies, STATES, enabled=lambda body: True, tick=tick, new_state=State,
+                         retry_s=CONFIG.drift_interval_seconds, what="drift", now=now)
+
+
+loops.register("drift", tick_due)
