@@ -266,101 +266,60 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: RuntimeMetrics | None = None,
-                   default_max_tokens: int = 256, manage_engine: bool = True, admin=None) -> FastAPI:
-    """FastAPI app serving ``engine`` (OpenAI API, /health, /metrics).
+class _Routes:
+    """The HTTP routes of one engine, one method each: ``build_http_app`` mounts them, and a test can call one alone
+    (with a fake engine and a Starlette ``Request``) without building the app."""
 
-    ``pool`` labels this front's metrics when the engine does not say which pool served a request;
-    ``manage_engine`` starts/stops the engine with the app's lifespan; ``admin`` (an ``admin_api.AdminBackend``
-    with ``ready()``) adds the admin routes (when MOE_ADMIN_TOKEN is set) and the ``moe_ready_replicas`` gauge.
-    """
-    metrics = metrics or RuntimeMetrics(engine.model_name, {"pool": pool})
-    handler = _Handler(engine, pool, metrics, default_max_tokens)
+    def __init__(self, engine: AsyncEngine, pool: str, metrics: RuntimeMetrics, default_max_tokens: int, admin=None):
+        self.engine, self.pool, self.metrics, self.admin = engine, pool, metrics, admin
+        self.default_max_tokens = default_max_tokens
+        self.handler = _Handler(engine, pool, metrics, default_max_tokens)
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        if manage_engine:
-            await engine.start()
+    async def health(self):
+        return {"status": "ok", "model": self.engine.model_name}
+
+    async def board_ready(self) -> dict[str, int]:
         try:
-            yield
-        finally:
-            if manage_engine:
-                await engine.stop()
-
-    app = FastAPI(title="moe-runtime OpenAI API", lifespan=lifespan)
-    app.state.engine, app.state.metrics = engine, metrics
-
-    app.add_exception_handler(oa.APIError, oa.handle_api_error)
-
-    @app.exception_handler(Exception)
-    async def _internal(req: Request, exc: Exception):  # e.g. an engine replica died mid-request
-        return server_error("internal_error", "internal server error", f"{req.method} {req.url.path}: "
-                            f"{type(exc).__name__}: {exc}", exc).response()
-
-    @app.exception_handler(404)
-    async def _not_found(req: Request, _exc):
-        return oa.APIError(404, f"no route {req.method} {req.url.path}", code="not_found").response()
-
-    @app.exception_handler(405)
-    async def _bad_method(req: Request, _exc):
-        return oa.APIError(
-            405, f"method {req.method} not allowed on {req.url.path}", code="method_not_allowed"
-        ).response()
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": engine.model_name}
-
-    async def board_ready() -> dict[str, int]:
-        try:
-            return await asyncio.wait_for(admin.ready(), BOARD_READY_S)
+            return await asyncio.wait_for(self.admin.ready(), BOARD_READY_S)
         except Exception:  # noqa: BLE001 (board slow or unreachable: the gauge is absent rather than wrong)
             return {}
 
-    @app.get("/metrics")
-    async def metrics_route():
+    async def metrics_route(self):
         # the board's count runs beside the replicas' snapshots, so a scrape waits for the slower of the two
-        ready = asyncio.ensure_future(board_ready()) if admin is not None else None
+        ready = asyncio.ensure_future(self.board_ready()) if self.admin is not None else None
         try:
-            by_pool = getattr(engine, "stats_by_pool", None)
-            metrics.update(await by_pool() if by_pool else {pool: engine.stats()})
-            router = getattr(engine, "router_figures", None)
+            by_pool = getattr(self.engine, "stats_by_pool", None)
+            self.metrics.update(await by_pool() if by_pool else {self.pool: self.engine.stats()})
+            router = getattr(self.engine, "router_figures", None)
             if router is not None:
-                metrics.update_router(**router())
+                self.metrics.update_router(**router())
             if ready is not None:
-                metrics.update_ready(await ready)
+                self.metrics.update_ready(await ready)
         finally:   # the scraper left (its request cancelled): the board call goes with it
             if ready is not None and not ready.done():
                 ready.cancel()
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
-    if admin is not None:
-        from moe_runtime.admin_api import mount_admin_routes
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.engine.model_name, "object": "model", "created": 0, "owned_by": "moe-operator",
+                "max_model_len": self.engine.max_context_tokens}
 
-        mount_admin_routes(app, admin)
+    async def models(self):
+        return {"object": "list", "data": [self.model_card()]}
 
-    def model_card() -> dict[str, Any]:
-        return {"id": engine.model_name, "object": "model", "created": 0, "owned_by": "moe-operator",
-                "max_model_len": engine.max_context_tokens}
+    async def model(self, model_id: str):
+        oa.check_model(model_id, self.engine.model_name)
+        return self.model_card()
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [model_card()]}
-
-    @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str):
-        oa.check_model(model_id, engine.model_name)
-        return model_card()
-
-    async def read(request: Request, cls):
+    async def read(self, request: Request, cls):
         req = oa.validate(cls, oa.parse_body(await read_body(request)))
-        oa.check_model(req.model, engine.model_name)
+        oa.check_model(req.model, self.engine.model_name)
         return req
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
+    async def completions(self, request: Request):
         t0 = time.perf_counter()
-        req: oa.CompletionRequest = await read(request, oa.CompletionRequest)
+        req: oa.CompletionRequest = await self.read(request, oa.CompletionRequest)
+        handler, engine = self.handler, self.engine
         await handler.ready()
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
@@ -377,12 +336,12 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
         if not ids:
             raise oa.APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
         max_tokens = oa.resolve_max_tokens(req.max_tokens, len(ids), engine.max_context_tokens, 16)
-        return await _generate(request, req, ids, max_tokens, t0, chat=False)
+        return await self.generate(request, req, ids, max_tokens, t0, chat=False)
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
+    async def chat(self, request: Request):
         t0 = time.perf_counter()
-        req: oa.ChatRequest = await read(request, oa.ChatRequest)
+        req: oa.ChatRequest = await self.read(request, oa.ChatRequest)
+        handler = self.handler
         await handler.ready()
         handler.precheck_chars(sum(len(m.text()) for m in req.messages), "messages")
 
@@ -391,11 +350,12 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
                                                        handler.codec.bos_token, handler.codec.eos_token))
         ids = await asyncio.to_thread(tokenize)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        max_tokens = oa.resolve_max_tokens(requested, len(ids), engine.max_context_tokens,
-                                           default_max_tokens, prompt_param="messages")
-        return await _generate(request, req, ids, max_tokens, t0, chat=True)
+        max_tokens = oa.resolve_max_tokens(requested, len(ids), self.engine.max_context_tokens,
+                                           self.default_max_tokens, prompt_param="messages")
+        return await self.generate(request, req, ids, max_tokens, t0, chat=True)
 
-    async def _generate(request: Request, req, ids: list[int], max_tokens: int, t0: float, chat: bool):
+    async def generate(self, request: Request, req, ids: list[int], max_tokens: int, t0: float, chat: bool):
+        handler = self.handler
         stop_ids = [handler.codec.eos_token_id] if handler.codec.eos_token_id is not None else []
         params = oa.sampling_params(req, max_tokens, stop_ids)
         rid = oa.new_id("chatcmpl" if chat else "cmpl")
@@ -404,10 +364,10 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
         if req.stream:
             # the body closes the stream when it ends; the background task when the body never ran (client gone
             # before the first byte): an unclosed stream would hold its replica's load and prefill in the router
-            return StreamingResponse(_sse_body(events, stream, rid, req, chat), media_type="text/event-stream",
+            return StreamingResponse(self.sse_body(events, stream, rid, req, chat), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Request-Id": rid},
                                      background=BackgroundTask(_close, stream))
-        task = asyncio.create_task(_collect(events, stream))
+        task = asyncio.create_task(self.collect(events, stream))
         watcher = asyncio.create_task(_watch_disconnect(request, task))
         try:
             text, finish, usage, err = await task
@@ -419,9 +379,10 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
         if err is not None:
             return engine_error(rid, err).response()
         build = oa.chat_json if chat else oa.completion_json
-        return JSONResponse(build(rid, engine.model_name, text, finish, usage), headers={"X-Request-Id": rid})
+        return JSONResponse(build(rid, self.engine.model_name, text, finish, usage), headers={"X-Request-Id": rid})
 
-    async def _collect(events, stream) -> tuple[str, str | None, Usage | None, str | None]:
+    @staticmethod
+    async def collect(events, stream) -> tuple[str, str | None, Usage | None, str | None]:
         parts: list[str] = []
         finish = usage = err = None
         try:
@@ -433,8 +394,8 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
             await _close(stream)  # events' own finally does not run when it never started
         return "".join(parts), finish, usage, err
 
-    async def _sse_body(events, stream, rid: str, req, chat: bool) -> AsyncIterator[str]:
-        model_name = engine.model_name
+    async def sse_body(self, events, stream, rid: str, req, chat: bool) -> AsyncIterator[str]:
+        model_name = self.engine.model_name
         obj = "chat.completion.chunk" if chat else "text_completion"
         try:
             if chat:
@@ -455,6 +416,57 @@ def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: Runtime
             await events.aclose()  # client gone or done: cancels the engine sequence
             await _close(stream)
 
+
+async def _internal_error(req: Request, exc: Exception):  # e.g. an engine replica died mid-request
+    return server_error("internal_error", "internal server error", f"{req.method} {req.url.path}: "
+                        f"{type(exc).__name__}: {exc}", exc).response()
+
+
+async def _not_found(req: Request, _exc):
+    return oa.APIError(404, f"no route {req.method} {req.url.path}", code="not_found").response()
+
+
+async def _bad_method(req: Request, _exc):
+    return oa.APIError(405, f"method {req.method} not allowed on {req.url.path}", code="method_not_allowed").response()
+
+
+def build_http_app(engine: AsyncEngine, *, pool: str = "local", metrics: RuntimeMetrics | None = None,
+                   default_max_tokens: int = 256, manage_engine: bool = True, admin=None) -> FastAPI:
+    """FastAPI app serving ``engine`` (OpenAI API, /health, /metrics): ``_Routes`` mounted, errors as JSON bodies.
+
+    ``pool`` labels this front's metrics when the engine does not say which pool served a request;
+    ``manage_engine`` starts/stops the engine with the app's lifespan; ``admin`` (an ``admin_api.AdminBackend``
+    with ``ready()``) adds the admin routes (when MOE_ADMIN_TOKEN is set) and the ``moe_ready_replicas`` gauge.
+    """
+    metrics = metrics or RuntimeMetrics(engine.model_name, {"pool": pool})
+    routes = _Routes(engine, pool, metrics, default_max_tokens, admin)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if manage_engine:
+            await engine.start()
+        try:
+            yield
+        finally:
+            if manage_engine:
+                await engine.stop()
+
+    app = FastAPI(title="moe-runtime OpenAI API", lifespan=lifespan)
+    app.state.engine, app.state.metrics = engine, metrics
+    app.add_exception_handler(oa.APIError, oa.handle_api_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.add_exception_handler(404, _not_found)
+    app.add_exception_handler(405, _bad_method)
+    app.get("/health")(routes.health)
+    app.get("/metrics")(routes.metrics_route)
+    if admin is not None:
+        from moe_runtime.admin_api import mount_admin_routes
+
+        mount_admin_routes(app, admin)
+    app.get("/v1/models")(routes.models)
+    app.get("/v1/models/{model_id:path}")(routes.model)
+    app.post("/v1/completions")(routes.completions)
+    app.post("/v1/chat/completions")(routes.chat)
     return app
 
 
