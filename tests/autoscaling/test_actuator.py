@@ -123,7 +123,7 @@ def test_torch_scale_then_rerender_changes_no_args():
     from moe_operator.api import load_manifest
     from moe_operator.catalog import Catalog
     from moe_operator.handlers import drift
-    from moe_operator.handlers.autoscale import merge
+    from moe_operator.autoscaling.actuator import merge
     from moe_operator.render import Images
     from moe_operator.render.pipeline import plan_and_render
 

@@ -14,7 +14,7 @@ from moe_operator.autoscaling.actuator import rayservice_patch, serve_replicas
 from moe_operator.catalog import Catalog
 from moe_operator.errors import UserError
 from moe_operator.handlers import drift
-from moe_operator.handlers.autoscale import merge
+from moe_operator.autoscaling.actuator import merge
 from moe_operator.render import Images
 from moe_operator.render.llm_names import llm_deployment_name
 from moe_operator.render.pipeline import plan_and_render

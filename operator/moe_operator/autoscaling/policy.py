@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 from statistics import mean
 from typing import Mapping, Sequence
 
+from moe_operator.api.status import Condition  # the status's own type: one shape of a condition
+
 from .burst import (judge, own_prefill_p95_s, prefill_rate, queue_work, recent, recurring, reserve_capacity,
                     reserve_window_s)
 from .limits import (Cap, binding_cap, clamp_to_bounds, enforce_budget, fleet_cost_per_million, trend_ahead,
@@ -20,14 +22,6 @@ from .observation import Observation
 MIN_NEED = 1e-6          # work units/s: "at least one replica" when scale to zero is not allowed
 CORRECTION_RANGE = (0.25, 2.0)
 EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class Condition:
-    type: str            # "BudgetLimited" (the status condition types are fixed by moe_operator.api)
-    status: str          # "True" | "False" | "Unknown" (metrics missing: the decision is a hold)
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -109,7 +103,8 @@ def _held(obs: Observation | None, pools, settings, history, now, why: str) -> D
     """Stale or missing metrics: keep the last decision (or the ready replicas); never scale down."""
     base = history.desired if history.desired is not None else (obs.ready if obs is not None else {})
     replicas = enforce_budget(pools, clamp_to_bounds(pools, base), settings.max_hourly_cost, history.corrections)
-    cond = [Condition("BudgetLimited", "Unknown", "MetricsUnavailable", f"holding replicas: {why}")]
+    cond = [Condition(type="BudgetLimited", status="Unknown", reason="MetricsUnavailable",
+                      message=f"holding replicas: {why}")]
     capacity = capacity_of(pools, replicas, history.corrections)
     # The hold counts as "the held capacity was needed" in the stabilization windows, so the first fresh sample
     # after an outage cannot scale down at once: a low need must then last a whole window of fresh data.
@@ -526,7 +521,7 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
             msg = (f"{cap.says} binds: ${cost:.2f}/h buys {capacity:.0f} of the {target_need:.0f} work units/s "
                    f"needed")
         msg += f"; unmet demand ~{unmet:.0f} tokens/s"
-        conditions.append(Condition("BudgetLimited", "True", cap.reason, msg))
+        conditions.append(Condition(type="BudgetLimited", status="True", reason=cap.reason, message=msg))
         reasons.append(msg)
     else:
         limits = []
@@ -536,7 +531,8 @@ def decide(observation: Observation | None, pools: Sequence[PoolModel], settings
             limits.append(
                 "$" + (f"{cpm:.3f}" if cpm is not None else "-") + f"/1M of ${settings.max_cost_per_million:g}/1M"
             )
-        conditions.append(Condition("BudgetLimited", "False", "WithinBudget", f"${cost:.2f}/h " + ", ".join(limits)))
+        conditions.append(Condition(type="BudgetLimited", status="False", reason="WithinBudget",
+                                    message=f"${cost:.2f}/h " + ", ".join(limits)))
 
     # A scale-up made for latency is checked on the first interval its replicas serve entirely.
     if direction == "up" and capacity > cur_cap * (1 + EPS) and latency_need > max(mean_need, drain_need) * (1 + EPS):
