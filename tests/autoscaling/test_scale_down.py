@@ -20,6 +20,13 @@ def answers():
             for n in ("api_serve_applications", "api_v0_placement_groups", "api_v0_nodes")]
 
 
+def set_rows(answer: dict, rows: list) -> None:
+    """Replace a state API answer's rows, with Ray's counters (total, after truncation, filtered) to match."""
+    got = answer["data"]["result"]
+    got["result"] = rows
+    got["total"] = got["num_after_truncation"] = got["num_filtered"] = len(rows)
+
+
 def pod(name: str, ip: str | None, ready: bool = True, terminating: bool = False, group: str = "cpu") -> dict:
     meta = {"name": name, "labels": {"ray.io/group": group}}
     if terminating:
@@ -40,8 +47,7 @@ def test_a_placement_group_bundle_makes_its_node_busy_even_without_a_replica_the
     for app in serve["applications"].values():
         for dep in app["deployments"].values():
             dep["replicas"] = []
-    nodes["data"]["result"]["result"].append({"node_id": "n2", "node_ip": "10.0.0.2"})
-    nodes["data"]["result"]["total"] += 1
+    set_rows(nodes, nodes["data"]["result"]["result"] + [{"node_id": "n2", "node_ip": "10.0.0.2"}])
     pgs["data"]["result"]["result"][0]["bundles"][1]["node_id"] = "n2"
     assert ray_view(serve, pgs, nodes).busy_ips == {"192.0.2.2", "10.0.0.2"}
 
@@ -56,15 +62,20 @@ def test_unplaced_replicas_and_pending_bundles_are_counted():
     assert ray_view(serve, pgs, nodes).unplaced == {"a/A", "b/B"}   # b's replica group: named after its replica
 
 
-@pytest.mark.parametrize("breakage", ["no_apps", "state_failed", "truncated", "unknown_node", "not_a_list"])
+@pytest.mark.parametrize("breakage", ["no_apps", "state_failed", "truncated", "limited", "partial", "unknown_node",
+                                      "not_a_list"])
 def test_answers_not_shaped_like_ray_260_raise(breakage):
     serve, pgs, nodes = answers()
     if breakage == "no_apps":
         serve = {"applications": None}
     elif breakage == "state_failed":
         pgs["result"] = False
-    elif breakage == "truncated":
+    elif breakage == "truncated":       # the data source's own cap
         nodes["data"]["result"]["total"] = 5000
+    elif breakage == "limited":         # more matched than the limit returned
+        pgs["data"]["result"]["num_filtered"] = 3
+    elif breakage == "partial":
+        nodes["data"]["result"]["partial_failure_warning"] = "a raylet did not answer"
     elif breakage == "unknown_node":
         pgs["data"]["result"]["result"][0]["bundles"][0]["node_id"] = "nowhere"
     else:
@@ -113,3 +124,49 @@ def test_unready_and_unscheduled_pods_go_first_and_terminating_ones_are_not_name
             pod("w-d", "10.0.0.4", ready=False)]
     r = removal(4, 1, 2, copy.deepcopy(pods), RayView(frozenset()))
     assert r.pods == ("w-b", "w-d")
+
+
+def test_a_proxy_still_draining_keeps_its_node_busy_until_serve_removes_it():
+    """Streams that entered through a node's proxy end there, whatever replica serves them (Serve drains the proxy
+    of a node left without replicas, then removes it)."""
+    serve, pgs, nodes = answers()
+    for app in serve["applications"].values():
+        for dep in app["deployments"].values():
+            dep["replicas"] = []
+    set_rows(pgs, [])
+    (proxy,) = serve["proxies"].values()
+    proxy["status"] = "DRAINING"
+    assert ray_view(serve, pgs, nodes).busy_ips == {"192.0.2.2"}
+    proxy["status"] = "DRAINED"
+    assert ray_view(serve, pgs, nodes).busy_ips == set()
+
+
+def test_a_serve_controller_down_or_an_app_not_reported_is_no_view():
+    """Serve answers ``applications: {}`` while its controller restarts: every pod would look idle."""
+    serve, pgs, nodes = answers()
+    with pytest.raises(ValueError, match="application"):
+        ray_view(serve, pgs, nodes, apps=["a", "b", "tiny"])
+    serve["controller_info"] = {}
+    with pytest.raises(ValueError, match="controller is not running"):
+        ray_view(serve, pgs, nodes)
+
+
+def test_a_replica_recovering_on_an_unknown_node_blocks_every_removal():
+    serve, pgs, nodes = answers()
+    rep = serve["applications"]["a"]["deployments"]["A"]["replicas"][0]
+    rep["node_ip"] = rep["node_id"] = None
+    rep["state"] = "RECOVERING"
+    view = ray_view(serve, pgs, nodes)
+    assert "RECOVERING" in view.blocked
+    r = removal(2, 1, 1, [pod("w-a", "10.0.0.1"), pod("w-b", "10.0.0.2")], view)
+    assert r.pods == () and "RECOVERING" in r.waiting
+
+
+def test_kuberay_replica_groups_go_whole_or_not_at_all():
+    """With KubeRay's RayMultiHostIndexing, naming one pod deletes its whole replica group."""
+    pods = [pod(f"w-{i}", f"10.0.0.{i}") for i in range(6)]
+    for i, p in enumerate(pods):
+        p["metadata"]["labels"]["ray.io/worker-group-replica-name"] = f"g{i // 2}"
+    # g0 = w-0, w-1 busy on w-0; g1 = w-2, w-3 idle; g2 = w-4, w-5 busy on w-5
+    r = removal(3, 2, 1, pods, RayView(frozenset({"10.0.0.0", "10.0.0.5"})))
+    assert (r.replicas, r.pods) == (2, ("w-2", "w-3")) and r.waiting

@@ -249,10 +249,11 @@ def test_vllm_pool_scaled_and_a_restarted_operator_keeps_replicas_for_the_window
         # saying so): no scale-down before it ends, whatever number of ticks fit into it.
         assert ds[down].at - restored_at >= WINDOW_S - 10, (restored_at, ds)
         assert llm_replicas() == 1   # patched before the tick logs its decision
-        assert rs()["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 1
         # the pods stay until the Ray dashboard shows which hold no replica (none here: kwok runs no Ray, so it is
-        # unreadable, and the pods are kept for the drain bound; test_scale_down_on_cluster.py shows the removal)
+        # unreadable, and the pods are kept for the drain bound; test_scale_down_on_cluster.py shows the removal),
+        # and the RayService's record of the group stays with the running cluster's
         assert get(cluster, "rayclusters", rc_name, "-n", namespace)["spec"]["workerGroupSpecs"][0]["replicas"] == n
+        assert rs()["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == n
         assert [c["metadata"]["name"] for c in get(cluster, "rayclusters", "-n", namespace)["items"]] == [rc_name]
     finally:
         exp.close()

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.cluster_logs("kube-apiserver")
 
 def manifest(name: str, size: str = "1Gi") -> str:
     spec = copy.deepcopy(GOOD)
-    spec["cache"] = {"diskTier": {"enabled": True, "size": size, "path": "/var/cache/moe"}}
+    spec["cache"] = {"diskTier": {"enabled": True, "size": size, "path": "/var/cache/moe",
+                                  "storageClassName": "nfs-rwx"}}
     return json.dumps({"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
                        "metadata": {"name": name}, "spec": spec})
 

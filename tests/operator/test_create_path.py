@@ -68,7 +68,10 @@ def test_existing_rayservice_is_read_on_409_and_keeps_the_autoscaler_size(rec):
     reconcile.reconcile(copy.deepcopy(BODY), fresh=True)
     live = copy.deepcopy(r0.posted)
     live["metadata"]["uid"] = "rs-1"
-    live["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = 3   # the autoscaler scaled it up
+    from moe_operator.autoscaling import actuator
+
+    (pool,) = actuator.serve_replicas(live)
+    actuator.merge(live, actuator.rayservice_patch(live, {pool: 3}))   # the autoscaler scaled it up (Serve and group)
     r = rec(live)
     out = reconcile.reconcile(copy.deepcopy(BODY), fresh=True)
     assert r.calls[:2] == ["POST", "GET"] and "EVENT Created" not in r.calls

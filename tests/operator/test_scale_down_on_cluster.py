@@ -28,6 +28,7 @@ class FakeDashboard:
 
     def __init__(self):
         self.busy: list[str] = []
+        self.apps: list[str] = []           # the applications Serve reports (the RayService's, once known)
         self.paths: list[str] = []
         outer = self
 
@@ -52,8 +53,11 @@ class FakeDashboard:
         busy = list(self.busy)
         if path == "/api/serve/applications/":
             replicas = [{"node_id": f"node-{ip}", "node_ip": ip, "state": "RUNNING",
-                         "actor_name": f"SERVE_REPLICA::app#engine-cpu#{i}"} for i, ip in enumerate(busy)]
-            return {"applications": {"app": {"deployments": {"engine-cpu": {"replicas": replicas}}}}}
+                         "actor_name": f"SERVE_REPLICA::{self.apps[0]}#engine-cpu#{i}"} for i, ip in enumerate(busy)]
+            apps = {a: {"deployments": {"engine-cpu": {"replicas": replicas if i == 0 else []}}}
+                    for i, a in enumerate(self.apps)}
+            return {"controller_info": {"actor_id": "c0ffee", "node_id": "node-head"}, "applications": apps,
+                    "proxies": {}}
         rows = ([{"node_id": f"node-{ip}", "node_ip": ip, "state": "ALIVE"} for ip in busy]
                 if path == "/api/v0/nodes" else [])
         return {"result": True, "msg": "", "data": {"result": {"total": len(rows), "result": rows}}}
@@ -85,10 +89,18 @@ def test_scale_down_deletes_exactly_the_pod_that_holds_no_serve_replica(cluster,
                                     f"ray.io/cluster={rc_name},ray.io/group=cpu") or {"items": []})["items"]
                     if not p["metadata"].get("deletionTimestamp")]
 
+        def record():
+            return get(cluster, "rayservice", "sd", "-n", namespace)["spec"]["rayClusterConfig"][
+                "workerGroupSpecs"][0]["replicas"]
+
         def serve_count():
             rs = get(cluster, "rayservice", "sd", "-n", namespace)
             return None if rs is None else "num_replicas: 1\n" in rs["spec"]["serveConfigV2"]
 
+        import yaml
+
+        dash.apps = [a["name"] for a in yaml.safe_load(get(cluster, "rayservice", "sd", "-n", namespace)["spec"][
+            "serveConfigV2"])["applications"]]
         two = wait_for("two worker pods with IPs", lambda: (lambda ps: ps if len(ps) == 2 and all(
             p["status"].get("podIP") for p in ps) else None)(pods()), timeout=120, on_fail=operator.log_tail)
         keep, drop = sorted(two, key=lambda p: p["metadata"]["name"])
@@ -100,11 +112,14 @@ def test_scale_down_deletes_exactly_the_pod_that_holds_no_serve_replica(cluster,
                  on_fail=operator.log_tail)
         assert group()["replicas"] == 2 and len(pods()) == 2, (group(), operator.log_tail())
         assert "workersToDelete" not in (group().get("scaleStrategy") or {})
+        assert record() == 2   # the RayService's record of the group stays with the running cluster
 
         dash.busy = [keep["status"]["podIP"]]                           # drained: one pod holds nothing
         g = wait_for("the worker group lowered by the idle pod", lambda: (lambda x: x if x.get("replicas") == 1
                      else None)(group()), timeout=60, on_fail=operator.log_tail)
         assert g["scaleStrategy"]["workersToDelete"] == [drop["metadata"]["name"]], g
+        wait_for("the RayService's record lowered with it", lambda: record() == 1, timeout=30,
+                 on_fail=operator.log_tail)
         left = wait_for("KubeRay deleting exactly the named pod", lambda: (lambda ps: ps if len(ps) == 1 else None)(
             pods()), timeout=60, on_fail=operator.log_tail)
         assert left[0]["metadata"]["name"] == keep["metadata"]["name"], left

@@ -44,10 +44,24 @@ def test_each_pools_pods_mount_their_own_claim_at_the_path_the_runtime_writes():
         assert vols["prefix-cache"] == {"name": "prefix-cache",
                                         "persistentVolumeClaim": {"claimName": f"m-prefix-cache-{g['groupName']}"}}
         assert {"name": "prefix-cache", "mountPath": "/kv"} in pod["containers"][0]["volumeMounts"]
+        # the runtime (uid 1000) writes the shared volume through its group, without chowning it on every start
+        assert pod["securityContext"] == {"fsGroup": 1000, "fsGroupChangePolicy": "OnRootMismatch"}
+    off = render_for("m", "ns", torch_spec({"enabled": False}), Catalog.default(), None, Images())
+    assert all("securityContext" not in g["template"]["spec"] for g in off["spec"]["rayClusterConfig"][
+        "workerGroupSpecs"])   # no volume, no pod-level change (a pod-template change means a new Ray cluster)
     serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
     assert serve["applications"][0]["args"]["cache"]["disk_dir"] == "/kv"
 
 
-def test_no_claim_without_the_tier_or_for_vllm():
+def test_no_claim_without_the_tier_and_clear_errors_for_a_tier_the_cluster_cannot_give():
+    import pytest
+
+    from moe_operator.errors import SpecInvalid
+
     assert render_cache_claims(inputs(torch_spec({"enabled": False}))) == []
-    assert render_cache_claims(inputs(torch_spec(engine="vllm"))) == []
+    with pytest.raises(SpecInvalid, match="vLLM keeps its prefix cache in accelerator memory") as err:
+        inputs(torch_spec(engine="vllm"))
+    assert err.value.reason == "DiskTierUnsupported"
+    with pytest.raises(SpecInvalid, match="ReadWriteMany") as err:   # the default class is usually ReadWriteOnce
+        inputs(torch_spec({"enabled": True, "size": "9Gi"}))
+    assert err.value.reason == "DiskTierNeedsStorageClass"

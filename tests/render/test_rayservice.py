@@ -126,14 +126,16 @@ def test_live_replicas_are_kept_within_bounds():
 DISK = {"diskTier": {"enabled": True, "size": "100Gi", "storageClassName": "nvme", "path": "/cache"}}
 
 
-def test_pvc_model_is_mounted_and_a_vllm_pod_gets_no_cache_volume_it_cannot_use():
-    s = spec(model={"source": "pvc://weights/mixtral", "catalogName": "mixtral-8x7b"}, cache=DISK)
+def test_pvc_model_is_mounted_and_a_vllm_pod_gets_no_cache_volume():
+    s = spec(model={"source": "pvc://weights/mixtral", "catalogName": "mixtral-8x7b"})
     pod = groups(render(s))["h800"]["template"]["spec"]
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["model"]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
-    assert "prefix-cache" not in vols   # vLLM's prefix cache lives in GPU memory: the disk tier is the torch engine's
+    assert "prefix-cache" not in vols   # vLLM's prefix cache lives in accelerator memory (a disk tier: SpecInvalid)
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert mounts["model"] == "/models" and "prefix-cache" not in mounts
+    with pytest.raises(SpecInvalid, match="torch engine's"):
+        render(spec(model={"source": "pvc://weights/mixtral", "catalogName": "mixtral-8x7b"}, cache=DISK))
     serve = yaml.safe_load(render(s)["spec"]["serveConfigV2"])
     assert (
         serve["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_source"] == "/models/mixtral"

@@ -92,6 +92,23 @@ def test_the_budget_leaves_filesystem_headroom(tmp_path, monkeypatch, configured
         assert tier.budget == configured
 
 
+def test_a_shared_volume_at_its_headroom_refuses_writes_without_touching_it(tmp_path, monkeypatch, caplog):
+    """Other replicas' slots share the volume (cache/slots.py): free space, not this writer's own bytes, decides."""
+    import torch
+
+    Usage = namedtuple("Usage", "total used free")
+    block = [(torch.zeros(2, 16, 4), torch.zeros(2, 16, 4))]
+    tier = PrefixCache("fp", disk_dir=str(tmp_path), disk_bytes=2**30).disk
+    monkeypatch.setattr(disk_mod.shutil, "disk_usage", lambda _p: Usage(2**40, 2**40 - 2**30, 2**30))  # < 10% free
+    tier.put("k1", block)
+    assert tier.drain(30)
+    assert tier.write_failures == 1 and not list(tmp_path.glob("*.kvb")) and not list(tmp_path.glob("*.tmp"))
+    assert "headroom" in caplog.text
+    monkeypatch.setattr(disk_mod.shutil, "disk_usage", lambda _p: Usage(2**40, 0, 2**40))   # room again
+    tier.put("k2", block)
+    assert tier.drain(30) and (tmp_path / "k2.kvb").exists() and tier.write_failures == 1
+
+
 def test_blocks_are_written_off_the_engine_thread(tiny, tmp_path, monkeypatch):
     writers: list[str] = []
     real = disk_mod.encode_block

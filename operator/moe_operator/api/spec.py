@@ -105,7 +105,8 @@ class DiskTierSpec(ApiModel):
     size: str = Field(default="10Gi", pattern=QUANTITY, description="Disk budget per replica, a Kubernetes quantity.")
     storage_class_name: Optional[str] = Field(
         default=None, max_length=253,
-        description="StorageClass of the pool's shared cache claim (needs ReadWriteMany); empty: the cluster default."
+        description="StorageClass of each pool's shared cache claim, required with the disk tier: it must provide "
+        "ReadWriteMany volumes (NFS, CephFS, EFS, Filestore, Azure Files)."
     )
     path: str = Field(
         default="/var/cache/moe", pattern=r"^/.*", max_length=256,

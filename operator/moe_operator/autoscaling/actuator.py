@@ -46,13 +46,15 @@ def _group_for(groups: list[dict], pool: str) -> dict | None:
 
 
 def rayservice_patch(rayservice: Mapping[str, Any], replicas: Mapping[str, int],
-                     workers_per_replica: Mapping[str, int] | None = None) -> dict | None:
+                     workers_per_replica: Mapping[str, int] | None = None,
+                     group_floor: Mapping[str, int] | None = None) -> dict | None:
     """Merge patch that sets Serve replicas and worker-group sizes per pool, or None if already there.
 
     replicas: desired replicas per pool (Serve replicas; DP groups for a data-parallel vLLM pool, written to its
     override as groups x data_parallel_size); workers_per_replica: worker pods one such replica needs (default 1).
     Worker groups get replicas = minReplicas = replicas x workers (so the Ray autoscaler keeps them) and maxReplicas
-    raised when below. Raises UserError when a pool has no engine deployment or LLMConfig.
+    raised when below; never below ``group_floor`` (per group name: the running RayCluster's groups, which drop only
+    as their pods drain, ``record_group_size``). Raises UserError when a pool has no engine deployment or LLMConfig.
     """
     spec = rayservice.get("spec") or {}
     wpr = workers_per_replica or {}
@@ -80,7 +82,7 @@ def rayservice_patch(rayservice: Mapping[str, Any], replicas: Mapping[str, int],
         g = _group_for(groups, pool)
         if g is None:
             continue  # a pool without its own group (e.g. local CPU) scales in Serve only
-        workers = int(n) * int(wpr.get(pool, 1))
+        workers = max(int(n) * int(wpr.get(pool, 1)), int((group_floor or {}).get(g.get("groupName"), 0)))
         want = {
             "replicas": workers,
             "minReplicas": workers,
@@ -193,6 +195,9 @@ def raycluster_grow(rc: dict, replicas: Mapping[str, int]) -> bool:
         n = replicas.get(g.get("groupName"))
         if n is None:
             continue
+        if int(n) > int(g.get("replicas") or 0) and (g.get("scaleStrategy") or {}).get("workersToDelete"):
+            g["scaleStrategy"]["workersToDelete"] = []   # names of an earlier removal: never for a new pod
+            changed = True
         n = max(int(n), int(g.get("replicas") or 0))
         want = {"replicas": n, "minReplicas": min(int(g.get("minReplicas", n)), n),
                 "maxReplicas": max(int(g.get("maxReplicas", n)), n)}
@@ -201,6 +206,20 @@ def raycluster_grow(rc: dict, replicas: Mapping[str, int]) -> bool:
                 g[k] = v
                 changed = True
     return changed
+
+
+def record_group_size(rayservice: dict, group: str, replicas: int) -> bool:
+    """Lower the RayService's record of worker group ``group`` to ``replicas`` (in place; True when it changed)
+    once the running cluster's group was lowered: KubeRay copies the record onto the cluster when it updates it in
+    place (a worker group appended, its own version annotation changed), so a record below the cluster would make
+    KubeRay delete pods at random, and one above it would bring drained pods back."""
+    groups = ((rayservice.get("spec") or {}).get("rayClusterConfig") or {}).get("workerGroupSpecs") or []
+    for g in groups:
+        if g.get("groupName") == group and int(g.get("replicas") or 0) > int(replicas):
+            g["replicas"] = int(replicas)
+            g["minReplicas"] = min(int(g.get("minReplicas", replicas)), int(replicas))
+            return True
+    return False
 
 
 def raycluster_remove(rc: dict, group: str, replicas: int, pods: tuple[str, ...] | list[str]) -> bool:

@@ -49,6 +49,7 @@ class State:
     error: str | None = None      # the last actuation error (its Warning Event is posted once)
     drain_since: dict[str, float] = field(default_factory=dict)   # pool -> first tick its group had an excess
     drain_warned: dict[str, int] = field(default_factory=dict)    # pool -> group size a ScaleDownWaiting was for
+    unreadable_since: float | None = None   # first of the dashboard looks that have failed since the last good one
 
 
 STATES: dict[tuple[str, str], State] = {}
@@ -201,7 +202,10 @@ def tick(body: dict, now: float | None = None) -> dict | None:
     scaled = desired != {p: current.get(p, 0) for p in pool_names}
     if scaled:
         try:
-            patch = actuator.rayservice_patch(rs, desired)
+            # the record's worker groups never drop below the running cluster's: they follow its removals
+            floor = {g.get("groupName"): int(g.get("replicas") or 0)
+                     for g in ((rc or {}).get("spec") or {}).get("workerGroupSpecs") or []}
+            patch = actuator.rayservice_patch(rs, desired, group_floor=floor)
         except (
             UserError
         ) as exc:  # e.g. no engine-<pool> deployment or LLMConfig for a pool, or a Serve autoscaling_config
@@ -220,8 +224,8 @@ def tick(body: dict, now: float | None = None) -> dict | None:
         kube.post_event(body, "Normal", word, f"{_fmt(desired)}: {d.reason}"[:1024])
         metrics.DECISIONS.labels(ns, name, d.reason.split(":")[0].split(" ")[0] or "scale").inc()
 
-    if rc is not None:
-        remove_drained(body, state, rs, rc, desired, now)
+    if rc is not None and not scaled:   # a tick that scaled leaves removals to the next: Serve has not seen it yet
+        remove_drained(body, state, rs, rc, desired, now, idle_pools(obs, pool_names))
 
     old = dict(body.get("status") or {})
     fields = report.status_fields(
@@ -264,14 +268,39 @@ def tick(body: dict, now: float | None = None) -> dict | None:
 DRAIN_MARGIN_S = 60   # past the Serve drain bound: Serve's 2 s wait loop, a tick, the dashboard's own lag
 
 
-def remove_drained(body: dict, state: State, rs: dict, rc: dict, desired: dict[str, int], now: float) -> None:
-    """Lower each worker group above its pool's ``desired`` replicas by the pods that hold no Serve replica, named
-    in ``workersToDelete`` (autoscaling/scale_down.py); the rest waits for Serve's drain.
+def idle_pools(obs, pools: list[str]) -> set[str]:
+    """Pools that this tick's fresh observation shows serving nothing: no tokens over the last interval and no
+    request queued anywhere. Only these may lose their last pod at zero (Serve keeps that replica, so it never
+    drains); without fresh metrics, none."""
+    if obs is None or obs.served_by_pool is None or obs.queue_depth is None or obs.queue_depth > 0:
+        return set()
+    return {p for p in pools if sum((obs.served_by_pool.get(p) or {}).values()) == 0}
 
-    The Ray dashboard is read only while some group has an excess. When it cannot be read for longer than the pool's
-    drain bound (Serve's graceful_shutdown_timeout_s + DRAIN_MARGIN_S), the group is lowered without names (KubeRay
-    then picks the pods) and a Warning says so: a cost that never ends is worse than an unverified removal. When it
-    can be read and a pod still holds a replica past that bound, the pod is kept and a Warning says why."""
+
+def _apps(rs: dict) -> tuple[str, ...]:
+    """Application names of the RayService's serveConfigV2: Serve must report each before its view is trusted."""
+    import yaml
+
+    raw = (rs.get("spec") or {}).get("serveConfigV2") or ""
+    try:
+        config = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        return tuple(str(a["name"]) for a in (config or {}).get("applications") or [] if a.get("name"))
+    except Exception:  # noqa: BLE001 - a hand-edited config: no names to insist on
+        return ()
+
+
+def remove_drained(body: dict, state: State, rs: dict, rc: dict, desired: dict[str, int], now: float,
+                   idle: set[str] | None = None) -> None:
+    """Lower each worker group above its pool's ``desired`` replicas by the pods that hold no Serve replica, proxy
+    or bundle, named in ``workersToDelete`` (autoscaling/scale_down.py); the rest waits for Serve's drain. The
+    RayService's record of the group follows each removal (KubeRay copies it onto the cluster on some updates).
+
+    The Ray dashboard is read only while some group has an excess. When it has been unreadable (every look failed)
+    for longer than the pool's drain bound (Serve's graceful_shutdown_timeout_s + DRAIN_MARGIN_S), the group is
+    lowered without names (KubeRay then picks the pods) and a Warning says so: a cost that never ends is worse than
+    an unverified removal. When it can be read and a pod still holds something past that bound, the pod is kept and
+    a Warning says why. ``idle``: pools a fresh observation shows serving nothing (``idle_pools``): only they lose
+    their last pods at zero."""
     from moe_operator.autoscaling.scale_down import Removal, removal
 
     from . import ray_dashboard
@@ -282,47 +311,61 @@ def remove_drained(body: dict, state: State, rs: dict, rc: dict, desired: dict[s
     for p in list(state.drain_since):
         if p not in excess:
             del state.drain_since[p]
+            state.drain_warned.pop(p, None)
     if not excess:
+        state.unreadable_since = None
         return
     view, error = None, None
     try:
-        view = ray_dashboard.look(ray_dashboard.dashboard_url(body, rc["metadata"]["name"]))
+        view = ray_dashboard.look(ray_dashboard.dashboard_url(body, rc["metadata"]["name"]), _apps(rs))
+        state.unreadable_since = None
     except ray_dashboard.DashboardError as exc:
         error = str(exc)
+        if state.unreadable_since is None:
+            state.unreadable_since = now
     pods = None
     for pool, g in excess.items():
         since = state.drain_since.setdefault(pool, now)
         bound = actuator.drain_bound_s(rs, pool, MAX_DRAIN_S) + DRAIN_MARGIN_S
         have, want = int(g.get("replicas") or 0), int(desired[pool])
         if view is None:
-            if now - since < bound:
+            blind = now - (state.unreadable_since if state.unreadable_since is not None else now)
+            if blind < bound:
                 log.info("autoscaler: %s/%s: pool %s keeps %d worker replica(s) above %d: %s", ns, name, pool,
                          have - want, want, error)
                 continue
             plan_replicas, names, note = want, (), (
                 f"pool {pool}: {have} -> {want} worker replicas without naming the pods (KubeRay picks them): the "
-                f"Ray dashboard was unreadable for {now - since:.0f} s, past the drain bound of {bound} s ({error})")
+                f"Ray dashboard has been unreadable for {blind:.0f} s, past the drain bound of {bound} s ({error})")
         else:
             if pods is None:
                 pods = kube.ray_worker_pods(ns, rc["metadata"]["name"])
             mine = [q for q in pods if (q.get("metadata") or {}).get("labels", {}).get("ray.io/group") == pool]
-            # At zero Serve keeps one replica (serve_count): the others drain first, as for any scale-down; the last
-            # goes with its pods, which the policy's scale-to-zero decision (idle for its whole window) allows.
+            # At zero Serve keeps one replica (serve_count): the others drain first, as for any scale-down; the
+            # last goes with its pods only while a fresh observation shows the pool serving nothing.
             r = removal(have, int(g.get("numOfHosts") or 1), max(want, 1), mine, view)
             if want == 0 and r.replicas <= 1 and not r.waiting:
-                r = Removal(0, tuple(sorted({*r.pods, *(q["metadata"]["name"] for q in mine
-                                                        if not q["metadata"].get("deletionTimestamp"))})))
+                if pool in (idle or set()):
+                    r = Removal(0, tuple(sorted({*r.pods, *(q["metadata"]["name"] for q in mine
+                                                            if not q["metadata"].get("deletionTimestamp"))})))
+                elif r.replicas == 1:
+                    r = Removal(r.replicas, r.pods, "the last replica waits for fresh metrics showing no traffic")
             plan_replicas, names, note = r.replicas, r.pods, ""
+            if r.waiting:
+                log.info("autoscaler: %s/%s: pool %s: %s", ns, name, pool, r.waiting)
             if r.waiting and now - since >= bound and state.drain_warned.get(pool) != have:
                 state.drain_warned[pool] = have
                 kube.post_event(body, "Warning", "ScaleDownWaiting",
                                 f"pool {pool}: {r.waiting} {now - since:.0f} s after the scale-down, past the drain "
-                                f"bound of {bound} s; the pods are kept while they hold a Serve replica")
-            if not names:
+                                f"bound of {bound} s; the pods are kept while they hold a Serve replica or proxy")
+            if plan_replicas == have:
                 continue
         if kube.replace_raycluster_with_retry(
                 ns, rc["metadata"]["name"], lambda cur, p=pool, h=have, n=plan_replicas, k=names:
                 _group_size(cur, p) == h and actuator.raycluster_remove(cur, p, n, k)):
+            # the RayService's record follows: KubeRay copies it onto the running cluster on some updates
+            kube.replace_with_retry(ns, name,
+                                    lambda cur, p=pool, n=plan_replicas: actuator.record_group_size(cur, p, n))
             if note:
                 kube.post_event(body, "Warning", "ScaleDownUnverified", note[:1024])
             else:

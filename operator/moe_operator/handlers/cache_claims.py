@@ -43,9 +43,11 @@ def _requested(claim: dict[str, Any]) -> int:
         return 0
 
 
-def ensure(body: dict[str, Any], r: RenderInput) -> str | None:
-    """Create or grow each pool's claim; the name of a claim this MoEDeployment does not own (left alone), else
-    None. API errors other than a refused expansion raise (kopf retries; the RayService is written after)."""
+def ensure(body: dict[str, Any], r: RenderInput) -> tuple[str, str] | None:
+    """Create or grow each pool's claim. ``("terminating", name)`` for a claim still being deleted (an earlier
+    MoEDeployment of this name: its pods hold it until they go), ``("foreign", name)`` for one this MoEDeployment
+    does not own (left alone), else None. API errors other than a refused expansion raise (kopf retries; the
+    RayService is written after). A changed storageClassName is not applied: a claim's class is immutable."""
     meta = body["metadata"]
     ns, uid = meta["namespace"], meta.get("uid")
     for want in render_cache_claims(r, r.labels):
@@ -64,8 +66,14 @@ def ensure(body: dict[str, Any], r: RenderInput) -> str | None:
                 live = _get(ns, name)
                 if live is None:
                     continue   # created and deleted meanwhile: the next reconcile creates it
+        if (live.get("metadata") or {}).get("deletionTimestamp"):
+            return "terminating", name
         if not kube.owned_by(live, uid):
-            return name
+            return "foreign", name
+        if live.get("spec", {}).get("storageClassName") != want["spec"].get("storageClassName"):
+            log.warning("PersistentVolumeClaim %s/%s keeps StorageClass %r (the spec names %r): a claim's class "
+                        "cannot change; delete the claim to have it made again with the new class", ns, name,
+                        live.get("spec", {}).get("storageClassName"), want["spec"].get("storageClassName"))
         if _requested(live) < _requested(want):
             size = want["spec"]["resources"]["requests"]["storage"]
             try:

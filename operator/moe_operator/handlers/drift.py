@@ -142,8 +142,17 @@ def repair(live: dict[str, Any], desired: dict[str, Any], strict: bool = True) -
 
 
 def live_replicas(live: dict[str, Any] | None) -> dict[str, int]:
-    """Worker-group replicas on the live RayService (what the autoscaler last set), by pool name."""
+    """Replicas per pool on the live RayService (what the autoscaler last set): Serve's count where serveConfigV2
+    holds one, else the worker group's. They differ while a scale-down drains: the group (and its record here) keeps
+    its pods until they hold no replica (handlers/autoscale.py ``remove_drained``), so the group is not the count."""
     if not live:
         return {}
+    from moe_operator.autoscaling.actuator import serve_replicas
+
     groups = live.get("spec", {}).get("rayClusterConfig", {}).get("workerGroupSpecs", []) or []
-    return {g["groupName"]: int(g["replicas"]) for g in groups if "groupName" in g and g.get("replicas") is not None}
+    out = {g["groupName"]: int(g["replicas"]) for g in groups if "groupName" in g and g.get("replicas") is not None}
+    try:
+        out.update(serve_replicas(live))
+    except Exception:  # noqa: BLE001 - a hand-edited serveConfigV2: the groups' counts, as before
+        pass
+    return out

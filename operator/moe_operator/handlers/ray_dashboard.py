@@ -24,7 +24,10 @@ DASHBOARD_PORT = 8265
 DEADLINE_S = 10.0                       # all three calls of one look together
 MAX_ANSWER_BYTES = 16 * 1024 * 1024     # serve details of a few hundred replicas are ~1 MB
 _CLIENT = boundedhttp.client(max_connections=16)
-PATHS = ("/api/serve/applications/", "/api/v0/placement_groups?detail=1&limit=10000", "/api/v0/nodes?limit=10000")
+PATHS = ("/api/serve/applications/",
+         # removed groups hold nothing and pile up over a cluster's life: left out by the state API itself
+         "/api/v0/placement_groups?detail=1&limit=10000&filter_keys=state&filter_predicates=%21%3D&filter_values=REMOVED",
+         "/api/v0/nodes?limit=10000")
 
 
 class DashboardError(Exception):
@@ -40,8 +43,9 @@ def dashboard_url(body: dict[str, Any], raycluster: str) -> str:
     return f"http://{raycluster}-head-svc.{meta['namespace']}.svc:{DASHBOARD_PORT}"
 
 
-def look(url: str) -> RayView:
-    """Busy node IPs of the cluster behind ``url``; DashboardError for anything but three well-formed answers."""
+def look(url: str, apps: tuple[str, ...] = ()) -> RayView:
+    """Busy node IPs of the cluster behind ``url``; DashboardError for anything but three well-formed answers that
+    report every application of ``apps``."""
     answers = []
     with boundedhttp.deadline(DEADLINE_S):
         for path in PATHS:
@@ -57,6 +61,6 @@ def look(url: str) -> RayView:
             except ValueError:
                 raise DashboardError(f"Ray dashboard GET {url}{path.split('?')[0]}: not JSON") from None
     try:
-        return ray_view(*answers)
+        return ray_view(*answers, apps=apps)
     except ValueError as exc:
         raise DashboardError(f"Ray dashboard {url}: {exc}") from None

@@ -77,10 +77,15 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
                             "delete or rename that NetworkPolicy, or give this MoEDeployment another name",
                             spec_invalid=False)
         writing = "PersistentVolumeClaim"
-        foreign = cache_claims.ensure(body, r)   # the disk tier's claims exist before the pods that mount them
-        if foreign is not None:
+        claim = cache_claims.ensure(body, r)   # the disk tier's claims exist before the pods that mount them
+        if claim is not None and claim[0] == "terminating":
+            return _stopped(old, generation, "PrefixCacheClaimTerminating",
+                            f"PersistentVolumeClaim {namespace}/{claim[1]} is still being deleted (the pods of an "
+                            "earlier MoEDeployment of this name hold it until they stop); the claim is made again "
+                            "once it is gone", spec_invalid=False)
+        if claim is not None:
             return _stopped(old, generation, "PrefixCacheClaimNotOwned",
-                            f"PersistentVolumeClaim {namespace}/{foreign} exists and is not owned by this "
+                            f"PersistentVolumeClaim {namespace}/{claim[1]} exists and is not owned by this "
                             "MoEDeployment: the operator neither adopts nor mounts it (it would hold this "
                             "deployment's prompt KV blocks); delete or rename that claim, or give this MoEDeployment "
                             "another name", spec_invalid=False)

@@ -55,6 +55,25 @@ def _capacity(pp: PoolPlan) -> dict[str, float]:
             "decode_tps": float(cap.decode_tps), "price_per_hour": float(cap.price_per_hour)}
 
 
+def check_disk_tier(spec: MoEDeploymentSpec) -> None:
+    """SpecInvalid for a disk tier the cluster cannot give: vLLM has none, and the torch engine's is one claim per
+    pool shared by its replicas (render/cache_claims.py), which needs a ReadWriteMany StorageClass named in the spec
+    (a cluster's default class is usually ReadWriteOnce: the claim and the pool's pods would stay Pending)."""
+    disk = spec.cache.disk_tier
+    if not disk.enabled:
+        return
+    if spec.engine != "torch":
+        raise SpecInvalid("cache.diskTier.enabled: the disk tier of the prefix cache is the torch engine's; vLLM keeps "
+                          "its prefix cache in accelerator memory (enable_prefix_caching): set diskTier.enabled "
+                          "false, or engine torch", reason="DiskTierUnsupported")
+    if not disk.storage_class_name:
+        raise SpecInvalid("cache.diskTier.storageClassName: name a StorageClass that provides ReadWriteMany volumes "
+                          "(NFS, CephFS, Amazon EFS, Filestore, Azure Files): the disk tier is one claim per pool "
+                          "shared by its replicas, and a cluster's default class (EBS, PD, Azure Disk) is usually "
+                          "ReadWriteOnce, which would leave the claim and the pool's pods Pending",
+                          reason="DiskTierNeedsStorageClass")
+
+
 def build_render_input(
     manifest_name: str,
     namespace: str,
@@ -110,6 +129,7 @@ def build_render_input(
             capacity=_capacity(pp) if pp is not None else None,
         ))
     disk = spec.cache.disk_tier
+    check_disk_tier(spec)
     return RenderInput(
         name=manifest_name,
         namespace=namespace,

@@ -36,6 +36,10 @@ def _worker(r: RenderInput, pool: PoolRender, labels: dict[str, str]) -> dict[st
         "resources": dict(sorted(resources.items())),
         # Kubernetes must not SIGKILL a pod while a Serve replica on it may still drain (drain.py)
         "termination_grace_s": WORKER_TERMINATION_GRACE_S,
+        # the shared cache claim is written by the runtime's user (RAY_UID): its group owns the volume's files.
+        # OnRootMismatch: no recursive chown of a large cache on every start (drivers that ignore fsGroup, such as
+        # EFS access points, need the access point's own uid/gid set to it)
+        "pod_security": {"fsGroup": RAY_UID, "fsGroupChangePolicy": "OnRootMismatch"} if has_disk_tier(r) else None,
     }
 
 

@@ -7,9 +7,11 @@ Oldest files (by mtime) are evicted beyond the byte budget.
 Best effort, never in the way: blocks are encoded and written by the tier's own writer thread (the engine's step
 only queues them; a full queue drops the block), a failed write (ENOSPC, EIO, ...) is counted in
 ``write_failures`` and its temp file removed, temp files a crash left behind are removed at start, and the budget
-is at most the filesystem's size less HEADROOM_FRACTION, so the tier does not fill the volume it shares."""
+is at most the filesystem's size less HEADROOM_FRACTION, so the tier does not fill the volume it shares; on a volume
+shared by several writers (cache/slots.py) a write is refused while the free space is within that headroom."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -127,6 +129,11 @@ class DiskTier:
 
     def _write(self, key: str, block: Block) -> None:
         data = encode_block(block, self.fingerprint, key)
+        # the volume may be shared (one writer slot per replica, cache/slots.py): whatever the others hold, a write
+        # that would eat into the filesystem's headroom is refused here rather than by ENOSPC halfway through
+        usage = shutil.disk_usage(self.dir)
+        if usage.free - len(data) < usage.total * HEADROOM_FRACTION:
+            raise OSError(errno.ENOSPC, f"{usage.free} bytes free is within the volume's headroom")
         fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
