@@ -100,6 +100,11 @@ CORPUS: list[tuple[str, Callable[[dict], None], str, str]] = [
      "ModelConfigInvalid", "num_hidden_layers"),
     ("architecture-mismatch", _seq(_mixtral_on("nvidia-h800", 4), _set("model.architecture", "qwen3_moe")),
      "ArchitectureMismatch", "model_type"),
+    ("disk-tier-without-a-class", _set("cache", {"diskTier": {"enabled": True, "size": "1Gi"}}),
+     "DiskTierNeedsStorageClass", "ReadWriteMany"),
+    ("disk-tier-on-vllm", _seq(_mixtral_on("nvidia-h800", 4),
+                               _set("cache", {"diskTier": {"enabled": True, "storageClassName": "nfs"}})),
+     "DiskTierUnsupported", "accelerator memory"),
 ]
 
 
