@@ -170,3 +170,15 @@ def test_kuberay_replica_groups_go_whole_or_not_at_all():
     # g0 = w-0, w-1 busy on w-0; g1 = w-2, w-3 idle; g2 = w-4, w-5 busy on w-5
     r = removal(3, 2, 1, pods, RayView(frozenset({"10.0.0.0", "10.0.0.5"})))
     assert (r.replicas, r.pods) == (2, ("w-2", "w-3")) and r.waiting
+
+
+def test_names_from_the_dashboard_reach_a_message_only_as_name_characters():
+    """The answer comes from the tenant's own Ray; the waiting reason goes into an Event."""
+    serve, pgs, nodes = answers()
+    serve["applications"]["a\nFAKE: line<script>"] = serve["applications"].pop("a")
+    rep = serve["applications"]["a\nFAKE: line<script>"]["deployments"]["A"]["replicas"][0]
+    rep["node_ip"] = rep["node_id"] = None
+    rep["state"] = "RECOVERING; rm -rf /"
+    view = ray_view(serve, pgs, nodes)
+    assert "\n" not in view.blocked and "<" not in view.blocked and "rm -rf" not in view.blocked
+    assert "unknown state" in view.blocked

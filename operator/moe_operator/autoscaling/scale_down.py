@@ -16,6 +16,7 @@ raises ValueError, and the caller keeps the pods.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -37,6 +38,16 @@ class RayView:
     unplaced: frozenset[str] = frozenset()
     on: Mapping[str, frozenset[str]] = field(default_factory=dict)
     blocked: str = ""
+
+
+_NAME = re.compile(r"[^A-Za-z0-9_.:#/-]")
+_STATES = {"STARTING", "UPDATING", "RECOVERING", "RUNNING", "STOPPING", "STOPPED", "PENDING_MIGRATION"}
+
+
+def shown(text: Any) -> str:
+    """A name from the dashboard as a message may quote it: a name's characters only, at most 80 (the answer comes
+    from the tenant's own Ray, and the message reaches an Event)."""
+    return _NAME.sub("?", str(text))[:80]
 
 
 def _replica_deployment(name: Any) -> str | None:
@@ -101,7 +112,8 @@ def ray_view(serve_details: Any, placement_groups: Any, nodes: Any, apps: Iterab
                 elif r.get("state") == "STARTING":
                     unplaced.add(f"{app_name}/{dep_name}")   # waiting for resources: lands where its kind fits
                 else:   # RECOVERING after a controller restart, or another state without a node: anywhere
-                    blocked = f"a replica of {app_name}/{dep_name} is {r.get('state')} on an unknown node"
+                    state = r.get("state") if r.get("state") in _STATES else "in an unknown state"
+                    blocked = f"a replica of {shown(f'{app_name}/{dep_name}')} is {state} on an unknown node"
     for proxy in (serve_details.get("proxies") or {}).values():
         if isinstance(proxy, dict) and proxy.get("status") != "DRAINED":
             ip = proxy.get("node_ip") or ip_of.get(proxy.get("node_id") or "")
@@ -162,7 +174,8 @@ def removal(group_replicas: int, hosts: int, target: int, pods: Iterable[Mapping
     here = set().union(*(view.on.get((p.get("status") or {}).get("podIP") or "", frozenset()) for p in live))
     pending = sorted(here & view.unplaced)
     if pending:
-        return Removal(int(group_replicas), (), f"a replica of {', '.join(pending)} is not placed yet")
+        return Removal(int(group_replicas), (), f"a replica of {', '.join(shown(p) for p in pending[:3])} is not "
+                                                 "placed yet")
 
     def idle(p) -> bool:
         return (p.get("status") or {}).get("podIP") not in view.busy_ips
