@@ -131,3 +131,50 @@ def test_scale_down_deletes_exactly_the_pod_that_holds_no_serve_replica(cluster,
     finally:
         exp.close()
         dash.close()
+
+
+@pytest.mark.timing_sensitive
+def test_with_autoscaling_off_a_spec_replica_change_reaches_the_pods_and_a_decrease_drains(cluster, namespace,
+                                                                                          operator):
+    """KubeRay v1.5.0 does not pass a replicas-only RayService change on to the running RayCluster: the drift sweep
+    raises the group to the spec's count, and lowers it only by pods the dashboard shows idle."""
+    import yaml
+
+    dash = FakeDashboard()
+    try:
+        m = json.loads(manifest("off", "http://127.0.0.1:9/metrics", pool={"replicas": 1},
+                                autoscaling={"enabled": False}))
+        m["metadata"]["annotations"]["serving.moe-operator.io/ray-dashboard-url"] = dash.url
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(m))
+        rc_name = wait_for("RayCluster", lambda: (get(cluster, "rayclusters", "-n", namespace) or {}).get("items"),
+                           timeout=90, on_fail=operator.log_tail)[0]["metadata"]["name"]
+        dash.apps = [a["name"] for a in yaml.safe_load(get(cluster, "rayservice", "off", "-n", namespace)["spec"][
+            "serveConfigV2"])["applications"]]
+
+        def group():
+            return (get(cluster, "rayclusters", rc_name, "-n", namespace) or {"spec": {"workerGroupSpecs": [{}]}})[
+                "spec"]["workerGroupSpecs"][0]
+
+        def pods():
+            return [p for p in (get(cluster, "pods", "-n", namespace, "-l",
+                                    f"ray.io/cluster={rc_name},ray.io/group=cpu") or {"items": []})["items"]
+                    if not p["metadata"].get("deletionTimestamp")]
+
+        m["spec"]["pools"][0]["replicas"] = 2
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(m))
+        wait_for("the RayCluster's group raised to the spec's 2", lambda: group().get("replicas") == 2, timeout=60,
+                 on_fail=operator.log_tail)
+        two = wait_for("two worker pods with IPs", lambda: (lambda ps: ps if len(ps) == 2 and all(
+            p["status"].get("podIP") for p in ps) else None)(pods()), timeout=120, on_fail=operator.log_tail)
+        keep, drop = sorted(two, key=lambda p: p["metadata"]["name"])
+        dash.busy = [keep["status"]["podIP"]]
+        m["spec"]["pools"][0]["replicas"] = 1
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(m))
+        g = wait_for("the group lowered by the idle pod", lambda: (lambda x: x if x.get("replicas") == 1 else None)(
+            group()), timeout=60, on_fail=operator.log_tail)
+        assert g["scaleStrategy"]["workersToDelete"] == [drop["metadata"]["name"]], g
+        left = wait_for("KubeRay deleting exactly the named pod", lambda: (lambda ps: ps if len(ps) == 1 else None)(
+            pods()), timeout=60, on_fail=operator.log_tail)
+        assert left[0]["metadata"]["name"] == keep["metadata"]["name"], left
+    finally:
+        dash.close()

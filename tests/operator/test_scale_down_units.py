@@ -174,3 +174,50 @@ def test_a_reconcile_during_a_drain_renders_serves_count_not_the_groups():
     rs = {"spec": {"serveConfigV2": SERVE, "rayClusterConfig": {"workerGroupSpecs": [
         {"groupName": "cpu", "replicas": 3, "minReplicas": 3, "maxReplicas": 3}]}}}
     assert drift.live_replicas(rs) == {"cpu": 1}
+
+
+def test_with_autoscaling_off_the_pods_follow_serves_count_up_at_once_and_down_drained(monkeypatch):
+    """KubeRay does not pass a replicas-only RayService change to the running cluster: before follow_serve a spec's
+    new replicas reached Serve and never the pods (autoscaling off: nothing patched the RayCluster)."""
+    f = Fake(monkeypatch, set())
+    body = {"metadata": {"namespace": "ns", "name": "m", "uid": "u", "annotations": {}},
+            "spec": {"autoscaling": {"enabled": False}}}
+    monkeypatch.setattr(kube, "get_rayservice", lambda ns, name: copy.deepcopy(f.rs))
+    monkeypatch.setattr(kube, "owned_by", lambda obj, uid: True)
+    monkeypatch.setattr(kube, "active_raycluster", lambda ns, rs: copy.deepcopy(f.rc))
+    monkeypatch.setattr(autoscale, "STATES", {})
+    f.rc["spec"]["workerGroupSpecs"][0].update(replicas=1, minReplicas=1)
+    f.rs["spec"]["serveConfigV2"] = SERVE.replace("num_replicas: 1", "num_replicas: 3")
+    autoscale.follow_serve(body, now=0.0)                       # the spec went 1 -> 3: the pods follow at once
+    assert f.group()["replicas"] == 3 and f.events == []
+    f.rs["spec"]["serveConfigV2"] = SERVE                        # and back to 1: only idle pods go
+    f.busy = {"10.0.0.0"}
+    autoscale.follow_serve(body, now=30.0)
+    assert f.group()["replicas"] == 1 and f.group()["scaleStrategy"]["workersToDelete"] == ["w-b", "w-c"]
+
+
+def test_the_drift_sweep_moves_pods_only_for_deployments_the_autoscaler_does_not_scale(monkeypatch):
+    from moe_operator.handlers import drift_sweep
+
+    followed = []
+    monkeypatch.setattr(drift_sweep, "reconcile", lambda b, strict: None)
+    monkeypatch.setattr(drift_sweep, "apply_outcome", lambda b, o: None)
+    monkeypatch.setattr(autoscale, "follow_serve", lambda b, now: followed.append(b["metadata"]["name"]))
+    for name, spec in (("off", {"autoscaling": {"enabled": False}}), ("on", {"autoscaling": {"enabled": True}}),
+                       ("default", {})):
+        drift_sweep.tick({"metadata": {"namespace": "ns", "name": name}, "spec": spec}, 0.0)
+    assert followed == ["off"]
+
+
+def test_with_autoscaling_off_a_rerender_keeps_the_specs_replicas_not_the_live_ones():
+    """Before: the live count always won, so with autoscaling off a spec's new replicas changed nothing at all."""
+    from moe_operator.api import MoEDeploymentSpec
+    from moe_operator.handlers.reconcile import kept_replicas
+
+    live = {"spec": {"serveConfigV2": SERVE, "rayClusterConfig": {"workerGroupSpecs": [
+        {"groupName": "cpu", "replicas": 1}]}}}
+    base = {"model": {"source": "builtin://tiny-moe", "architecture": "tiny"}, "engine": "torch",
+            "pools": [{"name": "cpu", "accelerator": "cpu", "devicesPerReplica": 1, "maxReplicas": 3, "replicas": 2}]}
+    on = MoEDeploymentSpec.model_validate(base)
+    off = MoEDeploymentSpec.model_validate({**base, "autoscaling": {"enabled": False}})
+    assert kept_replicas(on, live) == {"cpu": 1} and kept_replicas(off, live) == {}

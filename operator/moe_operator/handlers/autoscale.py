@@ -376,6 +376,35 @@ def remove_drained(body: dict, state: State, rs: dict, rc: dict, desired: dict[s
                      plan_replicas, list(names))
 
 
+def follow_serve(body: dict, now: float) -> None:
+    """Worker pods for a MoEDeployment whose autoscaling is off: the active RayCluster's groups follow the Serve
+    counts the reconcile rendered from the spec. KubeRay v1.5.0 does not pass a replicas-only RayService change on
+    to its running RayCluster, so without this a spec's new ``replicas`` reached Serve and never the pods. Raised at
+    once; lowered as a scale-down is (``remove_drained``: only pods that hold nothing), and a pool the spec sets to
+    zero loses its last pods too (the spec asked for it; Serve keeps one replica it never drains). Run by the drift
+    sweep; the autoscaler's tick does this for the deployments it scales."""
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    rs = kube.get_rayservice(ns, name)
+    if rs is None or not kube.owned_by(rs, body["metadata"].get("uid")):
+        return
+    try:
+        rc = kube.active_raycluster(ns, rs)
+    except ApiException as exc:
+        if exc.status == 403:
+            return   # without rayclusters RBAC the pods cannot follow (the autoscaler's tick says the same)
+        raise
+    if rc is None:
+        return
+    want = actuator.serve_replicas(rs)
+    groups = {g.get("groupName") for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []}
+    want = {p: n for p, n in want.items() if p in groups}
+    if kube.replace_raycluster_with_retry(ns, rc["metadata"]["name"], lambda cur: actuator.raycluster_grow(cur, want)):
+        log.info("autoscaling off: %s/%s worker groups raised to follow Serve: %s", ns, name, _fmt(want))
+        return   # the next sweep removes any excess, from the cluster as it is then
+    state = STATES.setdefault((ns, name), State())
+    remove_drained(body, state, rs, rc, want, now, idle={p for p, n in want.items() if n == 0})
+
+
 def _group_size(rc: dict, group: str) -> int | None:
     """The worker group's replicas in ``rc`` as read now: a removal planned on another size is not written."""
     for g in (rc.get("spec") or {}).get("workerGroupSpecs") or []:
@@ -388,7 +417,7 @@ def _fmt(replicas: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in replicas.items())
 
 
-def _enabled(body: dict[str, Any]) -> bool:
+def enabled(body: dict[str, Any]) -> bool:
     return bool(((body.get("spec") or {}).get("autoscaling") or {}).get("enabled", True))
 
 
@@ -397,7 +426,7 @@ def tick_due(now: float | None = None, bodies: list[dict[str, Any]] | None = Non
     interval has passed; a failing one is retried 5 s later (handlers/loops.py)."""
     now = time.time() if now is None else now
     bodies = kube.list_moeds(CONFIG.namespaces) if bodies is None else bodies
-    return loops.run_due(bodies, STATES, enabled=_enabled, tick=tick, new_state=State, retry_s=5.0,
+    return loops.run_due(bodies, STATES, enabled=enabled, tick=tick, new_state=State, retry_s=5.0,
                          what="autoscaler", now=now)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import loops
+from . import autoscale, loops
 from .config import CONFIG
 from .reconcile import apply_outcome, reconcile
 
@@ -27,10 +27,13 @@ STATES: dict[tuple[str, str], State] = {}
 
 
 def tick(body: dict[str, Any], now: float) -> None:
-    """One object's check (a reconcile that leaves the autoscaler's sizes alone); its next one an interval later."""
+    """One object's check (a reconcile that leaves the autoscaler's sizes alone); its next one an interval later.
+    With autoscaling off, the worker pods follow Serve's counts here (nothing else moves them)."""
     meta = body["metadata"]
     STATES.setdefault((meta["namespace"], meta["name"]), State()).next_at = now + CONFIG.drift_interval_seconds
     apply_outcome(body, reconcile(body, strict=False))
+    if not autoscale.enabled(body):
+        autoscale.follow_serve(body, now)
 
 
 def tick_due(now: float, bodies: list[dict[str, Any]]) -> int:

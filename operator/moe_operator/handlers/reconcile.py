@@ -53,7 +53,7 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
         catalog = CONFIG.catalog()
         p = plan_deployment(spec, catalog, name)
         live = None if fresh else kube.get_rayservice(namespace, name)
-        r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
+        r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, kept_replicas(spec, live))
     except SpecInvalid as exc:
         return _stopped(old, generation, exc.reason, str(exc))
     except UserError as exc:   # e.g. a broken catalog ConfigMap: the spec is fine, the cluster config is not
@@ -102,7 +102,7 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
                 if live is not None and not kube.owned_by(live, meta.get("uid")):
                     return _not_owned(old, generation, namespace, name)
                 if fresh and live is not None:   # keep the sizes the autoscaler set on the existing one
-                    r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, drift.live_replicas(live))
+                    r = build_render_input(name, namespace, spec, catalog, p, CONFIG.images, kept_replicas(spec, live))
                     desired = _adopted(r, body)
         # a change that needs a second Ray cluster waits, said in the status, until its surge fits the budget
         if live is not None and not created:
@@ -125,6 +125,13 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
                         f"from this spec ({exc.status}): {_api_message(exc)}; change the spec field it names")
     counted = None if created or live is None else readiness.of_rayservice(namespace, live)
     return Outcome(status.ok_status(old, generation, r, p, live, counted), events)
+
+
+def kept_replicas(spec, live: dict[str, Any] | None) -> dict[str, int]:
+    """The live replica counts a re-render keeps: the autoscaler's, while it scales this deployment; with autoscaling
+    off nobody else sets them, so the spec's ``replicas`` is the count (a spec edit then scales, and the drift sweep
+    moves the pods: autoscale.follow_serve)."""
+    return drift.live_replicas(live) if spec.autoscaling.enabled else {}
 
 
 def _api_message(exc: ApiException) -> str:
