@@ -35,6 +35,11 @@ def test_the_claim_is_owned_mounted_and_grown(cluster, namespace, operator):
                   on_fail=operator.log_tail)
     pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
     assert {"name": "prefix-cache", "persistentVolumeClaim": {"claimName": "dc-prefix-cache-cpu"}} in pod["volumes"]
+    # no provisioner here: the claim stays Pending, and the status says that is what the pods wait for
+    ready = wait_for("Ready naming the Pending claim", lambda: (lambda c: c if c and "dc-prefix-cache-cpu not Bound"
+                     in c.get("message", "") else None)(condition(get(cluster, "moed", "dc", "-n", namespace),
+                                                                  "Ready")), on_fail=operator.log_tail)
+    assert ready["status"] == "False" and "ReadWriteMany" in ready["message"], ready
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("dc", size="2Gi"))
     # a Pending claim (no provisioner here) may not be resized: the refusal is logged, the claim and the deployment
     # stay, and the RayService follows the new spec

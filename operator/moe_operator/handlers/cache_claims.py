@@ -43,13 +43,28 @@ def _requested(claim: dict[str, Any]) -> int:
         return 0
 
 
+PENDING: dict[tuple[str, str], list[str]] = {}   # (namespace, name) -> its claims not Bound at the last look
+
+
+def pending_note(namespace: str, name: str) -> str | None:
+    """What the Ready message should say while a claim of this MoEDeployment is not Bound (its pods cannot start)."""
+    names = PENDING.get((namespace, name))
+    if not names:
+        return None
+    return (f"PersistentVolumeClaim(s) {', '.join(names)} not Bound yet: the pods that mount them cannot start "
+            "(check that cache.diskTier.storageClassName names a class that provides ReadWriteMany volumes)")
+
+
 def ensure(body: dict[str, Any], r: RenderInput) -> tuple[str, str] | None:
     """Create or grow each pool's claim. ``("terminating", name)`` for a claim still being deleted (an earlier
     MoEDeployment of this name: its pods hold it until they go), ``("foreign", name)`` for one this MoEDeployment
     does not own (left alone), else None. API errors other than a refused expansion raise (kopf retries; the
-    RayService is written after). A changed storageClassName is not applied: a claim's class is immutable."""
+    RayService is written after). A changed storageClassName is not applied: a claim's class is immutable. Claims
+    not Bound are remembered for the status (``pending_note``)."""
     meta = body["metadata"]
     ns, uid = meta["namespace"], meta.get("uid")
+    pending: list[str] = []
+    PENDING[(ns, meta["name"])] = pending
     for want in render_cache_claims(r, r.labels):
         kopf.adopt(want, owner=body)
         name = want["metadata"]["name"]
@@ -59,6 +74,7 @@ def ensure(body: dict[str, Any], r: RenderInput) -> tuple[str, str] | None:
                 kube.core().create_namespaced_persistent_volume_claim(ns, want)
                 kube.Writes.add("create")
                 log.info("created PersistentVolumeClaim %s/%s", ns, name)
+                pending.append(name)
                 continue
             except ApiException as exc:
                 if exc.status != 409:
@@ -74,6 +90,8 @@ def ensure(body: dict[str, Any], r: RenderInput) -> tuple[str, str] | None:
             log.warning("PersistentVolumeClaim %s/%s keeps StorageClass %r (the spec names %r): a claim's class "
                         "cannot change; delete the claim to have it made again with the new class", ns, name,
                         live.get("spec", {}).get("storageClassName"), want["spec"].get("storageClassName"))
+        if (live.get("status") or {}).get("phase") != "Bound":
+            pending.append(name)
         if _requested(live) < _requested(want):
             size = want["spec"]["resources"]["requests"]["storage"]
             try:

@@ -124,7 +124,8 @@ def reconcile(body: dict[str, Any], strict: bool = True, fresh: bool = False) ->
         return _stopped(old, generation, f"{writing}Rejected", f"the API server refused the {writing} rendered "
                         f"from this spec ({exc.status}): {_api_message(exc)}; change the spec field it names")
     counted = None if created or live is None else readiness.of_rayservice(namespace, live)
-    return Outcome(status.ok_status(old, generation, r, p, live, counted), events)
+    return Outcome(status.ok_status(old, generation, r, p, live, counted,
+                                    waiting_on=cache_claims.pending_note(namespace, name)), events)
 
 
 def kept_replicas(spec, live: dict[str, Any] | None) -> dict[str, int]:

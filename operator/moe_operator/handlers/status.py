@@ -117,14 +117,18 @@ def _plan_pool(plan: Any, name: str) -> Any:
 
 
 def ok_status(old: dict, generation: int | None, r: RenderInput, plan: Any, live: dict | None,
-              counted: dict[str, int] | None = None, blocked: tuple[str, str] | None = None) -> dict[str, Any]:
+              counted: dict[str, int] | None = None, blocked: tuple[str, str] | None = None,
+              waiting_on: str | None = None) -> dict[str, Any]:
     """Status after a successful reconcile (the RayService exists and carries our fields).
 
     ``counted``: ready replicas per pool from the worker pods (handlers/readiness.py); None when unknown, and then a
     pool counts as all ready only while KubeRay reports the RayService Ready. Ready=True needs every pool that
     should serve to have a ready replica. ``blocked``: (reason, message) of a spec change held back (upgrade.py):
-    Progressing is False with it, whatever the serving cluster's state."""
+    Progressing is False with it, whatever the serving cluster's state. ``waiting_on``: a cause known to the
+    operator (a cache claim not Bound) that the Ready message names first while the deployment is not ready."""
     ready, why = serving(live, {p.name: p.replicas for p in r.pools}, counted)
+    if not ready and waiting_on:
+        why = f"{waiting_on}; {why}"
     conds = old.get("conditions") or []
     pools = []
     for p in r.pools:
