@@ -32,3 +32,17 @@ def test_a_flooding_runtime_is_read_only_up_to_the_cap(monkeypatch, mode):
         s.stop()
     assert returned and isinstance(value, rb.AdminError) and "larger than" in str(value), value
     assert s.sent < 25 * 1024 * 1024, f"the server got {s.sent} bytes out: the answer was read far past the cap"
+
+
+@pytest.mark.parametrize("mode", ["error", "garbage"])
+def test_a_body_that_is_not_the_admin_apis_error_is_never_quoted(mode):
+    """Issue 14 item 10: the admin call's failure reaches status.rebalance[].message; the body must not."""
+    from slow_http import SECRET
+
+    s = Server(mode)
+    try:
+        returned, value, _ = call_in_thread(lambda: rb.post_placement(s.url, "tok", "cpu", {}), GENEROUS_S)
+    finally:
+        s.stop()
+    assert returned and isinstance(value, rb.AdminError), value
+    assert SECRET not in str(value) and "html" not in str(value).lower(), value

@@ -112,12 +112,13 @@ _CLIENT = boundedhttp.client()
 
 
 def _error_of(resp: boundedhttp.Answer) -> tuple[str, str | None]:
-    """The contract's error ``(message, code)``; a non-contract body gives its start and no code."""
+    """The contract's error ``(message, code)``, the message cut to 200 characters; any other body is not quoted
+    (issue 14 item 10: what a URL answers never reaches a status), only said to be of another shape."""
     try:
         err = resp.json()["error"]
-        return str(err["message"]), err.get("code")
-    except Exception:  # noqa: BLE001 - any non-contract body: show its start
-        return resp.text()[:200].strip() or f"HTTP {resp.status}", None
+        return str(err["message"])[:200], err.get("code")
+    except Exception:  # noqa: BLE001 - any non-contract body
+        return f"HTTP {resp.status}, not the admin API's error shape", None
 
 
 def _admin(method: str, url: str, path: str, token: str, **kwargs: Any) -> Any:
