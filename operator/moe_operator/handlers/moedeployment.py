@@ -5,7 +5,7 @@ import kopf
 
 from moe_operator.api import GROUP, PLURAL, VERSION
 
-from . import admin_secret, metrics, trace
+from . import admin_secret, cache_claims, metrics, trace
 from .reconcile import apply_outcome, reconcile
 
 
@@ -40,3 +40,4 @@ def on_delete(name, namespace, logger, **_):
     logger.info("MoEDeployment %s/%s deleted; its RayService is garbage-collected", namespace, name)
     admin_secret.forget(namespace, name)
     metrics.forget(namespace, name)
+    cache_claims.PENDING.pop((namespace, name), None)
