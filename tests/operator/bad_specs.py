@@ -108,6 +108,14 @@ CORPUS: list[tuple[str, Callable[[dict], None], str, str]] = [
 ]
 
 
+def moed_manifest(name: str, spec: dict[str, Any] = GOOD) -> str:
+    """A MoEDeployment named ``name`` with ``spec``, as kubectl apply takes it."""
+    import json
+
+    return json.dumps({"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
+                       "metadata": {"name": name}, "spec": spec})
+
+
 def bad_spec(mutate: Callable[[dict], None]) -> dict:
     s = copy.deepcopy(GOOD)
     mutate(s)

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from bad_specs import GOOD
+from bad_specs import GOOD, moed_manifest
 from operator_harness import condition, get, wait_for
 
 pytestmark = pytest.mark.cluster_logs("kube-apiserver")
@@ -19,8 +19,7 @@ def manifest(name: str, size: str = "1Gi") -> str:
     spec = copy.deepcopy(GOOD)
     spec["cache"] = {"diskTier": {"enabled": True, "size": size, "path": "/var/cache/moe",
                                   "storageClassName": "nfs-rwx"}}
-    return json.dumps({"apiVersion": "serving.moe-operator.io/v1alpha1", "kind": "MoEDeployment",
-                       "metadata": {"name": name}, "spec": spec})
+    return moed_manifest(name, spec)
 
 
 def test_the_claim_is_owned_mounted_and_grown(cluster, namespace, operator):

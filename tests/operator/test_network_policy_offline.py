@@ -141,6 +141,12 @@ def test_the_operator_flags_switch_it_and_name_kuberay(monkeypatch):
     assert (own.operator_namespace, own.operator_pod_labels) == ("moe-system", {"app": "moe"})
     with pytest.raises(ValueError, match="--operator-pod-labels: needed"):   # an empty selector admits every pod
         policy_settings(build_parser().parse_args(["-A", "--operator-namespace", "moe-system"]))
+    with pytest.raises(ValueError, match="--operator-pod-labels: not a label"):
+        policy_settings(build_parser().parse_args(["-A", "--operator-namespace", "moe-system",
+                                                   "--operator-pod-labels", "app"]))
+    with pytest.raises(ValueError, match="--operator-namespace: 'Moe_System' is not a namespace name"):
+        policy_settings(build_parser().parse_args(["-A", "--operator-namespace", "Moe_System",
+                                                   "--operator-pod-labels", "app=moe"]))
 
 
 @pytest.mark.parametrize("fresh", [True, False])

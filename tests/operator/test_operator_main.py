@@ -49,3 +49,11 @@ def test_no_cluster_configuration_is_one_error_line_and_exit_2(tmp_path, monkeyp
     monkeypatch.setenv("KUBECONFIG", str(bad))
     assert main(["-n", "default"]) == 2
     assert capsys.readouterr().err.startswith("error: no Kubernetes configuration")
+
+
+def test_an_operator_peer_without_pod_labels_is_one_error_line_and_exit_2(capsys, monkeypatch):
+    """An empty selector would admit every pod of the namespace to the Ray dashboard (render/networkpolicy.py)."""
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    assert main(["-A", "--operator-namespace", "moe-system"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --operator-pod-labels: needed with --operator-namespace") and err.count("\n") == 1

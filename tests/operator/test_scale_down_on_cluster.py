@@ -67,6 +67,33 @@ class FakeDashboard:
         self.server.server_close()
 
 
+def deploy(cluster, namespace, operator, m: dict, dash: FakeDashboard) -> str:
+    """Apply MoEDeployment ``m`` with ``dash`` as its Ray dashboard; its RayCluster's name once KubeRay made it (the
+    stand-in then reports the RayService's applications, as Serve would)."""
+    import yaml
+
+    m["metadata"]["annotations"]["serving.moe-operator.io/ray-dashboard-url"] = dash.url
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(m))
+    rc_name = wait_for("RayCluster", lambda: (get(cluster, "rayclusters", "-n", namespace) or {}).get("items"),
+                       timeout=90, on_fail=operator.log_tail)[0]["metadata"]["name"]
+    dash.apps = [a["name"] for a in yaml.safe_load(get(cluster, "rayservice", m["metadata"]["name"], "-n",
+                                                       namespace)["spec"]["serveConfigV2"])["applications"]]
+    return rc_name
+
+
+def worker_group(cluster, namespace, rc_name) -> dict:
+    """The RayCluster's (one) worker group as stored now ({} while it cannot be read)."""
+    return (get(cluster, "rayclusters", rc_name, "-n", namespace) or {"spec": {"workerGroupSpecs": [{}]}})[
+        "spec"]["workerGroupSpecs"][0]
+
+
+def live_pods(cluster, namespace, rc_name) -> list[dict]:
+    """The cpu group's worker pods that are not being deleted."""
+    return [p for p in (get(cluster, "pods", "-n", namespace, "-l",
+                            f"ray.io/cluster={rc_name},ray.io/group=cpu") or {"items": []})["items"]
+            if not p["metadata"].get("deletionTimestamp")]
+
+
 @pytest.mark.timing_sensitive
 def test_scale_down_deletes_exactly_the_pod_that_holds_no_serve_replica(cluster, namespace, operator):
     exp = Exporter(0, model="m", pools={"cpu": 1}, ttft_s=TTFT_S, tpot_s=TPOT_S, exact_rates=True)
@@ -75,19 +102,13 @@ def test_scale_down_deletes_exactly_the_pod_that_holds_no_serve_replica(cluster,
         exp.load["generated"] = HIGH
         m = json.loads(manifest("sd", f"http://127.0.0.1:{exp.server.server_port}/metrics",
                                 autoscaling={"scaleDownStabilizationSeconds": 10, "burstReserveSeconds": 0}))
-        m["metadata"]["annotations"]["serving.moe-operator.io/ray-dashboard-url"] = dash.url
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(m))
-        rc_name = wait_for("RayCluster", lambda: (get(cluster, "rayclusters", "-n", namespace) or {}).get("items"),
-                           timeout=90, on_fail=operator.log_tail)[0]["metadata"]["name"]
+        rc_name = deploy(cluster, namespace, operator, m, dash)
 
         def group():
-            return (get(cluster, "rayclusters", rc_name, "-n", namespace) or {"spec": {"workerGroupSpecs": [{}]}})[
-                "spec"]["workerGroupSpecs"][0]
+            return worker_group(cluster, namespace, rc_name)
 
         def pods():
-            return [p for p in (get(cluster, "pods", "-n", namespace, "-l",
-                                    f"ray.io/cluster={rc_name},ray.io/group=cpu") or {"items": []})["items"]
-                    if not p["metadata"].get("deletionTimestamp")]
+            return live_pods(cluster, namespace, rc_name)
 
         def record():
             return get(cluster, "rayservice", "sd", "-n", namespace)["spec"]["rayClusterConfig"][
@@ -97,10 +118,6 @@ def test_scale_down_deletes_exactly_the_pod_that_holds_no_serve_replica(cluster,
             rs = get(cluster, "rayservice", "sd", "-n", namespace)
             return None if rs is None else "num_replicas: 1\n" in rs["spec"]["serveConfigV2"]
 
-        import yaml
-
-        dash.apps = [a["name"] for a in yaml.safe_load(get(cluster, "rayservice", "sd", "-n", namespace)["spec"][
-            "serveConfigV2"])["applications"]]
         two = wait_for("two worker pods with IPs", lambda: (lambda ps: ps if len(ps) == 2 and all(
             p["status"].get("podIP") for p in ps) else None)(pods()), timeout=120, on_fail=operator.log_tail)
         keep, drop = sorted(two, key=lambda p: p["metadata"]["name"])
@@ -138,27 +155,17 @@ def test_with_autoscaling_off_a_spec_replica_change_reaches_the_pods_and_a_decre
                                                                                           operator):
     """KubeRay v1.5.0 does not pass a replicas-only RayService change on to the running RayCluster: the drift sweep
     raises the group to the spec's count, and lowers it only by pods the dashboard shows idle."""
-    import yaml
-
     dash = FakeDashboard()
     try:
         m = json.loads(manifest("off", "http://127.0.0.1:9/metrics", pool={"replicas": 1},
                                 autoscaling={"enabled": False}))
-        m["metadata"]["annotations"]["serving.moe-operator.io/ray-dashboard-url"] = dash.url
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(m))
-        rc_name = wait_for("RayCluster", lambda: (get(cluster, "rayclusters", "-n", namespace) or {}).get("items"),
-                           timeout=90, on_fail=operator.log_tail)[0]["metadata"]["name"]
-        dash.apps = [a["name"] for a in yaml.safe_load(get(cluster, "rayservice", "off", "-n", namespace)["spec"][
-            "serveConfigV2"])["applications"]]
+        rc_name = deploy(cluster, namespace, operator, m, dash)
 
         def group():
-            return (get(cluster, "rayclusters", rc_name, "-n", namespace) or {"spec": {"workerGroupSpecs": [{}]}})[
-                "spec"]["workerGroupSpecs"][0]
+            return worker_group(cluster, namespace, rc_name)
 
         def pods():
-            return [p for p in (get(cluster, "pods", "-n", namespace, "-l",
-                                    f"ray.io/cluster={rc_name},ray.io/group=cpu") or {"items": []})["items"]
-                    if not p["metadata"].get("deletionTimestamp")]
+            return live_pods(cluster, namespace, rc_name)
 
         m["spec"]["pools"][0]["replicas"] = 2
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(m))

@@ -251,6 +251,17 @@ def merge(target: dict, patch: dict) -> dict:
     return target
 
 
+def serve_apps(rayservice: Mapping[str, Any]) -> tuple[str, ...]:
+    """Application names of the RayService's serveConfigV2 (Serve must report each before its view is trusted:
+    scale_down.ray_view); () for a config that cannot be read."""
+    raw = (rayservice.get("spec") or {}).get("serveConfigV2") or ""
+    try:
+        config = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        return tuple(str(a["name"]) for a in (config or {}).get("applications") or [] if a.get("name"))
+    except Exception:  # noqa: BLE001 - a hand-edited config: no names to insist on
+        return ()
+
+
 def drain_bound_s(rayservice: Mapping[str, Any], pool: str, default: int) -> int:
     """The longest ``graceful_shutdown_timeout_s`` the pool's Serve deployments were rendered with (how long Serve
     lets a stopping replica finish), else ``default``."""

@@ -148,7 +148,10 @@ def _live(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
 
 
-def _ready(pod: Mapping[str, Any]) -> bool:
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """The pod's Ready condition is True and it is not terminating (handlers/readiness.py counts with it too)."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])
 
@@ -189,12 +192,12 @@ def removal(group_replicas: int, hosts: int, target: int, pods: Iterable[Mapping
         grouped.setdefault(key or name(p), []).append(p)
     if hosts > 1 and any(k != name(ps[0]) for k, ps in grouped.items()):   # KubeRay's replica groups: whole only
         units = [sorted(ps, key=name) for ps in grouped.values() if all(idle(p) for p in ps)]
-        units.sort(key=lambda ps: (all(_ready(p) for p in ps), name(ps[0])))
+        units.sort(key=lambda ps: (all(pod_ready(p) for p in ps), name(ps[0])))
         n = min(excess, len(units))
         chosen = tuple(name(p) for ps in units[:n] for p in ps)
         spare = len(units)
     else:
-        pool = sorted((p for p in live if idle(p)), key=lambda p: (_ready(p), name(p)))
+        pool = sorted((p for p in live if idle(p)), key=lambda p: (pod_ready(p), name(p)))
         n = min(excess, len(pool) // hosts)
         chosen = tuple(name(p) for p in pool[:n * hosts])
         spare = len(pool) // hosts

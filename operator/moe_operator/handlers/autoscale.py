@@ -277,18 +277,6 @@ def idle_pools(obs, pools: list[str]) -> set[str]:
     return {p for p in pools if sum((obs.served_by_pool.get(p) or {}).values()) == 0}
 
 
-def _apps(rs: dict) -> tuple[str, ...]:
-    """Application names of the RayService's serveConfigV2: Serve must report each before its view is trusted."""
-    import yaml
-
-    raw = (rs.get("spec") or {}).get("serveConfigV2") or ""
-    try:
-        config = yaml.safe_load(raw) if isinstance(raw, str) else raw
-        return tuple(str(a["name"]) for a in (config or {}).get("applications") or [] if a.get("name"))
-    except Exception:  # noqa: BLE001 - a hand-edited config: no names to insist on
-        return ()
-
-
 def remove_drained(body: dict, state: State, rs: dict, rc: dict, desired: dict[str, int], now: float,
                    idle: set[str] | None = None) -> None:
     """Lower each worker group above its pool's ``desired`` replicas by the pods that hold no Serve replica, proxy
@@ -317,7 +305,7 @@ def remove_drained(body: dict, state: State, rs: dict, rc: dict, desired: dict[s
         return
     view, error = None, None
     try:
-        view = ray_dashboard.look(ray_dashboard.dashboard_url(body, rc["metadata"]["name"]), _apps(rs))
+        view = ray_dashboard.look(ray_dashboard.dashboard_url(body, rc["metadata"]["name"]), actuator.serve_apps(rs))
         state.unreadable_since = None
     except ray_dashboard.DashboardError as exc:
         error = str(exc)

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from moe_operator.autoscaling.scale_down import pod_ready  # noqa: F401 - podwatch and tests use it here
+
 from . import kube
-
-
-def pod_ready(pod: dict[str, Any]) -> bool:
-    """The pod's Ready condition is True and it is not terminating."""
-    meta, st = pod.get("metadata") or {}, pod.get("status") or {}
-    if meta.get("deletionTimestamp"):
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
 
 
 def ready_by_group(rc: dict[str, Any], pods: Iterable[dict[str, Any]]) -> dict[str, int]:
